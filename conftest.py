@@ -1,0 +1,155 @@
+"""pytest options and fixtures shared by the claim suites (suites/) and the library tests (tests/).
+
+    pytest suites/                      # every claim on the embedded toy zoo (CPU)
+    pytest suites/ --model=goat7b       # on a paper model (needs its weights; skips with the reason if absent)
+    pytest suites/ --model=toy-llama --update-baselines   # store what was measured as the new baseline
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mechbench.errors import MechbenchError, ModelLoadError, UnknownModelError
+from mechbench.models.registry import BASE_OF, PAPER_MODELS, REGISTRY, TOY_MODELS, resolve
+
+ROOT = Path(__file__).resolve().parent
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("mechbench")
+    g.addoption("--model", action="append", default=None, metavar="NAME",
+                help="model(s) to check: a registered name (" + ", ".join(REGISTRY) + "), a hub id, a local "
+                     "directory or base+adapter; repeat or comma-separate. Default: the toy zoo.")
+    g.addoption("--base-model", default=None, metavar="NAME",
+                help="the model a fine-tune is compared with (default: its registered base)")
+    g.addoption("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    g.addoption("--dtype", default="float32", help="float32 (the paper's), bfloat16 or float16")
+    g.addoption("--limit", type=int, default=None, metavar="N",
+                help="examples per claim (default: the paper's count, e.g. 500)")
+    g.addoption("--seed", type=int, default=0, help="seed of every dataset and sampler (default 0)")
+    g.addoption("--baselines-dir", default=str(ROOT / "baselines"), help="directory of the baseline JSON files")
+    g.addoption("--update-baselines", action="store_true",
+                help="store the measured numbers as baselines (measured models only; paper numbers are kept)")
+    g.addoption("--results-dir", default=str(ROOT / "results"), help="where results.jsonl is appended")
+    g.addoption("--require-models", action="store_true",
+                help="fail, instead of skip, when a model cannot be loaded")
+
+
+@dataclass(frozen=True)
+class Settings:
+    models: tuple[str, ...]
+    base_model: str | None
+    device: str
+    dtype: str
+    limit: int | None
+    seed: int
+    baselines_dir: Path
+    update_baselines: bool
+    results_dir: Path
+    require_models: bool
+
+    def n_examples(self, default: int) -> int:
+        return self.limit or default
+
+    def base_of(self, model: str) -> str | None:
+        return self.base_model or BASE_OF.get(model)
+
+
+def _models(config) -> tuple[str, ...]:
+    raw = config.getoption("--model") or [",".join(TOY_MODELS)]
+    names = tuple(dict.fromkeys(n.strip() for item in raw for n in item.split(",") if n.strip()))
+    for name in names:
+        try:
+            resolve(name)
+        except UnknownModelError as e:
+            raise pytest.UsageError(str(e)) from None
+    return names
+
+
+def pytest_configure(config):
+    config._mechbench = Settings(
+        models=_models(config),
+        base_model=config.getoption("--base-model"),
+        device=config.getoption("--device"),
+        dtype=config.getoption("--dtype"),
+        limit=config.getoption("--limit"),
+        seed=config.getoption("--seed"),
+        baselines_dir=Path(config.getoption("--baselines-dir")),
+        update_baselines=config.getoption("--update-baselines"),
+        results_dir=Path(config.getoption("--results-dir")),
+        require_models=config.getoption("--require-models"),
+    )
+
+
+def pytest_generate_tests(metafunc):
+    """Tests that take ``model_name`` run once per model under test; paper models carry the paper mark."""
+    if "model_name" in metafunc.fixturenames:
+        names = metafunc.config._mechbench.models
+        params = [pytest.param(n, id=n, marks=[pytest.mark.paper] if n in PAPER_MODELS else []) for n in names]
+        metafunc.parametrize("model_name", params)
+
+
+@pytest.fixture(scope="session")
+def settings(request) -> Settings:
+    return request.config._mechbench
+
+
+def load_or_skip(name: str, settings: Settings):
+    """The model's handle; a model that cannot be loaded skips the test with the reason."""
+    from mechbench.api import get_model
+
+    try:
+        return get_model(name, device=settings.device, dtype=settings.dtype)
+    except (ModelLoadError, MechbenchError) as e:
+        if settings.require_models:
+            pytest.fail(f"--require-models: {e}", pytrace=False)
+        pytest.skip(f"model {name!r} cannot be loaded here: {e}")
+
+
+@pytest.fixture
+def model(model_name, settings):
+    return load_or_skip(model_name, settings)
+
+
+@pytest.fixture(scope="session")
+def results(settings):
+    from mechbench.results import ResultsWriter
+
+    return ResultsWriter(settings.results_dir)
+
+
+@pytest.fixture
+def claim_check(settings, results, request):
+    """``claim_check(claim, keys, measured, n=..., model=handle, **tolerances)``: compare with the stored
+    baseline (fail outside tolerance), or store it with --update-baselines. Always records the result."""
+    from mechbench.claims import check_claim
+
+    def check(claim, keys, measured, *, n=None, model=None, **tolerances):
+        try:
+            outcome = check_claim(
+                claim, keys, measured, n=n, seed=settings.seed, baselines_dir=settings.baselines_dir,
+                update=settings.update_baselines and (model is None or model.spec.kind != "paper"),
+                fingerprint=getattr(model, "fingerprint", None), results=results, **tolerances,
+            )
+        except MechbenchError as e:
+            pytest.fail(str(e), pytrace=False)
+        request.node.user_properties.append(("claim", outcome.message()))
+        if outcome.missing:
+            pytest.skip(outcome.message())
+        if outcome.passed is False:
+            pytest.fail(outcome.message(), pytrace=False)
+        return outcome
+
+    return check
+
+
+def pytest_terminal_summary(terminalreporter):
+    lines = [v for rep in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+             for k, v in getattr(rep, "user_properties", []) if k == "claim"]
+    if lines:
+        terminalreporter.section("mechbench claims")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -1,0 +1,222 @@
+"""Stored baselines: the numbers each claim is checked against, with their source and tolerance.
+
+One JSON file per claim in the baselines directory (``baselines/<claim>.json``)::
+
+    {"schema_version": 1, "claim": "accuracy", "description": "...", "unit": "fraction",
+     "source": "default source of the records",
+     "records": [{"model": "llama7b", "value": 0.66, "source": "...", "tolerance": 0.095,
+                  "tolerance_rule": "...", "n": 500}, ...]}
+
+A record's key fields (``model``, ``circuit``, ``group``, ...) are every field that is not one of
+:data:`RECORD_FIELDS`; a lookup matches them exactly. Records from the paper are never overwritten;
+``update`` writes records measured by mechbench (their ``source`` starts with ``"measured"``) and returns a
+readable diff. Every file is checked against the schema when loaded: a corrupt or incomplete file is an error
+that names the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mechbench.errors import BaselineError
+
+SCHEMA_VERSION = 1
+UNITS = ("fraction", "percent", "heads", "count")
+TOP_FIELDS = {"schema_version": int, "claim": str, "description": str, "unit": str, "source": str, "records": list}
+RECORD_FIELDS = ("value", "source", "tolerance", "tolerance_same_sample", "tolerance_rule", "n", "seed", "std",
+                 "note", "fingerprint", "measured_at")
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "baselines"
+
+
+def binomial_tolerance(p: float, n_measured: int, n_baseline: int, z: float = 3.0, rounding: float = 0.0) -> float:
+    """z standard errors of the difference of two independent accuracy estimates, plus rounding slack."""
+    p = min(max(p, 0.0), 1.0)
+    se = math.sqrt(p * (1 - p) / n_measured + p * (1 - p) / n_baseline)
+    return round(z * se + rounding, 4)
+
+
+BINOMIAL_RULE = ("3 standard errors of the difference of two independent binomial estimates, "
+                 "3*sqrt(p(1-p)/n_measured + p(1-p)/n_baseline){rounding}")
+SAME_SAMPLE_RULE = ("on the baseline's own examples (same seed and n) sampling error cancels: 3/n allows three "
+                    "examples to flip on near-ties between float builds")
+
+
+@dataclass
+class Record:
+    keys: dict[str, Any]
+    value: Any
+    source: str
+    fields: dict[str, Any] = field(default_factory=dict)  # tolerance, n, std, note, ...
+
+    @property
+    def measured(self) -> bool:
+        return self.source.startswith("measured")
+
+    def get(self, name: str, default=None):
+        return self.fields.get(name, default)
+
+    def tolerance_for(self, n: int | None = None, seed: int | None = None) -> float:
+        """The tolerance that applies to a measurement on ``n`` examples drawn with ``seed``."""
+        same = (n is not None and seed is not None and self.get("n") == n and self.get("seed") == seed)
+        if same and self.get("tolerance_same_sample") is not None:
+            return float(self.get("tolerance_same_sample"))
+        if self.get("tolerance") is None:
+            raise BaselineError(f"baseline record {self.keys} has no tolerance to compare against")
+        if n is not None and self.get("n") and n != self.get("n") and isinstance(self.value, (int, float)):
+            # Fewer (or more) examples than the baseline: the binomial bound widens (or narrows) with them.
+            rounding = float(self.get("tolerance")) - binomial_tolerance(self.value, self.get("n"), self.get("n"))
+            return binomial_tolerance(self.value, n, self.get("n"), rounding=max(rounding, 0.0))
+        return float(self.get("tolerance"))
+
+    def to_json(self) -> dict:
+        return {**self.keys, "value": self.value, "source": self.source, **self.fields}
+
+
+@dataclass
+class Baseline:
+    path: Path
+    claim: str
+    description: str
+    unit: str
+    source: str
+    records: list[Record]
+
+    def find(self, **keys) -> Record | None:
+        hits = [r for r in self.records if r.keys == keys]
+        if len(hits) > 1:
+            raise BaselineError(f"{self.path}: {len(hits)} records have the keys {keys}; keys must be unique")
+        return hits[0] if hits else None
+
+    def get(self, **keys) -> Record:
+        record = self.find(**keys)
+        if record is None:
+            have = sorted({json.dumps(r.keys, sort_keys=True) for r in self.records})[:12]
+            raise BaselineError(
+                f"{self.path} has no {self.claim!r} record for {keys}. Records have keys: {', '.join(have)}. "
+                f"Run the claim with --update-baselines to measure and store one."
+            )
+        return record
+
+    def to_json(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, "claim": self.claim, "description": self.description,
+                "unit": self.unit, "source": self.source, "records": [r.to_json() for r in self.records]}
+
+
+def _fail(path: Path, what: str) -> BaselineError:
+    return BaselineError(
+        f"baseline file {path} is invalid: {what}. Restore it from git (`git checkout -- {path}`) or fix the "
+        f"field; the format is described in mechbench/baselines.py."
+    )
+
+
+def parse(data: Any, path: Path) -> Baseline:
+    if not isinstance(data, dict):
+        raise _fail(path, "the top level must be a JSON object")
+    for name, kind in TOP_FIELDS.items():
+        if name not in data:
+            raise _fail(path, f"missing field {name!r}")
+        if not isinstance(data[name], kind):
+            raise _fail(path, f"field {name!r} must be a {kind.__name__}, got {type(data[name]).__name__}")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise _fail(path, f"schema_version {data['schema_version']} is not the supported {SCHEMA_VERSION}")
+    if data["claim"] != path.stem:
+        raise _fail(path, f"field 'claim' is {data['claim']!r} but the file is named {path.name!r}")
+    if data["unit"] not in UNITS:
+        raise _fail(path, f"field 'unit' is {data['unit']!r}; expected one of {', '.join(UNITS)}")
+    records = []
+    for i, raw in enumerate(data["records"]):
+        where = f"records[{i}]"
+        if not isinstance(raw, dict):
+            raise _fail(path, f"{where} must be an object")
+        for name in ("value", "source"):
+            if name not in raw:
+                raise _fail(path, f"{where} is missing field {name!r}")
+        if not isinstance(raw["source"], str) or not raw["source"]:
+            raise _fail(path, f"{where}.source must be a non-empty string")
+        for name in ("tolerance", "tolerance_same_sample", "std"):
+            if name in raw and not (isinstance(raw[name], (int, float)) and raw[name] >= 0):
+                raise _fail(path, f"{where}.{name} must be a number >= 0, got {raw[name]!r}")
+        if "tolerance" in raw and "tolerance_rule" not in raw:
+            raise _fail(path, f"{where} has a tolerance but no 'tolerance_rule' saying how it was derived")
+        keys = {k: v for k, v in raw.items() if k not in RECORD_FIELDS}
+        for k, v in keys.items():
+            if not isinstance(v, (str, int)):
+                raise _fail(path, f"{where}.{k} is a key field and must be a string or an integer, got {v!r}")
+        fields = {k: raw[k] for k in RECORD_FIELDS if k in raw and k not in ("value", "source")}
+        records.append(Record(keys, raw["value"], raw["source"], fields))
+    return Baseline(path, data["claim"], data["description"], data["unit"], data["source"], records)
+
+
+def load(claim: str, baselines_dir: str | Path | None = None) -> Baseline:
+    path = Path(baselines_dir or DEFAULT_DIR) / f"{claim}.json"
+    if not path.is_file():
+        raise BaselineError(f"no baseline file for claim {claim!r}: {path} does not exist. Check --baselines-dir, "
+                            f"or restore the file from git.")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise _fail(path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}; a truncated or "
+                          f"hand-edited file?)") from None
+    return parse(data, path)
+
+
+def _write_atomic(path: Path, data: dict) -> None:
+    """Write via a temporary file and rename, so a crash never leaves a truncated baseline."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def update(baseline: Baseline, keys: dict, value: Any, **fields) -> str:
+    """Insert or replace the measured record with ``keys``; returns a one-line diff. Paper records are kept."""
+    old = baseline.find(**keys)
+    if old is not None and not old.measured:
+        raise BaselineError(
+            f"{baseline.path}: the record {keys} comes from {old.source!r}, not from a measurement; "
+            f"mechbench does not overwrite published numbers."
+        )
+    source = fields.pop("source", "measured by mechbench")
+    new = Record(dict(keys), value, source, {k: v for k, v in fields.items() if v is not None})
+    if old is None:
+        baseline.records.append(new)
+        diff = f"+ {baseline.claim} {keys}: {value!r}"
+    else:
+        baseline.records[baseline.records.index(old)] = new
+        diff = f"~ {baseline.claim} {keys}: {old.value!r} -> {value!r}"
+    _write_atomic(baseline.path, baseline.to_json())
+    return diff
+
+
+@dataclass
+class Comparison:
+    measured: float
+    expected: float
+    tolerance: float
+    record: Record
+
+    @property
+    def difference(self) -> float:
+        return self.measured - self.expected
+
+    @property
+    def passed(self) -> bool:
+        return abs(self.difference) <= self.tolerance + 1e-12
+
+    def __str__(self) -> str:
+        verdict = "within" if self.passed else "OUTSIDE"
+        return (f"measured {self.measured:.4f} vs baseline {self.expected:.4f} ({self.record.source}): "
+                f"difference {self.difference:+.4f}, {verdict} tolerance {self.tolerance:.4f}")
+
+
+def compare(measured: float, record: Record, n: int | None = None, seed: int | None = None) -> Comparison:
+    if not isinstance(record.value, (int, float)):
+        raise BaselineError(f"baseline record {record.keys} holds {type(record.value).__name__}, not a number")
+    return Comparison(float(measured), float(record.value), record.tolerance_for(n, seed), record)

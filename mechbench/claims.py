@@ -1,0 +1,84 @@
+"""Checking a measured number against its stored baseline, recording it, or updating the baseline.
+
+The suites call :func:`check_claim` after computing a number from the model; it looks the claim's record up
+in ``baselines/<claim>.json``, compares within the record's tolerance, appends the measurement to the
+results file, and with ``update=True`` stores the measurement instead (for models mechbench measures, never
+over a published number).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mechbench import baselines
+from mechbench.results import ResultsWriter, git_state
+
+
+@dataclass
+class ClaimOutcome:
+    claim: str
+    keys: dict
+    measured: float
+    comparison: baselines.Comparison | None = None
+    diff: str | None = None  # set when the baseline was updated
+    missing: str | None = None  # set when no baseline record exists
+    note: str = ""
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.comparison is None else self.comparison.passed
+
+    def message(self) -> str:
+        keys = ", ".join(f"{k}={v}" for k, v in self.keys.items())
+        if self.diff:
+            return f"{self.claim} [{keys}] baseline updated: {self.diff}"
+        if self.missing:
+            return f"{self.claim} [{keys}] measured {self.measured:.4f}; {self.missing}"
+        return f"{self.claim} [{keys}] {self.comparison}{self.note}"
+
+
+def check_claim(
+    claim: str,
+    keys: dict,
+    measured: float,
+    *,
+    n: int | None = None,
+    seed: int | None = None,
+    baselines_dir=None,
+    update: bool = False,
+    fingerprint: dict | None = None,
+    results: ResultsWriter | None = None,
+    tolerance: float | None = None,
+    tolerance_same_sample: float | None = None,
+    tolerance_rule: str | None = None,
+) -> ClaimOutcome:
+    """Compare ``measured`` with the baseline record ``keys`` of ``claim`` (or store it with ``update``).
+
+    ``tolerance``/``tolerance_same_sample``/``tolerance_rule`` are written with an updated record.
+    """
+    baseline = baselines.load(claim, baselines_dir)
+    record = baseline.find(**keys)
+    outcome = ClaimOutcome(claim, dict(keys), float(measured))
+    if update:
+        commit = git_state().get("commit")
+        outcome.diff = baselines.update(
+            baseline, keys, round(float(measured), 6),
+            source=f"measured by mechbench at commit {commit[:12] if commit else 'unknown'}",
+            n=n, seed=seed, tolerance=tolerance, tolerance_same_sample=tolerance_same_sample,
+            tolerance_rule=tolerance_rule, fingerprint=(fingerprint or {}).get("weights_sha256"),
+        )
+    elif record is None:
+        outcome.missing = (f"no baseline record in {baseline.path} for {keys}; run with --update-baselines to "
+                           f"store this measurement as the baseline")
+    else:
+        outcome.comparison = baselines.compare(measured, record, n=n, seed=seed)
+        recorded = record.get("fingerprint")
+        if recorded and fingerprint and recorded != fingerprint.get("weights_sha256"):
+            outcome.note = (f" (the baseline was measured on weights {recorded[:12]}, these are "
+                            f"{fingerprint['weights_sha256'][:12]})")
+    if results is not None:
+        results.write(claim, keys, float(measured), n=n, seed=seed, fingerprint=fingerprint,
+                      baseline=None if outcome.comparison is None else outcome.comparison.expected,
+                      tolerance=None if outcome.comparison is None else outcome.comparison.tolerance,
+                      passed=outcome.passed, updated=outcome.diff)
+    return outcome

@@ -1,0 +1,232 @@
+"""Loading a model into a :class:`ModelHandle`: the HF model, its tokenizer, its shape and fingerprint.
+
+The paper's 7B models and the toy zoo go through this one path. Weights load from safetensors unless the
+caller allows pickled checkpoints; ``trust_remote_code`` stays off unless asked for. A LoRA fine-tune (Goat)
+is loaded through peft and kept unmerged, as in the paper; the handle's ``model`` is the underlying
+``LlamaForCausalLM`` with the LoRA layers injected, so module paths (``model.layers[l].self_attn.o_proj``)
+are the same as for a plain model and head-level interventions see the adapter's effect, o_proj included.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mechbench.errors import ModelLoadError, UnsupportedArchitectureError
+from mechbench.models.registry import ModelSpec, resolve
+
+# Head outputs are read at the input of self_attn.o_proj; these architectures share that layout.
+SUPPORTED_ARCHITECTURES = ("llama", "mistral")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    n_layers: int
+    n_heads: int  # query heads: one head output per query head at o_proj's input
+    n_kv_heads: int
+    head_dim: int
+    d_model: int
+    vocab_size: int
+
+
+@dataclass
+class ModelHandle:
+    name: str
+    spec: ModelSpec
+    model: torch.nn.Module  # LlamaForCausalLM (LoRA layers injected in place for an adapter model)
+    tokenizer: object
+    shape: ModelShape
+    fingerprint: dict
+    peft_model: object | None = None  # the PeftModel wrapper, kept for saving/merging
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def layers(self):
+        return self.model.model.layers
+
+    def __repr__(self) -> str:
+        s = self.shape
+        return (f"ModelHandle({self.name!r}, layers={s.n_layers}, heads={s.n_heads}, kv_heads={s.n_kv_heads}, "
+                f"head_dim={s.head_dim}, device={self.device}, weights={self.fingerprint['weights_sha256'][:12]})")
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_reachable() -> bool:
+    """Whether downloading can work at all; without it every from_pretrained retries for ~30 s."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def _how_to_provide(spec: ModelSpec, ref: str) -> str:
+    from mechbench.models.registry import REGISTRY
+
+    owner = spec.name
+    if spec.adapter and ref == spec.base and spec.name in REGISTRY:  # the adapter's base has its own name
+        owner = REGISTRY[spec.name].base
+    env = "MECHBENCH_MODEL_" + owner.upper().replace("-", "_").replace("/", "_")
+    return (
+        f"Provide it by downloading it into the Hugging Face cache on a machine with access "
+        f"(`huggingface-cli download {ref}`; set HF_HOME to share the cache), or point mechbench at a local "
+        f"copy: load_model('/path/to/dir') or, for the registered name, {env}=/path/to/dir."
+    )
+
+
+def _pretrained_kwargs(ref: str) -> dict:
+    local = Path(ref).is_dir()
+    return {"local_files_only": local or not _hub_reachable()}
+
+
+def _config_hash(config) -> str:
+    d = config.to_dict()
+    for volatile in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_commit_hash"):
+        d.pop(volatile, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
+FULL_HASH_MAX_PARAMETERS = 50_000_000
+
+
+def weights_hash(model: torch.nn.Module, sample: int = 256) -> str:
+    """sha256 over every parameter's name, shape and values (adapter parameters included).
+
+    Models up to 50M parameters (the toy zoo) hash every value, so any change shows; larger ones (7B) hash a
+    strided sample of ``sample`` values per tensor, cheap on a GPU yet different for any other checkpoint.
+    """
+    h = hashlib.sha256()
+    full = sum(p.numel() for p in model.parameters()) <= FULL_HASH_MAX_PARAMETERS
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        flat = p.detach().reshape(-1)
+        step = 1 if full else max(1, flat.numel() // sample)
+        values = (flat if full else flat[::step][:sample]).to("cpu", torch.float32).contiguous()
+        h.update(f"{name}:{tuple(p.shape)}".encode())
+        h.update(values.numpy().tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(name: str, spec: ModelSpec, model, dtype: torch.dtype) -> dict:
+    return {
+        "name": name,
+        "base": spec.base,
+        "adapter": spec.adapter,
+        "config_sha256": _config_hash(model.config),
+        "weights_sha256": weights_hash(model),
+        "dtype": str(dtype).removeprefix("torch."),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def _check_architecture(config, ref: str) -> None:
+    if getattr(config, "model_type", None) not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"{ref!r} is a {getattr(config, 'model_type', 'unknown')!r} model; mechbench's head-level "
+            f"interventions support the Llama family ({', '.join(SUPPORTED_ARCHITECTURES)}: per-head outputs "
+            f"at the input of self_attn.o_proj, grouped-query attention included)."
+        )
+
+
+def _shape(config) -> ModelShape:
+    n_heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    return ModelShape(
+        n_layers=config.num_hidden_layers,
+        n_heads=n_heads,
+        n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
+        head_dim=head_dim,
+        d_model=config.hidden_size,
+        vocab_size=config.vocab_size,
+    )
+
+
+def load_model(
+    name_or_path: str,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> ModelHandle:
+    """Load a registered name, a hub id, a local directory or ``base+adapter`` into a :class:`ModelHandle`.
+
+    ``dtype`` defaults to float32, as in the paper. ``device_map`` (e.g. ``"auto"``) spreads a model over
+    several GPUs through accelerate and replaces ``device``. ``allow_pickle`` permits ``.bin`` checkpoints
+    where a repository has no safetensors.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    spec = resolve(name_or_path) if isinstance(name_or_path, str) else name_or_path
+    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    if isinstance(dtype, str) and dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    base = spec.base
+    try:
+        config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code, **_pretrained_kwargs(base))
+    except (OSError, ValueError) as e:
+        if "trust_remote_code" in str(e):
+            raise ModelLoadError(
+                f"{base!r} needs custom code from its repository to load; mechbench runs none unless asked: "
+                f"pass trust_remote_code=True if you trust it (head interventions still need a Llama-family model)."
+            ) from None
+        raise ModelLoadError(
+            f"cannot load model {spec.name!r}: the weights at {base!r} are not available here "
+            f"({str(e).splitlines()[0][:200]}). {_how_to_provide(spec, base)}"
+        ) from None
+    _check_architecture(config, base)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            base, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True, **_pretrained_kwargs(base),
+        )
+    except (OSError, ValueError) as e:
+        msg = str(e).splitlines()[0][:300]
+        hint = (" The repository may hold only pickled (.bin) weights: convert them to safetensors, or pass "
+                "allow_pickle=True if you trust the source." if not allow_pickle else "")
+        raise ModelLoadError(f"cannot load the weights of {spec.name!r} from {base!r}: {msg}.{hint} "
+                             f"{_how_to_provide(spec, base)}") from None
+    except torch.OutOfMemoryError:
+        raise ModelLoadError(
+            f"out of memory loading {spec.name!r} in {torch_dtype}: a 7B model needs about 28 GB in float32. "
+            f"Use a larger GPU, device_map='auto' across several, or dtype='bfloat16' (not the paper's setting)."
+        ) from None
+    peft_model = None
+    if spec.adapter:
+        from peft import PeftModel
+
+        try:
+            peft_model = PeftModel.from_pretrained(model, spec.adapter, **_pretrained_kwargs(spec.adapter))
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(
+                f"cannot load the adapter of {spec.name!r} from {spec.adapter!r}: {str(e).splitlines()[0][:200]}. "
+                f"{_how_to_provide(spec, spec.adapter)}"
+            ) from None
+        model = peft_model.get_base_model()
+    if device_map is None:
+        model.to(device)
+    model.eval()
+    tokenizer_ref = spec.adapter if spec.adapter and Path(spec.adapter, "tokenizer_config.json").is_file() else base
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref, trust_remote_code=trust_remote_code,
+                                                  **_pretrained_kwargs(tokenizer_ref))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load the tokenizer of {spec.name!r} from {tokenizer_ref!r}: "
+                             f"{str(e).splitlines()[0][:200]}. {_how_to_provide(spec, tokenizer_ref)}") from None
+    if tokenizer.pad_token_id is None:  # the paper sets pad = eos; prompts of a dataset never need padding
+        tokenizer.pad_token = tokenizer.eos_token
+    return ModelHandle(spec.name, spec, model, tokenizer, _shape(config), fingerprint(spec.name, spec, model, torch_dtype),
+                       peft_model)

@@ -1,0 +1,72 @@
+"""Results as they go: one JSON line per measurement, with what is needed to reproduce it.
+
+Each line carries the git commit (and whether the tree was dirty), library versions, the model's fingerprint
+and the run's settings, in the spirit of lm-evaluation-harness's results files. Lines are appended and
+flushed one by one, so a crash keeps every measurement that finished.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@functools.lru_cache(maxsize=1)
+def git_state() -> dict:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+@functools.lru_cache(maxsize=1)
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("mechbench", "torch", "transformers", "nnsight", "peft", "tokenizers"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def run_metadata() -> dict:
+    return {
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_state(),
+        "versions": versions(),
+        "platform": platform.platform(),
+    }
+
+
+class ResultsWriter:
+    """Appends measurements to ``<results_dir>/results.jsonl``."""
+
+    def __init__(self, results_dir: str | Path):
+        self.path = Path(results_dir) / "results.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._meta = run_metadata()
+
+    def write(self, claim: str, keys: dict, value, **details) -> dict:
+        record = {"claim": claim, **keys, "value": value, **details, "meta": self._meta}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return record
+
+    def read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]

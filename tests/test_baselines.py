@@ -1,0 +1,84 @@
+"""Baseline files: schema checks with clear errors, lookups, tolerances, updates with diffs."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mechbench import baselines
+from mechbench.claims import check_claim
+from mechbench.errors import BaselineError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def bdir(tmp_path):
+    shutil.copy(ROOT / "baselines" / "accuracy.json", tmp_path / "accuracy.json")
+    return tmp_path
+
+
+def test_every_shipped_baseline_file_loads():
+    for path in sorted((ROOT / "baselines").glob("*.json")):
+        b = baselines.load(path.stem)
+        assert b.records, path
+
+
+def test_truncated_file_is_a_clear_error(bdir):
+    path = bdir / "accuracy.json"
+    path.write_text(path.read_text()[:300])
+    with pytest.raises(BaselineError) as err:
+        baselines.load("accuracy", bdir)
+    assert str(path) in str(err.value) and "not valid JSON" in str(err.value) and "git checkout" in str(err.value)
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda d: d.pop("records"), "'records'"),
+    (lambda d: d.update(unit="furlongs"), "'unit'"),
+    (lambda d: d.update(claim="other"), "'claim'"),
+    (lambda d: d["records"][1].pop("source"), "records[1] is missing field 'source'"),
+    (lambda d: d["records"][0].update(tolerance=-1), "records[0].tolerance"),
+    (lambda d: d["records"][2].pop("tolerance_rule"), "records[2] has a tolerance but no 'tolerance_rule'"),
+    (lambda d: d["records"][0].update(model=["llama7b"]), "records[0].model is a key field"),
+])
+def test_incomplete_files_name_the_file_and_the_field(bdir, mutate, field):
+    path = bdir / "accuracy.json"
+    data = json.loads(path.read_text())
+    mutate(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(BaselineError) as err:
+        baselines.load("accuracy", bdir)
+    assert str(path) in str(err.value) and field in str(err.value)
+
+
+def test_missing_file_and_missing_record_say_what_to_do(bdir):
+    with pytest.raises(BaselineError, match="does not exist"):
+        baselines.load("no_such_claim", bdir)
+    with pytest.raises(BaselineError, match="--update-baselines"):
+        baselines.load("accuracy", bdir).get(model="nobody")
+
+
+def test_paper_tolerance_is_the_binomial_bound():
+    record = baselines.load("accuracy").get(model="llama7b")
+    assert record.tolerance_for(500) == pytest.approx(baselines.binomial_tolerance(0.66, 500, 500) + 0.005, abs=1e-4)
+    # fewer examples, wider bound
+    assert record.tolerance_for(100) > record.tolerance_for(500)
+    assert baselines.compare(0.70, record, n=500).passed and not baselines.compare(0.50, record, n=500).passed
+
+
+def test_update_writes_a_measured_record_and_never_a_published_one(bdir):
+    out = check_claim("accuracy", {"model": "toy-x"}, 0.5, n=100, seed=0, baselines_dir=bdir, update=True,
+                      tolerance=0.2, tolerance_same_sample=0.03, tolerance_rule="test")
+    assert out.diff == "+ accuracy {'model': 'toy-x'}: 0.5"
+    out = check_claim("accuracy", {"model": "toy-x"}, 0.6, n=100, seed=0, baselines_dir=bdir, update=True,
+                      tolerance=0.2, tolerance_same_sample=0.03, tolerance_rule="test")
+    assert out.diff == "~ accuracy {'model': 'toy-x'}: 0.5 -> 0.6"
+    record = baselines.load("accuracy", bdir).get(model="toy-x")
+    assert record.measured and record.value == 0.6
+    # same examples: the tight tolerance applies; other seed: the binomial one
+    assert record.tolerance_for(100, 0) == 0.03 and record.tolerance_for(100, 1) == 0.2
+    assert not check_claim("accuracy", {"model": "toy-x"}, 0.64, n=100, seed=0, baselines_dir=bdir).passed
+    assert check_claim("accuracy", {"model": "toy-x"}, 0.64, n=100, seed=1, baselines_dir=bdir).passed
+    with pytest.raises(BaselineError, match="does not overwrite published numbers"):
+        check_claim("accuracy", {"model": "llama7b"}, 0.1, baselines_dir=bdir, update=True)

@@ -1,0 +1,124 @@
+"""Model registry and loading: names, specs, errors, adapters, GQA shapes, fingerprints."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mechbench.errors import ModelLoadError, UnknownModelError, UnsupportedArchitectureError
+from mechbench.models import load_model, resolve
+from mechbench.models.registry import REGISTRY, zoo_dir
+from tests.helpers import save_random_llama
+
+
+def test_registry_names_the_papers_models_with_their_ids():
+    assert resolve("vicuna7b").base == "AlekseyKorshuk/vicuna-7b"
+    assert resolve("float7b").base == "nikhil07prakash/float-7b"
+    goat = resolve("goat7b")
+    assert goat.adapter == "tiedong/goat-lora-7b" and goat.base == resolve("llama7b").base
+    assert resolve("toy-goat").base == zoo_dir("toy-llama") and resolve("toy-goat").adapter == zoo_dir("toy-goat")
+
+
+def test_env_override_points_a_name_and_its_dependents_at_a_local_copy(monkeypatch, tmp_path):
+    monkeypatch.setenv("MECHBENCH_MODEL_LLAMA7B", str(tmp_path))
+    assert resolve("llama7b").base == str(tmp_path)
+    assert resolve("goat7b").base == str(tmp_path)  # Goat's base follows Llama's override
+
+
+def test_unknown_names_list_the_known_ones():
+    with pytest.raises(UnknownModelError) as err:
+        resolve("no-such-model")
+    assert "'no-such-model'" in str(err.value) and all(name in str(err.value) for name in REGISTRY)
+
+
+def test_hub_ids_and_adapter_specs_resolve(tmp_path):
+    assert resolve("org/model").base == "org/model"
+    spec = resolve("llama7b+tiedong/goat-lora-7b")
+    assert spec.base == resolve("llama7b").base and spec.adapter == "tiedong/goat-lora-7b"
+
+
+def test_missing_weights_name_the_id_and_how_to_provide_them(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from mechbench.models import loading
+
+    loading._hub_reachable.cache_clear()
+    with pytest.raises(ModelLoadError) as err:
+        load_model("float7b")
+    msg = str(err.value)
+    assert "nikhil07prakash/float-7b" in msg and "huggingface-cli download" in msg and "MECHBENCH_MODEL_FLOAT7B" in msg
+    with pytest.raises(ModelLoadError, match="MECHBENCH_MODEL_LLAMA7B"):  # Goat's missing base names its own variable
+        load_model("goat7b")
+    loading._hub_reachable.cache_clear()
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_llama_family_with_grouped_query_attention_loads(tmp_path, n_kv_heads):
+    path = save_random_llama(tmp_path, n_heads=4, n_kv_heads=n_kv_heads)
+    handle = load_model(str(path))
+    s = handle.shape
+    assert (s.n_layers, s.n_heads, s.n_kv_heads, s.head_dim) == (2, 4, n_kv_heads, 8)
+    assert handle.layers[0].self_attn.o_proj.in_features == s.n_heads * s.head_dim
+    assert handle.fingerprint["weights_sha256"] == load_model(str(path)).fingerprint["weights_sha256"]
+
+
+def test_non_llama_architectures_are_refused(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=16, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedArchitectureError, match="'gpt2'.*llama"):
+        load_model(str(tmp_path))
+
+
+def test_pickled_weights_need_explicit_permission(tmp_path):
+    path = save_random_llama(tmp_path, safe=False)
+    with pytest.raises(ModelLoadError, match="allow_pickle=True"):
+        load_model(str(path))
+    assert load_model(str(path), allow_pickle=True).shape.n_layers == 2
+
+
+def test_fingerprint_changes_with_any_weight(tmp_path):
+    path = save_random_llama(tmp_path)
+    a = load_model(str(path))
+    b = load_model(str(path))
+    with torch.no_grad():
+        b.model.model.layers[1].mlp.up_proj.weight[3, 5] += 1e-3
+    from mechbench.models.loading import weights_hash
+
+    assert weights_hash(a.model) != weights_hash(b.model)
+    assert a.fingerprint["config_sha256"] == b.fingerprint["config_sha256"]
+
+
+def test_lora_adapter_loads_unmerged_with_unchanged_module_paths(tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base_dir = save_random_llama(tmp_path / "base")
+    lora = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_dir),
+        LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False),
+    )
+    adapter_dir = tmp_path / "adapter"
+    lora.save_pretrained(adapter_dir)
+    ids = torch.randint(4, 100, (2, 9))
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir)(ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(base_dir)(ids).logits
+    for ref in (f"{base_dir}+{adapter_dir}", str(adapter_dir)):  # explicit spec, and the adapter dir naming its base
+        handle = load_model(ref)
+        assert handle.spec.adapter == str(adapter_dir)
+        o_proj = handle.model.model.layers[0].self_attn.o_proj  # same path as a plain model; LoRA wrapped in place
+        assert hasattr(o_proj, "lora_A")
+        with torch.no_grad():
+            got = handle.model(ids).logits
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        assert not torch.allclose(got, plain, atol=1e-3)
+        assert handle.fingerprint["adapter"] == str(adapter_dir)
+
+
+def test_suite_rejects_an_unknown_model_name_with_a_message():
+    run = subprocess.run([sys.executable, "-m", "pytest", "suites/", "--model=no-such-model", "-q"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "unknown model 'no-such-model'" in run.stderr + run.stdout and "toy-llama" in run.stderr + run.stdout
