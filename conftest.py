@@ -92,6 +92,14 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("model_name", params)
 
 
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU; none is visible to torch here")
+
+
 @pytest.fixture(scope="session")
 def settings(request) -> Settings:
     return request.config._mechbench

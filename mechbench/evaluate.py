@@ -1,7 +1,7 @@
-"""Plain forward passes over a dataset: next-token logits at the last position and top-1 accuracy.
+"""The un-intervened model over a dataset: next-token logits at the last position and top-1 accuracy.
 
-Interventions (patching, ablation) run through the intervention engine; this module is the un-intervened
-model, which every claim's "full model" number comes from.
+Every forward pass goes through the intervention engine (here with no interventions), so the "full model"
+number of each claim and its patched counterparts are computed by the same code.
 """
 
 from __future__ import annotations
@@ -9,23 +9,12 @@ from __future__ import annotations
 import torch
 
 from mechbench.data.dataset import EntityTrackingDataset
+from mechbench.intervene.engine import run
 
 
-def _model(model_or_handle) -> torch.nn.Module:
-    return getattr(model_or_handle, "model", model_or_handle) if not isinstance(model_or_handle, torch.nn.Module) else model_or_handle
-
-
-@torch.no_grad()
 def last_logits(model_or_handle, input_ids: torch.Tensor, batch_size: int = 50) -> torch.Tensor:
     """Logits of the next token after the last position, shape [N, vocab], float32 on the CPU."""
-    model = _model(model_or_handle)
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(input_ids), batch_size):
-        batch = input_ids[start : start + batch_size].to(device)
-        logits = model(input_ids=batch, logits_to_keep=1).logits[:, -1]
-        out.append(logits.float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+    return run(model_or_handle, input_ids, batch_size=batch_size).last_logits
 
 
 def top1_correct(logits: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:

@@ -196,3 +196,14 @@ def test_noise_pairs_follow_the_path_patching_recipe(seed, boxes):
         assert source.query_box == (base.query_box + 1) % boxes
         assert source.query_label in LETTERS
     assert cf.base.input_ids.shape == cf.source.input_ids.shape
+
+
+def test_bos_is_added_when_the_tokenizer_does_not(llama_tokenizer):
+    """transformers 5 loading a bare tokenizer.model adds no BOS (53 tokens); the dataset puts it back."""
+    from transformers import LlamaTokenizer
+
+    bare = LlamaTokenizer.from_pretrained(llama_tokenizer.name_or_path)
+    assert len(bare("The fig is in Box X")["input_ids"]) == 6  # no BOS
+    ds = build_dataset(bare, n_examples=7, seed=0)
+    assert ds.input_ids.shape[1] == 54 and (ds.input_ids[:, 0] == bare.bos_token_id).all()
+    assert (ds.label_positions[0] == torch.arange(6, 49, 7)).all()
