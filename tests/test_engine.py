@@ -1,110 +1,152 @@
-"""The intervention engine against a slow, obviously-right reference on random small Llamas."""
+"""The intervention engine against a slow, obviously-right reference (a hand-written Llama forward) on
+random small Llamas, with and without grouped-query attention."""
 
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from mechbench.intervene import HeadPatch, Read, run
+from mechbench.intervene import HeadPatch, Knockout, Read, run
+from mechbench.intervene.engine import n_units
 from tests.helpers import random_llama
+from tests.reference_llama import reference_last_logits
 
-N, S = 5, 11
-
-
-def reference_run(model, input_ids, patches):
-    """One example at a time; a hook that overwrites one (position, head) at a time in Python loops."""
-    n_heads = model.config.num_attention_heads
-    d = model.config.hidden_size // n_heads if not getattr(model.config, "head_dim", None) else model.config.head_dim
-    out = []
-    for i in range(len(input_ids)):
-        hooks = []
-        for layer, o_proj in enumerate(m.self_attn.o_proj for m in model.model.layers):
-            def hook(module, args, layer=layer):
-                x = args[0].clone()
-                for p in patches:
-                    if p.layer != layer:
-                        continue
-                    for j, pos in enumerate(p.positions[i].tolist()):
-                        for k, head in enumerate(p.heads.tolist()):
-                            a = p.alpha if isinstance(p.alpha, float) else float(p.alpha[k])
-                            cur = x[0, pos, head * d : (head + 1) * d]
-                            x[0, pos, head * d : (head + 1) * d] = cur + a * (p.values[i, j, k] - cur)
-                return (x,)
-            hooks.append(o_proj.register_forward_pre_hook(hook))
-        try:
-            with torch.no_grad():
-                out.append(model(input_ids=input_ids[i : i + 1]).logits[0, -1])
-        finally:
-            for h in hooks:
-                h.remove()
-    return torch.stack(out)
+N, S, D, LAYERS = 4, 9, 8, 3
 
 
 @pytest.fixture(scope="module", params=[(4, 4), (4, 2)], ids=["mha", "gqa"])
 def model(request):
     heads, kv = request.param
-    return random_llama(n_layers=3, n_heads=heads, n_kv_heads=kv, head_dim=8, vocab_size=50, seed=1)
+    return random_llama(n_layers=LAYERS, n_heads=heads, n_kv_heads=kv, head_dim=D, vocab_size=50, seed=1)
+
+
+def ids_for(seed):
+    return torch.randint(0, 50, (N, S), generator=torch.Generator().manual_seed(seed))
+
+
+def test_reference_reproduces_the_model(model):
+    ids = ids_for(0)
+    plain = run(model, ids).last_logits
+    for i in range(N):
+        torch.testing.assert_close(reference_last_logits(model, ids[i]), plain[i], rtol=1e-4, atol=1e-5)
 
 
 def test_no_patch_changes_nothing(model):
-    ids = torch.randint(0, 50, (N, S), generator=torch.Generator().manual_seed(0))
+    ids = ids_for(0)
     with torch.no_grad():
         plain = model(input_ids=ids, logits_to_keep=1).logits[:, -1]
     assert torch.equal(run(model, ids, batch_size=N).last_logits, plain)  # same batch: bit for bit
-    torch.testing.assert_close(run(model, ids, batch_size=2).last_logits, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(run(model, ids, batch_size=3).last_logits, plain, rtol=1e-5, atol=1e-6)
 
 
-@settings(max_examples=25, deadline=None)
-@given(data=st.data())
-def test_patches_equal_the_reference(model, data):
-    g = torch.Generator().manual_seed(data.draw(st.integers(0, 10_000)))
-    ids = torch.randint(0, 50, (N, S), generator=g)
-    n_heads, d = model.config.num_attention_heads, 8
+@st.composite
+def patch_sets(draw, model):
+    seed = draw(st.integers(0, 10_000))
+    g = torch.Generator().manual_seed(seed)
     patches = []
-    for _ in range(data.draw(st.integers(0, 3))):
-        heads = data.draw(st.lists(st.integers(0, n_heads - 1), min_size=1, max_size=n_heads, unique=True))
-        p = data.draw(st.integers(1, 3))
-        positions = torch.randint(0, S, (N, p), generator=g)
-        alpha = data.draw(st.sampled_from([1.0, "per-head"]))
-        alpha = torch.rand(len(heads), generator=g) if alpha == "per-head" else alpha
-        patches.append(HeadPatch(data.draw(st.integers(0, 2)), torch.tensor(heads), positions,
-                                 torch.randn(N, p, len(heads), d, generator=g), alpha))
-    # positions repeated within one example: the reference applies them in order, so make them unique
+    for _ in range(draw(st.integers(0, 3))):
+        component = draw(st.sampled_from(["head_out", "q", "k", "v"]))
+        units = n_units(model, component)
+        heads = draw(st.lists(st.integers(0, units - 1), min_size=1, max_size=units, unique=True))
+        n_pos = draw(st.integers(1, 3))
+        positions = torch.stack([torch.randperm(S, generator=g)[:n_pos] for _ in range(N)])  # distinct per row
+        per_head = draw(st.booleans())
+        alpha = torch.rand(len(heads), generator=g) if per_head else 1.0
+        patches.append(HeadPatch(draw(st.integers(0, LAYERS - 1)), torch.tensor(heads), positions,
+                                 torch.randn(N, n_pos, len(heads), D, generator=g), alpha, component))
+    knockouts = []
+    if draw(st.booleans()):
+        q = torch.randint(1, S, (N,), generator=g)
+        keys = torch.stack([torch.randint(0, int(qq), (2,), generator=g) for qq in q])
+        knockouts.append(Knockout(draw(st.integers(0, LAYERS - 1)), q, keys))
+    return seed, patches, knockouts
+
+
+def as_reference(patches, knockouts, i):
+    hp = []
     for p in patches:
-        p.positions = torch.stack([row if len(set(row.tolist())) == len(row) else row[:1].repeat(len(row)) for row in p.positions])
-        if any(len(set(r.tolist())) != len(r) for r in p.positions):
-            p.positions = p.positions[:, :1]
-            p.values = p.values[:, :1]
-    got = run(model, ids, patches, batch_size=2).last_logits
-    torch.testing.assert_close(got, reference_run(model, ids, patches), rtol=1e-5, atol=1e-5)
+        for j, pos in enumerate(p.positions[i].tolist()):
+            for k, head in enumerate(p.heads.tolist()):
+                alpha = float(p.alpha) if isinstance(p.alpha, float) else float(p.alpha[k])
+                hp.append((p.layer, p.component, pos, head, p.values[i, j, k], alpha))
+    ko = [(k.from_layer, int(k.query_positions[i]), int(kp)) for k in knockouts for kp in k.key_positions[i]]
+    return hp, ko
 
 
-def test_alpha_zero_is_no_patch_and_reading_then_patching_back_is_identity(model):
-    ids = torch.randint(0, 50, (N, S), generator=torch.Generator().manual_seed(3))
-    base = run(model, ids, read=Read())
+@settings(max_examples=12, deadline=None)
+@given(data=st.data())
+def test_interventions_equal_the_reference(model, data):
+    seed, patches, knockouts = data.draw(patch_sets(model))
+    ids = ids_for(seed)
+    got = run(model, ids, patches, knockouts=knockouts, batch_size=3).last_logits
+    for i in range(N):
+        hp, ko = as_reference(patches, knockouts, i)
+        torch.testing.assert_close(got[i], reference_last_logits(model, ids[i], hp, ko), rtol=1e-4, atol=1e-4)
+
+
+def test_alpha_zero_is_no_patch_and_patching_back_what_was_read_is_identity(model):
+    ids = ids_for(3)
     everything = torch.arange(S).repeat(N, 1)
-    heads = torch.arange(model.config.num_attention_heads)
-    noise = [HeadPatch(l, heads, everything, torch.randn(N, S, len(heads), 8), 0.0) for l in range(3)]
-    assert torch.equal(run(model, ids, noise).last_logits, base.last_logits)
-    same = [HeadPatch(l, heads, everything, base.reads[l], 1.0) for l in range(3)]
-    torch.testing.assert_close(run(model, ids, same).last_logits, base.last_logits, rtol=0, atol=1e-5)
+    for component in ("head_out", "q", "k", "v"):
+        heads = torch.arange(n_units(model, component))
+        base = run(model, ids, read=Read(component=component))
+        noise = [HeadPatch(l, heads, everything, torch.randn(N, S, len(heads), D), 0.0, component) for l in range(LAYERS)]
+        assert torch.equal(run(model, ids, noise).last_logits, base.last_logits)
+        same = [HeadPatch(l, heads, everything, base.reads[l], 1.0, component) for l in range(LAYERS)]
+        torch.testing.assert_close(run(model, ids, same).last_logits, base.last_logits, rtol=0, atol=1e-5)
 
 
-def test_reads_see_patched_values_and_positions_select_tokens(model):
-    ids = torch.randint(0, 50, (N, S), generator=torch.Generator().manual_seed(4))
-    values = torch.randn(N, 1, 2, 8)
-    positions = torch.randint(0, S, (N, 1))
-    out = run(model, ids, [HeadPatch(1, torch.tensor([0, 2]), positions, values)], read=Read([1], positions))
-    torch.testing.assert_close(out.reads[1][:, :, [0, 2]], values)
+def test_patching_every_head_from_a_model_that_differs_only_in_attention_reproduces_it():
+    """Patching everything from the counterfactual reproduces the counterfactual: when two models differ only
+    in q/k/v weights (a LoRA on attention, say), every head output of one patched into the other, at every
+    layer and position, makes every residual, and so the logits, those of the first."""
+    model = random_llama(n_layers=LAYERS, n_heads=4, head_dim=D, vocab_size=50, seed=2)
+    other = random_llama(n_layers=LAYERS, n_heads=4, head_dim=D, vocab_size=50, seed=2)
+    with torch.no_grad():
+        for layer in other.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.weight.add_(0.3 * torch.randn_like(proj.weight))
+    ids = ids_for(7)
+    source = run(other, ids, read=Read())
+    everything = torch.arange(S).repeat(N, 1)
+    patches = [HeadPatch(l, torch.arange(4), everything, source.reads[l]) for l in range(LAYERS)]
+    assert not torch.allclose(run(model, ids).last_logits, source.last_logits, atol=1e-3)
+    torch.testing.assert_close(run(model, ids, patches).last_logits, source.last_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_patched_values_are_what_later_reads_see():
+    model = random_llama(n_layers=LAYERS, n_heads=4, head_dim=D, vocab_size=50, seed=2)
+    ids, other = ids_for(5), ids_for(6)
+    base, source = run(model, ids, read=Read()), run(model, other, read=Read())
+    everything = torch.arange(S).repeat(N, 1)
+    heads = torch.arange(4)
+    patched = run(model, ids, [HeadPatch(l, heads, everything, source.reads[l]) for l in range(LAYERS)], read=Read())
+    assert not torch.allclose(patched.last_logits, base.last_logits, atol=1e-3)
+    for l in range(LAYERS):  # what a later read sees is exactly what was written
+        torch.testing.assert_close(patched.reads[l], source.reads[l])
+
+
+def test_reads_select_positions(model):
+    ids = ids_for(4)
+    positions = torch.randint(0, S, (N, 2))
     full = run(model, ids, read=Read([0]))
-    assert full.reads[0].shape == (N, S, model.config.num_attention_heads, 8)
+    assert full.reads[0].shape == (N, S, model.config.num_attention_heads, D)
     picked = run(model, ids, read=Read([0], positions)).reads[0]
-    torch.testing.assert_close(picked[:, 0], full.reads[0][torch.arange(N), positions[:, 0]])
+    torch.testing.assert_close(picked, full.reads[0][torch.arange(N)[:, None], positions])
+    kv = run(model, ids, read=Read([1], component="v")).reads[1]
+    assert kv.shape == (N, S, model.config.num_key_value_heads, D)
 
 
 def test_per_head_alpha_is_differentiable(model):
-    ids = torch.randint(0, 50, (N, S), generator=torch.Generator().manual_seed(5))
+    ids = ids_for(5)
     alpha = torch.full((2,), 0.5, requires_grad=True)
-    patch = HeadPatch(2, torch.tensor([1, 3]), torch.full((N, 1), S - 1), torch.randn(N, 1, 2, 8), alpha)
+    patch = HeadPatch(2, torch.tensor([1, 3]), torch.full((N, 1), S - 1), torch.randn(N, 1, 2, D), alpha)
     logits = run(model, ids, [patch], grad=True, batch_size=N).last_logits
     logits[:, 0].sum().backward()
     assert alpha.grad is not None and alpha.grad.abs().sum() > 0
+
+
+def test_bad_patches_are_refused():
+    with pytest.raises(ValueError, match="unknown component"):
+        HeadPatch(0, [0], torch.zeros(2, 1), torch.zeros(2, 1, 1, D), component="mlp")
+    with pytest.raises(ValueError, match="do not match"):
+        HeadPatch(0, [0, 1], torch.zeros(2, 1), torch.zeros(2, 1, 1, D))

@@ -1,3 +1,3 @@
-from mechbench.intervene.engine import HeadPatch, Read, RunOutput, hooked, run
+from mechbench.intervene.engine import COMPONENTS, HeadPatch, Knockout, Read, RunOutput, hooked, run
 
-__all__ = ["HeadPatch", "Read", "RunOutput", "hooked", "run"]
+__all__ = ["COMPONENTS", "HeadPatch", "Knockout", "Read", "RunOutput", "hooked", "run"]

@@ -1,8 +1,14 @@
-"""The intervention engine: one place that runs a model while reading or overwriting per-head outputs.
+"""The intervention engine: one place that runs a model while reading or overwriting per-head activations.
 
-A head's output is the slice of ``self_attn.o_proj``'s input that belongs to it (shape ``head_dim``), before
-W_O mixes the heads, as in the paper's code. Every method (path patching, mean ablation, DCM, CMAP) states
-what it wants as :class:`HeadPatch` values and :class:`Read` requests; no method registers hooks of its own.
+Sites are per head and per token. A head's ``component`` is one of:
+
+- ``head_out``: its output before W_O mixes the heads, i.e. its slice of ``self_attn.o_proj``'s input (the
+  paper's site for path patching, mean ablation, DCM and CMAP);
+- ``q``, ``k``, ``v``: its slice of ``q_proj``/``k_proj``/``v_proj``'s output, before RoPE (the receivers of
+  path patching; k and v are per key/value head under grouped-query attention).
+
+Every method states what it wants as :class:`HeadPatch` values, :class:`Read` requests and
+:class:`Knockout` edges; no method registers hooks of its own.
 
 A :class:`HeadPatch` moves chosen heads at chosen positions of each example towards given values:
 
@@ -13,28 +19,37 @@ blend (``alpha = 1 - m``), differentiable. Positions are per example (``[N, P]``
 different tokens in different prompts is one patch. Values come from wherever the method took them: another
 run's read (patching), another model's read (CMAP), a mean (ablation).
 
-The hook sees the o_proj input of a LoRA-wrapped layer too, so an adapter's o_proj delta is kept (the paper's
-code recomputed o_proj from the base weight and dropped it, FACTS.md section 2).
+A :class:`Knockout` blocks attention edges (query position -> key positions) for every head of every layer
+from ``from_layer`` on, by setting the pre-softmax score to the dtype's minimum, as the paper's attention
+knockout does.
+
+Hooks sit on the LoRA-wrapped projections of an adapter model too, so an adapter's deltas are kept (the
+paper's code recomputed o_proj from the base weight and dropped Goat's o_proj LoRA, FACTS.md section 2).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 
+COMPONENTS = ("head_out", "q", "k", "v")
+
 
 @dataclass
 class HeadPatch:
     layer: int
-    heads: torch.Tensor  # [k] head indices
+    heads: torch.Tensor  # [k] head indices (key/value heads for k and v)
     positions: torch.Tensor  # [N, P] token positions per example
     values: torch.Tensor  # [N, P, k, head_dim]
     alpha: torch.Tensor | float = 1.0  # scalar or [k]
+    component: str = "head_out"
 
     def __post_init__(self):
+        if self.component not in COMPONENTS:
+            raise ValueError(f"unknown component {self.component!r}; use one of {', '.join(COMPONENTS)}")
         self.heads = torch.as_tensor(self.heads, dtype=torch.long).reshape(-1)
         self.positions = torch.as_tensor(self.positions, dtype=torch.long)
         if self.positions.dim() == 1:
@@ -45,82 +60,149 @@ class HeadPatch:
                              f"x {len(self.heads)} heads")
 
     def rows(self, index: slice) -> "HeadPatch":
-        return HeadPatch(self.layer, self.heads, self.positions[index], self.values[index], self.alpha)
+        return HeadPatch(self.layer, self.heads, self.positions[index], self.values[index], self.alpha, self.component)
 
 
 @dataclass(frozen=True)
 class Read:
-    """Head outputs to record: ``layers`` (None = all) at ``positions`` ([N, P] per example; None = all)."""
+    """Activations to record: ``layers`` (None = all) at ``positions`` ([N, P] per example; None = all)."""
 
     layers: Sequence[int] | None = None
     positions: torch.Tensor | None = None
+    component: str = "head_out"
+
+    def rows(self, index: slice) -> "Read":
+        return Read(self.layers, None if self.positions is None else self.positions[index], self.component)
+
+
+@dataclass
+class Knockout:
+    """Block attention from ``query_positions`` ([N]) to ``key_positions`` ([N, K]) in layers >= from_layer."""
+
+    from_layer: int
+    query_positions: torch.Tensor
+    key_positions: torch.Tensor
+
+    def __post_init__(self):
+        self.query_positions = torch.as_tensor(self.query_positions, dtype=torch.long).reshape(-1)
+        self.key_positions = torch.as_tensor(self.key_positions, dtype=torch.long)
+        if self.key_positions.dim() == 1:
+            self.key_positions = self.key_positions[:, None]
+
+    def rows(self, index: slice) -> "Knockout":
+        return Knockout(self.from_layer, self.query_positions[index], self.key_positions[index])
 
 
 @dataclass
 class RunOutput:
     last_logits: torch.Tensor  # [N, vocab] float32
-    reads: dict[int, torch.Tensor]  # layer -> [N, P or S, n_heads, head_dim]
+    reads: dict[int, torch.Tensor]  # layer -> [N, P or S, heads, head_dim]
 
 
-def _o_projs(model) -> list[torch.nn.Module]:
-    return [layer.self_attn.o_proj for layer in model.model.layers]
+def _attention(model, layer: int):
+    return model.model.layers[layer].self_attn
 
 
-def _shape(model) -> tuple[int, int]:
+def _module(model, layer: int, component: str) -> torch.nn.Module:
+    attn = _attention(model, layer)
+    return {"head_out": attn.o_proj, "q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj}[component]
+
+
+def head_dim(model) -> int:
     config = model.config
-    n_heads = config.num_attention_heads
-    return n_heads, getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def _apply(x: torch.Tensor, patches: list[HeadPatch], n_heads: int, head_dim: int) -> torch.Tensor:
+def n_units(model, component: str) -> int:
+    config = model.config
+    if component in ("k", "v"):
+        return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return config.num_attention_heads
+
+
+def _apply(x: torch.Tensor, patches: list[HeadPatch], units: int, d: int) -> torch.Tensor:
     b, s, _ = x.shape
-    heads_view = x.view(b, s, n_heads, head_dim).clone()
+    per_head = x.view(b, s, units, d).clone()
+    rows = torch.arange(b, device=x.device)[:, None, None]
     for p in patches:
-        rows = torch.arange(b, device=x.device)[:, None, None]
         pos = p.positions.to(x.device)[:, :, None]
         heads = p.heads.to(x.device)[None, None, :]
-        current = heads_view[rows, pos, heads]  # [b, P, k, d]
+        current = per_head[rows, pos, heads]  # [b, P, k, d]
         alpha = torch.as_tensor(p.alpha, dtype=x.dtype, device=x.device)
         alpha = alpha.reshape(1, 1, -1, 1) if alpha.dim() == 1 else alpha
-        heads_view[rows, pos, heads] = current + alpha * (p.values.to(x.device, x.dtype) - current)
-    return heads_view.view(b, s, n_heads * head_dim)
+        per_head[rows, pos, heads] = current + alpha * (p.values.to(x.device, x.dtype) - current)
+    return per_head.view(b, s, units * d)
+
+
+def _knockout_mask(knockouts: list[Knockout], batch: int, seq: int, dtype, device) -> torch.Tensor:
+    """Additive [B, 1, S, S] mask: causal, plus the knocked-out edges at the dtype's minimum."""
+    blocked = torch.ones(seq, seq, dtype=torch.bool, device=device).triu(1).expand(batch, seq, seq).clone()
+    rows = torch.arange(batch, device=device)[:, None]
+    for k in knockouts:
+        blocked[rows, k.query_positions.to(device)[:, None], k.key_positions.to(device)] = True
+    mask = torch.zeros(batch, 1, seq, seq, dtype=dtype, device=device)
+    return mask.masked_fill(blocked[:, None], torch.finfo(dtype).min)
 
 
 @contextmanager
-def hooked(model, patches: Sequence[HeadPatch] = (), read: Read | None = None,
-           store: dict | None = None) -> Iterator[None]:
-    """Within the block, forwards of ``model`` apply ``patches`` and record ``read`` into ``store``."""
-    n_heads, head_dim = _shape(model)
-    by_layer: dict[int, list[HeadPatch]] = {}
+def hooked(model, patches: Sequence[HeadPatch] = (), read: Read | None = None, store: dict | None = None,
+           knockouts: Sequence[Knockout] = ()) -> Iterator[None]:
+    """Within the block, forwards of ``model`` apply ``patches`` and ``knockouts`` and record ``read``."""
+    d = head_dim(model)
+    n_layers = len(model.model.layers)
+    by_site: dict[tuple[int, str], list[HeadPatch]] = {}
     for p in patches:
-        by_layer.setdefault(p.layer, []).append(p)
-    read_layers = set(range(len(_o_projs(model)))) if read and read.layers is None else set(read.layers if read else ())
-    handles = []
+        by_site.setdefault((p.layer, p.component), []).append(p)
+    read_layers = set() if read is None else set(range(n_layers) if read.layers is None else read.layers)
 
-    def make_hook(layer: int):
-        def hook(module, args):
-            x = args[0]
-            if layer in by_layer:
-                x = _apply(x, by_layer[layer], n_heads, head_dim)
-            if layer in read_layers:
+    def make_hook(layer: int, component: str):
+        units = n_units(model, component)
+        patch_here = by_site.get((layer, component), [])
+        read_here = read is not None and read.component == component and layer in read_layers
+
+        def edit(x):
+            if patch_here:
+                x = _apply(x, patch_here, units, d)
+            if read_here:
                 b, s, _ = x.shape
-                heads_view = x.detach().view(b, s, n_heads, head_dim)
+                per_head = x.detach().view(b, s, units, d)
                 if read.positions is not None:
-                    rows = torch.arange(b, device=x.device)[:, None]
-                    heads_view = heads_view[rows, read.positions.to(x.device)]
-                store.setdefault(layer, []).append(heads_view.float().cpu())
-            return (x,) + tuple(args[1:]) if layer in by_layer else None
+                    per_head = per_head[torch.arange(b, device=x.device)[:, None], read.positions.to(x.device)]
+                store.setdefault(layer, []).append(per_head.float().cpu())
+            return x
 
-        return hook
+        if component == "head_out":  # the o_proj input: a pre-hook
+            def pre_hook(module, args):
+                x = edit(args[0])
+                return (x,) + tuple(args[1:]) if patch_here else None
+            return pre_hook, True
 
-    try:
-        for layer, o_proj in enumerate(_o_projs(model)):
-            if layer in by_layer or layer in read_layers:
-                handles.append(o_proj.register_forward_pre_hook(make_hook(layer)))
+        def post_hook(module, args, output):  # q/k/v projection outputs
+            x = edit(output)
+            return x if patch_here else None
+        return post_hook, False
+
+    with ExitStack() as stack:
+        sites = set(by_site) | {(layer, read.component) for layer in read_layers}
+        for layer, component in sorted(sites):
+            hook, pre = make_hook(layer, component)
+            module = _module(model, layer, component)
+            handle = module.register_forward_pre_hook(hook) if pre else module.register_forward_hook(hook)
+            stack.callback(handle.remove)
+        if knockouts:
+            first = min(k.from_layer for k in knockouts)
+            for layer in range(first, n_layers):
+                active = [k for k in knockouts if k.from_layer <= layer]
+
+                def mask_hook(module, args, kwargs, active=active):
+                    hidden = kwargs.get("hidden_states", args[0] if args else None)
+                    b, s, _ = hidden.shape
+                    kwargs["attention_mask"] = _knockout_mask(active, b, s, hidden.dtype, hidden.device)
+                    return args, kwargs
+
+                handle = _attention(model, layer).register_forward_pre_hook(mask_hook, with_kwargs=True)
+                stack.callback(handle.remove)
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _model(model_or_handle) -> torch.nn.Module:
@@ -132,22 +214,23 @@ def run(
     input_ids: torch.Tensor,
     patches: Sequence[HeadPatch] = (),
     read: Read | None = None,
+    knockouts: Sequence[Knockout] = (),
     batch_size: int = 50,
     grad: bool = False,
 ) -> RunOutput:
-    """Forward ``input_ids`` in batches with ``patches`` applied; logits at the last position and reads.
-
-    With ``grad=True`` (DCM) the logits keep their graph: run one batch at a time then.
+    """Forward ``input_ids`` in batches with ``patches`` and ``knockouts`` applied; last-position logits and
+    the requested reads. With ``grad=True`` (DCM) the logits keep their graph and stay on the model's device.
     """
     model = _model(model_or_handle)
     device = next(model.parameters()).device
     logits, store = [], {}
     for start in range(0, len(input_ids), batch_size):
         rows = slice(start, start + batch_size)
-        batch_patches = [p.rows(rows) for p in patches]
-        batch_read = None if read is None else Read(read.layers, None if read.positions is None else read.positions[rows])
-        with torch.set_grad_enabled(grad), hooked(model, batch_patches, batch_read, store):
+        with torch.set_grad_enabled(grad), hooked(
+            model, [p.rows(rows) for p in patches], None if read is None else read.rows(rows), store,
+            [k.rows(rows) for k in knockouts],
+        ):
             out = model(input_ids=input_ids[rows].to(device), logits_to_keep=1).logits[:, -1]
         logits.append(out.float() if grad else out.float().cpu())
     reads = {layer: torch.cat(chunks) for layer, chunks in store.items()}
-    return RunOutput(torch.cat(logits), reads)
+    return RunOutput(torch.cat(logits) if logits else torch.empty(0), reads)
