@@ -22,9 +22,10 @@ def _rope(x, positions, theta):
 
 
 @torch.no_grad()
-def reference_last_logits(model, ids, head_patches=(), knockouts=()):
+def reference_last_logits(model, ids, head_patches=(), knockouts=(), record=None):
     """``ids``: [S] one example. ``head_patches``: (layer, component, position, head, new_vector, alpha).
-    ``knockouts``: (from_layer, query_position, key_position)."""
+    ``knockouts``: (from_layer, query_position, key_position). ``record``: a dict that receives
+    (layer, component) -> [S, units, d] after patching."""
     cfg = model.config
     H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
     d = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
@@ -37,6 +38,8 @@ def reference_last_logits(model, ids, head_patches=(), knockouts=()):
         for (l, comp, p, h, value, alpha) in head_patches:
             if l == layer and comp == component:
                 t[p, h] = t[p, h] + alpha * (value - t[p, h])
+        if record is not None:
+            record[(layer, component)] = t.clone()
         return t
 
     for layer_idx, layer in enumerate(model.model.layers):

@@ -49,8 +49,9 @@ def patch_sets(draw, model):
         heads = draw(st.lists(st.integers(0, units - 1), min_size=1, max_size=units, unique=True))
         n_pos = draw(st.integers(1, 3))
         positions = torch.stack([torch.randperm(S, generator=g)[:n_pos] for _ in range(N)])  # distinct per row
-        per_head = draw(st.booleans())
-        alpha = torch.rand(len(heads), generator=g) if per_head else 1.0
+        kind = draw(st.sampled_from(["replace", "per-head", "per-site"]))
+        alpha = {"replace": 1.0, "per-head": torch.rand(len(heads), generator=g),
+                 "per-site": (torch.rand(N, n_pos, len(heads), generator=g) > 0.5).float()}[kind]
         patches.append(HeadPatch(draw(st.integers(0, LAYERS - 1)), torch.tensor(heads), positions,
                                  torch.randn(N, n_pos, len(heads), D, generator=g), alpha, component))
     knockouts = []
@@ -66,7 +67,8 @@ def as_reference(patches, knockouts, i):
     for p in patches:
         for j, pos in enumerate(p.positions[i].tolist()):
             for k, head in enumerate(p.heads.tolist()):
-                alpha = float(p.alpha) if isinstance(p.alpha, float) else float(p.alpha[k])
+                alpha = (float(p.alpha) if isinstance(p.alpha, float) else
+                         float(p.alpha[k]) if p.alpha.dim() == 1 else float(p.alpha[i, j, k]))
                 hp.append((p.layer, p.component, pos, head, p.values[i, j, k], alpha))
     ko = [(k.from_layer, int(k.query_positions[i]), int(kp)) for k in knockouts for kp in k.key_positions[i]]
     return hp, ko

@@ -255,3 +255,21 @@ def desiderata_pairs(
     base_ds = tokenize_examples(tokenizer, bases, vocabulary, meta=meta)
     source_ds = tokenize_examples(tokenizer, sources, vocabulary, [spec.source_template(s) for s in sources], meta=meta)
     return CounterfactualDataset(desideratum, base_ds, source_ds, torch.tensor(target_ids, dtype=torch.long), meta)
+
+
+def ablation_prompts(
+    tokenizer,
+    n_examples: int = 500,
+    num_boxes: int = 7,
+    seed: int = 0,
+    objects: Sequence[str] | None = None,
+    vocabulary: Vocabulary | None = None,
+) -> EntityTrackingDataset:
+    """The prompts mean ablation averages over (``pp_utils.load_ablation_data``): one per context, from
+    ``n_examples`` distinct contexts, querying the first box with its label replaced by a random letter."""
+    vocabulary = vocabulary or Vocabulary.for_tokenizer(tokenizer, objects)
+    rng = random.Random(seed)
+    examples = [Example(sample_context(rng, num_boxes, vocabulary.objects, vocabulary.labels), 0,
+                        rng.choice(vocabulary.labels)) for _ in range(n_examples)]
+    meta = {"seed": seed, "num_boxes": num_boxes, "tokenizer": tokenizer_name(tokenizer), "kind": "ablation"}
+    return tokenize_examples(tokenizer, examples, vocabulary, meta=meta)

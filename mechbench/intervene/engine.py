@@ -43,8 +43,8 @@ class HeadPatch:
     layer: int
     heads: torch.Tensor  # [k] head indices (key/value heads for k and v)
     positions: torch.Tensor  # [N, P] token positions per example
-    values: torch.Tensor  # [N, P, k, head_dim]
-    alpha: torch.Tensor | float = 1.0  # scalar or [k]
+    values: torch.Tensor  # [N, P, k, head_dim] (an expanded view is fine: nothing is copied)
+    alpha: torch.Tensor | float = 1.0  # scalar, [k] per head, or [N, P, k] per example, position and head
     component: str = "head_out"
 
     def __post_init__(self):
@@ -59,8 +59,15 @@ class HeadPatch:
             raise ValueError(f"values of shape {tuple(self.values.shape)} do not match {n} examples x {p} positions "
                              f"x {len(self.heads)} heads")
 
+        alpha = torch.as_tensor(self.alpha)
+        if alpha.dim() not in (0, 1, 3) or (alpha.dim() == 1 and len(alpha) != len(self.heads)) or (
+                alpha.dim() == 3 and alpha.shape != (n, p, len(self.heads))):
+            raise ValueError(f"alpha of shape {tuple(alpha.shape)} is neither a scalar, [{len(self.heads)}] per head, "
+                             f"nor [{n}, {p}, {len(self.heads)}]")
+
     def rows(self, index: slice) -> "HeadPatch":
-        return HeadPatch(self.layer, self.heads, self.positions[index], self.values[index], self.alpha, self.component)
+        alpha = self.alpha[index] if isinstance(self.alpha, torch.Tensor) and self.alpha.dim() == 3 else self.alpha
+        return HeadPatch(self.layer, self.heads, self.positions[index], self.values[index], alpha, self.component)
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,7 @@ def _apply(x: torch.Tensor, patches: list[HeadPatch], units: int, d: int) -> tor
         heads = p.heads.to(x.device)[None, None, :]
         current = per_head[rows, pos, heads]  # [b, P, k, d]
         alpha = torch.as_tensor(p.alpha, dtype=x.dtype, device=x.device)
-        alpha = alpha.reshape(1, 1, -1, 1) if alpha.dim() == 1 else alpha
+        alpha = alpha.reshape(1, 1, -1, 1) if alpha.dim() == 1 else alpha[..., None] if alpha.dim() == 3 else alpha
         per_head[rows, pos, heads] = current + alpha * (p.values.to(x.device, x.dtype) - current)
     return per_head.view(b, s, units * d)
 

@@ -1,0 +1,84 @@
+"""Circuits: named groups of heads, each acting at one token role.
+
+The paper's entity-tracking circuit has four groups (FACTS.md section 3): value fetchers and position
+transmitters at the last token, position detectors at the query label, structure readers at the earlier
+occurrence of the query label. A :class:`Circuit` is plain data; the published circuits load from
+``baselines/circuits.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mechbench import baselines
+from mechbench.errors import MechbenchError
+
+GROUPS = ("value_fetcher", "pos_transmitter", "pos_detector", "struct_reader")
+GROUP_ROLES = {"value_fetcher": "last", "pos_transmitter": "last", "pos_detector": "query_label",
+               "struct_reader": "prev_query_label"}
+PAPER_LETTERS = {"value_fetcher": "A", "pos_transmitter": "B", "pos_detector": "C", "struct_reader": "D"}
+
+Head = tuple[int, int]  # (layer, head)
+
+
+@dataclass(frozen=True)
+class HeadGroup:
+    name: str
+    role: str
+    heads: tuple[Head, ...]
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+
+@dataclass(frozen=True)
+class Circuit:
+    name: str
+    groups: dict[str, HeadGroup] = field(default_factory=dict)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(g.role for g in self.groups.values()))
+
+    def heads_at(self, role: str) -> set[Head]:
+        return {h for g in self.groups.values() if g.role == role for h in g.heads}
+
+    def size(self) -> int:
+        return sum(len(g) for g in self.groups.values())
+
+    def check_fits(self, n_layers: int, n_heads: int) -> None:
+        for g in self.groups.values():
+            bad = [h for h in g.heads if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
+            if bad:
+                raise MechbenchError(f"circuit {self.name!r} group {g.name!r} has heads {bad[:5]} outside a model "
+                                     f"of {n_layers} layers x {n_heads} heads: is it the circuit of another model?")
+
+    def without(self, removed: dict[str, set[Head]]) -> "Circuit":
+        return Circuit(self.name, {n: HeadGroup(n, g.role, tuple(h for h in g.heads if h not in removed.get(n, set())))
+                                   for n, g in self.groups.items()})
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "groups": {n: {"role": g.role, "heads": [list(h) for h in g.heads]}
+                                              for n, g in self.groups.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Circuit":
+        return cls(data["name"], {n: HeadGroup(n, g["role"], tuple(tuple(h) for h in g["heads"]))
+                                  for n, g in data["groups"].items()})
+
+    @classmethod
+    def load(cls, name_or_path: str, baselines_dir=None) -> "Circuit":
+        """A circuit by name from ``baselines/circuits.json`` (``llama7b``, ``goat7b``, ...) or a JSON file."""
+        if Path(name_or_path).is_file():
+            return cls.from_json(json.loads(Path(name_or_path).read_text()))
+        table = baselines.load("circuits", baselines_dir)
+        groups = {}
+        for r in table.records:
+            if r.keys.get("circuit") == name_or_path:
+                groups[r.keys["group"]] = HeadGroup(r.keys["group"], r.keys["position"], tuple(tuple(h) for h in r.value))
+        if not groups:
+            names = sorted({r.keys.get("circuit") for r in table.records})
+            raise MechbenchError(f"no circuit {name_or_path!r} in {table.path}; known: {', '.join(names)}")
+        return cls(name_or_path, {g: groups[g] for g in GROUPS if g in groups} | groups)

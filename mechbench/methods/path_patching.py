@@ -1,0 +1,107 @@
+"""Path patching (FACTS.md section 4): how much each head, through a given path, carries the answer.
+
+For every sender head, on the clean prompt:
+
+1. every head output at every layer above the sender and every position from the sender's position on is
+   frozen at its clean value, and the sender's own output at its position is set to its value on the
+   corrupted prompt (MLPs are not frozen, so the sender's effect travels through the residual stream and MLPs
+   only);
+2. without receivers, the logits of that run are scored; with receivers, their ``q`` (or ``v``) at the
+   receiver position is recorded in that run and patched into a fresh clean run, which is scored.
+
+Score = mean over examples of (p_patched(answer) - p_clean(answer)) / p_clean(answer); the most negative
+heads matter most. The paper's four steps: value fetchers (sender at the last token, no receivers), position
+transmitters (receivers: top value fetchers' q at the last token), position detectors (sender at the query
+label; receivers: top transmitters' v there), structure readers (sender at the earlier query-label
+occurrence, on the corrupted prompt a random box label's position; receivers: top detectors' v there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mechbench.circuits import Head
+from mechbench.data.counterfactuals import CounterfactualDataset
+from mechbench.intervene import HeadPatch, Read, run
+from mechbench.intervene.engine import n_units
+
+
+@dataclass(frozen=True)
+class Receivers:
+    heads: tuple[Head, ...]
+    component: str  # "q" or "v"
+    role: str  # where their q/v is patched (in the clean prompt)
+
+
+def _answer_prob(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    return logits.softmax(-1)[torch.arange(len(answers)), answers]
+
+
+def _receiver_patches(model, receivers: Receivers, reads: dict[int, torch.Tensor], positions, above: int):
+    """Patches that put the recorded q/v of the receiver heads (those above layer ``above``) in place."""
+    group = model.config.num_attention_heads // n_units(model, "k")
+    by_layer: dict[int, set[int]] = {}
+    for layer, head in receivers.heads:
+        if layer > above:
+            by_layer.setdefault(layer, set()).add(head if receivers.component == "q" else head // group)
+    return [HeadPatch(layer, torch.tensor(sorted(units)), positions, reads[layer][:, :, sorted(units)],
+                      component=receivers.component) for layer, units in by_layer.items()]
+
+
+def path_patching_scores(
+    model,
+    pairs: CounterfactualDataset,
+    sender_role: str,
+    receivers: Receivers | None = None,
+    corrupt_positions: torch.Tensor | None = None,
+    batch_size: int = 100,
+) -> torch.Tensor:
+    """Score of every head as a sender: [n_layers, n_heads]. ``corrupt_positions`` ([N]) says where the
+    sender's corrupted value is read (default: the same role in the corrupted prompt)."""
+    torch_model = model if isinstance(model, torch.nn.Module) else model.model
+    n_layers, n_heads = len(torch_model.model.layers), torch_model.config.num_attention_heads
+    clean, corrupt = pairs.base, pairs.source
+    sender_pos = clean.positions(sender_role)
+    corrupt_pos = corrupt.positions(sender_role) if corrupt_positions is None else corrupt_positions
+    if receivers is not None:
+        receiver_pos = clean.positions(receivers.role)[:, None]
+        receiver_layers = sorted({layer for layer, _ in receivers.heads})
+    answers = pairs.target_ids
+    totals = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    for start in range(0, len(pairs), batch_size):
+        rows = slice(start, start + batch_size)
+        ids, n = clean.input_ids[rows], len(clean.input_ids[rows])
+        clean_run = run(torch_model, ids, read=Read(), batch_size=n)
+        p_clean = _answer_prob(clean_run.last_logits, answers[rows])
+        corrupt_vals = run(torch_model, corrupt.input_ids[rows], read=Read(positions=corrupt_pos[rows, None]),
+                           batch_size=n).reads
+        s = ids.shape[1]
+        frozen = (torch.arange(s)[None, :] >= sender_pos[rows, None]).float()[:, :, None].expand(n, s, n_heads)
+        everything = torch.arange(s).expand(n, s)
+        for layer in range(n_layers):
+            freeze = [HeadPatch(l, torch.arange(n_heads), everything, clean_run.reads[l], frozen)
+                      for l in range(layer + 1, n_layers)]
+            for head in range(n_heads):
+                sender = HeadPatch(layer, torch.tensor([head]), sender_pos[rows, None],
+                                   corrupt_vals[layer][:, :, [head]])
+                if receivers is None:
+                    logits = run(torch_model, ids, [sender] + freeze, batch_size=n).last_logits
+                else:
+                    if not any(l > layer for l in receiver_layers):
+                        continue  # no receiver above the sender: nothing it sends arrives, score 0
+                    recorded = run(torch_model, ids, [sender] + freeze, batch_size=n,
+                                   read=Read(receiver_layers, receiver_pos, receivers.component)).reads
+                    patches = _receiver_patches(torch_model, receivers, recorded, receiver_pos, above=layer)
+                    logits = run(torch_model, ids, patches, batch_size=n).last_logits
+                p = _answer_prob(logits, answers[rows])
+                totals[layer, head] += ((p - p_clean) / p_clean).sum().double()
+    return (totals / len(pairs)).float()
+
+
+def top_heads(scores: torch.Tensor, k: int) -> tuple[Head, ...]:
+    """The ``k`` heads with the most negative scores, most important first."""
+    flat = scores.flatten().argsort()[:k]
+    n_heads = scores.shape[1]
+    return tuple((int(i) // n_heads, int(i) % n_heads) for i in flat)

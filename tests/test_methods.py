@@ -1,0 +1,133 @@
+"""Mean ablation, circuit evaluation and path patching against hand-written references on random Llamas."""
+
+import random
+
+import pytest
+import torch
+
+from mechbench.circuits import Circuit, HeadGroup
+from mechbench.data.counterfactuals import CounterfactualDataset, ablation_prompts, noise_pairs
+from mechbench.data.dataset import build_dataset
+from mechbench.evaluate import accuracy_on
+from mechbench.intervene import Read, run
+from mechbench.methods.ablation import (
+    circuit_accuracy, circuit_keep_mask, mean_ablation_patches, model_minus_accuracy, position_means,
+)
+from mechbench.methods.path_patching import Receivers, path_patching_scores, top_heads
+from tests.helpers import random_llama
+from tests.reference_llama import reference_last_logits
+
+LAYERS, HEADS, D = 3, 4, 8
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_llama(n_layers=LAYERS, n_heads=HEADS, n_kv_heads=2, head_dim=D, seed=3)
+
+
+@pytest.fixture(scope="module")
+def pairs(toy_tokenizer):
+    return noise_pairs(toy_tokenizer, n_examples=2, num_boxes=2, seed=1)
+
+
+TOY_CIRCUIT = Circuit("toy", {
+    "value_fetcher": HeadGroup("value_fetcher", "last", ((2, 1), (1, 3))),
+    "pos_transmitter": HeadGroup("pos_transmitter", "last", ((1, 0),)),
+    "pos_detector": HeadGroup("pos_detector", "query_label", ((0, 2), (1, 1))),
+    "struct_reader": HeadGroup("struct_reader", "prev_query_label", ((0, 0),)),
+})
+
+
+def test_position_means_are_means_of_reads(model, toy_tokenizer):
+    ds = ablation_prompts(toy_tokenizer, n_examples=6, num_boxes=2, seed=0)
+    reads = run(model, ds.input_ids, read=Read()).reads
+    means = position_means(model, ds, batch_size=4)
+    assert means.shape == (LAYERS, ds.seq_len, HEADS, D)
+    torch.testing.assert_close(means[1], reads[1].mean(0))
+    assert len({e.context for e in ds.examples}) == 6 and all(e.query_box == 0 for e in ds.examples)
+
+
+def test_keep_mask_keeps_each_group_at_its_role_only(toy_tokenizer):
+    ds = build_dataset(toy_tokenizer, n_examples=5, num_boxes=3, seed=0)
+    keep = circuit_keep_mask(TOY_CIRCUIT, ds, LAYERS, HEADS)
+    assert keep.sum().item() == 5 * TOY_CIRCUIT.size()
+    i = 2
+    assert keep[2, i, ds.positions("last")[i], 1] and not keep[2, i, ds.positions("query_label")[i], 1]
+    assert keep[0, i, ds.positions("prev_query_label")[i], 0] and not keep[0, i, ds.positions("last")[i], 0]
+
+
+def test_circuit_accuracy_equals_reference_ablation(model, toy_tokenizer):
+    ds = build_dataset(toy_tokenizer, n_examples=3, num_boxes=2, seed=2)
+    means = torch.randn(LAYERS, ds.seq_len, HEADS, D)
+    keep = circuit_keep_mask(TOY_CIRCUIT, ds, LAYERS, HEADS)
+    got = run(model, ds.input_ids, mean_ablation_patches(means, ~keep)).last_logits
+    for i in range(len(ds)):
+        patches = [(l, "head_out", p, h, means[l, p, h], 1.0) for l in range(LAYERS) for p in range(ds.seq_len)
+                   for h in range(HEADS) if not keep[l, i, p, h]]
+        torch.testing.assert_close(got[i], reference_last_logits(model, ds.input_ids[i], patches), rtol=1e-4, atol=1e-4)
+
+
+def test_ablating_nothing_is_the_full_model_and_everything_in_the_circuit_is_kept(model, toy_tokenizer):
+    ds = build_dataset(toy_tokenizer, n_examples=14, num_boxes=2, seed=4)
+    means = position_means(model, ablation_prompts(toy_tokenizer, 10, num_boxes=2, seed=1))
+    full = accuracy_on(model, ds)
+    assert model_minus_accuracy(model, {}, ds, means) == full
+    everything = {role: {(l, h) for l in range(LAYERS) for h in range(HEADS)}
+                  for role in ("last", "query_label", "prev_query_label")}
+    whole = Circuit("all", {r: HeadGroup(r, r, tuple(sorted(hs))) for r, hs in everything.items()})
+    # the circuit of every head at every role still ablates all other positions: equal to ablating those
+    others = ~circuit_keep_mask(whole, ds, LAYERS, HEADS)
+    from mechbench.methods.ablation import ablated_accuracy
+    assert circuit_accuracy(model, whole, ds, means) == ablated_accuracy(model, ds, means, others)
+    with pytest.raises(Exception, match="outside a model"):
+        circuit_accuracy(model, Circuit.load("llama7b"), ds, means)
+
+
+def _reference_scores(model, pairs, sender_role, receivers=None):
+    clean, corrupt = pairs.base, pairs.source
+    scores = torch.zeros(LAYERS, HEADS)
+    for i in range(len(pairs)):
+        rec_c, rec_x = {}, {}
+        clean_logits = reference_last_logits(model, clean.input_ids[i], record=rec_c)
+        reference_last_logits(model, corrupt.input_ids[i], record=rec_x)
+        target = pairs.target_ids[i]
+        p_clean = clean_logits.softmax(-1)[target]
+        sp, cp = int(clean.positions(sender_role)[i]), int(corrupt.positions(sender_role)[i])
+        S = clean.seq_len
+        for layer in range(LAYERS):
+            for head in range(HEADS):
+                patches = [(l, "head_out", p, h, rec_c[(l, "head_out")][p, h], 1.0)
+                           for l in range(layer + 1, LAYERS) for p in range(sp, S) for h in range(HEADS)]
+                patches.insert(0, (layer, "head_out", sp, head, rec_x[(layer, "head_out")][cp, head], 1.0))
+                rec = {}
+                logits = reference_last_logits(model, clean.input_ids[i], patches, record=rec)
+                if receivers is not None:
+                    rp = int(clean.positions(receivers.role)[i])
+                    group = HEADS // model.config.num_key_value_heads
+                    rpatches = []
+                    for (l, h) in receivers.heads:
+                        unit = h if receivers.component == "q" else h // group
+                        rpatches.append((l, receivers.component, rp, unit, rec[(l, receivers.component)][rp, unit], 1.0))
+                    logits = reference_last_logits(model, clean.input_ids[i], rpatches)
+                scores[layer, head] += (logits.softmax(-1)[target] - p_clean) / p_clean
+    return scores / len(pairs)
+
+
+def test_path_patching_without_receivers_equals_reference(model, pairs):
+    got = path_patching_scores(model, pairs, "last", batch_size=3)
+    torch.testing.assert_close(got, _reference_scores(model, pairs, "last"), rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("component, role, sender_role", [("q", "last", "last"), ("v", "query_label", "query_label")])
+def test_path_patching_with_receivers_equals_reference(model, pairs, component, role, sender_role):
+    receivers = Receivers(((2, 1), (1, 3)), component, role)
+    got = path_patching_scores(model, pairs, sender_role, receivers, batch_size=4)
+    torch.testing.assert_close(got, _reference_scores(model, pairs, sender_role, receivers), rtol=1e-3, atol=1e-5)
+    assert (got[2] == 0).all()  # nothing above the top layer receives
+
+
+def test_path_patching_with_the_clean_prompt_as_corruption_scores_zero(model, pairs):
+    same = CounterfactualDataset("same", pairs.base, pairs.base, pairs.target_ids)
+    assert path_patching_scores(model, same, "last").abs().max() < 1e-5
+    scores = torch.tensor([[0.1, -0.5, 0.0, 0.2], [-0.2, 0.3, -0.9, 0.0], [0.0, 0.0, 0.0, -0.1]])
+    assert top_heads(scores, 3) == ((1, 2), (0, 1), (1, 0))
