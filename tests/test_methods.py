@@ -131,3 +131,22 @@ def test_path_patching_with_the_clean_prompt_as_corruption_scores_zero(model, pa
     assert path_patching_scores(model, same, "last").abs().max() < 1e-5
     scores = torch.tensor([[0.1, -0.5, 0.0, 0.2], [-0.2, 0.3, -0.9, 0.0], [0.0, 0.0, 0.0, -0.1]])
     assert top_heads(scores, 3) == ((1, 2), (0, 1), (1, 0))
+
+
+def test_knockout_edges_point_at_their_roles_and_block_in_the_reference(model, toy_tokenizer):
+    from mechbench.methods.knockout import EDGES, edge_positions, knockout_accuracy
+    from mechbench.intervene import Knockout
+
+    ds = build_dataset(toy_tokenizer, n_examples=3, num_boxes=2, seed=6)
+    q, k = edge_positions(ds, "last->correct_object")
+    assert torch.equal(ds.input_ids[torch.arange(3), k], ds.answer_ids) and (q == ds.seq_len - 1).all()
+    for edge in EDGES:
+        q, k = edge_positions(ds, edge, seed=1)
+        assert (k < q).all() and (k >= 1).all()
+    q, k = edge_positions(ds, "query_label->prev_query_label")
+    got = run(model, ds.input_ids, knockouts=[Knockout(1, q, k)]).last_logits
+    for i in range(3):
+        ref = reference_last_logits(model, ds.input_ids[i], knockouts=[(1, int(q[i]), int(k[i]))])
+        torch.testing.assert_close(got[i], ref, rtol=1e-4, atol=1e-4)
+    # blocking from past the last layer blocks nothing
+    assert knockout_accuracy(model, ds, "last->query_label", LAYERS) == accuracy_on(model, ds)

@@ -10,6 +10,7 @@ Position roles (what methods ask for; see :meth:`EntityTrackingDataset.positions
 - ``last``: the final token ("the"), where value fetchers and position transmitters act;
 - ``query_label``: the query's box label ("X" in "Box X contains the"), the position detectors' site;
 - ``prev_query_label``: the earlier occurrence of the query label in the context, the structure readers' site;
+- ``correct_object``: the queried box's object token (what the value fetchers fetch);
 - ``object:i`` / ``label:i``: box ``i``'s object and label tokens.
 """
 
@@ -33,7 +34,7 @@ from mechbench.data.prompts import (
     sample_context,
 )
 
-ROLES = ("last", "query_label", "prev_query_label")
+ROLES = ("last", "query_label", "prev_query_label", "correct_object")
 
 
 def tokenizer_name(tokenizer) -> str:
@@ -138,6 +139,8 @@ class EntityTrackingDataset:
             return self.query_label_positions
         if role == "prev_query_label":
             return self.label_positions[rows, self.query_boxes]
+        if role == "correct_object":
+            return self.object_positions[rows, self.query_boxes]
         kind, _, index = role.partition(":")
         if kind in ("object", "label") and index.isdigit() and int(index) < self.num_boxes:
             table = self.object_positions if kind == "object" else self.label_positions

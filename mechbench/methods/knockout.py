@@ -1,0 +1,55 @@
+"""Attention knockout (FACTS.md section 8.8): accuracy when one attention edge is blocked for every head of
+every layer from L on.
+
+An edge goes from a query role to a key role. ``random_context_token`` is a seeded uniform draw, per
+example, among the context's tokens (after BOS, up to the last box label) other than the edge's real key,
+the paper's control for "does blocking any edge hurt".
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mechbench.data.dataset import EntityTrackingDataset
+from mechbench.evaluate import top1_correct
+from mechbench.intervene import Knockout, run
+
+EDGES = {
+    "last->correct_object": ("last", "correct_object"),
+    "last->random_context_token": ("last", None),
+    "last->query_label": ("last", "query_label"),
+    "query_label->prev_query_label": ("query_label", "prev_query_label"),
+    "query_label->random_context_token": ("query_label", None),
+}
+
+
+def edge_positions(dataset: EntityTrackingDataset, edge: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query positions [N] and key positions [N] of ``edge`` in each example."""
+    if edge not in EDGES:
+        raise KeyError(f"unknown edge {edge!r}; known: {', '.join(EDGES)}")
+    query_role, key_role = EDGES[edge]
+    queries = dataset.positions(query_role)
+    if key_role is not None:
+        return queries, dataset.positions(key_role)
+    g = torch.Generator().manual_seed(seed)
+    context_end = dataset.label_positions[:, -1]
+    keys = torch.empty_like(queries)
+    for i in range(len(dataset)):
+        real = {int(dataset.positions(r)[i]) for r in ("correct_object", "prev_query_label")}
+        choices = [p for p in range(1, int(context_end[i]) + 1) if p not in real]
+        keys[i] = choices[int(torch.randint(len(choices), (1,), generator=g))]
+    return queries, keys
+
+
+def knockout_accuracy(model, dataset: EntityTrackingDataset, edge: str, from_layer: int, seed: int = 0,
+                      batch_size: int = 50) -> float:
+    queries, keys = edge_positions(dataset, edge, seed)
+    logits = run(model, dataset.input_ids, knockouts=[Knockout(from_layer, queries, keys)],
+                 batch_size=batch_size).last_logits
+    return top1_correct(logits, dataset.answer_ids).float().mean().item()
+
+
+def knockout_curve(model, dataset: EntityTrackingDataset, edge: str, layers, seed: int = 0,
+                   batch_size: int = 50) -> dict[int, float]:
+    """Accuracy with ``edge`` blocked from each layer in ``layers`` on."""
+    return {layer: knockout_accuracy(model, dataset, edge, layer, seed, batch_size) for layer in layers}
