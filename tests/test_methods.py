@@ -150,3 +150,53 @@ def test_knockout_edges_point_at_their_roles_and_block_in_the_reference(model, t
         torch.testing.assert_close(got[i], ref, rtol=1e-4, atol=1e-4)
     # blocking from past the last layer blocks nothing
     assert knockout_accuracy(model, ds, "last->query_label", LAYERS) == accuracy_on(model, ds)
+
+
+def test_cmap_carries_the_donors_head_outputs_into_the_base(toy_tokenizer):
+    """CMAP puts the donor's values at the role positions (read back from the patched base run), and a donor
+    identical to the base changes nothing. (Patching every head everywhere from an attention-only fine-tune
+    reproduces it exactly: test_engine.py.)"""
+    from mechbench.methods.cmap import cmap_accuracy, cmap_patches
+
+    base = random_llama(n_layers=LAYERS, n_heads=HEADS, head_dim=D, seed=8)
+    donor = random_llama(n_layers=LAYERS, n_heads=HEADS, head_dim=D, seed=8)
+    with torch.no_grad():
+        for layer in donor.model.layers:
+            layer.self_attn.v_proj.weight.mul_(-2.0)
+    ds = build_dataset(toy_tokenizer, n_examples=4, num_boxes=2, seed=0)
+    every = [HeadGroup(f"{r}", r, tuple((l, h) for l in range(LAYERS) for h in range(HEADS)))
+             for r in ("last",)]
+    patches = cmap_patches(donor, every, ds)
+    assert [p.layer for p in patches] == list(range(LAYERS)) and all(p.positions.shape == (4, 1) for p in patches)
+    last = ds.positions("last")[:, None]
+    donor_reads = run(donor, ds.input_ids, read=Read(positions=last)).reads
+    patched_reads = run(base, ds.input_ids, patches, read=Read(positions=last)).reads
+    for layer in range(LAYERS):
+        torch.testing.assert_close(patched_reads[layer], donor_reads[layer])
+    # with the donor == base, CMAP changes nothing
+    assert cmap_accuracy(base, base, every, ds) == accuracy_on(base, ds)
+
+
+def test_dcm_finds_the_head_that_carries_the_target(toy_tokenizer):
+    """A planted mechanism: patching head (1, 2) at the last token from the source makes the base predict the
+    target exactly when the other heads are left alone; DCM must select it and only it."""
+    from mechbench.methods.dcm import masked_accuracy, train_dcm
+
+    model = random_llama(n_layers=2, n_heads=4, head_dim=D, seed=9)
+    with torch.no_grad():  # make head (1, 2) dominate the logits, so patching it moves the prediction
+        model.model.layers[1].self_attn.o_proj.weight[:, 2 * D : 3 * D] *= 40
+    cf = noise_pairs(toy_tokenizer, n_examples=120, num_boxes=2, seed=3)
+    # target: what the base predicts with only head (1, 2) patched from the source
+    group = HeadGroup("g", "last", ((0, 1), (1, 0), (1, 2), (1, 3)))
+    only = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    from mechbench.methods import dcm as dcm_module
+    reads = dcm_module._source_values(model, cf, "last", [0, 1], 50)
+    logits = run(model, cf.base.input_ids, dcm_module._patches(group, 1 - only, cf.base.positions("last"), reads,
+                                                               slice(None))).last_logits
+    moved = (logits.argmax(-1) != run(model, cf.base.input_ids).last_logits.argmax(-1)).nonzero().flatten()
+    planted = CounterfactualDataset("planted", cf.base, cf.source, logits.argmax(-1)).subset(moved[:48])
+    assert len(planted) == 48 and masked_accuracy(model, group, planted, only) == 1.0
+    assert masked_accuracy(model, group, planted, torch.ones(4)) == 0.0  # unpatched, never the target
+    train, val, test = planted.split([24, 12, 12])
+    result = train_dcm(model, group, train, val, test, lam=0.01, epochs=6, batch_size=8, validate_every=1)
+    assert (1, 2) in result.heads and result.test_accuracy >= 0.75

@@ -1,0 +1,38 @@
+"""Cross-model activation patching (CMAP, FACTS.md section 7): run the fine-tuned model on the same prompt,
+take its head outputs (o_proj inputs) at a group's role position, and put them into the base model, which
+passes them through its own W_O. If accuracy rises to the fine-tune's, those heads carry the improvement.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mechbench.circuits import Circuit, HeadGroup
+from mechbench.data.dataset import EntityTrackingDataset
+from mechbench.evaluate import top1_correct
+from mechbench.intervene import HeadPatch, Read, run
+
+
+def cmap_patches(donor, groups: list[HeadGroup], dataset: EntityTrackingDataset, batch_size: int = 50) -> list[HeadPatch]:
+    """Patches carrying ``donor``'s head outputs for the heads of ``groups`` at their roles."""
+    patches = []
+    for role in dict.fromkeys(g.role for g in groups):
+        heads_by_layer: dict[int, set[int]] = {}
+        for g in groups:
+            if g.role == role:
+                for layer, head in g.heads:
+                    heads_by_layer.setdefault(layer, set()).add(head)
+        positions = dataset.positions(role)[:, None]
+        reads = run(donor, dataset.input_ids, read=Read(sorted(heads_by_layer), positions), batch_size=batch_size).reads
+        for layer, heads in sorted(heads_by_layer.items()):
+            idx = torch.tensor(sorted(heads))
+            patches.append(HeadPatch(layer, idx, positions, reads[layer][:, :, idx]))
+    return patches
+
+
+def cmap_accuracy(base, donor, groups: list[HeadGroup] | Circuit, dataset: EntityTrackingDataset,
+                  batch_size: int = 50) -> float:
+    """Accuracy of ``base`` with ``donor``'s outputs of the given heads patched in (donor -> base)."""
+    groups = list(groups.groups.values()) if isinstance(groups, Circuit) else list(groups)
+    logits = run(base, dataset.input_ids, cmap_patches(donor, groups, dataset, batch_size), batch_size=batch_size).last_logits
+    return top1_correct(logits, dataset.answer_ids).float().mean().item()
