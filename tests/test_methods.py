@@ -200,3 +200,20 @@ def test_dcm_finds_the_head_that_carries_the_target(toy_tokenizer):
     train, val, test = planted.split([24, 12, 12])
     result = train_dcm(model, group, train, val, test, lam=0.01, epochs=6, batch_size=8, validate_every=1)
     assert (1, 2) in result.heads and result.test_accuracy >= 0.75
+
+
+def test_completeness_of_the_whole_model_is_exact(model, toy_tokenizer):
+    """With K = nothing removed twice over, F(C \\ K) is the circuit's accuracy and F(M \\ K) the model's;
+    for a group K, both sides ablate exactly K's heads at K's role on top of their own ablation."""
+    from mechbench.methods.ablation import completeness
+
+    ds = build_dataset(toy_tokenizer, n_examples=14, num_boxes=2, seed=4)
+    means = position_means(model, ablation_prompts(toy_tokenizer, 10, num_boxes=2, seed=1))
+    result = completeness(model, TOY_CIRCUIT, ds, means, "entire_group", group="pos_detector")
+    k = {"query_label": set(TOY_CIRCUIT.groups["pos_detector"].heads)}
+    assert result.model_minus_k == [model_minus_accuracy(model, k, ds, means)]
+    assert result.circuit_minus_k == [circuit_accuracy(model, TOY_CIRCUIT.without(
+        {"pos_detector": set(TOY_CIRCUIT.groups["pos_detector"].heads)}), ds, means)]
+    sampled = completeness(model, TOY_CIRCUIT, ds, means, iterations=3, seed=1)
+    assert len(sampled.incompleteness) == 3 and all(0 <= x <= 1 for x in sampled.incompleteness)
+    assert sampled.circuit_minus_k == completeness(model, TOY_CIRCUIT, ds, means, iterations=3, seed=1).circuit_minus_k
