@@ -111,10 +111,12 @@ def load_or_skip(name: str, settings: Settings):
 
     try:
         return get_model(name, device=settings.device, dtype=settings.dtype)
-    except (ModelLoadError, MechbenchError) as e:
+    except ModelLoadError as e:  # weights not here: a skip that says why
         if settings.require_models:
             pytest.fail(f"--require-models: {e}", pytrace=False)
         pytest.skip(f"model {name!r} cannot be loaded here: {e}")
+    except MechbenchError as e:  # loadable but unusable (e.g. not a Llama): the user must change --model
+        pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture

@@ -29,7 +29,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from mechbench.data.dataset import EntityTrackingDataset, Vocabulary, tokenize_examples, tokenizer_name
+from mechbench.data.dataset import (
+    EntityTrackingDataset, Vocabulary, sample_examples, tokenize_examples, tokenizer_name,
+)
 from mechbench.data.prompts import LETTERS, PAPER_TEMPLATE, Example, Template, render, sample_context
 
 MAX_TRIES = 10_000
@@ -79,8 +81,6 @@ def noise_pairs(
     vocabulary: Vocabulary | None = None,
 ) -> CounterfactualDataset:
     """Path patching's clean/corrupt pairs (``data_utils.load_pp_data``); target = the base answer."""
-    from mechbench.data.dataset import sample_examples
-
     vocabulary = vocabulary or Vocabulary.for_tokenizer(tokenizer, objects)
     rng = random.Random(seed)
     bases = sample_examples(rng, n_examples, num_boxes, vocabulary)
