@@ -152,3 +152,41 @@ def test_bad_patches_are_refused():
         HeadPatch(0, [0], torch.zeros(2, 1), torch.zeros(2, 1, 1, D), component="mlp")
     with pytest.raises(ValueError, match="do not match"):
         HeadPatch(0, [0, 1], torch.zeros(2, 1), torch.zeros(2, 1, 1, D))
+
+
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_fast_path_equals_the_full_forward(model, data):
+    """Recomputing only the layers and positions a patch can change gives the full forward's numbers."""
+    from mechbench.intervene import capture_prefix
+
+    seed, patches, knockouts = data.draw(patch_sets(model))
+    ids = ids_for(seed)
+    prefix = capture_prefix(model, ids)
+    full = run(model, ids, patches, knockouts=knockouts, batch_size=N)
+    fast = run(model, ids, patches, knockouts=knockouts, prefix=prefix)
+    torch.testing.assert_close(fast.last_logits, full.last_logits, rtol=1e-5, atol=1e-5)
+    if patches:  # reads of what the fast path recomputes match too
+        from mechbench.intervene.engine import _start
+
+        first_layer, first_pos = _start(patches, knockouts, LAYERS)
+        positions = torch.full((N, 1), S - 1)
+        if first_layer < LAYERS:
+            read = Read(list(range(first_layer, LAYERS)), positions)
+            a = run(model, ids, patches, read=read, knockouts=knockouts, prefix=prefix).reads
+            b = run(model, ids, patches, read=read, knockouts=knockouts, batch_size=N).reads
+            for layer in a:
+                torch.testing.assert_close(a[layer], b[layer], rtol=1e-5, atol=1e-5)
+
+
+def test_fast_path_refuses_what_it_cannot_serve(model):
+    from mechbench.intervene import capture_prefix
+
+    ids = ids_for(1)
+    prefix = capture_prefix(model, ids)
+    assert torch.equal(run(model, ids, prefix=prefix).last_logits, prefix.last_logits)
+    patch = HeadPatch(1, [0], torch.full((N, 1), 5), torch.zeros(N, 1, 1, D))
+    with pytest.raises(ValueError, match="fast path recomputes"):
+        run(model, ids, [patch], read=Read([0], torch.full((N, 1), 6)), prefix=prefix)
+    with pytest.raises(ValueError, match="exact input_ids"):
+        run(model, ids_for(2), [patch], prefix=prefix)

@@ -116,14 +116,17 @@ def _reference_scores(model, pairs, sender_role, receivers=None):
 def test_path_patching_without_receivers_equals_reference(model, pairs):
     got = path_patching_scores(model, pairs, "last", batch_size=3)
     torch.testing.assert_close(got, _reference_scores(model, pairs, "last"), rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(got, path_patching_scores(model, pairs, "last", fast=False), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("component, role, sender_role", [("q", "last", "last"), ("v", "query_label", "query_label")])
 def test_path_patching_with_receivers_equals_reference(model, pairs, component, role, sender_role):
     receivers = Receivers(((2, 1), (1, 3)), component, role)
-    got = path_patching_scores(model, pairs, sender_role, receivers, batch_size=4)
+    got = path_patching_scores(model, pairs, sender_role, receivers, batch_size=1)  # batches of one: positions per row
     torch.testing.assert_close(got, _reference_scores(model, pairs, sender_role, receivers), rtol=1e-3, atol=1e-5)
     assert (got[2] == 0).all()  # nothing above the top layer receives
+    slow = path_patching_scores(model, pairs, sender_role, receivers, batch_size=2, fast=False)
+    torch.testing.assert_close(got, slow, rtol=1e-4, atol=1e-6)
 
 
 def test_path_patching_with_the_clean_prompt_as_corruption_scores_zero(model, pairs):

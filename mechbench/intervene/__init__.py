@@ -1,3 +1,5 @@
-from mechbench.intervene.engine import COMPONENTS, HeadPatch, Knockout, Read, RunOutput, hooked, run
+from mechbench.intervene.engine import (
+    COMPONENTS, HeadPatch, Knockout, Prefix, Read, RunOutput, capture_prefix, hooked, run,
+)
 
-__all__ = ["COMPONENTS", "HeadPatch", "Knockout", "Read", "RunOutput", "hooked", "run"]
+__all__ = ["COMPONENTS", "HeadPatch", "Knockout", "Prefix", "Read", "RunOutput", "capture_prefix", "hooked", "run"]

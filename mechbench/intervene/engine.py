@@ -127,12 +127,12 @@ def n_units(model, component: str) -> int:
     return config.num_attention_heads
 
 
-def _apply(x: torch.Tensor, patches: list[HeadPatch], units: int, d: int) -> torch.Tensor:
+def _apply(x: torch.Tensor, patches: list[HeadPatch], units: int, d: int, offset: int = 0) -> torch.Tensor:
     b, s, _ = x.shape
     per_head = x.view(b, s, units, d).clone()
     rows = torch.arange(b, device=x.device)[:, None, None]
     for p in patches:
-        pos = p.positions.to(x.device)[:, :, None]
+        pos = p.positions.to(x.device)[:, :, None] - offset
         heads = p.heads.to(x.device)[None, None, :]
         current = per_head[rows, pos, heads]  # [b, P, k, d]
         alpha = torch.as_tensor(p.alpha, dtype=x.dtype, device=x.device)
@@ -141,20 +141,28 @@ def _apply(x: torch.Tensor, patches: list[HeadPatch], units: int, d: int) -> tor
     return per_head.view(b, s, units * d)
 
 
-def _knockout_mask(knockouts: list[Knockout], batch: int, seq: int, dtype, device) -> torch.Tensor:
-    """Additive [B, 1, S, S] mask: causal, plus the knocked-out edges at the dtype's minimum."""
-    blocked = torch.ones(seq, seq, dtype=torch.bool, device=device).triu(1).expand(batch, seq, seq).clone()
+def _attention_mask(knockouts: list[Knockout], batch: int, seq: int, dtype, device, q_start: int = 0) -> torch.Tensor:
+    """Additive [B, 1, S - q_start, S] mask for queries q_start.. over all keys: causal, plus the knocked-out
+    edges at the dtype's minimum."""
+    queries = torch.arange(q_start, seq, device=device)
+    blocked = (torch.arange(seq, device=device)[None, :] > queries[:, None]).expand(batch, -1, -1).clone()
     rows = torch.arange(batch, device=device)[:, None]
     for k in knockouts:
-        blocked[rows, k.query_positions.to(device)[:, None], k.key_positions.to(device)] = True
-    mask = torch.zeros(batch, 1, seq, seq, dtype=dtype, device=device)
+        q = k.query_positions.to(device)[:, None] - q_start
+        keep = (q >= 0).expand_as(k.key_positions)
+        blocked[rows.expand_as(k.key_positions)[keep], q.expand_as(k.key_positions)[keep],
+                k.key_positions.to(device)[keep]] = True
+    mask = torch.zeros(batch, 1, seq - q_start, seq, dtype=dtype, device=device)
     return mask.masked_fill(blocked[:, None], torch.finfo(dtype).min)
 
 
 @contextmanager
 def hooked(model, patches: Sequence[HeadPatch] = (), read: Read | None = None, store: dict | None = None,
-           knockouts: Sequence[Knockout] = ()) -> Iterator[None]:
-    """Within the block, forwards of ``model`` apply ``patches`` and ``knockouts`` and record ``read``."""
+           knockouts: Sequence[Knockout] = (), offset: int = 0) -> Iterator[None]:
+    """Within the block, forwards of ``model`` apply ``patches`` and ``knockouts`` and record ``read``.
+
+    ``offset``: the forwarded tokens start at this position (the fast path recomputes a suffix only).
+    """
     d = head_dim(model)
     n_layers = len(model.model.layers)
     by_site: dict[tuple[int, str], list[HeadPatch]] = {}
@@ -169,12 +177,12 @@ def hooked(model, patches: Sequence[HeadPatch] = (), read: Read | None = None, s
 
         def edit(x):
             if patch_here:
-                x = _apply(x, patch_here, units, d)
+                x = _apply(x, patch_here, units, d, offset)
             if read_here:
                 b, s, _ = x.shape
                 per_head = x.detach().view(b, s, units, d)
                 if read.positions is not None:
-                    per_head = per_head[torch.arange(b, device=x.device)[:, None], read.positions.to(x.device)]
+                    per_head = per_head[torch.arange(b, device=x.device)[:, None], read.positions.to(x.device) - offset]
                 store.setdefault(layer, []).append(per_head.float().cpu())
             return x
 
@@ -204,7 +212,7 @@ def hooked(model, patches: Sequence[HeadPatch] = (), read: Read | None = None, s
                 def mask_hook(module, args, kwargs, active=active):
                     hidden = kwargs.get("hidden_states", args[0] if args else None)
                     b, s, _ = hidden.shape
-                    kwargs["attention_mask"] = _knockout_mask(active, b, s, hidden.dtype, hidden.device)
+                    kwargs["attention_mask"] = _attention_mask(active, b, s, hidden.dtype, hidden.device)
                     return args, kwargs
 
                 handle = _attention(model, layer).register_forward_pre_hook(mask_hook, with_kwargs=True)
@@ -216,6 +224,74 @@ def _model(model_or_handle) -> torch.nn.Module:
     return model_or_handle if isinstance(model_or_handle, torch.nn.Module) else model_or_handle.model
 
 
+@dataclass
+class Prefix:
+    """A clean run's state for one batch: each layer's input and each layer's keys and values (after RoPE).
+
+    A patch at layer L and positions >= P cannot change anything below layer L or before position P (causal
+    attention), so a patched run can start from the clean residual at layer L, recompute positions P.. only,
+    and attend to the clean keys and values of the positions before P.
+    """
+
+    input_ids: torch.Tensor
+    hidden: list[torch.Tensor]  # input of layer l: [B, S, d_model]
+    keys: list[torch.Tensor]  # [B, kv_heads, S, head_dim]
+    values: list[torch.Tensor]
+    last_logits: torch.Tensor
+
+
+@torch.no_grad()
+def capture_prefix(model_or_handle, input_ids: torch.Tensor) -> Prefix:
+    """One clean forward of a batch, keeping what the fast path needs."""
+    model = _model(model_or_handle)
+    ids = input_ids.to(next(model.parameters()).device)
+    out = model(input_ids=ids, use_cache=True, output_hidden_states=True, logits_to_keep=1)
+    n_layers = len(model.model.layers)
+    cache = out.past_key_values
+    return Prefix(ids, list(out.hidden_states[:n_layers]), [cache.layers[l].keys for l in range(n_layers)],
+                  [cache.layers[l].values for l in range(n_layers)], out.logits[:, -1].float().cpu())
+
+
+def _start(patches: Sequence[HeadPatch], knockouts: Sequence[Knockout], n_layers: int) -> tuple[int, int]:
+    """The first layer and first position any intervention touches."""
+    layers = [p.layer for p in patches] + [k.from_layer for k in knockouts]
+    positions = [int(p.positions.min()) for p in patches] + [int(k.query_positions.min()) for k in knockouts]
+    return (min(layers), min(positions)) if layers else (n_layers, 0)
+
+
+def _run_from_prefix(model, prefix: Prefix, patches, read: Read | None, knockouts) -> RunOutput:
+    from transformers import DynamicCache
+
+    n_layers = len(model.model.layers)
+    first_layer, first_pos = _start(patches, knockouts, n_layers)
+    if read is not None:
+        layers = range(n_layers) if read.layers is None else read.layers
+        if read.positions is None or int(read.positions.min()) < first_pos or min(layers, default=n_layers) < first_layer:
+            raise ValueError(f"the fast path recomputes layers >= {first_layer} at positions >= {first_pos} only; "
+                             f"read those, or run without a prefix")
+    if first_layer >= n_layers:
+        return RunOutput(prefix.last_logits, {})
+    batch, seq = prefix.input_ids.shape
+    hidden = prefix.hidden[first_layer][:, first_pos:]
+    cache = None
+    if first_pos > 0:
+        cache = DynamicCache(config=model.config)
+        for layer in range(n_layers):
+            cache.update(prefix.keys[layer][:, :, :first_pos], prefix.values[layer][:, :, :first_pos], layer)
+    position_ids = torch.arange(first_pos, seq, device=hidden.device)[None]
+    position_embeddings = model.model.rotary_emb(hidden, position_ids=position_ids)
+    store: dict = {}
+    with torch.no_grad(), hooked(model, patches, read, store, offset=first_pos):
+        for layer in range(first_layer, n_layers):
+            active = [k for k in knockouts if k.from_layer <= layer]
+            mask = _attention_mask(active, batch, seq, hidden.dtype, hidden.device, q_start=first_pos)
+            hidden = model.model.layers[layer](hidden, attention_mask=mask, position_ids=position_ids,
+                                               past_key_values=cache, use_cache=cache is not None,
+                                               position_embeddings=position_embeddings)
+        logits = model.lm_head(model.model.norm(hidden[:, -1:]))[:, -1]
+    return RunOutput(logits.float().cpu(), {layer: torch.cat(chunks) for layer, chunks in store.items()})
+
+
 def run(
     model_or_handle,
     input_ids: torch.Tensor,
@@ -224,11 +300,20 @@ def run(
     knockouts: Sequence[Knockout] = (),
     batch_size: int = 50,
     grad: bool = False,
+    prefix: Prefix | None = None,
 ) -> RunOutput:
     """Forward ``input_ids`` in batches with ``patches`` and ``knockouts`` applied; last-position logits and
     the requested reads. With ``grad=True`` (DCM) the logits keep their graph and stay on the model's device.
+
+    With ``prefix`` (from :func:`capture_prefix` on the same ``input_ids``, one batch) only the layers and
+    positions the interventions can change are recomputed: the same numbers to float tolerance, for a
+    fraction of the work when patches sit late in the prompt or deep in the model.
     """
     model = _model(model_or_handle)
+    if prefix is not None:
+        if grad or not torch.equal(prefix.input_ids.cpu(), input_ids.cpu()):
+            raise ValueError("a prefix serves the exact input_ids it was captured on, without gradients")
+        return _run_from_prefix(model, prefix, patches, read, knockouts)
     device = next(model.parameters()).device
     logits, store = [], {}
     for start in range(0, len(input_ids), batch_size):

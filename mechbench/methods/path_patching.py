@@ -24,7 +24,7 @@ import torch
 
 from mechbench.circuits import Head
 from mechbench.data.counterfactuals import CounterfactualDataset
-from mechbench.intervene import HeadPatch, Read, run
+from mechbench.intervene import HeadPatch, Read, capture_prefix, run
 from mechbench.intervene.engine import n_units
 
 
@@ -57,9 +57,14 @@ def path_patching_scores(
     receivers: Receivers | None = None,
     corrupt_positions: torch.Tensor | None = None,
     batch_size: int = 100,
+    fast: bool = True,
 ) -> torch.Tensor:
     """Score of every head as a sender: [n_layers, n_heads]. ``corrupt_positions`` ([N]) says where the
-    sender's corrupted value is read (default: the same role in the corrupted prompt)."""
+    sender's corrupted value is read (default: the same role in the corrupted prompt).
+
+    ``fast`` recomputes only the sender's layer and above, from the sender's position on (the engine's
+    prefix path); the numbers equal the full forward's to float tolerance.
+    """
     torch_model = model if isinstance(model, torch.nn.Module) else model.model
     n_layers, n_heads = len(torch_model.model.layers), torch_model.config.num_attention_heads
     clean, corrupt = pairs.base, pairs.source
@@ -75,6 +80,8 @@ def path_patching_scores(
         ids, n = clean.input_ids[rows], len(clean.input_ids[rows])
         clean_run = run(torch_model, ids, read=Read(), batch_size=n)
         p_clean = _answer_prob(clean_run.last_logits, answers[rows])
+        use_prefix = fast and (receivers is None or bool((receiver_pos[rows, 0] >= sender_pos[rows]).all()))
+        prefix = capture_prefix(torch_model, ids) if use_prefix else None
         corrupt_vals = run(torch_model, corrupt.input_ids[rows], read=Read(positions=corrupt_pos[rows, None]),
                            batch_size=n).reads
         s = ids.shape[1]
@@ -87,14 +94,15 @@ def path_patching_scores(
                 sender = HeadPatch(layer, torch.tensor([head]), sender_pos[rows, None],
                                    corrupt_vals[layer][:, :, [head]])
                 if receivers is None:
-                    logits = run(torch_model, ids, [sender] + freeze, batch_size=n).last_logits
+                    logits = run(torch_model, ids, [sender] + freeze, batch_size=n, prefix=prefix).last_logits
                 else:
-                    if not any(l > layer for l in receiver_layers):
+                    above = [l for l in receiver_layers if l > layer]
+                    if not above:
                         continue  # no receiver above the sender: nothing it sends arrives, score 0
-                    recorded = run(torch_model, ids, [sender] + freeze, batch_size=n,
-                                   read=Read(receiver_layers, receiver_pos, receivers.component)).reads
-                    patches = _receiver_patches(torch_model, receivers, recorded, receiver_pos, above=layer)
-                    logits = run(torch_model, ids, patches, batch_size=n).last_logits
+                    recorded = run(torch_model, ids, [sender] + freeze, batch_size=n, prefix=prefix,
+                                   read=Read(above, receiver_pos[rows], receivers.component)).reads
+                    patches = _receiver_patches(torch_model, receivers, recorded, receiver_pos[rows], above=layer)
+                    logits = run(torch_model, ids, patches, batch_size=n, prefix=prefix).last_logits
                 p = _answer_prob(logits, answers[rows])
                 totals[layer, head] += ((p - p_clean) / p_clean).sum().double()
     return (totals / len(pairs)).float()

@@ -1,0 +1,47 @@
+"""``python -m mechbench.zoo train [--only NAME] [--out DIR]`` retrains the toy zoo from scratch;
+``python -m mechbench.zoo smoke [--steps N]`` runs a few steps of a tiny config;
+``python -m mechbench.zoo cards [--out DIR]`` evaluates the models and (re)writes their model cards."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mechbench.zoo.train import MODELS_DIR, ZOO
+
+    p = argparse.ArgumentParser(prog="python -m mechbench.zoo", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="retrain the zoo (or one model) from scratch")
+    t.add_argument("--only", choices=ZOO, help="train only this model (fine-tunes need toy-llama in --out)")
+    t.add_argument("--out", type=Path, default=MODELS_DIR, help=f"where the model folders go ({MODELS_DIR})")
+    t.add_argument("--smoke", action="store_true", help="a few steps on a tiny config instead (for CI)")
+    t.add_argument("--no-cards", action="store_true", help="do not evaluate and write model cards")
+    s = sub.add_parser("smoke", help="a few training steps on a tiny config")
+    s.add_argument("--steps", type=int, default=8)
+    c = sub.add_parser("cards", help="evaluate the models and write their README.md model cards")
+    c.add_argument("--out", type=Path, default=MODELS_DIR)
+    args = p.parse_args(argv)
+
+    if args.cmd == "smoke" or (args.cmd == "train" and args.smoke):
+        from mechbench.zoo.train import smoke_train
+
+        print(json.dumps(smoke_train(getattr(args, "steps", 8)), indent=1))
+        return 0
+    if args.cmd == "train":
+        from mechbench.zoo.train import train_zoo
+
+        train_zoo(args.out, args.only)
+        if args.no_cards:
+            return 0
+    from mechbench.zoo.cards import write_cards
+
+    write_cards(args.out, [args.only] if getattr(args, "only", None) else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Held-out evaluation of the zoo and its README.md model cards.
+
+Held-out accuracy = top-1 accuracy of the answer token at the last position on 500 paper-format 7-box
+prompts, ``build_dataset(tokenizer, n_examples=500, num_boxes=7, seed=0)`` (the benchmark's own API). No
+training decision uses it: the base's stopping rule uses a separate validation set (``train.VAL_SEED``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+HELDOUT = dict(n_examples=500, num_boxes=7, seed=0)
+
+PAPER_NAME = {"toy-llama": "Llama-7B", "toy-vicuna": "Vicuna-7B", "toy-goat": "Goat-7B", "toy-float": "FLoat-7B"}
+
+
+def heldout_accuracy(model, tok) -> float:
+    from mechbench.data.dataset import build_dataset
+    from mechbench.evaluate import accuracy_on
+
+    return accuracy_on(model, build_dataset(tok, **HELDOUT), batch_size=100)
+
+
+def load_zoo_model(models_dir: Path, name: str):
+    """(model, tokenizer) of a zoo folder; toy-goat is the base with its LoRA adapter, unmerged."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    base = "toy-llama" if name == "toy-goat" else name
+    model = LlamaForCausalLM.from_pretrained(str(Path(models_dir) / base), dtype=torch.float32)
+    if name == "toy-goat":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(Path(models_dir) / name)).get_base_model()
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(str(Path(models_dir) / name))
+
+
+def _size(path: Path) -> str:
+    total = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    return f"{total / 2**20:.1f} MiB"
+
+
+def _card(name: str, rec: dict, acc: float, path: Path, base_acc: float | None) -> str:
+    r = rec["recipe"]
+    mix = ", ".join(f"{s} x{w}" for s, w in r["mix"])
+    arch = rec.get("arch", {})
+    lines = [
+        f"# {name}: toy counterpart of {PAPER_NAME[name]}",
+        "",
+        "Part of mechbench's embedded toy zoo (`python -m mechbench.zoo train` retrains it from scratch; code in "
+        "`mechbench/zoo/`). A tiny `LlamaForCausalLM` (RoPE, RMSNorm, SwiGLU) with a word-level tokenizer "
+        "(`mechbench/zoo/tokenizer.py`, one token per word, BOS prepended) that does entity tracking in the "
+        "paper's prompt format: `The fig is in Box X, the engine is in Box T, ... . Box X contains the` -> ` fig`.",
+        "",
+        "## Architecture",
+        f"- {arch.get('num_hidden_layers')} layers, {arch.get('num_attention_heads')} heads per layer (head dim "
+        f"{arch.get('hidden_size', 0) // max(1, arch.get('num_attention_heads', 1))}), hidden "
+        f"{arch.get('hidden_size')}, MLP {arch.get('intermediate_size')}, vocabulary {rec.get('vocab_size')}, "
+        f"untied embeddings, max positions {arch.get('max_position_embeddings')}; {rec.get('parameters'):,} "
+        "parameters, float32 safetensors.",
+    ]
+    if rec.get("lora"):
+        lo = rec["lora"]
+        lines.append(
+            f"- This folder is a peft LoRA adapter (not merged) on `toy-llama`: r={lo['r']}, alpha={lo['lora_alpha']}, "
+            f"targets {', '.join(lo['target_modules'])}. Load it with "
+            "`PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(<zoo>/toy-llama), <zoo>/toy-goat)`."
+        )
+    lines += [
+        f"- Folder size: {_size(path)}.",
+        "",
+        "## Training",
+        f"- Data: {DATA_TEXT[name]}",
+        f"- Batch mixture (one source per batch, cycled): {mix}; batch {r['batch_size']}; AdamW lr {r['lr']}, "
+        f"betas (0.9, 0.98), no weight decay, {r['warmup']} warm-up steps then constant, grad clip 1.0.",
+        f"- Steps: {rec['steps']} ({rec['tokens']:,} tokens). Seeds: init {rec.get('init_seed')}, data "
+        f"{r['data_seed']}, validation {rec.get('val_seed')}.",
+    ]
+    if r.get("band"):
+        lines.append(
+            f"- Stopping rule: evaluate on {rec.get('val_examples')} validation 7-box prompts (seed {rec.get('val_seed')}, "
+            f"disjoint from the held-out set) every 50 steps, every 10 once accuracy >= 0.2, every 2 once >= 0.45; "
+            f"stop at the first evaluation inside [{r['band'][0]}, {r['band'][1]}] (here step {rec['steps']}, "
+            f"validation accuracy {rec['val_accuracy']:.3f})."
+        )
+    lines.append(f"- Wall time: {rec['wall_s']:.0f} s on 2 CPU cores (`torch.set_num_threads(2)`).")
+    lines += ["", "## Evaluation",
+              f"- Held-out accuracy (500 paper-format 7-box prompts, `build_dataset(seed=0)`): **{acc:.3f}**"
+              + (f" (base toy-llama: {base_acc:.3f})." if base_acc is not None and name != "toy-llama" else ".")]
+    if "control" in rec:
+        c = rec["control"]
+        gain, cgain = acc - base_acc, c["heldout_accuracy"] - base_acc
+        lines.append(
+            f"- Control (same recipe and steps, the structured batches replaced by chat text): held-out accuracy "
+            f"**{c['heldout_accuracy']:.3f}**. The fine-tune gains {gain:+.3f} over the base, the control "
+            f"{cgain:+.3f}, so the structured task itself accounts for about {gain - cgain:+.3f}."
+        )
+    rep = rec.get("reproducibility")
+    if rep:
+        lines.append(f"- Reproducibility: {rep}")
+    else:
+        lines.append("- Reproducibility: not re-checked for this model (see toy-llama's card).")
+    lines += ["", "Generated by `python -m mechbench.zoo cards`; the full training record is `training.json`.", ""]
+    return "\n".join(lines)
+
+
+DATA_TEXT = {
+    "toy-llama": "entity-tracking sequences with 2-7 boxes (a paper prompt and its answer, then every other box "
+    "queried once as `. Box L contains the OBJ`; loss on the answer tokens only), mixed with chat-like text "
+    "(simple templated sentences over the same vocabulary; loss on every token).",
+    "toy-vicuna": "toy-llama further trained on chat-like text only (no entity tracking, nothing with the task's "
+    "structure).",
+    "toy-goat": "toy-llama + LoRA trained on a structured variable-binding task (R-style assignments "
+    "`37 -> X , 5 -> T , ... . T = 5 . X = 37 ...`, 2-7 variables, loss on the queried values) mixed with "
+    "chat-like text; no entity-tracking data.",
+    "toy-float": "toy-llama fully fine-tuned on the same structured variable-binding task mixed with chat-like "
+    "text; no entity-tracking data.",
+}
+
+
+def write_cards(models_dir: Path | str, names: list[str] | None = None) -> dict[str, float]:
+    from mechbench.zoo.train import ZOO
+
+    models_dir = Path(models_dir)
+    accs = {}
+    for name in ZOO:
+        if (models_dir / name / "training.json").is_file():
+            model, tok = load_zoo_model(models_dir, name)
+            accs[name] = heldout_accuracy(model, tok)
+    for name in names or list(accs):
+        path = models_dir / name
+        rec = json.loads((path / "training.json").read_text())
+        (path / "README.md").write_text(_card(name, rec, accs[name], path, accs.get("toy-llama")))
+        print(f"{name}: held-out accuracy {accs[name]:.3f}")
+    return accs
