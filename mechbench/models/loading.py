@@ -81,6 +81,9 @@ def _how_to_provide(spec: ModelSpec, ref: str) -> str:
     if spec.adapter and ref == spec.base and spec.name in REGISTRY:  # the adapter's base has its own name
         owner = REGISTRY[spec.name].base
     env = "MECHBENCH_MODEL_" + owner.upper().replace("-", "_").replace("/", "_")
+    if spec.kind == "toy":
+        return (f"The toy zoo ships inside the package (mechbench/zoo/models/); if it is missing, retrain it with "
+                f"`python -m mechbench.zoo train`, or point {env} at a copy.")
     return (
         f"Provide it by downloading it into the Hugging Face cache on a machine with access "
         f"(`huggingface-cli download {ref}`; set HF_HOME to share the cache), or point mechbench at a local "
