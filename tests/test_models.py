@@ -102,9 +102,14 @@ def test_lora_adapter_loads_unmerged_with_unchanged_module_paths(tmp_path):
     adapter_dir = tmp_path / "adapter"
     lora.save_pretrained(adapter_dir)
     ids = torch.randint(4, 100, (2, 9))
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir)
     with torch.no_grad():
-        expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir)(ids).logits
+        expected = peft_model(ids).logits
         plain = AutoModelForCausalLM.from_pretrained(base_dir)(ids).logits
+    from mechbench.intervene import run
+
+    # the engine takes a PeftModel as it is (it runs the base model with the LoRA layers injected)
+    torch.testing.assert_close(run(peft_model, ids).last_logits, expected[:, -1], rtol=0, atol=1e-5)
     for ref in (f"{base_dir}+{adapter_dir}", str(adapter_dir)):  # explicit spec, and the adapter dir naming its base
         handle = load_model(ref)
         assert handle.spec.adapter == str(adapter_dir)

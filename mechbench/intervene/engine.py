@@ -221,7 +221,9 @@ def hooked(model, patches: Sequence[HeadPatch] = (), read: Read | None = None, s
 
 
 def _model(model_or_handle) -> torch.nn.Module:
-    return model_or_handle if isinstance(model_or_handle, torch.nn.Module) else model_or_handle.model
+    """The LlamaForCausalLM under a handle or a PeftModel (LoRA layers stay injected in it)."""
+    model = model_or_handle if isinstance(model_or_handle, torch.nn.Module) else model_or_handle.model
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 @dataclass

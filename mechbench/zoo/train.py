@@ -118,14 +118,13 @@ def new_model(tok, arch: Arch = Arch(), seed: int = INIT_SEED):
 
 @torch.no_grad()
 def last_token_accuracy(model, input_ids: torch.Tensor, answer_ids: torch.Tensor, batch_size: int = 200) -> float:
+    from mechbench.evaluate import last_logits, top1_correct
+
     was_training = model.training
     model.eval()
-    hits = 0
-    for i in range(0, len(input_ids), batch_size):
-        logits = model(input_ids=input_ids[i : i + batch_size], logits_to_keep=1).logits[:, -1]
-        hits += (logits.argmax(-1) == answer_ids[i : i + batch_size]).sum().item()
+    correct = top1_correct(last_logits(model, input_ids, batch_size), answer_ids)
     model.train(was_training)
-    return hits / len(input_ids)
+    return correct.float().mean().item()
 
 
 def weights_digest(model) -> str:
