@@ -178,6 +178,10 @@ def load_model(
     if isinstance(dtype, str) and dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     base = spec.base
+    for ref in (base, spec.adapter):
+        if ref and (Path(ref).is_absolute() or ref.startswith(".")) and not Path(ref).is_dir():
+            raise ModelLoadError(f"cannot load model {spec.name!r}: the directory {ref} does not exist. "
+                                 f"{_how_to_provide(spec, ref)}")
     try:
         config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code, **_pretrained_kwargs(base))
     except (OSError, ValueError) as e:
