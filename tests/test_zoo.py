@@ -78,3 +78,31 @@ def test_training_data_masks_everything_but_answers(tok):
     ids, labels = binding_batch(tok, random.Random(0), 4)
     n = (labels != IGNORE).sum(dim=1)
     assert (n >= 2).all() and (n <= 7).all()
+
+
+def test_tracking_guides_point_labels_at_objects_and_answers_at_query_labels(tok):
+    import random
+
+    from mechbench.zoo.data import IGNORE, tracking_batch, tracking_guides
+
+    ids, labels = tracking_batch(tok, random.Random(1), 3, num_boxes=4)
+    rows, positions, targets = tracking_guides(tok, ids)
+    words = [tok.convert_ids_to_tokens(r) for r in ids.tolist()]
+    per_row = {r: [] for r in range(3)}
+    for r, p, t in zip(rows.tolist(), positions.tolist(), targets.tolist()):
+        per_row[r].append((words[r][p], words[r][p - 1], tok.convert_ids_to_tokens(t)))
+    for r, triples in per_row.items():
+        context = [x for x in triples if x[1] == "Box"]
+        answers = [x for x in triples if x[1] == "contains"]
+        assert len(context) == 4 and len(answers) == 4 and len(triples) == 8
+        text = " ".join(words[r][1:])
+        for label, _, obj in context:  # "the OBJ is in Box LABEL" in the context
+            assert f"{obj} is in Box {label}" in text
+        for the, _, label in answers:  # the answer position holds the queried label
+            assert the == "the"
+            assert f"Box {label} contains the" in text
+    # every answer position of the guide is an answer of the main loss too
+    answer_rows, answer_pos = (labels[:, 1:] != IGNORE).nonzero(as_tuple=True)
+    assert set(zip(answer_rows.tolist(), answer_pos.tolist())) == {
+        (r, p) for r, p, t in zip(rows.tolist(), positions.tolist(), targets.tolist()) if words[r][p - 1] == "contains"
+    }

@@ -62,6 +62,29 @@ def tracking_batch(tok, rng: random.Random, batch_size: int, num_boxes: int | No
     return _batch(tok, [tracking_text(rng, n) for _ in range(batch_size)], cue=("contains", "the"))
 
 
+def tracking_guides(tok, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Intermediate targets of a tracking batch, as (row, position, target id) triples.
+
+    Two moves that the answer needs: each context label ("... the fan is in Box I") must hold its object
+    (target: the object, four tokens back), and each answer position ("Box C contains the") must hold the
+    queried label (target: the label, two tokens back). ``train`` reads them off an intermediate layer
+    through the final norm and unembedding (a logit-lens loss), because without them the two-step binding
+    sits on the chance plateau for thousands of steps (see the model cards).
+    """
+    box, contains = tok.convert_tokens_to_ids(["Box", "contains"])
+    positions = torch.arange(ids.shape[1]).unsqueeze(0)
+    after_box = torch.zeros_like(ids, dtype=torch.bool)
+    after_box[:, 1:] = ids[:, :-1].eq(box)
+    first_query = ids.eq(contains).float().argmax(dim=1, keepdim=True) - 2  # the first "Box" of the queries
+    context_label = after_box & (positions < first_query) & (positions >= 4)
+    answer = torch.zeros_like(ids, dtype=torch.bool)
+    answer[:, 1:] = ids[:, :-1].eq(contains)
+    r1, p1 = context_label.nonzero(as_tuple=True)
+    r2, p2 = answer.nonzero(as_tuple=True)
+    targets = torch.cat([ids[r1, p1 - 4], ids[r2, p2 - 2]])
+    return torch.cat([r1, r2]), torch.cat([p1, p2]), targets
+
+
 def validation_prompts(tok, n: int, seed: int, num_boxes: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` paper prompts (random context, random query box) and their answer ids, from ``seed``."""
     rng = random.Random(seed)

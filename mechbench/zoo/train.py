@@ -86,9 +86,14 @@ class Recipe:
     # stopping rule (base only): stop at the first validation accuracy in [band_lo, band_hi]
     band: tuple[float, float] | None = None
     binding_style: str = "vk"
+    # logit-lens guide on tracking batches (``zdata.tracking_guides``): the residual stream after this many
+    # layers is trained to hold each context label's object and each query's label; None = no guide
+    guide_layer: int | None = None
+    guide_weight: float = 1.0
 
 
-BASE = Recipe(lr=2e-3, warmup=100, max_steps=4000, mix=(("tracking", 4), ("chat", 1)), band=(0.64, 0.71))
+BASE = Recipe(lr=2e-3, warmup=100, max_steps=4000, mix=(("tracking", 4), ("chat", 1)), band=(0.64, 0.71),
+              guide_layer=2)
 VICUNA = Recipe(lr=3e-4, warmup=20, max_steps=150, mix=(("chat", 1),), data_seed=VICUNA_DATA_SEED)
 GOAT = Recipe(lr=2e-3, warmup=20, max_steps=150, mix=(("binding", 2), ("chat", 1)), data_seed=FT_DATA_SEED)
 FLOAT = Recipe(lr=3e-4, warmup=20, max_steps=150, mix=(("binding", 2), ("chat", 1)), data_seed=FT_DATA_SEED)
@@ -156,6 +161,18 @@ def _next_eval(step: int, acc: float | None) -> int:
     return 2
 
 
+def _loss(model, tok, recipe: Recipe, source: str, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token loss on ``labels``, plus the recipe's logit-lens guide on tracking batches."""
+    if recipe.guide_layer is None or source != "tracking":
+        return model(input_ids=ids, labels=labels).loss
+    out = model(input_ids=ids, labels=labels, output_hidden_states=True)
+    rows, positions, targets = zdata.tracking_guides(tok, ids)
+    inner = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    hidden = inner.norm(out.hidden_states[recipe.guide_layer][rows, positions])
+    guide = torch.nn.functional.cross_entropy(model.get_output_embeddings()(hidden), targets)
+    return out.loss + recipe.guide_weight * guide
+
+
 def train(model, tok, recipe: Recipe, val=None, log: Callable[[str], None] = print, params=None) -> dict:
     """Train ``model`` in place by ``recipe``; returns a record (steps, losses, validation curve, time).
 
@@ -179,18 +196,18 @@ def train(model, tok, recipe: Recipe, val=None, log: Callable[[str], None] = pri
     for step in range(1, recipe.max_steps + 1):
         source = names[(step - 1) % len(names)]
         ids, labels = sources[source](rng)
-        out = model(input_ids=ids, labels=labels)
+        loss = _loss(model, tok, recipe, source, ids, labels)
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        losses.append(round(out.loss.item(), 5))
+        losses.append(round(loss.item(), 5))
         tokens += ids.numel()
         if recipe.band and step == next_eval:
             acc = last_token_accuracy(model, *val)
             curve.append((step, acc))
-            log(f"step {step} loss {out.loss.item():.4f} val_acc {acc:.3f} ({time.perf_counter() - t0:.0f}s)")
+            log(f"step {step} loss {loss.item():.4f} val_acc {acc:.3f} ({time.perf_counter() - t0:.0f}s)")
             if recipe.band[0] <= acc <= recipe.band[1]:
                 stopped_in_band = True
                 break
@@ -198,7 +215,7 @@ def train(model, tok, recipe: Recipe, val=None, log: Callable[[str], None] = pri
                 raise RuntimeError(f"validation accuracy jumped past the band {recipe.band} at step {step}")
             next_eval = step + _next_eval(step, acc)
         elif step % 50 == 0:
-            log(f"step {step} [{source}] loss {out.loss.item():.4f} ({time.perf_counter() - t0:.0f}s)")
+            log(f"step {step} [{source}] loss {loss.item():.4f} ({time.perf_counter() - t0:.0f}s)")
     if recipe.band and not stopped_in_band:
         raise RuntimeError(f"validation accuracy never entered the band {recipe.band} in {recipe.max_steps} steps")
     model.eval()
