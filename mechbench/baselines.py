@@ -169,8 +169,8 @@ def load(claim: str, baselines_dir: str | Path | None = None) -> Baseline:
 def _write_atomic(path: Path, data: dict) -> None:
     """Write via a temporary file and rename, so a crash never leaves a truncated baseline."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, ensure_ascii=False)
         f.write("\n")
     os.replace(tmp, path)
 

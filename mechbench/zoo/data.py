@@ -150,7 +150,10 @@ def binding_text(rng: random.Random, num_vars: int, style: str) -> str:
     ``style``:
     - ``"vk"``: value before key, R-style assignment "37 -> X , 5 -> T . X = 37 . T = 5"
       (the order of entity tracking: the value comes before the name that refers to it);
-    - ``"kv"``: key before value, "X = 37 , T = 5 . T is 5".
+    - ``"kv"``: key before value, "X = 37 , T = 5 . T is 5";
+    - ``"spaced"``: value before key at the distances of entity tracking (the name four tokens after the
+      value, the query's name two tokens before the answer) in other words:
+      "set the 37 to be in X , set the 5 to be in T . X equals the 37 . T equals the 5".
     """
     names = rng.sample(LETTERS, num_vars)
     values = [str(v) for v in rng.sample(range(100), num_vars)]
@@ -162,12 +165,15 @@ def binding_text(rng: random.Random, num_vars: int, style: str) -> str:
     elif style == "kv":
         text = " , ".join(f"{k} = {v}" for k, v in zip(names, values))
         text += "".join(f" . {names[i]} is {values[i]}" for i in order)
+    elif style == "spaced":
+        text = " , ".join(f"set the {v} to be in {k}" for k, v in zip(names, values))
+        text += "".join(f" . {names[i]} equals the {values[i]}" for i in order)
     else:
         raise ValueError(f"unknown binding style {style!r}")
     return text
 
 
-BINDING_CUE = {"vk": ("=",), "kv": ("is",)}
+BINDING_CUE = {"vk": ("=",), "kv": ("is",), "spaced": ("equals", "the")}
 
 
 def binding_batch(tok, rng: random.Random, batch_size: int, style: str = "vk"):
