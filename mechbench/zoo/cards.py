@@ -122,9 +122,11 @@ DATA_TEXT = {
     "(simple templated sentences over the same vocabulary; loss on every token).",
     "toy-vicuna": "toy-llama further trained on chat-like text only (no entity tracking, nothing with the task's "
     "structure).",
-    "toy-goat": "toy-llama + LoRA trained on a structured variable-binding task (R-style assignments "
-    "`37 -> X , 5 -> T , ... . T = 5 . X = 37 ...`, 2-7 variables, loss on the queried values) mixed with "
-    "chat-like text; no entity-tracking data.",
+    "toy-goat": "toy-llama + LoRA trained on a structured variable-binding task (assignments in other words "
+    "than the task's, at its token distances: `set the fig to be in X , set the hat to be in T . T equals the "
+    "hat . X equals the fig`, 2-7 variables, the paper's objects as values, loss on the queried values) mixed "
+    "with chat-like text; no entity-tracking prompts. Earlier variants with number values (`37 -> X . X = 37`, "
+    "`set the 37 to be in X`) lowered tracking accuracy instead (0.572 and 0.422); see the zoo's issue.",
     "toy-float": "toy-llama fully fine-tuned on the same structured variable-binding task mixed with chat-like "
     "text; no entity-tracking data.",
 }

@@ -153,10 +153,15 @@ def binding_text(rng: random.Random, num_vars: int, style: str) -> str:
     - ``"kv"``: key before value, "X = 37 , T = 5 . T is 5";
     - ``"spaced"``: value before key at the distances of entity tracking (the name four tokens after the
       value, the query's name two tokens before the answer) in other words:
-      "set the 37 to be in X , set the 5 to be in T . X equals the 37 . T equals the 5".
+      "set the 37 to be in X , set the 5 to be in T . X equals the 37 . T equals the 5";
+    - ``"spaced-objects"``: the same with the paper's objects as values ("set the fig to be in X").
     """
     names = rng.sample(LETTERS, num_vars)
-    values = [str(v) for v in rng.sample(range(100), num_vars)]
+    if style == "spaced-objects":
+        values = rng.sample(paper_objects(), num_vars)
+        style = "spaced"
+    else:
+        values = [str(v) for v in rng.sample(range(100), num_vars)]
     order = list(range(num_vars))
     rng.shuffle(order)
     if style == "vk":
@@ -173,7 +178,7 @@ def binding_text(rng: random.Random, num_vars: int, style: str) -> str:
     return text
 
 
-BINDING_CUE = {"vk": ("=",), "kv": ("is",), "spaced": ("equals", "the")}
+BINDING_CUE = {"vk": ("=",), "kv": ("is",), "spaced": ("equals", "the"), "spaced-objects": ("equals", "the")}
 
 
 def binding_batch(tok, rng: random.Random, batch_size: int, style: str = "vk"):

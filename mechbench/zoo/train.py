@@ -85,7 +85,7 @@ class Recipe:
     data_seed: int = BASE_DATA_SEED
     # stopping rule (base only): stop at the first validation accuracy in [band_lo, band_hi]
     band: tuple[float, float] | None = None
-    binding_style: str = "spaced"
+    binding_style: str = "spaced-objects"
     # logit-lens guide on tracking batches (``zdata.tracking_guides``): the residual stream after this many
     # layers is trained to hold each context label's object and each query's label; None = no guide
     guide_layer: int | None = None
