@@ -144,8 +144,17 @@ def chat_batch(tok, rng: random.Random, batch_size: int, seq_len: int = 48):
 
 
 # ---------------------------------------------------------------------------------------------- structured
+#: style -> (assignment, query) formats; ``v`` is the value, ``k`` the variable's name.
+BINDING_FORMATS = {
+    "vk": ("{v} -> {k}", " . {k} = {v}"),
+    "kv": ("{k} = {v}", " . {k} is {v}"),
+    "spaced": ("set the {v} to be in {k}", " . {k} equals the {v}"),
+    "spaced-objects": ("set the {v} to be in {k}", " . {k} equals the {v}"),
+}
+
+
 def binding_text(rng: random.Random, num_vars: int, style: str) -> str:
-    """Variable binding over letter variables and number values; every variable queried once.
+    """Variable binding over letter variables; every variable queried once.
 
     ``style``:
     - ``"vk"``: value before key, R-style assignment "37 -> X , 5 -> T . X = 37 . T = 5"
@@ -155,27 +164,18 @@ def binding_text(rng: random.Random, num_vars: int, style: str) -> str:
       value, the query's name two tokens before the answer) in other words:
       "set the 37 to be in X , set the 5 to be in T . X equals the 37 . T equals the 5";
     - ``"spaced-objects"``: the same with the paper's objects as values ("set the fig to be in X").
+    Values are numbers 0-99 except for ``"spaced-objects"``.
     """
+    if style not in BINDING_FORMATS:
+        raise ValueError(f"unknown binding style {style!r}; known: {', '.join(BINDING_FORMATS)}")
+    assign, query = BINDING_FORMATS[style]
     names = rng.sample(LETTERS, num_vars)
-    if style == "spaced-objects":
-        values = rng.sample(paper_objects(), num_vars)
-        style = "spaced"
-    else:
-        values = [str(v) for v in rng.sample(range(100), num_vars)]
+    pool = paper_objects() if style == "spaced-objects" else [str(v) for v in range(100)]
+    values = rng.sample(pool, num_vars)
     order = list(range(num_vars))
     rng.shuffle(order)
-    if style == "vk":
-        text = " , ".join(f"{v} -> {k}" for k, v in zip(names, values))
-        text += "".join(f" . {names[i]} = {values[i]}" for i in order)
-    elif style == "kv":
-        text = " , ".join(f"{k} = {v}" for k, v in zip(names, values))
-        text += "".join(f" . {names[i]} is {values[i]}" for i in order)
-    elif style == "spaced":
-        text = " , ".join(f"set the {v} to be in {k}" for k, v in zip(names, values))
-        text += "".join(f" . {names[i]} equals the {values[i]}" for i in order)
-    else:
-        raise ValueError(f"unknown binding style {style!r}")
-    return text
+    text = " , ".join(assign.format(v=v, k=k) for k, v in zip(names, values))
+    return text + "".join(query.format(v=values[i], k=names[i]) for i in order)
 
 
 BINDING_CUE = {"vk": ("=",), "kv": ("is",), "spaced": ("equals", "the"), "spaced-objects": ("equals", "the")}
