@@ -106,3 +106,37 @@ def test_tracking_guides_point_labels_at_objects_and_answers_at_query_labels(tok
     assert set(zip(answer_rows.tolist(), answer_pos.tolist())) == {
         (r, p) for r, p, t in zip(rows.tolist(), positions.tolist(), targets.tolist()) if words[r][p - 1] == "contains"
     }
+
+
+def test_train_command_reexecutes_with_pinned_cpu_kernels(monkeypatch):
+    """Kernel choice follows the CPU's instruction set (another ISA, other bits: ATEN_CPU_CAPABILITY=default
+    changed a 25-step digest here), so the retrain command must pin it before torch loads."""
+    from mechbench.zoo import __main__ as cli
+    from mechbench.zoo import train
+
+    monkeypatch.setattr(train.platform, "machine", lambda: "x86_64")
+    for key in [*train.PINNED_CPU_ENV, "MECHBENCH_ZOO_REEXEC"]:
+        monkeypatch.delenv(key, raising=False)
+    calls = []
+    monkeypatch.setattr(cli.os, "execve", lambda exe, argv, env: calls.append((argv, env)))
+    cli._pin_cpu_and_reexec(["train", "--only", "toy-llama"])
+    (argv, env), = calls
+    assert argv[-4:] == ["mechbench.zoo", "train", "--only", "toy-llama"]
+    assert all(env[k] == v for k, v in train.PINNED_CPU_ENV.items())
+    monkeypatch.setenv("MECHBENCH_ZOO_REEXEC", "1")  # the re-executed process does not loop
+    cli._pin_cpu_and_reexec(["train"])
+    assert len(calls) == 1
+
+
+def test_cpu_record_names_what_decides_the_bits(monkeypatch):
+    from mechbench.zoo import train
+
+    for key, value in train.PINNED_CPU_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(train.platform, "machine", lambda: "x86_64")
+    rec = train.cpu_record()
+    assert rec["pinned"] and rec["env"] == train.PINNED_CPU_ENV and rec["capability"]
+    monkeypatch.delenv("MKL_CBWR")
+    assert train.unpinned_cpu_settings() == {"MKL_CBWR": None}
+    monkeypatch.setattr(train.platform, "machine", lambda: "aarch64")
+    assert train.unpinned_cpu_settings() == {}  # nothing to pin off x86-64

@@ -6,8 +6,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+
+def _pin_cpu_and_reexec(argv: list[str]) -> None:
+    """Training re-runs this command with the pinned CPU environment: it must be set before torch loads."""
+    from mechbench.zoo.train import PINNED_CPU_ENV, unpinned_cpu_settings
+
+    if unpinned_cpu_settings() and not os.environ.get("MECHBENCH_ZOO_REEXEC"):
+        env = {**os.environ, **PINNED_CPU_ENV, "MECHBENCH_ZOO_REEXEC": "1"}
+        print(f"re-running with pinned CPU kernels: {' '.join(f'{k}={v}' for k, v in PINNED_CPU_ENV.items())}",
+              flush=True)
+        os.execve(sys.executable, [sys.executable, "-m", "mechbench.zoo", *argv], env)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("cards", help="evaluate the models and write their README.md model cards")
     c.add_argument("--out", type=Path, default=MODELS_DIR)
     args = p.parse_args(argv)
+    if args.cmd == "train" and not args.smoke and argv is None:
+        _pin_cpu_and_reexec(sys.argv[1:])
 
     if args.cmd == "smoke" or (args.cmd == "train" and args.smoke):
         from mechbench.zoo.train import smoke_train

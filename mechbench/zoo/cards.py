@@ -95,7 +95,11 @@ def _card(name: str, rec: dict, acc: float, path: Path, base_acc: float | None) 
             f"stop at the first evaluation inside [{r['band'][0]}, {r['band'][1]}] (here step {rec['steps']}, "
             f"validation accuracy {rec['val_accuracy']:.3f})."
         )
-    lines.append(f"- Wall time: {rec['wall_s']:.0f} s on 2 CPU cores (`torch.set_num_threads(2)`).")
+    cpu = rec.get("cpu") or {}
+    where = (f"{cpu.get('cpu') or cpu.get('machine')}, torch {cpu.get('torch')} with {cpu.get('capability')} kernels"
+             + (", CPU kernels pinned to AVX2 (`PINNED_CPU_ENV`)" if cpu.get("pinned") else ", CPU kernels not pinned")
+             if cpu else "CPU not recorded")
+    lines.append(f"- Wall time: {rec['wall_s']:.0f} s on 2 CPU cores (`torch.set_num_threads(2)`; {where}).")
     lines += ["", "## Evaluation",
               f"- Held-out accuracy (500 paper-format 7-box prompts, `build_dataset(seed=0)`): **{acc:.3f}**"
               + (f" (base toy-llama: {base_acc:.3f})." if base_acc is not None and name != "toy-llama" else ".")]

@@ -10,14 +10,20 @@ The zoo mirrors the paper's four models on a tiny Llama (RoPE, RMSNorm, SwiGLU):
 - ``toy-float`` (FLoat-7B): the same fine-tune with full weights.
 
 Each fine-tune also runs a control (the same recipe with the structured batches replaced by chat text); its
-accuracy goes into the model card. Everything is seeded and runs with ``torch.set_num_threads(2)``: the same
-command gives bit-identical weights (on the same torch build and thread count).
+accuracy goes into the model card. Everything is seeded and runs with ``torch.set_num_threads(2)``.
+
+Bit-for-bit reproduction needs more than seeds: torch, MKL and oneDNN pick their kernels by the CPU's
+instruction set, and a float sum in another order drifts; a base trained on one CPU left the band on another
+after about 250 identical-looking steps. ``python -m mechbench.zoo train`` therefore re-runs itself with
+:data:`PINNED_CPU_ENV`, which caps every library at AVX2, and each ``training.json`` records the CPU it ran on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,6 +47,39 @@ VICUNA_DATA_SEED = 202
 FT_DATA_SEED = 303
 VAL_SEED = 7777
 VAL_EXAMPLES = 400
+
+#: Environment under which the zoo is trained: every library capped at AVX2 kernels (set before torch loads;
+#: ``python -m mechbench.zoo train`` re-executes itself with it), so any x86-64 CPU with AVX2 runs the same
+#: float operations in the same order. On other CPUs (no AVX2, ARM) a retrain is close but not bit-identical.
+PINNED_CPU_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels
+    "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility: the AVX2 code path on every CPU
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "OMP_NUM_THREADS": str(NUM_THREADS),
+    "MKL_NUM_THREADS": str(NUM_THREADS),
+}
+
+
+def unpinned_cpu_settings() -> dict[str, str | None]:
+    """Settings of :data:`PINNED_CPU_ENV` that this process does not have (empty off x86-64: nothing to pin)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    return {k: os.environ.get(k) for k, v in PINNED_CPU_ENV.items() if os.environ.get(k) != v}
+
+
+def cpu_record() -> dict:
+    """What decides the float results of a run besides the code: CPU, kernels, threads, library versions."""
+    model_name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model_name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"machine": platform.machine(), "cpu": model_name, "capability": torch.backends.cpu.get_cpu_capability(),
+            "pinned": not unpinned_cpu_settings(), "env": {k: os.environ.get(k) for k in PINNED_CPU_ENV},
+            "torch": torch.__version__, "num_threads": torch.get_num_threads()}
 
 
 @dataclass(frozen=True)
@@ -241,7 +280,7 @@ class ZooRun:
 def _describe(model, tok, arch: Arch) -> dict:
     return {"arch": asdict(arch), "vocab_size": len(tok), "val_examples": VAL_EXAMPLES, "val_seed": VAL_SEED,
             "init_seed": INIT_SEED, "parameters": sum(p.numel() for p in model.parameters()),
-            "torch": torch.__version__, "num_threads": NUM_THREADS}
+            "torch": torch.__version__, "num_threads": NUM_THREADS, "cpu": cpu_record()}
 
 
 def _heldout(model, tok) -> float:
@@ -335,6 +374,9 @@ def _print(msg: str) -> None:
 
 def train_zoo(out: Path | str = MODELS_DIR, only: str | None = None, log=_print) -> dict[str, dict]:
     setup_torch()
+    if unpinned_cpu_settings():
+        log(f"warning: CPU kernels not pinned ({unpinned_cpu_settings()}); the weights may differ from the shipped "
+            f"ones in the last bits. `python -m mechbench.zoo train` pins them.")
     run = ZooRun(out=Path(out), log=log)
     names = [only] if only else list(ZOO)
     records = {}
