@@ -140,3 +140,31 @@ def test_cpu_record_names_what_decides_the_bits(monkeypatch):
     assert train.unpinned_cpu_settings() == {"MKL_CBWR": None}
     monkeypatch.setattr(train.platform, "machine", lambda: "aarch64")
     assert train.unpinned_cpu_settings() == {}  # nothing to pin off x86-64
+
+
+def _fake_zoo(root, digests):
+    import json
+
+    for name, digest in digests.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "training.json").write_text(json.dumps({
+            "digest": digest, "steps": 10, "heldout_accuracy": 0.5,
+            "cpu": {"cpu": "Test CPU", "capability": "AVX2", "pinned": True, "torch": "x"}}))
+
+
+def test_compare_tells_identical_from_different_retrains_and_records_it(tmp_path, capsys):
+    import json
+
+    from mechbench.zoo.__main__ import main
+
+    _fake_zoo(tmp_path / "shipped", {"toy-llama": "aa", "toy-vicuna": "bb"})
+    _fake_zoo(tmp_path / "same", {"toy-llama": "aa", "toy-vicuna": "bb"})
+    _fake_zoo(tmp_path / "other", {"toy-llama": "aa", "toy-vicuna": "cc"})
+    assert main(["compare", str(tmp_path / "same"), "--zoo", str(tmp_path / "shipped")]) == 0
+    assert main(["compare", str(tmp_path / "other"), "--zoo", str(tmp_path / "shipped"), "--record"]) == 1
+    out = capsys.readouterr().out
+    assert "toy-vicuna: retrained on Test CPU (AVX2 kernels, pinned)" in out and "weights differ" in out
+    recs = {n: json.loads((tmp_path / "shipped" / n / "training.json").read_text()) for n in ("toy-llama", "toy-vicuna")}
+    assert [r["identical"] for r in recs["toy-llama"]["reproductions"]] == [True]
+    assert [r["identical"] for r in recs["toy-vicuna"]["reproductions"]] == [False]
+    assert main(["compare", str(tmp_path / "nothing"), "--zoo", str(tmp_path / "shipped")]) == 2

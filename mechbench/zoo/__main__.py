@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--steps", type=int, default=8)
     c = sub.add_parser("cards", help="evaluate the models and write their README.md model cards")
     c.add_argument("--out", type=Path, default=MODELS_DIR)
+    r = sub.add_parser("compare", help="does a retrained zoo reproduce the shipped weights bit for bit?")
+    r.add_argument("retrained", type=Path, help="the --out folder of a retrain")
+    r.add_argument("--zoo", type=Path, default=MODELS_DIR, help=f"the shipped zoo ({MODELS_DIR})")
+    r.add_argument("--record", action="store_true", help="append the outcome to the shipped training.json files")
     args = p.parse_args(argv)
     if args.cmd == "train" and not args.smoke and argv is None:
         _pin_cpu_and_reexec(sys.argv[1:])
@@ -45,6 +49,18 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(smoke_train(getattr(args, "steps", 8)), indent=1))
         return 0
+    if args.cmd == "compare":
+        from mechbench.zoo.reproduce import compare_zoos, describe, record_reproductions
+
+        rows = compare_zoos(args.zoo, args.retrained)
+        if not rows:
+            print(f"no model has a training.json in both {args.zoo} and {args.retrained}", file=sys.stderr)
+            return 2
+        for row in rows:
+            print(f"{row['model']}: {describe(row)}")
+        if args.record:
+            record_reproductions(args.zoo, rows)
+        return 0 if all(row["identical"] for row in rows) else 1
     if args.cmd == "train":
         from mechbench.zoo.train import train_zoo
 

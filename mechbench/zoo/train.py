@@ -300,6 +300,11 @@ def _save(model, tok, path: Path, record: dict) -> None:
         for cfg in model.peft_config.values():
             cfg.base_model_name_or_path = "toy-llama"
     model.save_pretrained(str(path), safe_serialization=True)
+    adapter_config = path / "adapter_config.json"
+    if adapter_config.is_file():  # peft writes target_modules in set order, which PYTHONHASHSEED decides
+        cfg = json.loads(adapter_config.read_text())
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+        adapter_config.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     tok.save_pretrained(str(path))
     (path / "training.json").write_text(json.dumps(record, indent=1) + "\n")
 
