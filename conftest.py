@@ -25,6 +25,9 @@ def pytest_addoption(parser):
                      "directory or base+adapter; repeat or comma-separate. Default: the toy zoo.")
     g.addoption("--base-model", default=None, metavar="NAME",
                 help="the model a fine-tune is compared with (default: its registered base)")
+    g.addoption("--circuit", action="append", default=None, metavar="NAME",
+                help="circuit(s) the circuit claims evaluate (from baselines/circuits.json or a JSON file). Default: "
+                     "the circuit found on the model's base (llama7b for the paper's models, toy-llama for the zoo)")
     g.addoption("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     g.addoption("--dtype", default="float32", help="float32 (the paper's), bfloat16 or float16")
     g.addoption("--limit", type=int, default=None, metavar="N",
@@ -42,6 +45,7 @@ def pytest_addoption(parser):
 class Settings:
     models: tuple[str, ...]
     base_model: str | None
+    circuits: tuple[str, ...] | None
     device: str
     dtype: str
     limit: int | None
@@ -56,6 +60,14 @@ class Settings:
 
     def base_of(self, model: str) -> str | None:
         return self.base_model or BASE_OF.get(model)
+
+    def circuits_for(self, model: str) -> tuple[str, ...]:
+        """The circuits evaluated on ``model``: --circuit, else the one discovered on its base (the paper
+        evaluates the Llama-7B circuit on all four models)."""
+        if self.circuits:
+            return self.circuits
+        base = self.base_of(model) or model
+        return (base,) if base in PAPER_MODELS + TOY_MODELS else ()
 
 
 def _models(config) -> tuple[str, ...]:
@@ -73,6 +85,8 @@ def pytest_configure(config):
     config._mechbench = Settings(
         models=_models(config),
         base_model=config.getoption("--base-model"),
+        circuits=tuple(n.strip() for item in (config.getoption("--circuit") or []) for n in item.split(",") if n.strip())
+        or None,
         device=config.getoption("--device"),
         dtype=config.getoption("--dtype"),
         limit=config.getoption("--limit"),
@@ -86,9 +100,16 @@ def pytest_configure(config):
 
 def pytest_generate_tests(metafunc):
     """Tests that take ``model_name`` run once per model under test; paper models carry the paper mark."""
-    if "model_name" in metafunc.fixturenames:
-        names = metafunc.config._mechbench.models
-        params = [pytest.param(n, id=n, marks=[pytest.mark.paper] if n in PAPER_MODELS else []) for n in names]
+    settings = metafunc.config._mechbench
+    if "model_name" in metafunc.fixturenames and "circuit_name" in metafunc.fixturenames:
+        params = [pytest.param(n, c, id=f"{n}-circuit={c}", marks=[pytest.mark.paper] if n in PAPER_MODELS else [])
+                  for n in settings.models for c in settings.circuits_for(n)]
+        params += [pytest.param(n, None, id=f"{n}-no-circuit", marks=pytest.mark.skip(
+            reason=f"no circuit known for {n!r}: pass --circuit NAME (e.g. llama7b) or --base-model"))
+            for n in settings.models if not settings.circuits_for(n)]
+        metafunc.parametrize(("model_name", "circuit_name"), params)
+    elif "model_name" in metafunc.fixturenames:
+        params = [pytest.param(n, id=n, marks=[pytest.mark.paper] if n in PAPER_MODELS else []) for n in settings.models]
         metafunc.parametrize("model_name", params)
 
 

@@ -82,3 +82,24 @@ class Circuit:
             names = sorted({r.keys.get("circuit") for r in table.records})
             raise MechbenchError(f"no circuit {name_or_path!r} in {table.path}; known: {', '.join(names)}")
         return cls(name_or_path, {g: groups[g] for g in GROUPS if g in groups} | groups)
+
+
+def store_circuit(circuit: Circuit, how: str, baselines_dir=None, fingerprint: str | None = None) -> str:
+    """Write ``circuit`` into ``baselines/circuits.json`` as measured records, one per group, replacing the
+    groups it had before (a published circuit is never overwritten). Returns the diff, a line per group."""
+    from mechbench.results import git_state
+
+    table = baselines.load("circuits", baselines_dir)
+    commit = (git_state().get("commit") or "unknown")[:12]
+    old = {r.keys["group"]: r for r in table.records if r.keys.get("circuit") == circuit.name}
+    if any(not r.measured for r in old.values()):
+        raise MechbenchError(f"{table.path}: circuit {circuit.name!r} is published; store under another --name")
+    table.records = [r for r in table.records if r.keys.get("circuit") != circuit.name]
+    diffs = [f"- circuits {r.keys}: {r.value}" for g, r in old.items() if g not in circuit.groups]
+    for name, g in circuit.groups.items():
+        if name in old and old[name].keys.get("position") == g.role:  # replaced: the diff shows old -> new
+            table.records.append(old[name])
+        diffs.append(baselines.update(table, {"circuit": circuit.name, "group": name, "position": g.role},
+                                      [list(h) for h in g.heads], source=f"measured by mechbench at commit {commit}: {how}",
+                                      fingerprint=fingerprint))
+    return "\n".join(diffs)

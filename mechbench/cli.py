@@ -3,6 +3,7 @@
     mechbench models
     mechbench accuracy toy-goat --n 500 --seed 0
     mechbench baselines
+    mechbench discover toy-llama --steps toy --store     # path-patching circuit -> baselines/circuits.json
 """
 
 from __future__ import annotations
@@ -26,6 +27,20 @@ def main(argv: list[str] | None = None) -> int:
     acc.add_argument("--dtype", default="float32")
     base = sub.add_parser("baselines", help="check every baseline file against the schema")
     base.add_argument("--dir", default=None)
+    disc = sub.add_parser("discover", help="find a model's circuit by iterated path patching (FACTS.md section 4)")
+    disc.add_argument("model")
+    disc.add_argument("--steps", choices=("paper", "toy"), default="paper",
+                      help="paper: D->C->B->A; toy: no position-detector step, readers feed the value fetchers")
+    disc.add_argument("--pairs", type=int, default=300, help="noise pairs (the paper: 300)")
+    disc.add_argument("--seed", type=int, default=20, help="pairs seed (the paper's Llama run: 20)")
+    disc.add_argument("--receivers", default=None, metavar="G=K,...", help="heads passed on as receivers per group")
+    disc.add_argument("--keep", default=None, metavar="G=K,...", help="heads kept in the circuit per group")
+    disc.add_argument("--min-effect", type=float, default=0.0, help="keep only heads with score below -this")
+    disc.add_argument("--name", default=None, help="circuit name (default: the model's)")
+    disc.add_argument("--store", action="store_true", help="store the circuit in baselines/circuits.json")
+    disc.add_argument("--scores", default=None, help="write the score tables and circuit to this JSON file")
+    disc.add_argument("--device", default="cpu")
+    disc.add_argument("--dtype", default="float32")
     args = parser.parse_args(argv)
     try:
         if args.command == "models":
@@ -49,10 +64,47 @@ def main(argv: list[str] | None = None) -> int:
             for path in sorted(directory.glob("*.json")):
                 b = baselines.load(path.stem, directory)
                 print(f"{path.name}: {len(b.records)} records ok")
+        elif args.command == "discover":
+            _discover(args)
     except MechbenchError as e:
         print(f"mechbench: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _group_ints(text: str | None) -> dict[str, int]:
+    if not text:
+        return {}
+    try:
+        return {g.strip(): int(k) for g, k in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise MechbenchError(f"expected GROUP=K,... (e.g. value_fetcher=8,pos_transmitter=3), got {text!r}") from None
+
+
+def _discover(args) -> None:
+    import json
+    from pathlib import Path
+
+    from mechbench.api import get_model
+    from mechbench.data.counterfactuals import noise_pairs
+    from mechbench.methods.discovery import PAPER_STEPS, TOY_STEPS, discover_circuit
+
+    handle = get_model(args.model, device=args.device, dtype=args.dtype)
+    pairs = noise_pairs(handle.tokenizer, args.pairs, seed=args.seed)
+    found = discover_circuit(handle, pairs, args.name or args.model, PAPER_STEPS if args.steps == "paper" else TOY_STEPS,
+                             _group_ints(args.receivers), _group_ints(args.keep), args.min_effect, seed=args.seed,
+                             log=print)
+    for group, g in found.circuit.groups.items():
+        print(f"{group} ({g.role}): " + ", ".join(f"L{l}H{h} {found.scores[group][l, h]:+.3f}" for l, h in g.heads))
+    if args.scores:
+        Path(args.scores).write_text(json.dumps(found.to_json(), indent=1) + "\n")
+    if args.store:
+        from mechbench.circuits import store_circuit
+
+        how = (f"mechbench discover {args.model} --steps {args.steps} --pairs {args.pairs} --seed {args.seed}"
+               + (f" --receivers {args.receivers}" if args.receivers else "") + (f" --keep {args.keep}" if args.keep else "")
+               + f" --min-effect {args.min_effect}")
+        print(store_circuit(found.circuit, how, fingerprint=handle.fingerprint.get("weights_sha256")))
 
 
 if __name__ == "__main__":

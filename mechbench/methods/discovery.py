@@ -1,0 +1,101 @@
+"""Circuit discovery by iterated path patching (FACTS.md section 4), with the steps stated as data.
+
+Each :class:`Step` names a group, where its senders sit, and which earlier group receives what it sends (q or
+v at a role). The paper's four steps (:data:`PAPER_STEPS`) chain D -> C -> B -> A. A model may need another
+chain: the toy zoo has no position-detector step (the query label's identity is its own embedding, so no head
+sits between it and the layer-0 transmitters) and its structure readers write into the label that the value
+fetchers read, so :data:`TOY_STEPS` makes the value fetchers the structure readers' receivers.
+
+A group keeps its ``top_k`` most negative heads whose score is below ``-min_effect``: with 32 heads in all,
+the tail of a top-k list is noise, and a group with no head past the floor is left empty instead of filled
+with arbitrary ties. As in the paper's ``minimality.py``, a head in both value fetchers and position
+transmitters stays a transmitter.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from mechbench.circuits import GROUP_ROLES, Circuit, HeadGroup
+from mechbench.data.counterfactuals import CounterfactualDataset
+from mechbench.methods.path_patching import Receivers, path_patching_scores
+
+
+@dataclass(frozen=True)
+class Step:
+    group: str
+    sender_role: str
+    receiver_group: str | None = None  # None: senders are scored on the logits
+    component: str = "v"  # what the receivers take from the senders: "q" or "v"
+    receiver_role: str | None = None
+    corrupt: str = "same_role"  # or "random_label": the corrupted value comes from a random box label
+
+
+PAPER_STEPS = (
+    Step("value_fetcher", "last"),
+    Step("pos_transmitter", "last", "value_fetcher", "q", "last"),
+    Step("pos_detector", "query_label", "pos_transmitter", "v", "query_label"),
+    Step("struct_reader", "prev_query_label", "pos_detector", "v", "prev_query_label", corrupt="random_label"),
+)
+TOY_STEPS = (
+    Step("value_fetcher", "last"),
+    Step("pos_transmitter", "last", "value_fetcher", "q", "last"),
+    Step("struct_reader", "prev_query_label", "value_fetcher", "v", "prev_query_label", corrupt="random_label"),
+)
+#: Heads kept as the next step's receivers: the paper's Llama run (FACTS.md section 4).
+PAPER_RECEIVER_K = {"value_fetcher": 20, "pos_transmitter": 5, "pos_detector": 10, "struct_reader": 5}
+
+
+@dataclass
+class Discovery:
+    scores: dict[str, torch.Tensor]  # group -> [n_layers, n_heads]
+    circuit: Circuit
+
+    def to_json(self) -> dict:
+        return {"circuit": self.circuit.to_json(), "scores": {g: s.tolist() for g, s in self.scores.items()}}
+
+
+def select_heads(scores: torch.Tensor, top_k: int, min_effect: float = 0.0) -> tuple[tuple[int, int], ...]:
+    """The ``top_k`` most negative heads with a score below ``-min_effect``, most important first."""
+    n_heads = scores.shape[1]
+    order = scores.flatten().argsort()[:top_k]
+    return tuple((int(i) // n_heads, int(i) % n_heads) for i in order if scores.flatten()[i] < -min_effect)
+
+
+def random_label_positions(pairs: CounterfactualDataset, seed: int) -> torch.Tensor:
+    """A random box label's position in each corrupted prompt (the paper's structure-reader step)."""
+    rng = random.Random(seed)
+    src = pairs.source
+    boxes = torch.tensor([rng.randrange(src.num_boxes) for _ in range(len(pairs))])
+    return src.label_positions[torch.arange(len(pairs)), boxes]
+
+
+def discover_circuit(model, pairs: CounterfactualDataset, name: str, steps=PAPER_STEPS, receiver_k=None,
+                     circuit_k=None, min_effect: float = 0.0, seed: int = 0, log=None) -> Discovery:
+    """Run ``steps`` in order; ``receiver_k[group]`` heads go on as receivers, ``circuit_k[group]`` into the
+    circuit (both default to :data:`PAPER_RECEIVER_K`)."""
+    receiver_k = {**PAPER_RECEIVER_K, **(receiver_k or {})}
+    circuit_k = {**receiver_k, **(circuit_k or {})}
+    scores, receivers_of = {}, {}
+    for step in steps:
+        receivers = None
+        if step.receiver_group is not None:
+            heads = receivers_of[step.receiver_group]
+            if not heads:  # nothing downstream to receive: the group cannot be found by this step
+                scores[step.group] = torch.zeros_like(next(iter(scores.values())))
+                receivers_of[step.group] = ()
+                continue
+            receivers = Receivers(heads, step.component, step.receiver_role)
+        corrupt = random_label_positions(pairs, seed) if step.corrupt == "random_label" else None
+        scores[step.group] = path_patching_scores(model, pairs, step.sender_role, receivers, corrupt_positions=corrupt)
+        receivers_of[step.group] = select_heads(scores[step.group], receiver_k[step.group], min_effect)
+        if log:
+            log(f"{step.group}: receivers {receivers_of[step.group]}")
+    chosen = {g: select_heads(s, circuit_k[g], min_effect) for g, s in scores.items()}
+    if "value_fetcher" in chosen and "pos_transmitter" in chosen:
+        chosen["value_fetcher"] = tuple(h for h in chosen["value_fetcher"] if h not in chosen["pos_transmitter"])
+    circuit = Circuit(name, {g: HeadGroup(g, GROUP_ROLES[g], heads) for g, heads in chosen.items() if heads})
+    return Discovery(scores, circuit)

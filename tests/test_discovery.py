@@ -1,0 +1,85 @@
+"""Circuit discovery: each step is path patching with the previous group as receivers; the circuit keeps the
+most negative heads past the floor; a stored circuit replaces its measured records and never a published one."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from mechbench.circuits import Circuit, HeadGroup, store_circuit
+from mechbench.data.counterfactuals import noise_pairs
+from mechbench.errors import MechbenchError
+from mechbench.methods.discovery import (
+    PAPER_STEPS, TOY_STEPS, Step, discover_circuit, random_label_positions, select_heads,
+)
+from mechbench.methods.path_patching import Receivers, path_patching_scores
+from tests.helpers import random_llama
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_llama(n_layers=3, n_heads=4, head_dim=8, seed=5)
+
+
+@pytest.fixture(scope="module")
+def pairs(toy_tokenizer):
+    return noise_pairs(toy_tokenizer, n_examples=4, num_boxes=3, seed=2)
+
+
+def test_select_heads_orders_by_score_and_drops_heads_past_the_floor():
+    scores = torch.tensor([[0.0, -0.3, 0.1], [-0.02, -0.5, -0.001]])
+    assert select_heads(scores, 3) == ((1, 1), (0, 1), (1, 0))
+    assert select_heads(scores, 5, min_effect=0.01) == ((1, 1), (0, 1), (1, 0))
+    assert select_heads(scores, 5, min_effect=0.1) == ((1, 1), (0, 1))
+    assert select_heads(torch.zeros(2, 3), 4) == ()  # all ties at zero: nothing, not arbitrary heads
+
+
+def test_each_step_patches_into_the_previous_groups_heads(model, pairs):
+    found = discover_circuit(model, pairs, "r", PAPER_STEPS, receiver_k={g: 2 for g in
+                             ("value_fetcher", "pos_transmitter", "pos_detector", "struct_reader")}, seed=3)
+    a = path_patching_scores(model, pairs, "last")
+    torch.testing.assert_close(found.scores["value_fetcher"], a)
+    top_a = select_heads(a, 2)
+    b = path_patching_scores(model, pairs, "last", Receivers(top_a, "q", "last"))
+    torch.testing.assert_close(found.scores["pos_transmitter"], b)
+    c = path_patching_scores(model, pairs, "query_label", Receivers(select_heads(b, 2), "v", "query_label"))
+    torch.testing.assert_close(found.scores["pos_detector"], c)
+    d = path_patching_scores(model, pairs, "prev_query_label", Receivers(select_heads(c, 2), "v", "prev_query_label"),
+                             corrupt_positions=random_label_positions(pairs, 3))
+    torch.testing.assert_close(found.scores["struct_reader"], d)
+    circuit = found.circuit
+    assert set(circuit.groups) <= {"value_fetcher", "pos_transmitter", "pos_detector", "struct_reader"}
+    if "value_fetcher" in circuit.groups and "pos_transmitter" in circuit.groups:
+        assert not set(circuit.groups["value_fetcher"].heads) & set(circuit.groups["pos_transmitter"].heads)
+    for g in circuit.groups.values():
+        assert all(found.scores[g.name][h] < 0 for h in g.heads)
+
+
+def test_a_step_without_receivers_left_finds_nothing(model, pairs):
+    steps = (Step("value_fetcher", "last"), Step("pos_transmitter", "last", "value_fetcher", "q", "last"))
+    found = discover_circuit(model, pairs, "r", steps, min_effect=1e9)  # the floor empties the fetchers
+    assert found.circuit.groups == {} and not found.scores["pos_transmitter"].any()
+
+
+def test_toy_steps_have_readers_feed_the_value_fetchers():
+    assert [s.group for s in TOY_STEPS] == ["value_fetcher", "pos_transmitter", "struct_reader"]
+    assert TOY_STEPS[-1].receiver_group == "value_fetcher" and TOY_STEPS[-1].corrupt == "random_label"
+
+
+def test_store_circuit_replaces_measured_records_and_keeps_published_ones(tmp_path):
+    from mechbench.baselines import DEFAULT_DIR
+
+    shutil.copy(DEFAULT_DIR / "circuits.json", tmp_path / "circuits.json")
+    c1 = Circuit("mine", {"value_fetcher": HeadGroup("value_fetcher", "last", ((1, 2),)),
+                          "struct_reader": HeadGroup("struct_reader", "prev_query_label", ((0, 1),))})
+    store_circuit(c1, "test", tmp_path)
+    c2 = Circuit("mine", {"value_fetcher": HeadGroup("value_fetcher", "last", ((1, 3), (2, 0)))})
+    diff = store_circuit(c2, "test", tmp_path)
+    assert "[[1, 2]] -> [[1, 3], [2, 0]]" in diff and "- circuits" in diff
+    assert Circuit.load("mine", tmp_path) == c2
+    assert Circuit.load("llama7b", tmp_path).groups["struct_reader"].heads[0] == (8, 21)
+    with pytest.raises(MechbenchError, match="published"):
+        store_circuit(Circuit("llama7b", {"value_fetcher": HeadGroup("value_fetcher", "last", ((0, 0),))}), "x", tmp_path)
+    records = json.loads((tmp_path / "circuits.json").read_text())["records"]
+    assert sum(r["circuit"] == "mine" for r in records) == 1
