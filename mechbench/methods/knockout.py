@@ -20,6 +20,9 @@ EDGES = {
     "last->query_label": ("last", "query_label"),
     "query_label->prev_query_label": ("query_label", "prev_query_label"),
     "query_label->random_context_token": ("query_label", None),
+    # the toy zoo's own edges: its value fetchers read the queried label, into which layer 0 copied the object
+    "last->prev_query_label": ("last", "prev_query_label"),
+    "prev_query_label->correct_object": ("prev_query_label", "correct_object"),
 }
 
 
