@@ -3,7 +3,7 @@
     mechbench models
     mechbench accuracy toy-goat --n 500 --seed 0
     mechbench baselines
-    mechbench discover toy-llama --steps toy --store     # path-patching circuit -> baselines/circuits.json
+    mechbench discover toy-llama --store     # path-patching circuit -> baselines/circuits.json
 """
 
 from __future__ import annotations
@@ -29,13 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     base.add_argument("--dir", default=None)
     disc = sub.add_parser("discover", help="find a model's circuit by iterated path patching (FACTS.md section 4)")
     disc.add_argument("model")
-    disc.add_argument("--steps", choices=("paper", "toy"), default="paper",
+    disc.add_argument("--config", default=None,
+                      help="discovery settings of a stored circuit (llama7b, goat7b, float7b, toy-llama; default: the "
+                           "model's own if it has one, else the paper's Llama settings)")
+    disc.add_argument("--steps", choices=("paper", "toy"), default=None,
                       help="paper: D->C->B->A; toy: no position-detector step, readers feed the value fetchers")
-    disc.add_argument("--pairs", type=int, default=300, help="noise pairs (the paper: 300)")
-    disc.add_argument("--seed", type=int, default=20, help="pairs seed (the paper's Llama run: 20)")
+    disc.add_argument("--pairs", type=int, default=None, help="noise pairs (the paper: 300)")
+    disc.add_argument("--seed", type=int, default=None, help="pairs seed (the paper's Llama run: 20)")
     disc.add_argument("--receivers", default=None, metavar="G=K,...", help="heads passed on as receivers per group")
     disc.add_argument("--keep", default=None, metavar="G=K,...", help="heads kept in the circuit per group")
-    disc.add_argument("--min-effect", type=float, default=0.0, help="keep only heads with score below -this")
+    disc.add_argument("--min-effect", type=float, default=None, help="keep only heads with score below -this")
     disc.add_argument("--name", default=None, help="circuit name (default: the model's)")
     disc.add_argument("--store", action="store_true", help="store the circuit in baselines/circuits.json")
     disc.add_argument("--scores", default=None, help="write the score tables and circuit to this JSON file")
@@ -83,17 +86,24 @@ def _group_ints(text: str | None) -> dict[str, int]:
 
 def _discover(args) -> None:
     import json
+    from dataclasses import replace
     from pathlib import Path
 
     from mechbench.api import get_model
-    from mechbench.data.counterfactuals import noise_pairs
-    from mechbench.methods.discovery import PAPER_STEPS, TOY_STEPS, discover_circuit
+    from mechbench.methods.discovery import DISCOVERY, PAPER_STEPS, TOY_STEPS, DiscoveryConfig, discover
 
+    config_name = args.config or (args.model if args.model in DISCOVERY else None)
+    if args.config and args.config not in DISCOVERY:
+        raise MechbenchError(f"no discovery settings named {args.config!r}; known: {', '.join(DISCOVERY)}")
+    config = DISCOVERY[config_name] if config_name else DiscoveryConfig()
+    changes = {k: v for k, v in {
+        "steps": None if args.steps is None else (PAPER_STEPS if args.steps == "paper" else TOY_STEPS),
+        "receiver_k": tuple(_group_ints(args.receivers).items()) or None,
+        "circuit_k": tuple(_group_ints(args.keep).items()) or None,
+        "min_effect": args.min_effect, "n_pairs": args.pairs, "seed": args.seed}.items() if v is not None}
+    config = replace(config, **changes)
     handle = get_model(args.model, device=args.device, dtype=args.dtype)
-    pairs = noise_pairs(handle.tokenizer, args.pairs, seed=args.seed)
-    found = discover_circuit(handle, pairs, args.name or args.model, PAPER_STEPS if args.steps == "paper" else TOY_STEPS,
-                             _group_ints(args.receivers), _group_ints(args.keep), args.min_effect, seed=args.seed,
-                             log=print)
+    found = discover(handle, args.name or args.model, config, log=print)
     for group, g in found.circuit.groups.items():
         print(f"{group} ({g.role}): " + ", ".join(f"L{l}H{h} {found.scores[group][l, h]:+.3f}" for l, h in g.heads))
     if args.scores:
@@ -101,9 +111,7 @@ def _discover(args) -> None:
     if args.store:
         from mechbench.circuits import store_circuit
 
-        how = (f"mechbench discover {args.model} --steps {args.steps} --pairs {args.pairs} --seed {args.seed}"
-               + (f" --receivers {args.receivers}" if args.receivers else "") + (f" --keep {args.keep}" if args.keep else "")
-               + f" --min-effect {args.min_effect}")
+        how = f"mechbench discover {args.model} ({config_name or 'paper Llama'} settings{', changed: ' + ', '.join(changes) if changes else ''})"
         print(store_circuit(found.circuit, how, fingerprint=handle.fingerprint.get("weights_sha256")))
 
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASELINES = ROOT / "baselines"
 PAPER_DATA = Path(os.environ.get("MECHBENCH_PAPER_DATA", "/work/shared/paper/data"))
 
-FILES = ["accuracy", "circuits", "faithfulness", "completeness", "minimality", "dcm", "dcm_patching", "cmap",
+FILES = ["accuracy", "circuits", "faithfulness", "completeness", "minimality", "dcm", "dcm_patching", "cmap", "path_patching",
          "attention_knockout"]
 TOP_KEYS = {"schema_version", "claim", "description", "unit", "source", "records"}
 UNITS = {"fraction", "percent", "heads", "count"}

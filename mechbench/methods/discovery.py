@@ -49,6 +49,35 @@ TOY_STEPS = (
 PAPER_RECEIVER_K = {"value_fetcher": 20, "pos_transmitter": 5, "pos_detector": 10, "struct_reader": 5}
 
 
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """How a circuit was (or is to be) found: the steps, heads passed on and kept per group, the noise pairs."""
+
+    steps: tuple[Step, ...] = PAPER_STEPS
+    receiver_k: tuple[tuple[str, int], ...] = tuple(PAPER_RECEIVER_K.items())
+    circuit_k: tuple[tuple[str, int], ...] = ()  # default: receiver_k
+    min_effect: float = 0.0
+    n_pairs: int = 300
+    seed: int = 20
+
+
+_BIG = (("value_fetcher", 50), ("pos_transmitter", 20), ("pos_detector", 30), ("struct_reader", 5))
+#: The runs behind the stored circuits. The paper's (FACTS.md section 4: seeds 20/82/85, receivers 20/5/10/5 for
+#: Llama and 50/20/30/5 for Goat and FLoat) give the candidate sets its minimality pruning started from; the
+#: toy's keeps every head past a 0.005 floor (its 32 heads have no long tail to prune).
+DISCOVERY = {
+    "llama7b": DiscoveryConfig(circuit_k=(("value_fetcher", 58), ("pos_transmitter", 10), ("pos_detector", 25),
+                                          ("struct_reader", 5)), seed=20),
+    "goat7b": DiscoveryConfig(receiver_k=_BIG, circuit_k=(("value_fetcher", 101), ("pos_transmitter", 30),
+                                                          ("pos_detector", 50), ("struct_reader", 40)), seed=82),
+    "float7b": DiscoveryConfig(receiver_k=_BIG, circuit_k=(("value_fetcher", 102), ("pos_transmitter", 30),
+                                                           ("pos_detector", 50), ("struct_reader", 40)), seed=85),
+    "toy-llama": DiscoveryConfig(TOY_STEPS, (("value_fetcher", 4), ("pos_transmitter", 2), ("struct_reader", 5)),
+                                 (("value_fetcher", 16), ("pos_transmitter", 8), ("struct_reader", 16)),
+                                 min_effect=0.005, seed=20),
+}
+
+
 @dataclass
 class Discovery:
     scores: dict[str, torch.Tensor]  # group -> [n_layers, n_heads]
@@ -99,3 +128,12 @@ def discover_circuit(model, pairs: CounterfactualDataset, name: str, steps=PAPER
         chosen["value_fetcher"] = tuple(h for h in chosen["value_fetcher"] if h not in chosen["pos_transmitter"])
     circuit = Circuit(name, {g: HeadGroup(g, GROUP_ROLES[g], heads) for g, heads in chosen.items() if heads})
     return Discovery(scores, circuit)
+
+
+def discover(model, name: str, config: DiscoveryConfig, log=None) -> Discovery:
+    """Run ``config`` on ``model`` (a handle): its noise pairs, steps and head counts."""
+    from mechbench.data.counterfactuals import noise_pairs
+
+    pairs = noise_pairs(model.tokenizer, config.n_pairs, seed=config.seed)
+    return discover_circuit(model, pairs, name, config.steps, dict(config.receiver_k), dict(config.circuit_k) or None,
+                            config.min_effect, seed=config.seed, log=log)
