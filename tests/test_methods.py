@@ -220,3 +220,14 @@ def test_completeness_of_the_whole_model_is_exact(model, toy_tokenizer):
     sampled = completeness(model, TOY_CIRCUIT, ds, means, iterations=3, seed=1)
     assert len(sampled.incompleteness) == 3 and all(0 <= x <= 1 for x in sampled.incompleteness)
     assert sampled.circuit_minus_k == completeness(model, TOY_CIRCUIT, ds, means, iterations=3, seed=1).circuit_minus_k
+
+
+def test_cmap_head_sets_are_the_papers_dcm_heads_where_stored():
+    from mechbench.methods.cmap import cmap_head_sets
+
+    goat = cmap_head_sets(Circuit.load("goat7b"))
+    assert {g: len(s) for g, s in goat.items()} == {"value_fetcher": 56, "pos_transmitter": 15, "pos_detector": 18,
+                                                    "struct_reader": 39}  # FACTS.md section 7
+    assert goat["pos_detector"].role == "query_label"
+    toy = Circuit.load("toy-llama")
+    assert cmap_head_sets(toy) == toy.groups  # no DCM run stored: the whole groups

@@ -36,3 +36,25 @@ def cmap_accuracy(base, donor, groups: list[HeadGroup] | Circuit, dataset: Entit
     groups = list(groups.groups.values()) if isinstance(groups, Circuit) else list(groups)
     logits = run(base, dataset.input_ids, cmap_patches(donor, groups, dataset, batch_size), batch_size=batch_size).last_logits
     return top1_correct(logits, dataset.answer_ids).float().mean().item()
+
+
+#: The paper's CMAP head sets (FACTS.md section 7): per group, the fine-tuned circuit's DCM heads for the
+#: desideratum the group is named for; the structure readers whole.
+PAPER_CMAP_DESIDERATUM = {"value_fetcher": "object_value", "pos_transmitter": "positional",
+                          "pos_detector": "positional", "struct_reader": None}
+
+
+def cmap_head_sets(circuit: Circuit, baselines_dir=None) -> dict[str, HeadGroup]:
+    """The head set patched per group: the paper's DCM-selected heads where ``baselines/dcm.json`` holds a DCM
+    run of this circuit (Goat's and FLoat's), else the circuit's whole groups (the toy zoo, a new circuit)."""
+    from mechbench import baselines
+
+    dcm = baselines.load("dcm", baselines_dir)
+    sets = {}
+    for name, group in circuit.groups.items():
+        desideratum = PAPER_CMAP_DESIDERATUM.get(name)
+        record = dcm.find(circuit=circuit.name, model=circuit.name, group=name, position=group.role,
+                          desideratum=desideratum) if desideratum else None
+        heads = tuple(tuple(h) for h in record.value["heads"]) if record is not None else group.heads
+        sets[name] = HeadGroup(name, group.role, heads)
+    return sets

@@ -1,0 +1,80 @@
+"""Claim: fine-tuning improves entity tracking through the circuit's own heads (paper, FACTS.md 8.7):
+patching Goat-7B's head outputs for its circuit into Llama-7B (through Llama's W_O) lifts Llama from 0.66 to
+0.82, Goat's own accuracy; value fetchers alone 0.82, position transmitters 0.78, detectors 0.62, structure
+readers 0.65.
+
+The donor is the model under test, the receiver its base (--base-model or the registered one). Head sets are
+the paper's (the fine-tuned circuit's DCM heads, from baselines/) where they exist, else the groups of the
+circuit evaluated (--circuit; default the base's). Each accuracy is checked against the stored baseline with
+the accuracy claim's binomial bound; and where the donor beats the base by 3 standard errors, the patched
+full circuit must carry a gain of 3 standard errors over the base as well, the paper's point, which holds or
+fails on the models alone.
+"""
+
+import math
+
+import pytest
+
+from conftest import load_or_skip
+from mechbench.baselines import BINOMIAL_RULE, SAME_SAMPLE_RULE, binomial_tolerance
+from mechbench.circuits import Circuit
+from mechbench.data.dataset import build_dataset
+from mechbench.errors import MechbenchError
+from mechbench.evaluate import accuracy_on
+from mechbench.methods.cmap import cmap_accuracy, cmap_head_sets
+from mechbench.models.registry import REGISTRY
+
+pytestmark = pytest.mark.claim
+N_EXAMPLES = 500
+
+
+def _setup(model, circuit_name, settings):
+    base_name = settings.base_of(model.name)
+    if base_name is None or base_name == model.name:
+        pytest.skip(f"{model.name!r} has no base to patch into: CMAP runs on a fine-tune (pass --base-model)")
+    base = load_or_skip(base_name, settings)
+    try:
+        circuit = Circuit.load(circuit_name, settings.baselines_dir)
+        circuit.check_fits(base.shape.n_layers, base.shape.n_heads)
+        sets = cmap_head_sets(circuit, settings.baselines_dir)
+    except MechbenchError as e:
+        pytest.fail(str(e), pytrace=False)
+    n = settings.n_examples(N_EXAMPLES)
+    return base, sets, build_dataset(base.tokenizer, n_examples=n, seed=settings.seed), n
+
+
+def _keys(model, base, group, head_set=None):
+    keys = {"kind": "output_cmap", "source_model": model.name, "target_model": base.name,
+            "checkpoint": "release" if model.name in REGISTRY else "local", "group": group}
+    if head_set is not None:
+        keys |= {"position": head_set.role, "n_heads": len(head_set)}
+    return keys
+
+
+def test_cmap(model, circuit_name, settings, claim_check):
+    base, sets, dataset, n = _setup(model, circuit_name, settings)
+    measured = {"full_circuit": (cmap_accuracy(base.model, model.model, list(sets.values()), dataset), None)}
+    measured |= {g: (cmap_accuracy(base.model, model.model, [hs], dataset), hs) for g, hs in sets.items()}
+    outcomes = [claim_check("cmap", _keys(model, base, group, hs), acc, n=n, model=model, soft=True,
+                            tolerance=binomial_tolerance(acc, n, n), tolerance_same_sample=round(3 / n, 4),
+                            tolerance_rule=BINOMIAL_RULE.format(rounding="") + "; " + SAME_SAMPLE_RULE)
+                for group, (acc, hs) in measured.items()]
+    failed = [o.message() for o in outcomes if o.passed is False]
+    if failed:
+        pytest.fail(f"{len(failed)} of {len(outcomes)} CMAP accuracies out of tolerance:\n" + "\n".join(failed),
+                    pytrace=False)
+    if all(o.missing for o in outcomes):
+        pytest.skip(outcomes[0].message())
+
+
+def test_cmap_carries_the_finetune_gain(model, circuit_name, settings):
+    base, sets, dataset, n = _setup(model, circuit_name, settings)
+    base_acc, donor_acc = accuracy_on(base, dataset), accuracy_on(model, dataset)
+    se = 3 * math.sqrt(2 * base_acc * (1 - base_acc) / n)
+    if donor_acc - base_acc <= se:
+        pytest.skip(f"{model.name} ({donor_acc:.3f}) does not beat {base.name} ({base_acc:.3f}) by 3 SE ({se:.3f}): "
+                    f"no gain for its heads to carry")
+    patched = cmap_accuracy(base.model, model.model, list(sets.values()), dataset)
+    assert patched - base_acc > se, (
+        f"{model.name}'s circuit heads patched into {base.name}: {patched:.3f}, not above the base's {base_acc:.3f} "
+        f"by 3 SE ({se:.3f}); the fine-tune alone reaches {donor_acc:.3f}")
