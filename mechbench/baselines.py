@@ -69,6 +69,7 @@ class Record:
         if self.get("tolerance") is None:
             raise BaselineError(f"baseline record {self.keys} has no tolerance to compare against")
         if n is not None and self.get("n") and n != self.get("n") and isinstance(self.value, (int, float)):
+            # (an object-valued record keeps its tolerance: which field it bounds is the claim's business)
             # Fewer (or more) examples than the baseline: the binomial bound widens (or narrows) with them.
             rounding = float(self.get("tolerance")) - binomial_tolerance(self.value, self.get("n"), self.get("n"))
             return binomial_tolerance(self.value, n, self.get("n"), rounding=max(rounding, 0.0))
@@ -216,7 +217,14 @@ class Comparison:
                 f"difference {self.difference:+.4f}, {verdict} tolerance {self.tolerance:.4f}")
 
 
-def compare(measured: float, record: Record, n: int | None = None, seed: int | None = None) -> Comparison:
-    if not isinstance(record.value, (int, float)):
-        raise BaselineError(f"baseline record {record.keys} holds {type(record.value).__name__}, not a number")
-    return Comparison(float(measured), float(record.value), record.tolerance_for(n, seed), record)
+def compare(measured: float, record: Record, n: int | None = None, seed: int | None = None,
+            field: str | None = None) -> Comparison:
+    """``field``: compare with that entry of a record whose value is an object (DCM: ``test_accuracy``)."""
+    expected = record.value
+    if field is not None:
+        if not isinstance(expected, dict) or field not in expected:
+            raise BaselineError(f"baseline record {record.keys} has no field {field!r} in its value")
+        expected = expected[field]
+    if not isinstance(expected, (int, float)):
+        raise BaselineError(f"baseline record {record.keys} holds {type(expected).__name__}, not a number")
+    return Comparison(float(measured), float(expected), record.tolerance_for(n, seed), record)

@@ -51,10 +51,14 @@ def check_claim(
     tolerance: float | None = None,
     tolerance_same_sample: float | None = None,
     tolerance_rule: str | None = None,
+    field: str | None = None,
+    stored_value=None,
 ) -> ClaimOutcome:
     """Compare ``measured`` with the baseline record ``keys`` of ``claim`` (or store it with ``update``).
 
-    ``tolerance``/``tolerance_same_sample``/``tolerance_rule`` are written with an updated record.
+    ``tolerance``/``tolerance_same_sample``/``tolerance_rule`` are written with an updated record. With
+    ``field``, ``measured`` is compared with that entry of an object-valued record, and an update stores
+    ``stored_value`` (the whole object, e.g. a DCM run's heads and accuracy).
     """
     baseline = baselines.load(claim, baselines_dir)
     record = baseline.find(**keys)
@@ -62,7 +66,7 @@ def check_claim(
     if update:
         commit = git_state().get("commit")
         outcome.diff = baselines.update(
-            baseline, keys, round(float(measured), 6),
+            baseline, keys, stored_value if stored_value is not None else round(float(measured), 6),
             source=f"measured by mechbench at commit {commit[:12] if commit else 'unknown'}",
             n=n, seed=seed, tolerance=tolerance, tolerance_same_sample=tolerance_same_sample,
             tolerance_rule=tolerance_rule, fingerprint=(fingerprint or {}).get("weights_sha256"),
@@ -71,7 +75,7 @@ def check_claim(
         outcome.missing = (f"no baseline record in {baseline.path} for {keys}; run with --update-baselines to "
                            f"store this measurement as the baseline")
     else:
-        outcome.comparison = baselines.compare(measured, record, n=n, seed=seed)
+        outcome.comparison = baselines.compare(measured, record, n=n, seed=seed, field=field)
         recorded = record.get("fingerprint")
         if recorded and fingerprint and recorded != fingerprint.get("weights_sha256"):
             outcome.note = (f" (the baseline was measured on weights {recorded[:12]}, these are "

@@ -82,3 +82,20 @@ def test_update_writes_a_measured_record_and_never_a_published_one(bdir):
     assert check_claim("accuracy", {"model": "toy-x"}, 0.64, n=100, seed=1, baselines_dir=bdir).passed
     with pytest.raises(BaselineError, match="does not overwrite published numbers"):
         check_claim("accuracy", {"model": "llama7b"}, 0.1, baselines_dir=bdir, update=True)
+
+
+def test_object_valued_records_compare_one_field_and_update_whole(tmp_path):
+    shutil.copy(ROOT / "baselines" / "dcm.json", tmp_path / "dcm.json")
+    keys = {"circuit": "llama7b", "model": "llama7b", "group": "pos_transmitter", "position": "last",
+            "desideratum": "positional"}
+    out = check_claim("dcm", keys, 0.40, n=500, seed=0, baselines_dir=tmp_path, field="test_accuracy")
+    assert out.comparison.expected == 0.362 and out.passed  # within the paper record's stated tolerance
+    assert check_claim("dcm", keys, 0.10, n=500, seed=0, baselines_dir=tmp_path, field="test_accuracy").passed is False
+    with pytest.raises(BaselineError, match="no field 'nope'"):
+        check_claim("dcm", keys, 0.4, baselines_dir=tmp_path, field="nope")
+    mine = {**keys, "circuit": "mine", "model": "mine"}
+    value = {"n_heads": 1, "heads": [[3, 4]], "test_accuracy": 0.25}
+    check_claim("dcm", mine, 0.25, n=500, seed=0, baselines_dir=tmp_path, update=True, field="test_accuracy",
+                stored_value=value, tolerance=0.1, tolerance_rule="test")
+    assert baselines.load("dcm", tmp_path).get(**mine).value == value
+    assert check_claim("dcm", mine, 0.30, n=500, seed=1, baselines_dir=tmp_path, field="test_accuracy").passed
