@@ -231,3 +231,27 @@ def test_cmap_head_sets_are_the_papers_dcm_heads_where_stored():
     assert goat["pos_detector"].role == "query_label"
     toy = Circuit.load("toy-llama")
     assert cmap_head_sets(toy) == toy.groups  # no DCM run stored: the whole groups
+
+
+def test_minimality_before_after_are_circuit_accuracies_without_k(model, toy_tokenizer):
+    from mechbench.methods.minimality import HeadSignificance, head_significance, prune
+
+    ds = build_dataset(toy_tokenizer, n_examples=6, num_boxes=2, seed=4)
+    means = position_means(model, ablation_prompts(toy_tokenizer, n_examples=6, num_boxes=2, seed=0))
+    group = TOY_CIRCUIT.groups["pos_detector"]  # two heads at the query label
+
+    def f(removed):
+        return circuit_accuracy(model, TOY_CIRCUIT, ds, means, also_ablate={group.role: set(removed)} if removed else None)
+
+    # fraction 0: K is empty, so before = F(C) and after = F(C \ {v})
+    for s, v in zip(head_significance(model, TOY_CIRCUIT, "pos_detector", ds, means, fraction=0.0), group.heads):
+        assert (s.head, s.before, s.after) == (v, f([]), f([v]))
+    # fraction 0.5 of two heads: K is the other head, so before = F(C \ {u}) and after = F(C \ group)
+    for s, v in zip(head_significance(model, TOY_CIRCUIT, "pos_detector", ds, means, fraction=0.5), group.heads):
+        other = [u for u in group.heads if u != v]
+        assert (s.before, s.after) == (f(other), f(group.heads))
+    sig = [HeadSignificance("pos_detector", (0, 2), 0.5, 0.4), HeadSignificance("pos_detector", (1, 1), 0.5, 0.5)]
+    assert sig[0].relative_drop == pytest.approx(0.25) and sig[1].relative_drop == 0
+    pruned = prune(TOY_CIRCUIT, {"pos_detector": sig}, threshold=0.01)
+    assert pruned.groups["pos_detector"].heads == ((0, 2),) and pruned.groups["value_fetcher"] == TOY_CIRCUIT.groups["value_fetcher"]
+    assert "pos_detector" not in prune(TOY_CIRCUIT, {"pos_detector": sig}, threshold=1.0).groups

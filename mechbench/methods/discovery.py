@@ -59,19 +59,27 @@ class DiscoveryConfig:
     min_effect: float = 0.0
     n_pairs: int = 300
     seed: int = 20
+    # minimality pruning of the candidates (mechbench.methods.minimality; FACTS.md section 4)
+    minimality_threshold: float = 0.01
+    minimality_examples: int = 100
+    minimality_seed: int = 10
 
 
 _BIG = (("value_fetcher", 50), ("pos_transmitter", 20), ("pos_detector", 30), ("struct_reader", 5))
 #: The runs behind the stored circuits. The paper's (FACTS.md section 4: seeds 20/82/85, receivers 20/5/10/5 for
 #: Llama and 50/20/30/5 for Goat and FLoat) give the candidate sets its minimality pruning started from; the
-#: toy's keeps every head past a 0.005 floor (its 32 heads have no long tail to prune).
+#: toy's keeps every head past a 0.005 floor and is not pruned: at 0.01, minimality would drop both position
+#: transmitters, whose work the circuit's layer-1 heads at the last token duplicate once the rest is ablated,
+#: while knockout shows the model needs that edge (suites/test_minimality.py reports every head's numbers).
 DISCOVERY = {
     "llama7b": DiscoveryConfig(circuit_k=(("value_fetcher", 58), ("pos_transmitter", 10), ("pos_detector", 25),
                                           ("struct_reader", 5)), seed=20),
     "goat7b": DiscoveryConfig(receiver_k=_BIG, circuit_k=(("value_fetcher", 101), ("pos_transmitter", 30),
-                                                          ("pos_detector", 50), ("struct_reader", 40)), seed=82),
+                                                          ("pos_detector", 50), ("struct_reader", 40)), seed=82,
+                              minimality_threshold=0.0, minimality_seed=56),
     "float7b": DiscoveryConfig(receiver_k=_BIG, circuit_k=(("value_fetcher", 102), ("pos_transmitter", 30),
-                                                           ("pos_detector", 50), ("struct_reader", 40)), seed=85),
+                                                           ("pos_detector", 50), ("struct_reader", 40)), seed=85,
+                               minimality_threshold=0.0),
     "toy-llama": DiscoveryConfig(TOY_STEPS, (("value_fetcher", 4), ("pos_transmitter", 2), ("struct_reader", 5)),
                                  (("value_fetcher", 16), ("pos_transmitter", 8), ("struct_reader", 16)),
                                  min_effect=0.005, seed=20),
