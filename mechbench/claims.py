@@ -81,7 +81,7 @@ def check_claim(
             outcome.note = (f" (the baseline was measured on weights {recorded[:12]}, these are "
                             f"{fingerprint['weights_sha256'][:12]})")
     if results is not None:
-        results.write(claim, keys, float(measured), n=n, seed=seed, fingerprint=fingerprint,
+        results.write(claim, keys, float(measured), field=field, n=n, seed=seed, fingerprint=fingerprint,
                       baseline=None if outcome.comparison is None else outcome.comparison.expected,
                       tolerance=None if outcome.comparison is None else outcome.comparison.tolerance,
                       passed=outcome.passed, updated=outcome.diff)

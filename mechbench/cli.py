@@ -4,6 +4,7 @@
     mechbench accuracy toy-goat --n 500 --seed 0
     mechbench baselines
     mechbench discover toy-llama --store     # path-patching circuit -> baselines/circuits.json
+    mechbench report                         # results/results.jsonl -> results/report.md and figures
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     disc.add_argument("--scores", default=None, help="write the score tables and circuit to this JSON file")
     disc.add_argument("--device", default="cpu")
     disc.add_argument("--dtype", default="float32")
+    rep = sub.add_parser("report", help="tables and figures of the latest measurements in a results file")
+    rep.add_argument("--results", default="results/results.jsonl")
+    rep.add_argument("--out", default="results", help="directory for report.md and the figures")
+    rep.add_argument("--no-figures", action="store_true")
     args = parser.parse_args(argv)
     try:
         if args.command == "models":
@@ -67,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             for path in sorted(directory.glob("*.json")):
                 b = baselines.load(path.stem, directory)
                 print(f"{path.name}: {len(b.records)} records ok")
+        elif args.command == "report":
+            from mechbench.report import write_report
+
+            print(write_report(args.results, args.out, figures=not args.no_figures))
         elif args.command == "discover":
             _discover(args)
     except MechbenchError as e:
