@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Paper-scale claims on a GPU runner: each paper model, the claims on CUDA, results kept, report written.
+#
+#   MECHBENCH_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" bash ci/run-gpu.sh
+#   MODELS=llama7b,goat7b SUITES="suites/test_accuracy.py suites/test_faithfulness.py" bash ci/run-gpu.sh
+#
+# Weights come from the hub cache or from MECHBENCH_MODEL_<NAME>=/path (see README, Models); a model that
+# cannot be loaded fails the run (--require-models) instead of skipping, so a green GPU run means every claim
+# was checked. Results go to $RESULTS (default results-gpu/): results.jsonl line by line, then report.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+  echo "ci/run-gpu.sh: no NVIDIA GPU visible (nvidia-smi fails); CPU CI is .ci/run" >&2
+  exit 2
+fi
+MODELS="${MODELS:-llama7b,vicuna7b,goat7b,float7b}"
+SUITES="${SUITES:-suites/}"
+RESULTS="${RESULTS:-results-gpu}"
+bash scripts/setup-venv.sh
+status=0
+# One pytest per model: a failure on one model still lets the others run and report.
+for model in ${MODELS//,/ }; do
+  .venv/bin/python -m pytest $SUITES --model="$model" --device=cuda --require-models \
+    --results-dir="$RESULTS" -p no:cacheprovider -ra || status=1
+done
+# Goat's and FLoat's own circuits, as the paper re-discovered them (FACTS.md 8.2, 8.5, 8.7).
+for model in goat7b float7b; do
+  if [[ ",$MODELS," == *",$model,"* ]]; then
+    .venv/bin/python -m pytest $SUITES --model="$model" --circuit="$model" --device=cuda --require-models \
+      --results-dir="$RESULTS" -p no:cacheprovider -ra || status=1
+  fi
+done
+.venv/bin/mechbench report --results "$RESULTS/results.jsonl" --out "$RESULTS"
+exit $status
