@@ -25,6 +25,9 @@ def pytest_addoption(parser):
                      "directory or base+adapter; repeat or comma-separate. Default: the toy zoo.")
     g.addoption("--base-model", default=None, metavar="NAME",
                 help="the model a fine-tune is compared with (default: its registered base)")
+    g.addoption("--baseline-model", default=None, metavar="NAME",
+                help="check the measured model against the baselines of this one (e.g. a new checkpoint of Goat "
+                     "against goat7b's published numbers); the independent-sample tolerances apply")
     g.addoption("--circuit", action="append", default=None, metavar="NAME",
                 help="circuit(s) the circuit claims evaluate (from baselines/circuits.json or a JSON file). Default: "
                      "the circuit found on the model's base (llama7b for the paper's models, toy-llama for the zoo)")
@@ -45,6 +48,7 @@ def pytest_addoption(parser):
 class Settings:
     models: tuple[str, ...]
     base_model: str | None
+    baseline_model: str | None
     circuits: tuple[str, ...] | None
     device: str
     dtype: str
@@ -82,9 +86,13 @@ def _models(config) -> tuple[str, ...]:
 
 
 def pytest_configure(config):
+    if config.getoption("--baseline-model") and config.getoption("--update-baselines"):
+        raise pytest.UsageError("--baseline-model compares with another model's baselines; it cannot be combined "
+                                "with --update-baselines, which would store this model's numbers under that name")
     config._mechbench = Settings(
         models=_models(config),
         base_model=config.getoption("--base-model"),
+        baseline_model=config.getoption("--baseline-model"),
         circuits=tuple(n.strip() for item in (config.getoption("--circuit") or []) for n in item.split(",") if n.strip())
         or None,
         device=config.getoption("--device"),
@@ -161,9 +169,16 @@ def claim_check(settings, results, request):
     def check(claim, keys, measured, *, n=None, model=None, soft=False, **tolerances):
         """``soft``: return the outcome instead of failing or skipping (a test checking many points reports
         every point out of tolerance at once)."""
+        seed = settings.seed
+        if settings.baseline_model and model is not None:
+            # the record of the model this one is checked against; another model's numbers on the same
+            # examples are not the same-sample case, so the seed is withheld from the tolerance rule
+            keys = {k: (settings.baseline_model if v == model.name else v) for k, v in keys.items()}
+            keys = {k: ("release" if k == "checkpoint" and v == "local" else v) for k, v in keys.items()}
+            seed = None
         try:
             outcome = check_claim(
-                claim, keys, measured, n=n, seed=settings.seed, baselines_dir=settings.baselines_dir,
+                claim, keys, measured, n=n, seed=seed, baselines_dir=settings.baselines_dir,
                 update=settings.update_baselines and (model is None or model.spec.kind != "paper"),
                 fingerprint=getattr(model, "fingerprint", None), results=results, **tolerances,
             )
