@@ -193,7 +193,7 @@ def test_dcm_finds_the_head_that_carries_the_target(toy_tokenizer):
     group = HeadGroup("g", "last", ((0, 1), (1, 0), (1, 2), (1, 3)))
     only = torch.tensor([1.0, 1.0, 0.0, 1.0])
     from mechbench.methods import dcm as dcm_module
-    reads = dcm_module._source_values(model, cf, "last", [0, 1], 50)
+    reads = dcm_module.source_values(model, cf, "last", [0, 1], 50)
     logits = run(model, cf.base.input_ids, dcm_module._patches(group, 1 - only, cf.base.positions("last"), reads,
                                                                slice(None))).last_logits
     moved = (logits.argmax(-1) != run(model, cf.base.input_ids).last_logits.argmax(-1)).nonzero().flatten()

@@ -30,7 +30,8 @@ class DCMResult:
     test_accuracy: float
 
 
-def _source_values(model, pairs: CounterfactualDataset, role: str, layers: list[int], batch_size: int):
+def source_values(model, pairs: CounterfactualDataset, role: str, layers: list[int], batch_size: int = 50):
+    """The source prompts' head outputs at ``role`` (what a DCM patch moves into the base run)."""
     return run(model, pairs.source.input_ids, read=Read(layers, pairs.source.positions(role)[:, None]),
                batch_size=batch_size).reads
 
@@ -45,13 +46,16 @@ def _patches(group: HeadGroup, alpha: torch.Tensor, positions: torch.Tensor, rea
 
 
 def masked_accuracy(model, group: HeadGroup, pairs: CounterfactualDataset, mask: torch.Tensor,
-                    batch_size: int = 50, reads: dict | None = None) -> float:
-    """Share of pairs predicting the desideratum's target with the (rounded) mask applied."""
+                    batch_size: int = 50, reads: dict | None = None, prefix=None) -> float:
+    """Share of pairs predicting the desideratum's target with the (rounded) mask applied. ``reads``: the
+    source's head outputs at the group's role (reused across groups); ``prefix``: the base prompts' captured
+    clean run (engine fast path: only the patched positions and layers are recomputed)."""
     layers = sorted({l for l, _ in group.heads})
-    reads = reads or _source_values(model, pairs, group.role, layers, batch_size)
+    reads = reads or source_values(model, pairs, group.role, layers, batch_size)
     alpha = 1.0 - mask.round()
     patches = _patches(group, alpha, pairs.base.positions(group.role), reads, slice(None))
-    logits = run(model, pairs.base.input_ids, patches, batch_size=batch_size).last_logits
+    logits = run(model, pairs.base.input_ids, patches, batch_size=len(pairs) if prefix is not None else batch_size,
+                 prefix=prefix).last_logits
     return top1_correct(logits, pairs.target_ids).float().mean().item()
 
 
@@ -70,7 +74,7 @@ def train_dcm(
 ) -> DCMResult:
     torch_model = model if isinstance(model, torch.nn.Module) else model.model
     layers = sorted({l for l, _ in group.heads})
-    reads = {name: _source_values(torch_model, ds, group.role, layers, 100)
+    reads = {name: source_values(torch_model, ds, group.role, layers, 100)
              for name, ds in (("train", train), ("val", val), ("test", test))}
     device = next(torch_model.parameters()).device
     mask = torch.ones(len(group.heads), device=device, requires_grad=True)
