@@ -53,12 +53,14 @@ def check_claim(
     tolerance_rule: str | None = None,
     field: str | None = None,
     stored_value=None,
+    std: float | None = None,
 ) -> ClaimOutcome:
     """Compare ``measured`` with the baseline record ``keys`` of ``claim`` (or store it with ``update``).
 
     ``tolerance``/``tolerance_same_sample``/``tolerance_rule`` are written with an updated record. With
     ``field``, ``measured`` is compared with that entry of an object-valued record, and an update stores
-    ``stored_value`` (the whole object, e.g. a DCM run's heads and accuracy).
+    ``stored_value`` (the whole object, e.g. a DCM run's heads and accuracy). ``std``: the spread behind a
+    mean over draws, stored with the record.
     """
     baseline = baselines.load(claim, baselines_dir)
     record = baseline.find(**keys)
@@ -70,6 +72,7 @@ def check_claim(
             source=f"measured by mechbench at commit {commit[:12] if commit else 'unknown'}",
             n=n, seed=seed, tolerance=tolerance, tolerance_same_sample=tolerance_same_sample,
             tolerance_rule=tolerance_rule, fingerprint=(fingerprint or {}).get("weights_sha256"),
+            std=None if std is None else round(float(std), 6),
         )
     elif record is None:
         outcome.missing = (f"no baseline record in {baseline.path} for {keys}; run with --update-baselines to "
@@ -81,7 +84,7 @@ def check_claim(
             outcome.note = (f" (the baseline was measured on weights {recorded[:12]}, these are "
                             f"{fingerprint['weights_sha256'][:12]})")
     if results is not None:
-        results.write(claim, keys, float(measured), field=field, n=n, seed=seed, fingerprint=fingerprint,
+        results.write(claim, keys, float(measured), field=field, std=std, n=n, seed=seed, fingerprint=fingerprint,
                       baseline=None if outcome.comparison is None else outcome.comparison.expected,
                       tolerance=None if outcome.comparison is None else outcome.comparison.tolerance,
                       passed=outcome.passed, updated=outcome.diff)

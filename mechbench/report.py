@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mechbench.errors import MechbenchError
 
-DETAIL_FIELDS = ("value", "field", "n", "seed", "fingerprint", "baseline", "tolerance", "passed", "updated", "meta")
+DETAIL_FIELDS = ("value", "field", "std", "n", "seed", "fingerprint", "baseline", "tolerance", "passed", "updated", "meta")
 
 #: claim -> (row keys, column key) of its paper-style table; other keys are rows too.
 PIVOTS = {

@@ -62,7 +62,7 @@ def test_completeness_random_k(model, circuit_name, settings, claim_check):
         std = statistics.pstdev(values)
         outcomes.append(claim_check(
             "completeness", {"circuit": circuit_name, "model": model.name, "k_method": "random_sampling",
-                             "metric": metric}, statistics.fmean(values), n=n, model=model, soft=True,
+                             "metric": metric}, statistics.fmean(values), n=n, model=model, soft=True, std=std,
             tolerance=round(3 * math.sqrt(2) * std / math.sqrt(iterations) + 1 / n, 4), tolerance_rule=MEAN_RULE
             + " (+1/n so that a zero spread still allows one example)"))
     _report(outcomes)

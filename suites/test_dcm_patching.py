@@ -76,7 +76,7 @@ def test_dcm_heads_patched(model, circuit_name, desideratum, settings, claim_che
             runs.append(100 * masked_accuracy(torch_model, heads, pairs, torch.zeros(len(heads)), reads=reads[group.role],
                                               prefix=prefix))
         std = statistics.pstdev(runs)
-        outcomes.append(claim_check("dcm_patching", keys, statistics.fmean(runs), n=n, model=model, soft=True,
+        outcomes.append(claim_check("dcm_patching", keys, statistics.fmean(runs), n=n, model=model, soft=True, std=std,
                                     tolerance=round(3 * math.sqrt(2) * std / math.sqrt(N_RUNS) + 0.05 + 100 / n, 4),
                                     tolerance_rule=RULE + " (+100/n: one pair, so a zero spread is not a zero bound)"))
     if not outcomes:
