@@ -196,6 +196,16 @@ def claim_check(settings, results, request):
     return check
 
 
+def settle(outcomes, what: str = "numbers") -> None:
+    """End a test that checked many numbers softly: fail listing every one out of tolerance, or skip (with
+    how to store them) when none had a baseline."""
+    failed = [o.message() for o in outcomes if o.passed is False]
+    if failed:
+        pytest.fail(f"{len(failed)} of {len(outcomes)} {what} out of tolerance:\n" + "\n".join(failed), pytrace=False)
+    if outcomes and all(o.missing for o in outcomes):
+        pytest.skip(outcomes[0].message())
+
+
 def pytest_terminal_summary(terminalreporter):
     lines = [v for rep in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
              for k, v in getattr(rep, "user_properties", []) if k == "claim"]

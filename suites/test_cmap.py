@@ -15,7 +15,7 @@ import math
 
 import pytest
 
-from conftest import load_or_skip
+from conftest import load_or_skip, settle
 from mechbench.baselines import BINOMIAL_RULE, SAME_SAMPLE_RULE, binomial_tolerance
 from mechbench.circuits import Circuit
 from mechbench.data.dataset import build_dataset
@@ -59,12 +59,7 @@ def test_cmap(model, circuit_name, settings, claim_check):
                             tolerance=binomial_tolerance(acc, n, n), tolerance_same_sample=round(3 / n, 4),
                             tolerance_rule=BINOMIAL_RULE.format(rounding="") + "; " + SAME_SAMPLE_RULE)
                 for group, (acc, hs) in measured.items()]
-    failed = [o.message() for o in outcomes if o.passed is False]
-    if failed:
-        pytest.fail(f"{len(failed)} of {len(outcomes)} CMAP accuracies out of tolerance:\n" + "\n".join(failed),
-                    pytrace=False)
-    if all(o.missing for o in outcomes):
-        pytest.skip(outcomes[0].message())
+    settle(outcomes, "CMAP accuracies")
 
 
 def test_cmap_carries_the_finetune_gain(model, circuit_name, settings):

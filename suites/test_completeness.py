@@ -14,6 +14,7 @@ import statistics
 
 import pytest
 
+from conftest import settle
 from mechbench.circuits import Circuit
 from mechbench.data.counterfactuals import ablation_prompts
 from mechbench.data.dataset import build_dataset
@@ -44,14 +45,6 @@ def _setup(model, circuit_name, settings):
     return circuit, dataset, means, n
 
 
-def _report(outcomes):
-    failed = [o.message() for o in outcomes if o.passed is False]
-    if failed:
-        pytest.fail(f"{len(failed)} of {len(outcomes)} numbers out of tolerance:\n" + "\n".join(failed), pytrace=False)
-    if all(o.missing for o in outcomes):
-        pytest.skip(outcomes[0].message())
-
-
 def test_completeness_random_k(model, circuit_name, settings, claim_check):
     circuit, dataset, means, n = _setup(model, circuit_name, settings)
     iterations = ITERATIONS.get(circuit_name, 10)
@@ -65,7 +58,7 @@ def test_completeness_random_k(model, circuit_name, settings, claim_check):
                              "metric": metric}, statistics.fmean(values), n=n, model=model, soft=True, std=std,
             tolerance=round(3 * math.sqrt(2) * std / math.sqrt(iterations) + 1 / n, 4), tolerance_rule=MEAN_RULE
             + " (+1/n so that a zero spread still allows one example)"))
-    _report(outcomes)
+    settle(outcomes)
 
 
 def test_completeness_entire_group(model, circuit_name, settings, claim_check):
@@ -81,4 +74,4 @@ def test_completeness_entire_group(model, circuit_name, settings, claim_check):
             outcomes.append(claim_check("completeness", {**keys, "metric": metric}, value, n=n, model=model, soft=True,
                                         tolerance=max(round(tol, 4), round(3 / n, 4)), tolerance_same_sample=round(3 / n, 4),
                                         tolerance_rule=rule + "; " + "on the baseline's own examples: 3/n"))
-    _report(outcomes)
+    settle(outcomes)

@@ -14,6 +14,7 @@ import math
 
 import pytest
 
+from conftest import settle
 from mechbench import baselines
 from mechbench.circuits import Circuit
 from mechbench.data.counterfactuals import desiderata_pairs
@@ -58,8 +59,4 @@ def test_dcm(model, circuit_name, desideratum, settings, claim_check):
                           "test_accuracy": round(acc, 6)},
             tolerance=round(3 * math.sqrt(2 * acc * (1 - acc) / n_test) + 0.05, 4),
             tolerance_same_sample=round(3 / n_test, 4), tolerance_rule=TRAINING_RULE))
-    failed = [o.message() for o in outcomes if o.passed is False]
-    if failed:
-        pytest.fail(f"{len(failed)} of {len(outcomes)} groups out of tolerance:\n" + "\n".join(failed), pytrace=False)
-    if all(o.missing for o in outcomes):
-        pytest.skip(outcomes[0].message())
+    settle(outcomes, "groups")

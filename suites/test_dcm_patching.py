@@ -15,6 +15,7 @@ import statistics
 import pytest
 import torch
 
+from conftest import settle
 from mechbench import baselines
 from mechbench.circuits import Circuit, HeadGroup
 from mechbench.data.counterfactuals import desiderata_pairs
@@ -82,8 +83,4 @@ def test_dcm_heads_patched(model, circuit_name, desideratum, settings, claim_che
     if not outcomes:
         pytest.skip(f"no DCM run of circuit {circuit_name!r} for {desideratum!r} in baselines/dcm.json: "
                     f"run suites/test_dcm.py --model={circuit_name} --update-baselines first")
-    failed = [o.message() for o in outcomes if o.passed is False]
-    if failed:
-        pytest.fail(f"{len(failed)} of {len(outcomes)} groups out of tolerance:\n" + "\n".join(failed), pytrace=False)
-    if all(o.missing for o in outcomes):
-        pytest.skip(outcomes[0].message())
+    settle(outcomes, "groups")

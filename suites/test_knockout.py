@@ -10,6 +10,7 @@ examples). The toy zoo's fetch runs through the queried label, so its curves add
 
 import pytest
 
+from conftest import settle
 from mechbench.baselines import BINOMIAL_RULE, SAME_SAMPLE_RULE, binomial_tolerance
 from mechbench.data.dataset import build_dataset
 from mechbench.methods.knockout import EDGES, knockout_curve
@@ -28,8 +29,4 @@ def test_knockout_curve(model, edge, settings, claim_check):
                             tolerance_same_sample=round(3 / n, 4),
                             tolerance_rule=BINOMIAL_RULE.format(rounding="") + "; " + SAME_SAMPLE_RULE)
                 for layer, acc in curve.items()]
-    failed = [o.message() for o in outcomes if o.passed is False]
-    if failed:
-        pytest.fail(f"{len(failed)} of {len(outcomes)} layers out of tolerance:\n" + "\n".join(failed), pytrace=False)
-    if all(o.missing for o in outcomes):
-        pytest.skip(outcomes[0].message())
+    settle(outcomes, "layers")

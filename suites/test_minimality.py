@@ -10,6 +10,7 @@ CPU) allow 3/n; other examples the bound stated in each record.
 
 import pytest
 
+from conftest import settle
 from mechbench import baselines
 from mechbench.data.counterfactuals import ablation_prompts
 from mechbench.data.dataset import build_dataset
@@ -51,8 +52,4 @@ def test_minimality(model, circuit_name, settings, claim_check):
                     "minimality", keys, getattr(s, field), n=n, model=model, soft=True, field=field,
                     stored_value=value, tolerance=round(3 * (0.5 / n) ** 0.5, 4),
                     tolerance_same_sample=round(3 / n, 4), tolerance_rule=RULE))
-    failed = [o.message() for o in outcomes if o.passed is False]
-    if failed:
-        pytest.fail(f"{len(failed)} of {len(outcomes)} numbers out of tolerance:\n" + "\n".join(failed), pytrace=False)
-    if all(o.missing for o in outcomes):
-        pytest.skip(outcomes[0].message())
+    settle(outcomes, "numbers")

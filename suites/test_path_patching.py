@@ -10,6 +10,7 @@ Goat's and FLoat's own circuits (`--circuit goat7b`).
 
 import pytest
 
+from conftest import settle
 from mechbench.circuits import Circuit
 from mechbench.errors import MechbenchError
 from mechbench.methods.discovery import DISCOVERY, discover
@@ -35,8 +36,4 @@ def test_path_patching_recovers_the_circuit(model, circuit_name, settings, claim
         outcomes.append(claim_check(
             "path_patching", {"circuit": circuit_name, "model": model.name, "group": group, "metric": "recall"},
             recall, model=model, soft=True, tolerance=0.05, tolerance_rule=SAME_SAMPLE_RULE))
-    failed = [o.message() for o in outcomes if o.passed is False]
-    if failed:
-        pytest.fail("path patching no longer selects the stored heads:\n" + "\n".join(failed), pytrace=False)
-    if all(o.missing for o in outcomes):
-        pytest.skip(outcomes[0].message())
+    settle(outcomes, "groups' recalls")
