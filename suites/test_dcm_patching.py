@@ -21,7 +21,7 @@ from mechbench.circuits import Circuit, HeadGroup
 from mechbench.data.counterfactuals import desiderata_pairs
 from mechbench.errors import MechbenchError
 from mechbench.intervene import capture_prefix
-from mechbench.methods.dcm import masked_accuracy, source_values
+from mechbench.methods.dcm import masked_accuracy, source_values_at
 
 pytestmark = pytest.mark.claim
 N_PAIRS, N_RUNS = 500, 10  # the paper's
@@ -56,7 +56,7 @@ def test_dcm_heads_patched(model, circuit_name, desideratum, settings, claim_che
             draws[paper_compat] = []
             for r in range(N_RUNS):
                 pairs = _pairs(model.tokenizer, desideratum, n, 1000 * (settings.seed + 1) + r, paper_compat)
-                reads = {role: source_values(torch_model, pairs, role, layers) for role in circuit.roles}
+                reads = source_values_at(torch_model, pairs, circuit.roles, layers)
                 draws[paper_compat].append((pairs, capture_prefix(torch_model, pairs.base.input_ids), reads))
         return draws[paper_compat][run]
 

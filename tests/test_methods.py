@@ -255,3 +255,19 @@ def test_minimality_before_after_are_circuit_accuracies_without_k(model, toy_tok
     pruned = prune(TOY_CIRCUIT, {"pos_detector": sig}, threshold=0.01)
     assert pruned.groups["pos_detector"].heads == ((0, 2),) and pruned.groups["value_fetcher"] == TOY_CIRCUIT.groups["value_fetcher"]
     assert "pos_detector" not in prune(TOY_CIRCUIT, {"pos_detector": sig}, threshold=1.0).groups
+
+
+def test_dcm_source_reads_of_several_roles_in_one_pass_equal_one_pass_each(model, pairs):
+    from mechbench.intervene import capture_prefix
+    from mechbench.methods.dcm import masked_accuracy, source_values, source_values_at
+
+    both = source_values_at(model, pairs, ("last", "prev_query_label"), [0, 1, 2])
+    for role in ("last", "prev_query_label"):
+        single = source_values(model, pairs, role, [0, 1, 2])
+        for layer in (0, 1, 2):
+            torch.testing.assert_close(both[role][layer], single[layer])
+    # and the prefix fast path scores a patch like the full run
+    group = HeadGroup("g", "prev_query_label", ((0, 1), (2, 3)))
+    mask = torch.zeros(2)
+    assert masked_accuracy(model, group, pairs, mask, reads=both["prev_query_label"],
+                           prefix=capture_prefix(model, pairs.base.input_ids)) == masked_accuracy(model, group, pairs, mask)

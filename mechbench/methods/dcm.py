@@ -32,8 +32,14 @@ class DCMResult:
 
 def source_values(model, pairs: CounterfactualDataset, role: str, layers: list[int], batch_size: int = 50):
     """The source prompts' head outputs at ``role`` (what a DCM patch moves into the base run)."""
-    return run(model, pairs.source.input_ids, read=Read(layers, pairs.source.positions(role)[:, None]),
-               batch_size=batch_size).reads
+    return source_values_at(model, pairs, (role,), layers, batch_size)[role]
+
+
+def source_values_at(model, pairs: CounterfactualDataset, roles, layers: list[int], batch_size: int = 50):
+    """``{role: source_values(...)}`` for several roles from one forward pass."""
+    positions = torch.stack([pairs.source.positions(role) for role in roles], 1)
+    reads = run(model, pairs.source.input_ids, read=Read(layers, positions), batch_size=batch_size).reads
+    return {role: {layer: values[:, [i]] for layer, values in reads.items()} for i, role in enumerate(roles)}
 
 
 def _patches(group: HeadGroup, alpha: torch.Tensor, positions: torch.Tensor, reads: dict, rows) -> list[HeadPatch]:
