@@ -196,6 +196,33 @@ def claim_check(settings, results, request):
     return check
 
 
+def load_circuit(name: str, model, settings: Settings):
+    """Circuit ``name`` from the baselines, checked to fit ``model``; a mismatch fails the test with the reason."""
+    from mechbench.circuits import Circuit
+
+    try:
+        circuit = Circuit.load(name, settings.baselines_dir)
+        circuit.check_fits(model.shape.n_layers, model.shape.n_heads)
+    except MechbenchError as e:
+        pytest.fail(str(e), pytrace=False)
+    return circuit
+
+
+ABLATION_PROMPTS = 500  # prompts behind the position-specific means (the paper's)
+_MEANS: dict[tuple, object] = {}
+
+
+def ablation_means(model, settings: Settings):
+    """Mean head output per (layer, position, head) over the ablation prompts, once per model and seed."""
+    from mechbench.data.counterfactuals import ablation_prompts
+    from mechbench.methods.ablation import position_means
+
+    key = (model.name, settings.seed)
+    if key not in _MEANS:
+        _MEANS[key] = position_means(model.model, ablation_prompts(model.tokenizer, ABLATION_PROMPTS, seed=settings.seed))
+    return _MEANS[key]
+
+
 def settle(outcomes, what: str = "numbers") -> None:
     """End a test that checked many numbers softly: fail listing every one out of tolerance, or skip (with
     how to store them) when none had a baseline."""

@@ -15,9 +15,8 @@ import math
 
 import pytest
 
-from conftest import load_or_skip, settle
+from conftest import load_circuit, load_or_skip, settle
 from mechbench.baselines import BINOMIAL_RULE, SAME_SAMPLE_RULE, binomial_tolerance
-from mechbench.circuits import Circuit
 from mechbench.data.dataset import build_dataset
 from mechbench.errors import MechbenchError
 from mechbench.evaluate import accuracy_on
@@ -33,9 +32,8 @@ def _setup(model, circuit_name, settings):
     if base_name is None or base_name == model.name:
         pytest.skip(f"{model.name!r} has no base to patch into: CMAP runs on a fine-tune (pass --base-model)")
     base = load_or_skip(base_name, settings)
+    circuit = load_circuit(circuit_name, base, settings)
     try:
-        circuit = Circuit.load(circuit_name, settings.baselines_dir)
-        circuit.check_fits(base.shape.n_layers, base.shape.n_heads)
         sets = cmap_head_sets(circuit, settings.baselines_dir)
     except MechbenchError as e:
         pytest.fail(str(e), pytrace=False)

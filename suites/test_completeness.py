@@ -14,12 +14,9 @@ import statistics
 
 import pytest
 
-from conftest import settle
-from mechbench.circuits import Circuit
-from mechbench.data.counterfactuals import ablation_prompts
+from conftest import ablation_means, load_circuit, settle
 from mechbench.data.dataset import build_dataset
-from mechbench.errors import MechbenchError
-from mechbench.methods.ablation import completeness, position_means
+from mechbench.methods.ablation import completeness
 
 pytestmark = pytest.mark.claim
 N_EXAMPLES = 500
@@ -34,14 +31,10 @@ def _binomial(p: float, n: int) -> float:
 
 
 def _setup(model, circuit_name, settings):
-    try:
-        circuit = Circuit.load(circuit_name, settings.baselines_dir)
-        circuit.check_fits(model.shape.n_layers, model.shape.n_heads)
-    except MechbenchError as e:
-        pytest.fail(str(e), pytrace=False)
+    circuit = load_circuit(circuit_name, model, settings)
     n = settings.n_examples(N_EXAMPLES)
     dataset = build_dataset(model.tokenizer, n_examples=n, seed=settings.seed)
-    means = position_means(model.model, ablation_prompts(model.tokenizer, N_EXAMPLES, seed=settings.seed))
+    means = ablation_means(model, settings)
     return circuit, dataset, means, n
 
 

@@ -14,9 +14,8 @@ import math
 
 import pytest
 
-from conftest import settle
+from conftest import load_circuit, settle
 from mechbench import baselines
-from mechbench.circuits import Circuit
 from mechbench.data.counterfactuals import desiderata_pairs
 from mechbench.errors import MechbenchError
 from mechbench.methods.dcm import train_dcm
@@ -32,9 +31,8 @@ def test_dcm(model, circuit_name, desideratum, settings, claim_check):
     if model.name != circuit_name:
         pytest.skip(f"DCM runs on the circuit's own model (the paper: Llama circuit on Llama, Goat on Goat); "
                     f"{circuit_name!r} is not {model.name!r}")
+    circuit = load_circuit(circuit_name, model, settings)
     try:
-        circuit = Circuit.load(circuit_name, settings.baselines_dir)
-        circuit.check_fits(model.shape.n_layers, model.shape.n_heads)
         stored = baselines.load("dcm", settings.baselines_dir)
     except MechbenchError as e:
         pytest.fail(str(e), pytrace=False)

@@ -15,9 +15,9 @@ import statistics
 import pytest
 import torch
 
-from conftest import settle
+from conftest import load_circuit, settle
 from mechbench import baselines
-from mechbench.circuits import Circuit, HeadGroup
+from mechbench.circuits import HeadGroup
 from mechbench.data.counterfactuals import desiderata_pairs
 from mechbench.errors import MechbenchError
 from mechbench.intervene import capture_prefix
@@ -40,9 +40,8 @@ def _pairs(tokenizer, desideratum, n, seed, paper_compat):
 
 @pytest.mark.parametrize("desideratum", ["object_value", "positional", "box_label_value"])
 def test_dcm_heads_patched(model, circuit_name, desideratum, settings, claim_check):
+    circuit = load_circuit(circuit_name, model, settings)
     try:
-        circuit = Circuit.load(circuit_name, settings.baselines_dir)
-        circuit.check_fits(model.shape.n_layers, model.shape.n_heads)
         dcm, stored = baselines.load("dcm", settings.baselines_dir), baselines.load("dcm_patching", settings.baselines_dir)
     except MechbenchError as e:
         pytest.fail(str(e), pytrace=False)

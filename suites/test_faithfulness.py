@@ -13,13 +13,11 @@ import math
 
 import pytest
 
+from conftest import ablation_means, load_circuit
 from mechbench.baselines import BINOMIAL_RULE, SAME_SAMPLE_RULE, binomial_tolerance
-from mechbench.circuits import Circuit
-from mechbench.data.counterfactuals import ablation_prompts
 from mechbench.data.dataset import build_dataset
-from mechbench.errors import MechbenchError
 from mechbench.evaluate import accuracy_on
-from mechbench.methods.ablation import faithfulness, position_means
+from mechbench.methods.ablation import faithfulness
 
 pytestmark = pytest.mark.claim
 N_EXAMPLES = 500  # the paper's evaluation and ablation-mean sizes
@@ -36,13 +34,9 @@ def measure(model, circuit_name, settings):
     n = settings.n_examples(N_EXAMPLES)
     key = (model.name, circuit_name, n, settings.seed)
     if key not in _MEASURED:
-        try:
-            circuit = Circuit.load(circuit_name, settings.baselines_dir)
-            circuit.check_fits(model.shape.n_layers, model.shape.n_heads)
-        except MechbenchError as e:
-            pytest.fail(str(e), pytrace=False)
+        circuit = load_circuit(circuit_name, model, settings)
         dataset = build_dataset(model.tokenizer, n_examples=n, seed=settings.seed)
-        means = position_means(model.model, ablation_prompts(model.tokenizer, N_EXAMPLES, seed=settings.seed))
+        means = ablation_means(model, settings)
         full = accuracy_on(model, dataset)
         _MEASURED[key] = faithfulness(model.model, circuit, dataset, means, full, n_random=N_RANDOM, seed=settings.seed)
     return _MEASURED[key], n

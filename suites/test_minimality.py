@@ -10,17 +10,14 @@ CPU) allow 3/n; other examples the bound stated in each record.
 
 import pytest
 
-from conftest import settle
+from conftest import ablation_means, settle
 from mechbench import baselines
-from mechbench.data.counterfactuals import ablation_prompts
 from mechbench.data.dataset import build_dataset
 from mechbench.errors import MechbenchError
-from mechbench.methods.ablation import position_means
 from mechbench.methods.discovery import DISCOVERY, discover
 from mechbench.methods.minimality import head_significance
 
 pytestmark = pytest.mark.claim
-N_MEANS = 500  # prompts behind the ablation means (the paper's)
 RULE = ("3*sqrt(2*0.25/n): the widest binomial bound of two independent n-example accuracies; "
         "on the baseline's own examples (same seed and n, CPU): 3/n")
 
@@ -36,7 +33,7 @@ def test_minimality(model, circuit_name, settings, claim_check):
     candidates = discover(model, circuit_name, config).circuit
     n = settings.n_examples(config.minimality_examples)
     dataset = build_dataset(model.tokenizer, n_examples=n, seed=config.minimality_seed + settings.seed)
-    means = position_means(model.model, ablation_prompts(model.tokenizer, N_MEANS, seed=settings.seed))
+    means = ablation_means(model, settings)
     ranks = {(r.keys["group"], r.keys["layer"], r.keys["head"]): r.keys["rank"] for r in stored.records
              if r.keys.get("circuit") == circuit_name and r.keys.get("kind") == "head"}
     outcomes = []

@@ -10,9 +10,7 @@ Goat's and FLoat's own circuits (`--circuit goat7b`).
 
 import pytest
 
-from conftest import settle
-from mechbench.circuits import Circuit
-from mechbench.errors import MechbenchError
+from conftest import load_circuit, settle
 from mechbench.methods.discovery import DISCOVERY, discover
 
 pytestmark = pytest.mark.claim
@@ -23,11 +21,7 @@ def test_path_patching_recovers_the_circuit(model, circuit_name, settings, claim
     if circuit_name not in DISCOVERY or model.name != circuit_name:
         pytest.skip(f"circuit {circuit_name!r} was not found on {model.name!r} by a known discovery run; "
                     f"path patching re-discovers a circuit on its own model ({', '.join(DISCOVERY)})")
-    try:
-        stored = Circuit.load(circuit_name, settings.baselines_dir)
-        stored.check_fits(model.shape.n_layers, model.shape.n_heads)
-    except MechbenchError as e:
-        pytest.fail(str(e), pytrace=False)
+    stored = load_circuit(circuit_name, model, settings)
     found = discover(model, circuit_name, DISCOVERY[circuit_name]).circuit
     outcomes = []
     for group, g in stored.groups.items():

@@ -1,6 +1,5 @@
 """The entity-tracking data: the paper's layout, roles from tokens, counterfactual definitions, seeds."""
 
-import random
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from mechbench.data.counterfactuals import (
     ADDITIONAL_DESIDERATA, DESIDERATA, desiderata_pairs, noise_pairs, paper_query_position,
 )
 from mechbench.data.dataset import Vocabulary, build_dataset, tokenize_examples
-from mechbench.data.prompts import LETTERS, Context, Example, paper_objects, render
+from mechbench.data.prompts import LETTERS, Context, Example, paper_objects
 from mechbench.errors import TokenizationError
 
 SLOW_FIXTURE = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

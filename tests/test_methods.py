@@ -1,6 +1,5 @@
 """Mean ablation, circuit evaluation and path patching against hand-written references on random Llamas."""
 
-import random
 
 import pytest
 import torch

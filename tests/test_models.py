@@ -1,6 +1,5 @@
 """Model registry and loading: names, specs, errors, adapters, GQA shapes, fingerprints."""
 
-import json
 import subprocess
 import sys
 

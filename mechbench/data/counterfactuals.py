@@ -32,7 +32,7 @@ import torch
 from mechbench.data.dataset import (
     EntityTrackingDataset, Vocabulary, sample_examples, tokenize_examples, tokenizer_name,
 )
-from mechbench.data.prompts import LETTERS, PAPER_TEMPLATE, Example, Template, render, sample_context
+from mechbench.data.prompts import PAPER_TEMPLATE, Example, Template, render, sample_context
 
 MAX_TRIES = 10_000
 

@@ -19,7 +19,7 @@ import csv
 import random
 import re
 import string
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from importlib import resources
 
 LETTERS: tuple[str, ...] = tuple(string.ascii_uppercase)
