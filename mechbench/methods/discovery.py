@@ -21,7 +21,7 @@ import torch
 
 from mechbench.circuits import GROUP_ROLES, Circuit, HeadGroup
 from mechbench.data.counterfactuals import CounterfactualDataset
-from mechbench.methods.path_patching import Receivers, path_patching_scores
+from mechbench.methods.path_patching import Receivers, path_patching_scores, top_heads
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,7 @@ class Discovery:
 
 def select_heads(scores: torch.Tensor, top_k: int, min_effect: float = 0.0) -> tuple[tuple[int, int], ...]:
     """The ``top_k`` most negative heads with a score below ``-min_effect``, most important first."""
-    n_heads = scores.shape[1]
-    order = scores.flatten().argsort()[:top_k]
-    return tuple((int(i) // n_heads, int(i) % n_heads) for i in order if scores.flatten()[i] < -min_effect)
+    return tuple(h for h in top_heads(scores, top_k) if scores[h] < -min_effect)
 
 
 def random_label_positions(pairs: CounterfactualDataset, seed: int) -> torch.Tensor:
