@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -42,6 +42,14 @@ def pytest_addoption(parser):
     g.addoption("--results-dir", default=str(ROOT / "results"), help="where results.jsonl is appended")
     g.addoption("--require-models", action="store_true",
                 help="fail, instead of skip, when a model cannot be loaded")
+    g.addoption("--compare", action="store_true",
+                help="comparison mode for every model with a known base, even one with baselines of its own: each "
+                     "claim measured on the model and its base side by side, and a mechanism verdict (a model with "
+                     "no baselines of its own and a known base is compared without this flag)")
+    g.addoption("--quick", action="store_true",
+                help="comparison mode's quick lane: fewer prompts and draws (intervals widen to match)")
+    g.addoption("--reference", action="append", default=None, metavar="NAME",
+                help="stored fine-tunes shown beside a comparison (default: toy-goat, toy-float / goat7b, float7b)")
 
 
 @dataclass(frozen=True)
@@ -58,12 +66,23 @@ class Settings:
     update_baselines: bool
     results_dir: Path
     require_models: bool
+    compared: tuple[str, ...] = ()  # models in comparison mode (mechbench.compare)
+    quick: bool = False
+    references: tuple[str, ...] | None = None
+    circuit_files: dict = None  # circuit name -> the JSON file it was loaded from (--circuit FILE)
 
     def n_examples(self, default: int) -> int:
-        return self.limit or default
+        return default if self.limit is None else self.limit
 
     def base_of(self, model: str) -> str | None:
-        return self.base_model or BASE_OF.get(model)
+        if self.base_model:
+            return self.base_model
+        from mechbench.compare import base_name_of
+
+        try:
+            return base_name_of(model)
+        except MechbenchError:
+            return None
 
     def circuits_for(self, model: str) -> tuple[str, ...]:
         """The circuits evaluated on ``model``: --circuit, else the one discovered on its base (the paper
@@ -85,16 +104,48 @@ def _models(config) -> tuple[str, ...]:
     return names
 
 
+def _circuits(config) -> tuple[tuple[str, ...] | None, dict]:
+    """--circuit values as circuit names; a JSON file is named by the circuit it holds (baselines key on that)."""
+    from mechbench.circuits import Circuit
+
+    names, files = [], {}
+    for item in config.getoption("--circuit") or []:
+        for ref in (n.strip() for n in item.split(",") if n.strip()):
+            if Path(ref).is_file():
+                try:
+                    name = Circuit.load(ref).name
+                except (MechbenchError, ValueError, KeyError, TypeError) as e:
+                    raise pytest.UsageError(f"--circuit {ref}: {e}") from None
+                files[name] = ref
+                names.append(name)
+            else:
+                names.append(ref)
+    return tuple(names) or None, files
+
+
+def _has_own_baselines(model: str, baselines_dir: Path) -> bool:
+    from mechbench import baselines
+
+    try:
+        return baselines.load("accuracy", baselines_dir).find(model=model) is not None
+    except MechbenchError:
+        return False
+
+
 def pytest_configure(config):
     if config.getoption("--baseline-model") and config.getoption("--update-baselines"):
         raise pytest.UsageError("--baseline-model compares with another model's baselines; it cannot be combined "
                                 "with --update-baselines, which would store this model's numbers under that name")
+    limit = config.getoption("--limit")
+    if limit is not None and limit < 1:
+        raise pytest.UsageError(f"--limit {limit}: the number of examples per claim must be at least 1 (leave it out "
+                                f"for the paper's counts)")
+    circuits, circuit_files = _circuits(config)
     config._mechbench = Settings(
         models=_models(config),
         base_model=config.getoption("--base-model"),
         baseline_model=config.getoption("--baseline-model"),
-        circuits=tuple(n.strip() for item in (config.getoption("--circuit") or []) for n in item.split(",") if n.strip())
-        or None,
+        circuits=circuits,
         device=config.getoption("--device"),
         dtype=config.getoption("--dtype"),
         limit=config.getoption("--limit"),
@@ -103,7 +154,17 @@ def pytest_configure(config):
         update_baselines=config.getoption("--update-baselines"),
         results_dir=Path(config.getoption("--results-dir")),
         require_models=config.getoption("--require-models"),
+        quick=config.getoption("--quick"),
+        references=tuple(config.getoption("--reference")) if config.getoption("--reference") else None,
+        circuit_files=circuit_files,
     )
+    s = config._mechbench
+    if not s.baseline_model and not s.update_baselines:
+        # comparison mode: a fine-tune with a known base and no baselines of its own (or --compare) is measured
+        # beside its base instead of skipping every claim for want of a stored number
+        compared = tuple(m for m in s.models if s.base_of(m) and s.base_of(m) != m
+                         and (config.getoption("--compare") or not _has_own_baselines(m, s.baselines_dir)))
+        config._mechbench = replace(s, compared=compared)
 
 
 def pytest_generate_tests(metafunc):
@@ -119,6 +180,24 @@ def pytest_generate_tests(metafunc):
     elif "model_name" in metafunc.fixturenames:
         params = [pytest.param(n, id=n, marks=[pytest.mark.paper] if n in PAPER_MODELS else []) for n in settings.models]
         metafunc.parametrize("model_name", params)
+    if "compared_model" in metafunc.fixturenames:  # suites/test_compare.py: only the models in comparison mode
+        metafunc.parametrize("compared_model", [
+            pytest.param(n, id=n, marks=[pytest.mark.paper] if n in PAPER_MODELS else []) for n in settings.compared])
+
+
+def pytest_collection_modifyitems(config, items):
+    """A model in comparison mode is measured beside its base (suites/test_compare.py) instead of against
+    baselines it does not have: its absolute-claim items are deselected rather than skipped one by one."""
+    compared = set(config._mechbench.compared)
+    if not compared:
+        return
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        (drop if params.get("model_name") in compared else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def pytest_runtest_setup(item):
@@ -169,16 +248,18 @@ def claim_check(settings, results, request):
     def check(claim, keys, measured, *, n=None, model=None, soft=False, **tolerances):
         """``soft``: return the outcome instead of failing or skipping (a test checking many points reports
         every point out of tolerance at once)."""
-        seed = settings.seed
+        seed, lookup = settings.seed, None
         if settings.baseline_model and model is not None:
             # the record of the model this one is checked against; another model's numbers on the same
-            # examples are not the same-sample case, so the seed is withheld from the tolerance rule
-            keys = {k: (settings.baseline_model if v == model.name else v) for k, v in keys.items()}
-            keys = {k: ("release" if k == "checkpoint" and v == "local" else v) for k, v in keys.items()}
+            # examples are not the same-sample case, so the seed is withheld from the tolerance rule. The
+            # measurement keeps the measured model's name (the baseline's name goes with it as its own field).
+            lookup = {k: (settings.baseline_model if v == model.name else v) for k, v in keys.items()}
+            lookup = {k: ("release" if k == "checkpoint" and v == "local" else v) for k, v in lookup.items()}
             seed = None
         try:
             outcome = check_claim(
-                claim, keys, measured, n=n, seed=seed, baselines_dir=settings.baselines_dir,
+                claim, keys, measured, n=n, seed=seed, baselines_dir=settings.baselines_dir, lookup_keys=lookup,
+                baseline_model=settings.baseline_model if lookup else None,
                 update=settings.update_baselines and (model is None or model.spec.kind != "paper"),
                 fingerprint=getattr(model, "fingerprint", None), results=results, **tolerances,
             )
@@ -196,12 +277,47 @@ def claim_check(settings, results, request):
     return check
 
 
+@pytest.fixture
+def record_check(settings, results, request):
+    """``record_check(claim, check, keys, value, passed, message)``: a check with no stored number (circuit beats
+    random, the fine-tune's gain carried, the chance guard) goes to the results file like every measurement."""
+    def write(claim: str, check: str, keys: dict, value, passed: bool | None, message: str):
+        results.write(f"check:{claim}", {**keys, "check": check}, value, passed=passed, message=message,
+                      seed=settings.seed, n=None)
+        request.node.user_properties.append(("claim", f"check:{claim} [{check}] {message}"))
+
+    return write
+
+
+_TASK: dict[tuple, object] = {}
+
+
+@pytest.fixture
+def working_model(model, settings, record_check):
+    """The model's handle, after the chance guard: a model whose accuracy is not above chance (1/boxes) by 3
+    cluster-robust standard errors does not do the task, and a circuit claim about it would assert nothing."""
+    from mechbench.data.dataset import build_dataset
+    from mechbench.evaluate import correct_on
+    from mechbench.stats import chance_check
+
+    key = (model.name, settings.n_examples(500), settings.seed)
+    if key not in _TASK:
+        dataset = build_dataset(model.tokenizer, n_examples=key[1], seed=settings.seed)
+        _TASK[key] = chance_check(correct_on(model, dataset).numpy(), dataset.clusters().numpy(), dataset.num_boxes)
+        record_check("accuracy", "does the task", {"model": model.name}, round(_TASK[key].accuracy, 6),
+                     _TASK[key].passed, _TASK[key].message(model.name))
+    if not _TASK[key].passed:
+        pytest.fail(_TASK[key].message(model.name) + ": no circuit claim applies to it", pytrace=False)
+    return model
+
+
 def load_circuit(name: str, model, settings: Settings):
-    """Circuit ``name`` from the baselines, checked to fit ``model``; a mismatch fails the test with the reason."""
+    """Circuit ``name`` from the baselines (or the --circuit file that holds it), checked to fit ``model``; a
+    mismatch fails the test with the reason."""
     from mechbench.circuits import Circuit
 
     try:
-        circuit = Circuit.load(name, settings.baselines_dir)
+        circuit = Circuit.load((settings.circuit_files or {}).get(name, name), settings.baselines_dir)
         circuit.check_fits(model.shape.n_layers, model.shape.n_heads)
     except MechbenchError as e:
         pytest.fail(str(e), pytrace=False)
@@ -233,6 +349,48 @@ def settle(outcomes, what: str = "numbers") -> None:
         pytest.skip(outcomes[0].message())
 
 
+_COMPARISONS: dict[str, object] = {}
+
+
+@pytest.fixture
+def comparison(compared_model, settings):
+    """The :class:`mechbench.compare.Comparison` of a model in comparison mode with its base (built once per
+    session; its report is written when the session ends)."""
+    from mechbench.compare import LANES, Comparison, base_circuit_name
+    from mechbench.circuits import Circuit
+
+    if compared_model not in _COMPARISONS:
+        base_name = settings.base_of(compared_model)
+        try:
+            circuit_ref = settings.circuits[0] if settings.circuits else base_circuit_name(base_name, settings.baselines_dir)
+            circuit = Circuit.load((settings.circuit_files or {}).get(circuit_ref, circuit_ref), settings.baselines_dir)
+        except MechbenchError as e:
+            pytest.fail(str(e), pytrace=False)
+        fine_tune, base = load_or_skip(compared_model, settings), load_or_skip(base_name, settings)
+        try:
+            _COMPARISONS[compared_model] = Comparison(
+                fine_tune, base, circuit, LANES["quick" if settings.quick else "full"], settings.seed,
+                settings.baselines_dir, settings.references)
+        except MechbenchError as e:
+            pytest.fail(str(e), pytrace=False)
+    return _COMPARISONS[compared_model]
+
+
+def pytest_sessionfinish(session):
+    """Write the comparison report of every fine-tune compared in this session (the same report as
+    ``mechbench compare``)."""
+    if not _COMPARISONS:
+        return
+    from mechbench.report import write_comparison_report
+
+    settings = session.config._mechbench
+    for comparison in _COMPARISONS.values():
+        if comparison._claims:
+            path = write_comparison_report(comparison, settings.results_dir,
+                                           results_path=str(settings.results_dir / "results.jsonl"))
+            session.config._mechbench_reports = getattr(session.config, "_mechbench_reports", []) + [str(path)]
+
+
 def pytest_terminal_summary(terminalreporter):
     lines = [v for rep in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
              for k, v in getattr(rep, "user_properties", []) if k == "claim"]
@@ -240,3 +398,5 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("mechbench claims")
         for line in lines:
             terminalreporter.write_line(line)
+    for path in getattr(terminalreporter.config, "_mechbench_reports", []):
+        terminalreporter.write_line(f"comparison report: {path}")

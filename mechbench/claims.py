@@ -54,16 +54,21 @@ def check_claim(
     field: str | None = None,
     stored_value=None,
     std: float | None = None,
+    lookup_keys: dict | None = None,
+    baseline_model: str | None = None,
 ) -> ClaimOutcome:
     """Compare ``measured`` with the baseline record ``keys`` of ``claim`` (or store it with ``update``).
 
     ``tolerance``/``tolerance_same_sample``/``tolerance_rule`` are written with an updated record. With
     ``field``, ``measured`` is compared with that entry of an object-valued record, and an update stores
     ``stored_value`` (the whole object, e.g. a DCM run's heads and accuracy). ``std``: the spread behind a
-    mean over draws, stored with the record.
+    mean over draws, stored with the record. ``lookup_keys``: the record to compare with when it is another
+    model's (``baseline_model``); the results line keeps ``keys``, the measured model's own.
     """
+    if update and lookup_keys is not None:
+        raise ValueError("a measurement checked against another model's baseline is never stored as one")
     baseline = baselines.load(claim, baselines_dir)
-    record = baseline.find(**keys)
+    record = baseline.find(**(lookup_keys or keys))
     outcome = ClaimOutcome(claim, dict(keys), float(measured))
     if update:
         commit = git_state().get("commit")
@@ -75,17 +80,20 @@ def check_claim(
             std=None if std is None else round(float(std), 6),
         )
     elif record is None:
-        outcome.missing = (f"no baseline record in {baseline.path} for {keys}; run with --update-baselines to "
-                           f"store this measurement as the baseline")
+        outcome.missing = (f"no baseline record in {baseline.path} for {lookup_keys or keys}; run with "
+                           f"--update-baselines to store this measurement as the baseline")
     else:
         outcome.comparison = baselines.compare(measured, record, n=n, seed=seed, field=field)
+        if baseline_model:
+            outcome.note = f" (checked against {baseline_model}'s baseline)"
         recorded = record.get("fingerprint")
         if recorded and fingerprint and recorded != fingerprint.get("weights_sha256"):
-            outcome.note = (f" (the baseline was measured on weights {recorded[:12]}, these are "
+            outcome.note += (f" (the baseline was measured on weights {recorded[:12]}, these are "
                             f"{fingerprint['weights_sha256'][:12]})")
     if results is not None:
         results.write(claim, keys, float(measured), field=field, std=std, n=n, seed=seed, fingerprint=fingerprint,
                       baseline=None if outcome.comparison is None else outcome.comparison.expected,
                       tolerance=None if outcome.comparison is None else outcome.comparison.tolerance,
-                      passed=outcome.passed, updated=outcome.diff)
+                      passed=outcome.passed, updated=outcome.diff,
+                      **({"baseline_model": baseline_model} if baseline_model else {}))
     return outcome

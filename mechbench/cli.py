@@ -5,6 +5,7 @@
     mechbench baselines
     mechbench discover toy-llama --store     # path-patching circuit -> baselines/circuits.json
     mechbench report                         # results/results.jsonl -> results/report.md and figures
+    mechbench compare /ckpt/my-ft --base toy-llama [--quick]   # side-by-side report and a mechanism verdict
 """
 
 from __future__ import annotations
@@ -49,6 +50,21 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--results", default="results/results.jsonl")
     rep.add_argument("--out", default="results", help="directory for report.md and the figures")
     rep.add_argument("--no-figures", action="store_true")
+    cmp = sub.add_parser("compare", help="a new fine-tune beside its base: every claim side by side, and a verdict")
+    cmp.add_argument("model", help="the fine-tune: registered name, directory, hub id or base+adapter")
+    cmp.add_argument("--base", default=None, help="the model it was tuned from (default: its registered base)")
+    cmp.add_argument("--reference", action="append", default=None, metavar="NAME",
+                     help="stored fine-tunes shown beside it (default: toy-goat, toy-float for toy-llama; goat7b, "
+                          "float7b for llama7b)")
+    cmp.add_argument("--circuit", default=None, help="circuit name or JSON file (default: the base's)")
+    cmp.add_argument("--claims", default=None, help="comma-separated subset of the claims (default: all)")
+    cmp.add_argument("--quick", action="store_true", help="the quick lane: fewer prompts and draws, wider intervals")
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--device", default="cpu")
+    cmp.add_argument("--dtype", default="float32")
+    cmp.add_argument("--baselines-dir", default=None)
+    cmp.add_argument("--results-dir", default="results", help="results.jsonl is appended here as claims finish")
+    cmp.add_argument("--out", default=None, help="directory of the report and figures (default: --results-dir)")
     args = parser.parse_args(argv)
     try:
         if args.command == "models":
@@ -78,10 +94,40 @@ def main(argv: list[str] | None = None) -> int:
             print(write_report(args.results, args.out, figures=not args.no_figures))
         elif args.command == "discover":
             _discover(args)
+        elif args.command == "compare":
+            _compare(args)
     except MechbenchError as e:
         print(f"mechbench: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _compare(args) -> None:
+    from mechbench.api import get_model
+    from mechbench.compare import CLAIMS, LANES, Comparison, base_circuit_name, base_name_of, record, record_verdict
+    from mechbench.circuits import Circuit
+    from mechbench.report import write_comparison_report
+    from mechbench.results import ResultsWriter
+
+    claims = [c.strip() for c in args.claims.split(",")] if args.claims else list(CLAIMS)
+    unknown = [c for c in claims if c not in CLAIMS]
+    if unknown:
+        raise MechbenchError(f"unknown claim(s) {', '.join(unknown)}; known: {', '.join(CLAIMS)}")
+    base_name = args.base or base_name_of(args.model)
+    circuit = Circuit.load(args.circuit or base_circuit_name(base_name, args.baselines_dir), args.baselines_dir)
+    results = ResultsWriter(args.results_dir)  # made before any model loads: a bad directory fails first
+    fine_tune = get_model(args.model, device=args.device, dtype=args.dtype)
+    base = get_model(base_name, device=args.device, dtype=args.dtype)
+    comparison = Comparison(fine_tune, base, circuit, LANES["quick" if args.quick else "full"], args.seed,
+                            args.baselines_dir, tuple(args.reference) if args.reference else None,
+                            log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    for claim in claims:
+        record(results, comparison, comparison.claim(claim))
+    if not {"accuracy", "faithfulness", "attention_knockout", "cmap"} - set(claims):
+        verdict = comparison.verdict()
+        record_verdict(results, comparison, verdict)
+        print(f"{fine_tune.name} against {base.name}: {verdict.label}")
+    print(write_comparison_report(comparison, args.out or args.results_dir, results_path=str(results.path)))
 
 
 def _group_ints(text: str | None) -> dict[str, int]:

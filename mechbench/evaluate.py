@@ -22,7 +22,11 @@ def top1_correct(logits: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor
     return logits.argmax(dim=-1) == target_ids.to(logits.device)
 
 
+def correct_on(model_or_handle, dataset: EntityTrackingDataset, batch_size: int = 50) -> torch.Tensor:
+    """Bool [N]: the model's top-1 next token is the answer, per example (what intervals resample)."""
+    return top1_correct(last_logits(model_or_handle, dataset.input_ids, batch_size), dataset.answer_ids).cpu()
+
+
 def accuracy_on(model_or_handle, dataset: EntityTrackingDataset, batch_size: int = 50) -> float:
     """Top-1 accuracy of the answer token at the last position."""
-    correct = top1_correct(last_logits(model_or_handle, dataset.input_ids, batch_size), dataset.answer_ids)
-    return correct.float().mean().item()
+    return correct_on(model_or_handle, dataset, batch_size).float().mean().item()

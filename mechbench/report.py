@@ -140,3 +140,144 @@ def write_report(results: Path | str, out: Path | str, figures: bool = True) -> 
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+# --- comparison reports (mechbench.compare): a fine-tune beside its base ----------------------------------
+
+
+def _cell(x, spec: str = ".3f") -> str:
+    return "–" if x is None or (isinstance(x, float) and x != x) else format(x, spec)
+
+
+def comparison_markdown(comparison, results_path: str | None = None) -> str:
+    """The side-by-side report of one :class:`mechbench.compare.Comparison` (its claims must be computed)."""
+    from mechbench.compare import VERDICT_CLAIMS, VERDICT_RULES
+    from mechbench.results import git_state, versions
+
+    c = comparison
+    base, ft, lane = c.base.name, c.fine_tune.name, c.lane
+    verdict = c.verdict() if c.verdict_ready() else None
+    commit = (git_state().get("commit") or "unknown")[:12]
+    n_contexts = len(set(c.clusters().tolist()))
+    lines = [
+        f"# mechbench comparison: `{ft}` against its base `{base}`", "",
+        f"Circuit `{c.circuit.name}` (the base's). Lane **{lane.name}**: {lane.n_examples} prompts ({n_contexts} "
+        f"contexts) per claim, {lane.n_random} random circuits, {lane.completeness_draws} draws of K, DCM "
+        f"{'/'.join(map(str, lane.dcm_split))} pairs, DCM heads patched {lane.patching_runs} x {lane.patching_pairs} pairs, "
+        f"path patching {lane.discovery_pairs} pairs, minimality {lane.minimality_examples} examples. Intervals are 95% "
+        f"percentile intervals from {lane.n_boot} resamples of whole contexts (prompts of one context are not "
+        f"independent), with both models resampled together"
+        + (" ; this is the quick lane, so they are wider than the full lane's (500 prompts): store verdicts from the "
+           "full lane." if lane.name == "quick" else "."),
+        f"Commit {commit}; torch {versions().get('torch')}, transformers {versions().get('transformers')}; seed {c.seed}; "
+        f"fine-tune weights {c.fine_tune.fingerprint.get('weights_sha256', '')[:12]}, base "
+        f"{c.base.fingerprint.get('weights_sha256', '')[:12]}."
+        + (f" Every number is also in `{results_path}`." if results_path else ""), "",
+        f"## Verdict: **{verdict.label if verdict else 'not reached'}**", "",
+    ] + ([f"- {r}" for r in verdict.reasons] if verdict else
+         [f"- the verdict needs the claims {', '.join(VERDICT_CLAIMS)}; this run computed "
+          f"{', '.join(c._claims) or 'none'}"]) + ["", "| verdict | rule (first that applies) |", "|---|---|"]
+    lines += [f"| {'**' + label + '**' if verdict and label == verdict.label else label} | {rule} |"
+              for label, rule in VERDICT_RULES]
+    checks = [ch for result in c._claims.values() for ch in result.checks if not ch.name.endswith("does the task")]
+    checks = c.claim("accuracy").checks + checks
+    lines += ["", "## Checks", "", "| claim | check | result | detail |", "|---|---|---|---|"]
+    lines += [f"| {ch.claim} | {ch.name} | {'pass' if ch.passed else 'FAIL' if ch.passed is False else 'n/a'} | "
+              f"{ch.message} |" for ch in checks]
+    refs = list(c.references)
+    for name, result in c._claims.items():
+        stat = result.rows[0].statistic if result.rows else "difference"
+        lines += ["", f"## {name} ({result.seconds:.0f} s)", "",
+                  f"| measure | {base} (base) | {ft} | {stat} [95% interval] | " + " | ".join(f"{r} (stored)" for r in refs)
+                  + " | note |", "|---" * (5 + len(refs)) + "|"]
+        for row in result.rows:
+            spec = ".1f" if row.claim == "dcm_patching" else ".3f"
+            est = row.estimate
+            est_text = format(est, "+" + spec) if row.statistic == "difference" else format(est, spec)
+            lines.append(f"| {row.measure} | {_cell(row.base, spec)} | {_cell(row.fine_tune, spec)} | {est_text} | "
+                         + " | ".join(_cell(row.references.get(r), spec) for r in refs) + f" | {row.note} |")
+    return "\n".join(lines) + "\n"
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name.strip("/").replace("/", "_"))[-80:]
+
+
+def comparison_figures(comparison, out: Path) -> list[str]:
+    """Knockout curves of base and fine-tune, each relative to its clean accuracy, overlaid per edge; CMAP bars:
+    the base with the fine-tune's heads per group, against the base's and the fine-tune's accuracies."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c, made, stem = comparison, [], _safe(comparison.fine_tune.name)
+    ko = c._claims.get("attention_knockout")
+    if ko is not None and ko.rows:
+        edges = list(dict.fromkeys(r.keys["edge"] for r in ko.rows))
+        cols = min(4, len(edges))
+        nrows = -(-len(edges) // cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.7 * nrows + 0.4), sharey=True, squeeze=False)
+        for ax, edge in zip(axes.flat, edges):
+            rows = [r for r in ko.rows if r.keys["edge"] == edge]
+            layers = [r.keys["layer"] for r in rows]
+            ax.plot(layers, [r.base for r in rows], "o-", label=f"{c.base.name} (base)")
+            ax.plot(layers, [r.fine_tune for r in rows], "s--", label=c.fine_tune.name)
+            lo = [r.base + r.estimate.lo if r.estimate.lo is not None else None for r in rows]
+            hi = [r.base + r.estimate.hi if r.estimate.hi is not None else None for r in rows]
+            if None not in lo + hi:
+                ax.fill_between(layers, lo, hi, alpha=0.2, color="C1", label="fine-tune: 95% interval")
+            ax.set_title(edge, fontsize=9)
+            ax.set_xlabel("blocked from layer")
+            ax.set_xticks(layers if len(layers) <= 8 else layers[::max(1, len(layers) // 8)])
+            ax.axhline(1.0, color="grey", lw=0.6, ls=":")
+        for ax in axes.flat[len(edges):]:
+            ax.set_visible(False)
+        for ax in axes[:, 0]:
+            ax.set_ylabel("accuracy / clean accuracy")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.35 / (2.7 * nrows + 0.4), 1, 1))
+        name = f"compare-{stem}-knockout.png"
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        made.append(name)
+    cmap = c._claims.get("cmap")
+    if cmap is not None and cmap.rows:
+        base_acc, ft_acc = cmap.rows[0].base, cmap.rows[0].fine_tune
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        groups = [r.keys["group"] for r in cmap.rows]
+        patched = [base_acc + r.estimate.value * (ft_acc - base_acc) for r in cmap.rows]
+        err = [[max(0.0, (r.estimate.value - r.estimate.lo) * (ft_acc - base_acc)) if r.estimate.lo is not None else 0
+                for r in cmap.rows],
+               [max(0.0, (r.estimate.hi - r.estimate.value) * (ft_acc - base_acc)) if r.estimate.hi is not None else 0
+                for r in cmap.rows]]
+        bars = ax.bar(range(len(groups)), patched, yerr=err, capsize=3, color="C2", label="base with the fine-tune's heads")
+        for bar, r in zip(bars, cmap.rows):  # the share, inside the bar (clear of the error bars)
+            ax.text(bar.get_x() + bar.get_width() / 2, 0.03, f"{r.estimate.value:.0%}\nof gain", ha="center",
+                    va="bottom", fontsize=8, color="white", fontweight="bold")
+        ax.axhline(base_acc, color="C0", ls="--", label=f"{c.base.name} (base) {base_acc:.3f}")
+        ax.axhline(ft_acc, color="C1", ls="-.", label=f"{c.fine_tune.name} (donor) {ft_acc:.3f}")
+        ax.set_xticks(range(len(groups)), [g.replace("_", " ") for g in groups], rotation=15, fontsize=8)
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1.08)
+        ax.set_title("CMAP: the fine-tune's circuit heads in the base (95% intervals)", fontsize=9)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+        fig.tight_layout()
+        name = f"compare-{stem}-cmap.png"
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        made.append(name)
+    return made
+
+
+def write_comparison_report(comparison, out: Path | str, figures: bool = True, results_path: str | None = None) -> Path:
+    """``<out>/compare-<fine-tune>.md`` with its figures beside it."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = comparison_markdown(comparison, results_path)
+    if figures:
+        text += "\n## Figures\n\n" + "".join(f"![{n}]({n})\n\n" for n in comparison_figures(comparison, out))
+    path = out / f"compare-{_safe(comparison.fine_tune.name)}.md"
+    path.write_text(text)
+    return path

@@ -130,6 +130,12 @@ class EntityTrackingDataset:
     def query_boxes(self) -> torch.Tensor:
         return torch.tensor([e.query_box for e in self.examples], dtype=torch.long)
 
+    def clusters(self) -> torch.Tensor:
+        """Context id of each example, shape [N]: prompts that share a context are one sampling unit (they are
+        queried in blocks, so their answers are not independent; see mechbench.stats)."""
+        ids: dict = {}
+        return torch.tensor([ids.setdefault(e.context, len(ids)) for e in self.examples], dtype=torch.long)
+
     def positions(self, role: str) -> torch.Tensor:
         """Token index of ``role`` in each example, shape [N]."""
         rows = torch.arange(len(self))

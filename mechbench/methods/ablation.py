@@ -56,28 +56,46 @@ def mean_ablation_patches(means: torch.Tensor, ablate: torch.Tensor) -> list[Hea
     return patches
 
 
+def ablated_correct(model, dataset: EntityTrackingDataset, means: torch.Tensor, ablate: torch.Tensor,
+                    batch_size: int = 50) -> torch.Tensor:
+    """Bool [N]: right answer with the head outputs where ``ablate`` is True set to their means."""
+    logits = run(model, dataset.input_ids, mean_ablation_patches(means, ablate), batch_size=batch_size).last_logits
+    return top1_correct(logits, dataset.answer_ids)
+
+
 def ablated_accuracy(model, dataset: EntityTrackingDataset, means: torch.Tensor, ablate: torch.Tensor,
                      batch_size: int = 50) -> float:
-    logits = run(model, dataset.input_ids, mean_ablation_patches(means, ablate), batch_size=batch_size).last_logits
-    return top1_correct(logits, dataset.answer_ids).float().mean().item()
+    return ablated_correct(model, dataset, means, ablate, batch_size).float().mean().item()
 
 
-def circuit_accuracy(model, circuit: Circuit, dataset: EntityTrackingDataset, means: torch.Tensor,
-                     also_ablate: dict[str, set[Head]] | None = None, batch_size: int = 50) -> float:
-    """Accuracy with everything outside ``circuit`` mean-ablated (and ``also_ablate`` too: F(C \\ K))."""
+def circuit_correct(model, circuit: Circuit, dataset: EntityTrackingDataset, means: torch.Tensor,
+                    also_ablate: dict[str, set[Head]] | None = None, batch_size: int = 50) -> torch.Tensor:
+    """Bool [N]: right answer with everything outside ``circuit`` mean-ablated (and ``also_ablate`` too)."""
     n_layers, _, n_heads, _ = means.shape
     circuit.check_fits(n_layers, n_heads)
     keep = circuit_keep_mask(circuit, dataset, n_layers, n_heads)
     if also_ablate:
         keep &= ~heads_mask(also_ablate, dataset, n_layers, n_heads)
-    return ablated_accuracy(model, dataset, means, ~keep, batch_size)
+    return ablated_correct(model, dataset, means, ~keep, batch_size)
+
+
+def circuit_accuracy(model, circuit: Circuit, dataset: EntityTrackingDataset, means: torch.Tensor,
+                     also_ablate: dict[str, set[Head]] | None = None, batch_size: int = 50) -> float:
+    """Accuracy with everything outside ``circuit`` mean-ablated (and ``also_ablate`` too: F(C \\ K))."""
+    return circuit_correct(model, circuit, dataset, means, also_ablate, batch_size).float().mean().item()
+
+
+def model_minus_correct(model, removed: dict[str, set[Head]], dataset: EntityTrackingDataset, means: torch.Tensor,
+                        batch_size: int = 50) -> torch.Tensor:
+    """Bool [N] of F(M \\ K): the full model with only the heads of ``removed`` mean-ablated at their roles."""
+    n_layers, _, n_heads, _ = means.shape
+    return ablated_correct(model, dataset, means, heads_mask(removed, dataset, n_layers, n_heads), batch_size)
 
 
 def model_minus_accuracy(model, removed: dict[str, set[Head]], dataset: EntityTrackingDataset, means: torch.Tensor,
                          batch_size: int = 50) -> float:
     """F(M \\ K): the full model with only the heads of ``removed`` mean-ablated at their roles."""
-    n_layers, _, n_heads, _ = means.shape
-    return ablated_accuracy(model, dataset, means, heads_mask(removed, dataset, n_layers, n_heads), batch_size)
+    return model_minus_correct(model, removed, dataset, means, batch_size).float().mean().item()
 
 
 def random_circuit(circuit: Circuit, n_layers: int, n_heads: int, rng: random.Random) -> Circuit:
@@ -92,6 +110,8 @@ class Faithfulness:
     full_accuracy: float
     circuit_accuracy: float
     random_circuit_accuracy: float
+    circuit_correct: torch.Tensor | None = None  # bool [N]
+    random_correct: torch.Tensor | None = None  # bool [n_random, N]
 
     @property
     def faithfulness(self) -> float:
@@ -103,10 +123,11 @@ def faithfulness(model, circuit: Circuit, dataset: EntityTrackingDataset, means:
     """Circuit accuracy over full-model accuracy, with the mean accuracy of ``n_random`` random circuits."""
     n_layers, _, n_heads, _ = means.shape
     rng = random.Random(seed)
-    randoms = [circuit_accuracy(model, random_circuit(circuit, n_layers, n_heads, rng), dataset, means,
-                                batch_size=batch_size) for _ in range(n_random)]
-    return Faithfulness(full_accuracy, circuit_accuracy(model, circuit, dataset, means, batch_size=batch_size),
-                        sum(randoms) / max(len(randoms), 1))
+    randoms = torch.stack([circuit_correct(model, random_circuit(circuit, n_layers, n_heads, rng), dataset, means,
+                                           batch_size=batch_size) for _ in range(n_random)]) if n_random else None
+    correct = circuit_correct(model, circuit, dataset, means, batch_size=batch_size)
+    return Faithfulness(full_accuracy, correct.float().mean().item(),
+                        randoms.float().mean().item() if n_random else 0.0, correct, randoms)
 
 
 @dataclass
@@ -115,6 +136,8 @@ class Completeness:
 
     circuit_minus_k: list[float]
     model_minus_k: list[float]
+    circuit_minus_k_correct: torch.Tensor | None = None  # bool [draws, N]
+    model_minus_k_correct: torch.Tensor | None = None  # bool [draws, N]
 
     @property
     def incompleteness(self) -> list[float]:
@@ -147,6 +170,7 @@ def completeness(model, circuit: Circuit, dataset: EntityTrackingDataset, means:
     c_minus, m_minus = [], []
     for k in draws:
         by_role = _by_role(circuit, k)
-        c_minus.append(circuit_accuracy(model, circuit, dataset, means, also_ablate=by_role, batch_size=batch_size))
-        m_minus.append(model_minus_accuracy(model, by_role, dataset, means, batch_size=batch_size))
-    return Completeness(c_minus, m_minus)
+        c_minus.append(circuit_correct(model, circuit, dataset, means, also_ablate=by_role, batch_size=batch_size))
+        m_minus.append(model_minus_correct(model, by_role, dataset, means, batch_size=batch_size))
+    c, m = torch.stack(c_minus), torch.stack(m_minus)
+    return Completeness(c.float().mean(1).tolist(), m.float().mean(1).tolist(), c, m)

@@ -30,12 +30,18 @@ def cmap_patches(donor, groups: list[HeadGroup], dataset: EntityTrackingDataset,
     return patches
 
 
+def cmap_correct(base, donor, groups: list[HeadGroup] | Circuit, dataset: EntityTrackingDataset,
+                 batch_size: int = 50) -> torch.Tensor:
+    """Bool [N]: ``base`` with ``donor``'s outputs of the given heads patched in (donor -> base) answers right."""
+    groups = list(groups.groups.values()) if isinstance(groups, Circuit) else list(groups)
+    logits = run(base, dataset.input_ids, cmap_patches(donor, groups, dataset, batch_size), batch_size=batch_size).last_logits
+    return top1_correct(logits, dataset.answer_ids)
+
+
 def cmap_accuracy(base, donor, groups: list[HeadGroup] | Circuit, dataset: EntityTrackingDataset,
                   batch_size: int = 50) -> float:
     """Accuracy of ``base`` with ``donor``'s outputs of the given heads patched in (donor -> base)."""
-    groups = list(groups.groups.values()) if isinstance(groups, Circuit) else list(groups)
-    logits = run(base, dataset.input_ids, cmap_patches(donor, groups, dataset, batch_size), batch_size=batch_size).last_logits
-    return top1_correct(logits, dataset.answer_ids).float().mean().item()
+    return cmap_correct(base, donor, groups, dataset, batch_size).float().mean().item()
 
 
 #: The paper's CMAP head sets (FACTS.md section 7): per group, the fine-tuned circuit's DCM heads for the

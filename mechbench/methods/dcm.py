@@ -28,6 +28,7 @@ class DCMResult:
     mask: torch.Tensor  # final (unrounded, clamped) mask per group head
     val_accuracy: float
     test_accuracy: float
+    test_correct: torch.Tensor | None = None  # bool [n_test]: per pair, for intervals
 
 
 def source_values(model, pairs: CounterfactualDataset, role: str, layers: list[int], batch_size: int = 50):
@@ -53,7 +54,14 @@ def _patches(group: HeadGroup, alpha: torch.Tensor, positions: torch.Tensor, rea
 
 def masked_accuracy(model, group: HeadGroup, pairs: CounterfactualDataset, mask: torch.Tensor,
                     batch_size: int = 50, reads: dict | None = None, prefix=None) -> float:
-    """Share of pairs predicting the desideratum's target with the (rounded) mask applied. ``reads``: the
+    """Share of pairs predicting the desideratum's target with the (rounded) mask applied (see
+    :func:`masked_correct`)."""
+    return masked_correct(model, group, pairs, mask, batch_size, reads, prefix).float().mean().item()
+
+
+def masked_correct(model, group: HeadGroup, pairs: CounterfactualDataset, mask: torch.Tensor,
+                   batch_size: int = 50, reads: dict | None = None, prefix=None) -> torch.Tensor:
+    """Bool [N]: each pair predicts the desideratum's target with the (rounded) mask applied. ``reads``: the
     source's head outputs at the group's role (reused across groups); ``prefix``: the base prompts' captured
     clean run (engine fast path: only the patched positions and layers are recomputed)."""
     layers = sorted({l for l, _ in group.heads})
@@ -62,7 +70,7 @@ def masked_accuracy(model, group: HeadGroup, pairs: CounterfactualDataset, mask:
     patches = _patches(group, alpha, pairs.base.positions(group.role), reads, slice(None))
     logits = run(model, pairs.base.input_ids, patches, batch_size=len(pairs) if prefix is not None else batch_size,
                  prefix=prefix).last_logits
-    return top1_correct(logits, pairs.target_ids).float().mean().item()
+    return top1_correct(logits, pairs.target_ids).cpu()
 
 
 def train_dcm(
@@ -118,6 +126,7 @@ def train_dcm(
         for p in frozen:
             p.requires_grad_(True)
     final = best[2] if best[0] >= 0 else mask.detach().clamp(0, 1)
-    test_acc = masked_accuracy(torch_model, group, test, final, reads=reads["test"])
+    test_correct = masked_correct(torch_model, group, test, final, reads=reads["test"])
     heads = tuple(h for h, m in zip(group.heads, final.round().tolist()) if m == 0)
-    return DCMResult(group.name, train.name, heads, final.cpu(), max(best[0], 0.0), test_acc)
+    return DCMResult(group.name, train.name, heads, final.cpu(), max(best[0], 0.0),
+                     test_correct.float().mean().item(), test_correct)

@@ -44,12 +44,18 @@ def edge_positions(dataset: EntityTrackingDataset, edge: str, seed: int = 0) -> 
     return queries, keys
 
 
-def knockout_accuracy(model, dataset: EntityTrackingDataset, edge: str, from_layer: int, seed: int = 0,
-                      batch_size: int = 50) -> float:
+def knockout_correct(model, dataset: EntityTrackingDataset, edge: str, from_layer: int, seed: int = 0,
+                     batch_size: int = 50) -> torch.Tensor:
+    """Bool [N]: the answer is still right with ``edge`` blocked from ``from_layer`` on."""
     queries, keys = edge_positions(dataset, edge, seed)
     logits = run(model, dataset.input_ids, knockouts=[Knockout(from_layer, queries, keys)],
                  batch_size=batch_size).last_logits
-    return top1_correct(logits, dataset.answer_ids).float().mean().item()
+    return top1_correct(logits, dataset.answer_ids)
+
+
+def knockout_accuracy(model, dataset: EntityTrackingDataset, edge: str, from_layer: int, seed: int = 0,
+                      batch_size: int = 50) -> float:
+    return knockout_correct(model, dataset, edge, from_layer, seed, batch_size).float().mean().item()
 
 
 def knockout_curve(model, dataset: EntityTrackingDataset, edge: str, layers, seed: int = 0,

@@ -12,13 +12,13 @@ heads whose absence most exposes v.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from mechbench.circuits import Circuit, Head, HeadGroup
 from mechbench.data.dataset import EntityTrackingDataset
-from mechbench.methods.ablation import circuit_accuracy
+from mechbench.methods.ablation import circuit_correct
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class HeadSignificance:
     head: Head
     before: float  # F(C \ K)
     after: float  # F(C \ K \ {v})
+    before_correct: torch.Tensor | None = field(default=None, compare=False)  # bool [N]
+    after_correct: torch.Tensor | None = field(default=None, compare=False)  # bool [N]
 
     @property
     def relative_drop(self) -> float:
@@ -39,19 +41,23 @@ class HeadSignificance:
 
 
 def head_significance(model, circuit: Circuit, group: str, dataset: EntityTrackingDataset, means: torch.Tensor,
-                      fraction: float = 0.3, batch_size: int = 50) -> list[HeadSignificance]:
-    """Before/after accuracies of every head of ``group``, in the group's order."""
+                      fraction: float = 0.3, batch_size: int = 50, candidates: int | None = None) -> list[HeadSignificance]:
+    """Before/after accuracies of every head of ``group``, in the group's order. ``candidates``: test only the
+    group's first (most important) heads, each against those peers only; the rest of the circuit stays in."""
     role = circuit.groups[group].role
-    heads = circuit.groups[group].heads
+    heads = circuit.groups[group].heads[:candidates]
     k = math.ceil(fraction * len(heads))
-    cache: dict[frozenset, float] = {}
+    cache: dict[frozenset, torch.Tensor] = {}
 
-    def acc_without(removed) -> float:
+    def correct_without(removed) -> torch.Tensor:
         key = frozenset(removed)
         if key not in cache:
-            cache[key] = circuit_accuracy(model, circuit, dataset, means, also_ablate={role: set(key)} if key else None,
-                                          batch_size=batch_size)
+            cache[key] = circuit_correct(model, circuit, dataset, means, also_ablate={role: set(key)} if key else None,
+                                         batch_size=batch_size)
         return cache[key]
+
+    def acc_without(removed) -> float:
+        return correct_without(removed).float().mean().item()
 
     out = []
     for v in heads:
@@ -59,7 +65,8 @@ def head_significance(model, circuit: Circuit, group: str, dataset: EntityTracki
         # stable order: ties keep the group's (importance) order
         drop = sorted(others, key=lambda u: -(acc_without({u}) - acc_without({u, v})))
         removed = set(drop[:k])
-        out.append(HeadSignificance(group, v, acc_without(removed), acc_without(removed | {v})))
+        out.append(HeadSignificance(group, v, acc_without(removed), acc_without(removed | {v}),
+                                    correct_without(removed), correct_without(removed | {v})))
     return out
 
 

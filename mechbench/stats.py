@@ -1,0 +1,129 @@
+"""Uncertainty for numbers measured on prompts that come in blocks.
+
+The prompts of a dataset come in blocks that share one context (the paper's layout: each context is queried
+at every box), so they are not independent: a model that misreads one context tends to miss all its queries.
+Every interval here treats the context as the unit of sampling (a *cluster*):
+
+- :func:`cluster_se`: the cluster-robust standard error of a mean;
+- :func:`cluster_bootstrap`: a percentile interval for any statistic of several per-example quantities
+  measured on the same examples (a paired difference, a ratio, a share of a gain), by resampling whole
+  contexts with replacement. Two models measured on the same prompts are resampled together, so what they
+  have in common cancels.
+
+Counterfactual pairs (DCM) draw a fresh base context per pair: each pair is its own cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+
+Z95 = 1.959964
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with a 95% interval (``lo``/``hi`` are None where none was computed)."""
+
+    value: float
+    lo: float | None = None
+    hi: float | None = None
+
+    def excludes(self, x: float) -> bool:
+        """The interval lies entirely on one side of ``x``."""
+        return self.lo is not None and (self.lo > x or self.hi < x)
+
+    def __format__(self, spec: str) -> str:
+        spec = spec or "+.3f"
+        if self.lo is None or not np.isfinite(self.value):
+            return format(self.value, spec)
+        return f"{format(self.value, spec)} [{format(self.lo, spec)}, {format(self.hi, spec)}]"
+
+    def to_json(self) -> dict:
+        return {"value": _num(self.value), "lo": _num(self.lo), "hi": _num(self.hi)}
+
+
+def _num(x):
+    return None if x is None or not np.isfinite(x) else round(float(x), 6)
+
+
+def as_clusters(clusters) -> np.ndarray:
+    """Cluster labels -> consecutive integer ids 0..C-1."""
+    return np.unique(np.asarray(clusters), return_inverse=True)[1].reshape(-1)
+
+
+def cluster_se(values, clusters) -> float:
+    """Cluster-robust (CR1) standard error of the mean of ``values``."""
+    x = np.asarray(values, dtype=np.float64)
+    ids = as_clusters(clusters)
+    n, c = len(x), ids.max() + 1
+    if c < 2:
+        return float("nan")
+    resid = np.bincount(ids, weights=x - x.mean(), minlength=c)
+    return float(np.sqrt(c / (c - 1) * (resid ** 2).sum()) / n)
+
+
+def cluster_bootstrap(statistic: Callable[[Mapping[str, np.ndarray]], np.ndarray], quantities: Mapping[str, np.ndarray],
+                      clusters, n_boot: int = 2000, seed: int = 0) -> Estimate:
+    """``statistic`` of the means of ``quantities`` (each [N] on the same examples), with a 95% percentile interval
+    from resampling the clusters.
+
+    ``statistic`` takes ``{name: mean}`` and must work elementwise on arrays (it is called once on scalars for
+    the point estimate and once on [n_boot] arrays). Resamples where it is not finite (a zero denominator) are
+    dropped; if more than 5% are, the interval is reported as missing rather than trusted.
+    """
+    ids = as_clusters(clusters)
+    names = list(quantities)
+    x = np.stack([np.asarray(quantities[k], dtype=np.float64) for k in names], 1)  # [N, Q]
+    c = ids.max() + 1
+    sums = np.stack([np.bincount(ids, weights=x[:, q], minlength=c) for q in range(x.shape[1])], 1)  # [C, Q]
+    counts = np.bincount(ids, minlength=c).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        point = float(statistic({k: x[:, i].mean() for i, k in enumerate(names)}))
+        rng = np.random.default_rng(seed)
+        weights = rng.multinomial(c, np.full(c, 1 / c), size=n_boot).astype(np.float64)  # [B, C]
+        means = (weights @ sums) / (weights @ counts)[:, None]
+        draws = np.asarray(statistic({k: means[:, i] for i, k in enumerate(names)}), dtype=np.float64)
+    draws = draws[np.isfinite(draws)]
+    if len(draws) < 0.95 * n_boot or c < 2:
+        return Estimate(point)
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    return Estimate(point, float(lo), float(hi))
+
+
+def mean_estimate(values, clusters) -> Estimate:
+    """A mean with its cluster-robust normal 95% interval."""
+    m = float(np.mean(values))
+    se = cluster_se(values, clusters)
+    return Estimate(m, m - Z95 * se, m + Z95 * se) if np.isfinite(se) else Estimate(m)
+
+
+@dataclass(frozen=True)
+class ChanceCheck:
+    """Is a model's accuracy above chance by ``z`` cluster-robust standard errors?"""
+
+    accuracy: float
+    chance: float
+    se: float
+    z: float = 3.0
+
+    @property
+    def passed(self) -> bool:
+        return self.accuracy - self.chance > self.z * self.se
+
+    def message(self, model: str) -> str:
+        verdict = "does the task" if self.passed else "does not do the task"
+        return (f"{model} {verdict}: accuracy {self.accuracy:.3f} vs chance {self.chance:.3f} (1 in the number of "
+                f"boxes); needed more than {self.z:g} cluster-robust standard errors ({self.z:g} x {self.se:.3f})")
+
+
+def chance_check(correct, clusters, num_boxes: int, z: float = 3.0) -> ChanceCheck:
+    """The guard every circuit claim runs first: a model at chance has no mechanism for a claim to be about.
+    Chance is 1/num_boxes: a model that names one of the context's objects at random. The standard error is
+    the cluster-robust one, floored at the binomial error at chance so that a constant answer cannot make it 0."""
+    x = np.asarray(correct, dtype=np.float64)
+    chance = 1.0 / num_boxes
+    se = max(cluster_se(x, clusters), float(np.sqrt(chance * (1 - chance) / len(x))))
+    return ChanceCheck(float(x.mean()), chance, se, z)
