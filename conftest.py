@@ -227,9 +227,6 @@ def load_or_skip(name: str, settings: Settings):
         pytest.fail(str(e), pytrace=False)
 
 
-@pytest.fixture
-def model(model_name, settings):
-    return load_or_skip(model_name, settings)
 
 
 @pytest.fixture(scope="session")
@@ -293,9 +290,18 @@ _TASK: dict[tuple, object] = {}
 
 
 @pytest.fixture
-def working_model(model, settings, record_check):
-    """The model's handle, after the chance guard: a model whose accuracy is not above chance (1/boxes) by 3
-    cluster-robust standard errors does not do the task, and a circuit claim about it would assert nothing."""
+def model(model_name, settings, request):
+    """The model's handle. In a claim suite whose module does not set ``NEEDS_WORKING_MODEL = False`` (only
+    the accuracy claim does), the chance guard runs first: a model whose accuracy is not above chance (1/boxes)
+    by 3 cluster-robust standard errors does not do the task, and a circuit claim about it would assert
+    nothing, so the test fails saying so (and the check is written to the results file)."""
+    handle = load_or_skip(model_name, settings)
+    if request.node.get_closest_marker("claim") and getattr(request.module, "NEEDS_WORKING_MODEL", True):
+        _chance_guard(handle, settings, request.getfixturevalue("record_check"))
+    return handle
+
+
+def _chance_guard(model, settings, record_check):
     from mechbench.data.dataset import build_dataset
     from mechbench.evaluate import correct_on
     from mechbench.stats import chance_check
@@ -308,7 +314,6 @@ def working_model(model, settings, record_check):
                      _TASK[key].passed, _TASK[key].message(model.name))
     if not _TASK[key].passed:
         pytest.fail(_TASK[key].message(model.name) + ": no circuit claim applies to it", pytrace=False)
-    return model
 
 
 def load_circuit(name: str, model, settings: Settings):

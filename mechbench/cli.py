@@ -123,7 +123,7 @@ def _compare(args) -> None:
                             log=lambda msg: print(msg, file=sys.stderr, flush=True))
     for claim in claims:
         record(results, comparison, comparison.claim(claim))
-    if not {"accuracy", "faithfulness", "attention_knockout", "cmap"} - set(claims):
+    if comparison.verdict_ready():
         verdict = comparison.verdict()
         record_verdict(results, comparison, verdict)
         print(f"{fine_tune.name} against {base.name}: {verdict.label}")

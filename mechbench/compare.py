@@ -124,7 +124,7 @@ class Verdict:
         return self.label in SAME_MECHANISM
 
 
-VERDICT_CLAIMS = ("accuracy", "faithfulness", "attention_knockout", "cmap")
+VERDICT_CLAIMS = ("accuracy", "faithfulness", "attention_knockout", "dcm_patching", "cmap")
 SAME_MECHANISM = ("same circuit, strengthened", "no gain, same circuit")
 VERDICT_RULES = (
     ("does not do the task", "the fine-tune's accuracy is not above chance (1/boxes) by 3 cluster-robust SEs: there "
@@ -132,8 +132,12 @@ VERDICT_RULES = (
     ("circuit damaged", "the base circuit no longer carries the task in the fine-tune: it does not beat random "
                         f"circuits, or it keeps less than {FAITHFULNESS_KEPT:g} of its faithfulness in the base, "
                         f"or an attention edge's knockout curve (relative to clean accuracy) moved by more than "
-                        f"{ROUTE_MARGIN:g} at some layer, interval and all"),
-    ("same circuit, weakened", "the circuit is intact but accuracy fell (the interval of the difference lies below 0)"),
+                        f"{ROUTE_MARGIN:g} at some layer, interval and all, or a group's DCM heads move the prediction "
+                        f"to a target they move in the base (>= {100 * CARRIED:g}%) significantly less often; or "
+                        f"accuracy fell and the fine-tune's circuit heads, patched into the base, carry at least "
+                        f"{SHARE_LARGELY:g} of the loss"),
+    ("same circuit, weakened", "accuracy fell (the interval of the difference lies below 0) but the circuit's heads "
+                               f"carry less than {SHARE_LARGELY:g} of the loss: it happened outside the circuit"),
     ("no gain, same circuit", "the circuit is intact and the accuracy difference's interval contains 0 (the paper's "
                               "Vicuna)"),
     ("same circuit, strengthened", f"accuracy rose and the circuit's heads, patched into the base, carry at least "
@@ -204,12 +208,12 @@ class Comparison:
     def clusters(self):
         return self.dataset().clusters().numpy()
 
-    def boot(self, statistic, quantities, clusters=None) -> Estimate:
+    def boot(self, statistic, quantities, clusters=None, level: float = 0.95) -> Estimate:
         return cluster_bootstrap(statistic, {k: _bool(v) for k, v in quantities.items()},
-                                 self.clusters() if clusters is None else clusters, self.lane.n_boot, self.seed)
+                                 self.clusters() if clusters is None else clusters, self.lane.n_boot, self.seed, level)
 
-    def diff(self, base_values, ft_values, clusters=None) -> Estimate:
-        return self.boot(lambda m: m["f"] - m["b"], {"b": base_values, "f": ft_values}, clusters)
+    def diff(self, base_values, ft_values, clusters=None, level: float = 0.95) -> Estimate:
+        return self.boot(lambda m: m["f"] - m["b"], {"b": base_values, "f": ft_values}, clusters, level)
 
     def stored(self, claim: str, field_name: str | None = None, **keys):
         """A reference model's stored value for ``keys`` (a subset of the record's keys), or None."""
@@ -260,32 +264,32 @@ class Comparison:
 
     def verdict(self) -> Verdict:
         """The first of :data:`VERDICT_RULES` that applies (computes the claims it needs)."""
-        acc, faith, ko, cmap = (self.claim(c) for c in VERDICT_CLAIMS)
+        acc, faith, ko, patching, cmap = (self.claim(c) for c in VERDICT_CLAIMS)
         task = {c.name: c for c in acc.checks}
         if task["fine_tune does the task"].passed is False:
             return Verdict("does not do the task", (task["fine_tune does the task"].message,))
         if task["base does the task"].passed is False:
             return Verdict("does not do the task", ("the base itself " + task["base does the task"].message
                                                     + ": pass a base that does the task",))
-        damaged = [c.message for c in faith.checks + ko.checks if c.passed is False and c.name != "base does the task"
-                   and c.name != "fine_tune does the task"]
+        damaged = [c.message for c in faith.checks + ko.checks + patching.checks
+                   if c.passed is False and not c.name.endswith("does the task")]
         ratio = next(r for r in faith.rows if r.measure == "faithfulness (circuit / full)")
         if ratio.base and ratio.fine_tune is not None and ratio.base > 0 and ratio.fine_tune < FAITHFULNESS_KEPT * ratio.base:
             damaged.append(f"faithfulness {ratio.fine_tune:.2f} is below {FAITHFULNESS_KEPT:g} x the base's {ratio.base:.2f}")
         if damaged:
             return Verdict("circuit damaged", tuple(damaged))
         gain = acc.rows[0].estimate
-        if gain.hi is not None and gain.hi < 0:
-            return Verdict("same circuit, weakened", (f"accuracy difference {gain:+.3f}",))
-        if gain.lo is None or gain.lo <= 0:
+        if gain.lo is not None and gain.lo <= 0 <= gain.hi:
             return Verdict("no gain, same circuit", (f"accuracy difference {gain:+.3f} contains 0",))
         share = next(r for r in cmap.rows if r.keys.get("group") == "full_circuit").estimate
-        reason = (f"accuracy difference {gain:+.3f}; the circuit's heads carry a share {share:.2f} of the gain"
-                  + (f" (its interval straddles {SHARE_LARGELY:g}: weak evidence)" if share.lo is not None
-                     and share.lo < SHARE_LARGELY < share.hi else ""))
-        if share.value >= SHARE_LARGELY:
-            return Verdict("same circuit, strengthened", (reason,))
-        return Verdict("gain largely outside the circuit", (reason,))
+        change = "gain" if gain.value > 0 else "loss"
+        reason = (f"accuracy difference {gain:+.3f}; the fine-tune's circuit heads patched into the base carry a share "
+                  f"{share:.2f} of the {change}" + (f" (its interval straddles {SHARE_LARGELY:g}: weak evidence)"
+                                                    if share.lo is not None and share.lo < SHARE_LARGELY < share.hi else ""))
+        through_circuit = share.value >= SHARE_LARGELY
+        if change == "loss":
+            return Verdict("circuit damaged" if through_circuit else "same circuit, weakened", (reason,))
+        return Verdict("same circuit, strengthened" if through_circuit else "gain largely outside the circuit", (reason,))
 
 
 # --- one function per claim: (rows, checks) ----------------------------------------------------------------
@@ -441,14 +445,19 @@ def _cmap(c: Comparison):
                         base_acc, ft_acc, est, statistic="share of gain", references=c.refs(ref_share),
                         note=f"base with the fine-tune's heads: {_bool(p).mean():.3f}"))
     share = rows[0].estimate
-    if gain.lo is None or gain.lo <= 0:
+    if gain.lo is None or gain.lo <= 0 <= gain.hi:
         check = Check("cmap", "the circuit carries the gain", None,
-                      f"{c.fine_tune.name} ({ft_acc:.3f}) does not beat {c.base.name} ({base_acc:.3f}) beyond the "
-                      f"interval ({gain:+.3f}): no gain for the circuit to carry", None)
-    else:
+                      f"{c.fine_tune.name} ({ft_acc:.3f}) and {c.base.name} ({base_acc:.3f}) differ by {gain:+.3f}, "
+                      f"an interval that contains 0: no gain for the circuit to carry", None)
+    elif gain.value > 0:
         check = Check("cmap", "the circuit carries the gain", share.value >= SHARE_LARGELY,
                       f"{c.fine_tune.name}'s circuit heads patched into {c.base.name} carry a share {share:.2f} of "
                       f"its gain {gain:+.3f} (needed {SHARE_LARGELY:g})", share.value)
+    else:  # a loss: it must not run through the circuit's heads
+        check = Check("cmap", "the loss is not in the circuit", share.value < SHARE_LARGELY,
+                      f"{c.fine_tune.name} lost accuracy ({gain:+.3f}); its circuit heads patched into {c.base.name} "
+                      f"carry a share {share:.2f} of the loss (fails from {SHARE_LARGELY:g}: the circuit is damaged)",
+                      share.value)
     return rows, [check]
 
 
@@ -482,7 +491,7 @@ def _dcm_patching(c: Comparison):
     if not records:
         raise MechbenchError(f"no DCM run of circuit {c.circuit.name!r} in baselines/dcm.json to take heads from: run "
                              f"suites/test_dcm.py --model={c.circuit.name} --update-baselines first")
-    rows, weaker = [], []
+    rows, weaker, per_row = [], [], {}
     layers = list(range(c.base.shape.n_layers))
     for desideratum in ("object_value", "positional", "box_label_value"):
         groups = [(g, records[(g, desideratum)]) for g in c.circuit.groups if (g, desideratum) in records]
@@ -503,17 +512,24 @@ def _dcm_patching(c: Comparison):
         clusters = np.arange(c.lane.patching_runs * c.lane.patching_pairs)  # a fresh base context per pair
         for g, value in groups:
             b, f = torch.cat(per["b"][g]).float() * 100, torch.cat(per["f"][g]).float() * 100
-            est = c.diff(b, f, clusters)
             rows.append(Row("dcm_patching", f"{g}: {desideratum} (% of targets, {len(value['heads'])} DCM heads)",
-                            {"group": g, "desideratum": desideratum}, float(b.mean()), float(f.mean()), est,
-                            references=c.refs(lambda ref, g=g, d=desideratum: c.stored(
+                            {"group": g, "desideratum": desideratum}, float(b.mean()), float(f.mean()),
+                            c.diff(b, f, clusters), references=c.refs(lambda ref, g=g, d=desideratum: c.stored(
                                 "dcm_patching", circuit=c.circuit.name, model=ref, group=g, desideratum=d))))
-            if float(b.mean()) >= 100 * CARRIED and est.hi is not None and est.hi < 0:
-                weaker.append(f"{g} {desideratum} {est:+.1f} points")
+            per_row[len(rows) - 1] = (b, f, clusters)
+    # the check looks at every (group, desideratum) the base carries at once: Bonferroni over them
+    carried = [i for i, row in enumerate(rows) if row.base >= 100 * CARRIED]
+    level = 1 - 0.05 / max(len(carried), 1)
+    for i in carried:
+        est = c.diff(*per_row[i], level=level)
+        if est.hi is not None and est.hi < 0:
+            weaker.append(f"{rows[i].keys['group']} {rows[i].keys['desideratum']} {est:+.1f} points")
     check = Check("dcm_patching", "the base's DCM heads carry as much", not weaker,
-                  f"{c.fine_tune.name}: " + ("carried less than the base (whole interval below 0): " + "; ".join(weaker)
-                                             if weaker else f"no desideratum the base carries (>= {100 * CARRIED:g}%) "
-                                             f"is carried significantly less"), float(len(weaker)))
+                  f"{c.fine_tune.name}: " + (f"carried less than the base (whole {level:.1%} interval below 0, "
+                                             f"Bonferroni over the {len(carried)} carried): " + "; ".join(weaker)
+                                             if weaker else f"none of the {len(carried)} desiderata the base's groups "
+                                             f"carry (>= {100 * CARRIED:g}%) is carried significantly less "
+                                             f"(Bonferroni over them)"), float(len(weaker)))
     return rows, [check]
 
 
@@ -523,7 +539,7 @@ def _dcm(c: Comparison):
 
     main = _main_desiderata(c)
     train_n, val_n, test_n = c.lane.dcm_split
-    rows, weaker = [], []
+    rows, weaker, carried = [], [], []
     for desideratum in ("object_value", "positional", "box_label_value"):
         groups = [g for g in c.circuit.groups if c.lane.dcm_all_desiderata or main[g] == desideratum]
         if not groups:
@@ -540,11 +556,17 @@ def _dcm(c: Comparison):
                             res["fine_tune"].test_accuracy, est,
                             note=f"heads selected {len(res['base'].heads)} / {len(res['fine_tune'].heads)}, "
                                  f"overlap {len(shared)}/{len(union) or 1}"))
-            if main[g] == desideratum and res["base"].test_accuracy >= CARRIED and est.hi is not None and est.hi < 0:
-                weaker.append(f"{g} {desideratum} {est:+.3f}")
+            if main[g] == desideratum and res["base"].test_accuracy >= CARRIED:
+                carried.append((rows[-1], res["base"].test_correct, res["fine_tune"].test_correct))
+    level = 1 - 0.05 / max(len(carried), 1)  # Bonferroni over the groups checked
+    for row, b, f in carried:
+        est = c.diff(b, f, np.arange(test_n), level=level)
+        if est.hi is not None and est.hi < 0:
+            weaker.append(f"{row.keys['group']} {row.keys['desideratum']} {est:+.3f} ({level:.1%} interval)")
     check = Check("dcm", "each group carries what it carries in the base", not weaker,
                   f"{c.fine_tune.name}: " + ("a group carries its information significantly less: " + "; ".join(weaker)
-                                             if weaker else "no group carries its main information significantly less"),
+                                             if weaker else f"none of the {len(carried)} groups carries its main "
+                                             f"information significantly less (Bonferroni over them)"),
                   float(len(weaker)))
     return rows, [check]
 
@@ -589,7 +611,7 @@ def _minimality(c: Comparison):
 
     dataset = c.dataset(c.lane.minimality_examples, seed_offset=10)
     clusters = dataset.clusters().numpy()
-    rows, lost = [], []
+    rows, lost, mattering = [], [], []
     for group, g in c.circuit.groups.items():
         q = {}
         for who, key in (("base", "b"), ("fine_tune", "f")):
@@ -598,7 +620,7 @@ def _minimality(c: Comparison):
                 q[f"before{key}{i}"], q[f"after{key}{i}"] = s.before_correct, s.after_correct
         n = len(g.heads[:c.lane.minimality_heads])
 
-        def drop(key):
+        def drop(key, n=n):  # n bound now: the Bonferroni pass below runs after the loop
             return lambda m: np.mean([m[f"before{key}{i}"] - m[f"after{key}{i}"] for i in range(n)], axis=0)
 
         means = {k: _bool(v).mean() for k, v in q.items()}
@@ -606,9 +628,13 @@ def _minimality(c: Comparison):
         rows.append(Row("minimality", f"{group}: mean drop when a head goes ({n} of {len(g.heads)} heads)", {"group": group},
                         float(drop("b")(means)), float(drop("f")(means)), est,
                         note=f"{c.lane.minimality_examples} examples; K = the ceil(0.3 n) peers with the largest pair drop"))
-        mf = cluster_bootstrap(drop("f"), {k: _bool(v) for k, v in q.items()}, clusters, c.lane.n_boot, c.seed)
-        if float(drop("b")(means)) > 0 and mf.hi is not None and mf.hi <= 0:
-            lost.append(f"{group} {mf:+.3f}")
+        if float(drop("b")(means)) > 0:
+            mattering.append((group, drop("f"), q))
+    level = 1 - 0.05 / max(len(mattering), 1)  # Bonferroni over the groups whose heads matter in the base
+    for group, drop_f, q in mattering:
+        mf = cluster_bootstrap(drop_f, {k: _bool(v) for k, v in q.items()}, clusters, c.lane.n_boot, c.seed, level)
+        if mf.hi is not None and mf.hi <= 0:
+            lost.append(f"{group} {mf:+.3f} ({level:.1%} interval)")
     check = Check("minimality", "the circuit's heads still matter", not lost,
                   f"{c.fine_tune.name}: " + ("removing a head no longer costs accuracy in: " + "; ".join(lost) if lost
                                              else "in every group whose heads matter in the base, removing them "

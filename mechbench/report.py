@@ -17,7 +17,10 @@ from pathlib import Path
 
 from mechbench.errors import MechbenchError
 
-DETAIL_FIELDS = ("value", "field", "std", "n", "seed", "fingerprint", "baseline", "tolerance", "passed", "updated", "meta")
+DETAIL_FIELDS = ("value", "field", "std", "n", "seed", "fingerprint", "baseline", "tolerance", "passed", "updated", "meta",
+                 # comparison mode (mechbench.compare) and checks with no stored number
+                 "message", "statistic", "lo", "hi", "base_value", "fine_tune_value", "references", "note",
+                 "base_fingerprint", "reasons")
 
 #: claim -> (row keys, column key) of its paper-style table; other keys are rows too.
 PIVOTS = {
@@ -61,7 +64,8 @@ def latest(rows: list[dict]) -> list[dict]:
 def _frame(rows: list[dict]):
     import pandas as pd
 
-    frame = pd.DataFrame([{k: v for k, v in r.items() if k not in ("fingerprint", "meta", "updated")} for r in rows])
+    frame = pd.DataFrame([{k: v for k, v in r.items() if k not in ("fingerprint", "meta", "updated", "base_fingerprint")}
+                          for r in rows])
     if "field" in frame and frame["field"].isna().all():
         frame = frame.drop(columns="field")
     return frame.dropna(axis=1, how="all")
@@ -130,7 +134,7 @@ def write_report(results: Path | str, out: Path | str, figures: bool = True) -> 
     lines = ["# mechbench report", "",
              f"{len(rows)} measurements (latest per claim and keys) from `{results}`; commits: "
              + ", ".join(c[:12] for c in commits) + ".", ""]
-    lines += [f"## Outside tolerance: {len(failed)}", ""]
+    lines += [f"## Failed: {len(failed)} (outside tolerance, or a check that did not hold)", ""]
     if failed:
         lines += [_frame(failed).round(4).to_markdown(index=False), ""]
     for claim, frame in frames.items():

@@ -36,8 +36,8 @@ def test_latest_line_per_claim_keys_and_field_wins(tmp_path):
 def test_report_tables_failures_and_figures(tmp_path):
     path = write_report(_results(tmp_path), tmp_path / "out")
     text = path.read_text()
-    assert "## Outside tolerance: 1\n" in text
-    failures = text.split("## Outside tolerance: 1")[1].split("## accuracy")[0]
+    assert "## Failed: 1 (outside tolerance, or a check that did not hold)\n" in text
+    failures = text.split("## Failed: 1")[1].split("## accuracy")[0]
     assert "| b " in failures and "| a " not in failures
     cmap = text.split("## cmap")[1].split("##")[0]
     assert "full_circuit" in cmap and "value_fetcher" in cmap  # a row without position is kept
