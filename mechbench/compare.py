@@ -48,7 +48,8 @@ class Lane:
     """Sample sizes of one comparison run."""
 
     name: str
-    n_examples: int  # prompts per claim (accuracy, faithfulness, completeness, knockout, CMAP)
+    n_examples: int  # prompts per claim (faithfulness, completeness, knockout)
+    verdict_examples: int  # prompts of the two claims the verdict weighs most: accuracy and CMAP
     n_random: int  # random circuits behind the random baseline
     completeness_draws: int  # random draws of K
     dcm_split: tuple[int, int, int]  # DCM train / validation / test pairs
@@ -61,8 +62,10 @@ class Lane:
     n_boot: int  # bootstrap resamples
 
 
-FULL = Lane("full", 500, 10, 10, (1000, 500, 500), True, 500, 10, 300, 100, None, 2000)
-QUICK = Lane("quick", 140, 5, 5, (200, 100, 140), False, 140, 3, 100, 70, 5, 1000)
+FULL = Lane("full", 500, 500, 10, 10, (1000, 500, 500), True, 500, 10, 300, 100, None, 2000)
+# The quick lane keeps 500 prompts for accuracy and CMAP (cheap, and the share of the gain is a ratio of
+# differences: at 140 prompts its interval spans about +-0.4, too wide to tell 0.5 from 0.7).
+QUICK = Lane("quick", 140, 500, 5, 5, (200, 100, 140), False, 140, 3, 100, 70, 5, 1000)
 LANES = {"full": FULL, "quick": QUICK}
 
 #: Reference fine-tunes shown beside a comparison, by the base they were tuned from.
@@ -200,13 +203,14 @@ class Comparison:
         return self._once(("means", who), lambda: position_means(
             self.models[who].model, ablation_prompts(self.models[who].tokenizer, self.lane.n_examples, seed=self.seed)))
 
-    def correct(self, who: str):
+    def correct(self, who: str, n: int | None = None):
         from mechbench.evaluate import correct_on
 
-        return self._once(("correct", who), lambda: correct_on(self.models[who], self.dataset()))
+        n = n or self.lane.n_examples
+        return self._once(("correct", who, n), lambda: correct_on(self.models[who], self.dataset(n)))
 
-    def clusters(self):
-        return self.dataset().clusters().numpy()
+    def clusters(self, n: int | None = None):
+        return self.dataset(n).clusters().numpy()
 
     def boot(self, statistic, quantities, clusters=None, level: float = 0.95) -> Estimate:
         return cluster_bootstrap(statistic, {k: _bool(v) for k, v in quantities.items()},
@@ -251,11 +255,11 @@ class Comparison:
     def all_claims(self) -> list[ClaimComparison]:
         return [self.claim(name) for name in CLAIMS]
 
-    def task_checks(self) -> list[Check]:
+    def task_checks(self, n: int | None = None) -> list[Check]:
         """The chance guard on both models (a circuit claim on a model at chance asserts nothing)."""
         out = []
         for who, handle in self.models.items():
-            c = chance_check(self.correct(who).numpy(), self.clusters(), self.dataset().num_boxes)
+            c = chance_check(self.correct(who, n).numpy(), self.clusters(n), self.dataset(n).num_boxes)
             out.append(Check("accuracy", f"{who} does the task", c.passed, c.message(handle.name), c.accuracy))
         return out
 
@@ -296,10 +300,11 @@ class Comparison:
 
 
 def _accuracy(c: Comparison):
-    b, f = c.correct("base"), c.correct("fine_tune")
-    row = Row("accuracy", "accuracy", {}, _bool(b).mean(), _bool(f).mean(), c.diff(b, f),
-              references=c.refs(c.stored_accuracy))
-    return [row], c.task_checks()
+    n = c.lane.verdict_examples
+    b, f = c.correct("base", n), c.correct("fine_tune", n)
+    row = Row("accuracy", "accuracy", {}, _bool(b).mean(), _bool(f).mean(), c.diff(b, f, c.clusters(n)),
+              references=c.refs(c.stored_accuracy), note=f"{n} prompts")
+    return [row], c.task_checks(n)
 
 
 def _faithfulness(c: Comparison):
@@ -423,15 +428,17 @@ def _cmap(c: Comparison):
     from mechbench.methods.cmap import cmap_correct, cmap_head_sets
 
     sets = cmap_head_sets(c.circuit, c.baselines_dir)
-    patched = {"full_circuit": cmap_correct(c.base.model, c.fine_tune.model, list(sets.values()), c.dataset())}
-    patched |= {g: cmap_correct(c.base.model, c.fine_tune.model, [hs], c.dataset()) for g, hs in sets.items()}
-    b, f = c.correct("base"), c.correct("fine_tune")
+    n = c.lane.verdict_examples
+    dataset, clusters = c.dataset(n), c.clusters(n)
+    patched = {"full_circuit": cmap_correct(c.base.model, c.fine_tune.model, list(sets.values()), dataset)}
+    patched |= {g: cmap_correct(c.base.model, c.fine_tune.model, [hs], dataset) for g, hs in sets.items()}
+    b, f = c.correct("base", n), c.correct("fine_tune", n)
     base_acc, ft_acc = _bool(b).mean(), _bool(f).mean()
-    gain = c.diff(b, f)
+    gain = c.diff(b, f, clusters)
     rows = []
     for group, p in patched.items():
         q = {"b": b, "f": f, "p": p}
-        est = c.boot(lambda m: (m["p"] - m["b"]) / (m["f"] - m["b"]), q)
+        est = c.boot(lambda m: (m["p"] - m["b"]) / (m["f"] - m["b"]), q, clusters)
 
         def ref_share(ref, group=group):
             patched_ref = c.stored("cmap", source_model=ref, target_model=c.base.name, group=group)
@@ -443,7 +450,7 @@ def _cmap(c: Comparison):
         n_heads = sum(len(hs) for hs in sets.values()) if group == "full_circuit" else len(sets[group])
         rows.append(Row("cmap", f"share of the gain carried: {group} ({n_heads} heads)", {"group": group},
                         base_acc, ft_acc, est, statistic="share of gain", references=c.refs(ref_share),
-                        note=f"base with the fine-tune's heads: {_bool(p).mean():.3f}"))
+                        note=f"base with the fine-tune's heads: {_bool(p).mean():.3f}; {n} prompts"))
     share = rows[0].estimate
     if gain.lo is None or gain.lo <= 0 <= gain.hi:
         check = Check("cmap", "the circuit carries the gain", None,

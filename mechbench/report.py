@@ -166,7 +166,7 @@ def comparison_markdown(comparison, results_path: str | None = None) -> str:
     lines = [
         f"# mechbench comparison: `{ft}` against its base `{base}`", "",
         f"Circuit `{c.circuit.name}` (the base's). Lane **{lane.name}**: {lane.n_examples} prompts ({n_contexts} "
-        f"contexts) per claim, {lane.n_random} random circuits, {lane.completeness_draws} draws of K, DCM "
+        f"contexts) per claim ({lane.verdict_examples} for accuracy and CMAP), {lane.n_random} random circuits, {lane.completeness_draws} draws of K, DCM "
         f"{'/'.join(map(str, lane.dcm_split))} pairs, DCM heads patched {lane.patching_runs} x {lane.patching_pairs} pairs, "
         f"path patching {lane.discovery_pairs} pairs, minimality {lane.minimality_examples} examples. Intervals are 95% "
         f"percentile intervals from {lane.n_boot} resamples of whole contexts (prompts of one context are not "
