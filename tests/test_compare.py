@@ -154,3 +154,13 @@ def test_checked_against_another_models_baseline_the_measurement_keeps_its_name(
     assert line["model"] == "my-ckpt" and line["baseline_model"] == "toy-goat" and line["baseline"] == 0.82
     with pytest.raises(ValueError, match="never stored"):
         check_claim("accuracy", {"model": "my-ckpt"}, 0.8, lookup_keys={"model": "toy-goat"}, update=True)
+
+
+def test_readme_states_the_verdict_rules_the_code_applies():
+    from pathlib import Path
+
+    from mechbench.compare import VERDICT_RULES
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for label, rule in VERDICT_RULES:
+        assert f"| {label} | {rule} |" in readme, f"README's verdict table lacks the rule of {label!r}"
