@@ -375,7 +375,7 @@ def comparison(compared_model, settings):
         try:
             _COMPARISONS[compared_model] = Comparison(
                 fine_tune, base, circuit, LANES["quick" if settings.quick else "full"], settings.seed,
-                settings.baselines_dir, settings.references)
+                settings.baselines_dir, settings.references, discovery_cache=settings.results_dir / "discovery")
         except MechbenchError as e:
             pytest.fail(str(e), pytrace=False)
     return _COMPARISONS[compared_model]

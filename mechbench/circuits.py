@@ -64,15 +64,44 @@ class Circuit:
                                               for n, g in self.groups.items()}}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Circuit":
-        return cls(data["name"], {n: HeadGroup(n, g["role"], tuple(tuple(h) for h in g["heads"]))
-                                  for n, g in data["groups"].items()})
+    def from_json(cls, data: dict, where: str = "circuit JSON") -> "Circuit":
+        """A circuit from ``{"name": ..., "groups": {group: {"role": ..., "heads": [[layer, head], ...]}}}``, or
+        the file ``mechbench discover --scores`` writes (the circuit under ``"circuit"``)."""
+        from mechbench.data.dataset import ROLES
+
+        def bad(what: str) -> MechbenchError:
+            return MechbenchError(
+                f"{where}: {what}. Expected {{\"name\": NAME, \"groups\": {{GROUP: {{\"role\": ROLE, \"heads\": "
+                f"[[LAYER, HEAD], ...]}}}}}} (roles: {', '.join(ROLES)}), or the file `mechbench discover --scores` writes.")
+
+        if isinstance(data, dict) and isinstance(data.get("circuit"), dict):
+            data = data["circuit"]
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"]:
+            raise bad("no circuit name (a non-empty string under 'name')")
+        if not isinstance(data.get("groups"), dict) or not data["groups"]:
+            raise bad("no groups (an object under 'groups')")
+        groups = {}
+        for n, g in data["groups"].items():
+            if not isinstance(g, dict) or g.get("role") not in ROLES:
+                raise bad(f"group {n!r} has role {g.get('role') if isinstance(g, dict) else g!r}, not one of the roles")
+            heads = g.get("heads")
+            if not isinstance(heads, list) or not all(
+                    isinstance(h, (list, tuple)) and len(h) == 2 and all(isinstance(x, int) and x >= 0 for x in h)
+                    for h in heads):
+                raise bad(f"group {n!r}: 'heads' must be a list of [layer, head] pairs of non-negative integers")
+            groups[n] = HeadGroup(n, g["role"], tuple(tuple(h) for h in heads))
+        return cls(data["name"], groups)
 
     @classmethod
     def load(cls, name_or_path: str, baselines_dir=None) -> "Circuit":
-        """A circuit by name from ``baselines/circuits.json`` (``llama7b``, ``goat7b``, ...) or a JSON file."""
+        """A circuit by name from ``baselines/circuits.json`` (``llama7b``, ``goat7b``, ...) or a JSON file
+        (its own ``name`` names it)."""
         if Path(name_or_path).is_file():
-            return cls.from_json(json.loads(Path(name_or_path).read_text()))
+            try:
+                data = json.loads(Path(name_or_path).read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise MechbenchError(f"circuit file {name_or_path} is not valid JSON ({e})") from None
+            return cls.from_json(data, where=f"circuit file {name_or_path}")
         table = baselines.load("circuits", baselines_dir)
         groups = {}
         for r in table.records:
@@ -89,6 +118,12 @@ def store_circuit(circuit: Circuit, how: str, baselines_dir=None, fingerprint: s
     groups it had before (a published circuit is never overwritten). Returns the diff, a line per group."""
     from mechbench.results import git_state
 
+    path = Path(baselines_dir or baselines.DEFAULT_DIR) / "circuits.json"
+    if not path.is_file():  # a fresh baselines directory: start a valid, empty circuits file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"schema_version": baselines.SCHEMA_VERSION, "claim": "circuits",
+                                    "description": "circuits: heads per group at their roles", "unit": "heads",
+                                    "source": "mechbench discover", "records": []}, indent=1) + "\n")
     table = baselines.load("circuits", baselines_dir)
     commit = (git_state().get("commit") or "unknown")[:12]
     old = {r.keys["group"]: r for r in table.records if r.keys.get("circuit") == circuit.name}

@@ -42,8 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     disc.add_argument("--keep", default=None, metavar="G=K,...", help="heads kept in the circuit per group")
     disc.add_argument("--min-effect", type=float, default=None, help="keep only heads with score below -this")
     disc.add_argument("--name", default=None, help="circuit name (default: the model's)")
-    disc.add_argument("--store", action="store_true", help="store the circuit in baselines/circuits.json")
-    disc.add_argument("--scores", default=None, help="write the score tables and circuit to this JSON file")
+    disc.add_argument("--store", action="store_true", help="store the circuit in <--baselines-dir>/circuits.json")
+    disc.add_argument("--baselines-dir", default=None,
+                      help="where --store writes circuits.json (created if missing; default: the checkout's baselines/)")
+    disc.add_argument("--work-dir", default="results/discovery",
+                      help="each finished step is saved here; rerunning the same command resumes (default: "
+                           "results/discovery)")
+    disc.add_argument("--scores", default=None,
+                      help="write the score tables and circuit to this JSON file (--circuit FILE reads it as is)")
     disc.add_argument("--device", default="cpu")
     disc.add_argument("--dtype", default="float32")
     rep = sub.add_parser("report", help="tables and figures of the latest measurements in a results file")
@@ -103,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compare(args) -> None:
+    from pathlib import Path
+
     from mechbench.api import get_model
     from mechbench.compare import CLAIMS, LANES, Comparison, base_circuit_name, base_name_of, record, record_verdict
     from mechbench.circuits import Circuit
@@ -120,7 +128,8 @@ def _compare(args) -> None:
     base = get_model(base_name, device=args.device, dtype=args.dtype)
     comparison = Comparison(fine_tune, base, circuit, LANES["quick" if args.quick else "full"], args.seed,
                             args.baselines_dir, tuple(args.reference) if args.reference else None,
-                            log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                            log=lambda msg: print(msg, file=sys.stderr, flush=True),
+                            discovery_cache=Path(args.results_dir) / "discovery")
     for claim in claims:
         record(results, comparison, comparison.claim(claim))
     if comparison.verdict_ready():
@@ -158,7 +167,8 @@ def _discover(args) -> None:
         "min_effect": args.min_effect, "n_pairs": args.pairs, "seed": args.seed}.items() if v is not None}
     config = replace(config, **changes)
     handle = get_model(args.model, device=args.device, dtype=args.dtype)
-    found = discover(handle, args.name or args.model, config, log=print)
+    found = discover(handle, args.name or args.model, config, log=lambda msg: print(msg, file=sys.stderr, flush=True),
+                     cache_dir=args.work_dir)
     for group, g in found.circuit.groups.items():
         print(f"{group} ({g.role}): " + ", ".join(f"L{l}H{h} {found.scores[group][l, h]:+.3f}" for l, h in g.heads))
     if args.scores:
@@ -167,7 +177,8 @@ def _discover(args) -> None:
         from mechbench.circuits import store_circuit
 
         how = f"mechbench discover {args.model} ({config_name or 'paper Llama'} settings{', changed: ' + ', '.join(changes) if changes else ''})"
-        print(store_circuit(found.circuit, how, fingerprint=handle.fingerprint.get("weights_sha256")))
+        print(store_circuit(found.circuit, how, baselines_dir=args.baselines_dir,
+                            fingerprint=handle.fingerprint.get("weights_sha256")))
 
 
 if __name__ == "__main__":

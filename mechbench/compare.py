@@ -162,7 +162,8 @@ class Comparison:
     """
 
     def __init__(self, fine_tune, base, circuit: Circuit, lane: Lane = FULL, seed: int = 0,
-                 baselines_dir=None, references: tuple[str, ...] | None = None, log: Callable | None = None):
+                 baselines_dir=None, references: tuple[str, ...] | None = None, log: Callable | None = None,
+                 discovery_cache=None):
         if fine_tune.name == base.name:
             raise MechbenchError(f"comparison needs two models; {fine_tune.name!r} was given as its own base")
         circuit.check_fits(base.shape.n_layers, base.shape.n_heads)
@@ -589,7 +590,7 @@ def _path_patching(c: Comparison):
 
     config = DISCOVERY.get(c.circuit.name, DiscoveryConfig())
     config = replace(config, n_pairs=c.lane.discovery_pairs)
-    found = {who: discover(h, c.circuit.name, config) for who, h in c.models.items()}
+    found = {who: discover(h, c.circuit.name, config, cache_dir=c.discovery_cache) for who, h in c.models.items()}
     rows, lost = [], []
     for group, g in c.circuit.groups.items():
         if group not in found["base"].scores or group not in found["fine_tune"].scores:

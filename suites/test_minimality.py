@@ -6,6 +6,9 @@ On the circuit's own model, the candidates are re-discovered with the circuit's 
 candidate's before/after accuracy (mechbench.methods.minimality) is checked against the stored record of
 that head; the stored record also says whether the head passed the threshold. The same 100 examples (seed,
 CPU) allow 3/n; other examples the bound stated in each record.
+
+The discovery runs once per model, settings and weights: it is saved step by step under the results directory
+(``results/discovery``) and read back by the other claim that needs it.
 """
 
 import pytest
@@ -30,7 +33,7 @@ def test_minimality(model, circuit_name, settings, claim_check):
         stored = baselines.load("minimality", settings.baselines_dir)
     except MechbenchError as e:
         pytest.fail(str(e), pytrace=False)
-    candidates = discover(model, circuit_name, config).circuit
+    candidates = discover(model, circuit_name, config, cache_dir=settings.results_dir / "discovery").circuit
     n = settings.n_examples(config.minimality_examples)
     dataset = build_dataset(model.tokenizer, n_examples=n, seed=config.minimality_seed + settings.seed)
     means = ablation_means(model, settings)

@@ -6,6 +6,9 @@ Re-runs the discovery of :data:`mechbench.methods.discovery.DISCOVERY` on the ci
 per group, the fraction of the stored heads that the re-run selects (recall) against the baseline. A circuit
 found on another model (the Llama circuit under --model=goat7b) is not re-discovered there: the paper found
 Goat's and FLoat's own circuits (`--circuit goat7b`).
+
+The discovery runs once per model, settings and weights: it is saved step by step under the results directory
+(``results/discovery``) and read back by the other claim that needs it.
 """
 
 import pytest
@@ -22,7 +25,7 @@ def test_path_patching_recovers_the_circuit(model, circuit_name, settings, claim
         pytest.skip(f"circuit {circuit_name!r} was not found on {model.name!r} by a known discovery run; "
                     f"path patching re-discovers a circuit on its own model ({', '.join(DISCOVERY)})")
     stored = load_circuit(circuit_name, model, settings)
-    found = discover(model, circuit_name, DISCOVERY[circuit_name]).circuit
+    found = discover(model, circuit_name, DISCOVERY[circuit_name], cache_dir=settings.results_dir / "discovery").circuit
     outcomes = []
     for group, g in stored.groups.items():
         selected = set(found.groups[group].heads) if group in found.groups else set()

@@ -83,3 +83,89 @@ def test_store_circuit_replaces_measured_records_and_keeps_published_ones(tmp_pa
         store_circuit(Circuit("llama7b", {"value_fetcher": HeadGroup("value_fetcher", "last", ((0, 0),))}), "x", tmp_path)
     records = json.loads((tmp_path / "circuits.json").read_text())["records"]
     assert sum(r["circuit"] == "mine" for r in records) == 1
+
+
+# --- progress, checkpoints and resuming; circuit files (mechbench discover on a model with no circuit yet) ---
+
+from dataclasses import replace as _replace  # noqa: E402
+
+from mechbench.methods.discovery import DISCOVERY, discover  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def toy():
+    from mechbench.api import get_model
+
+    return get_model("toy-llama")
+
+
+SMALL = _replace(DISCOVERY["toy-llama"], n_pairs=12)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_an_interrupted_discovery_resumes_to_the_same_circuit_and_scores(toy, tmp_path):
+    whole = discover(toy, "toy-llama", SMALL)
+    lines = []
+
+    def log_then_stop(msg):
+        lines.append(msg)
+        if msg.startswith("pos_transmitter: saved"):
+            raise Stop  # killed after the second step was saved
+
+    with pytest.raises(Stop):
+        discover(toy, "toy-llama", SMALL, log=log_then_stop, cache_dir=tmp_path)
+    assert any("sender runs" in m and "left" in m for m in lines)  # progress inside a step
+    resumed_lines = []
+    resumed = discover(toy, "toy-llama", SMALL, log=resumed_lines.append, cache_dir=tmp_path)
+    assert "value_fetcher: resumed from the checkpoint" in resumed_lines
+    assert "pos_transmitter: resumed from the checkpoint" in resumed_lines
+    assert not any(m.startswith("struct_reader: resumed") for m in resumed_lines)  # the unfinished step ran
+    assert resumed.circuit == whole.circuit
+    for group in whole.scores:
+        assert torch.equal(resumed.scores[group], whole.scores[group])
+    again = []  # a finished discovery is read back whole: the second claim that needs it runs nothing
+    discover(toy, "toy-llama", SMALL, log=again.append, cache_dir=tmp_path)
+    assert all("sender runs" not in m for m in again)
+
+
+def test_a_checkpoint_of_other_settings_or_weights_is_not_reused(toy, tmp_path):
+    discover(toy, "toy-llama", SMALL, cache_dir=tmp_path)
+    lines = []
+    discover(toy, "toy-llama", _replace(SMALL, seed=21), log=lines.append, cache_dir=tmp_path)
+    assert not any("resumed" in m for m in lines) and any("starting fresh" in m for m in lines)
+    other = _replace(toy, fingerprint=dict(toy.fingerprint, weights_sha256="0" * 64))
+    lines = []
+    discover(other, "toy-llama", SMALL, log=lines.append, cache_dir=tmp_path)
+    assert not any("resumed" in m for m in lines)
+
+
+def test_cli_discover_writes_where_told_and_its_scores_file_is_a_circuit_file(tmp_path, capsys):
+    from mechbench.cli import main
+
+    scores = tmp_path / "found.json"
+    assert main(["discover", "toy-llama", "--pairs", "12", "--name", "my-circuit", "--store", "--baselines-dir",
+                 str(tmp_path / "b"), "--work-dir", str(tmp_path / "w"), "--scores", str(scores)]) == 0
+    err = capsys.readouterr().err
+    assert "sender runs" in err and "saved to" in err
+    assert list((tmp_path / "w").glob("my-circuit-*.json"))
+    stored = Circuit.load("my-circuit", tmp_path / "b")
+    from_file = Circuit.load(str(scores))
+    assert from_file.name == "my-circuit" and from_file.groups == stored.groups
+
+
+@pytest.mark.parametrize("content, problem", [
+    ('{"name": "c"}', "no groups"),
+    ('{"name": "c", "groups": {"value_fetcher": {"role": "last", "heads": [[1]]}}}', "[layer, head] pairs"),
+    ('{"name": "c", "groups": {"value_fetcher": {"role": "first", "heads": [[1, 2]]}}}', "not one of the roles"),
+    ('{"groups": {"value_fetcher": {"role": "last", "heads": [[1, 2]]}}}', "no circuit name"),
+    ('{"name": "c", "groups": ', "not valid JSON"),
+])
+def test_a_malformed_circuit_file_names_the_file_and_the_format(tmp_path, content, problem):
+    path = tmp_path / "c.json"
+    path.write_text(content)
+    with pytest.raises(MechbenchError) as e:
+        Circuit.load(str(path))
+    assert problem in str(e.value) and str(path) in str(e.value)

@@ -14,8 +14,14 @@ transmitters stays a transmitter.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
-from dataclasses import dataclass
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -108,25 +114,52 @@ def random_label_positions(pairs: CounterfactualDataset, seed: int) -> torch.Ten
     return src.label_positions[torch.arange(len(pairs)), boxes]
 
 
+def _progress(log, group: str):
+    """A ``progress(done, total)`` for path patching that logs elapsed time and an estimate of what is left."""
+    if log is None:
+        return None
+    start = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        elapsed = time.perf_counter() - start
+        eta = elapsed / done * (total - done) if done else float("nan")
+        log(f"{group}: {done}/{total} sender runs, {elapsed:.0f} s, about {eta:.0f} s left")
+    return report
+
+
 def discover_circuit(model, pairs: CounterfactualDataset, name: str, steps=PAPER_STEPS, receiver_k=None,
-                     circuit_k=None, min_effect: float = 0.0, seed: int = 0, log=None) -> Discovery:
+                     circuit_k=None, min_effect: float = 0.0, seed: int = 0, log=None, finished=None,
+                     on_step=None) -> Discovery:
     """Run ``steps`` in order; ``receiver_k[group]`` heads go on as receivers, ``circuit_k[group]`` into the
-    circuit (both default to :data:`PAPER_RECEIVER_K`)."""
+    circuit (both default to :data:`PAPER_RECEIVER_K`). ``finished``: ``{group: scores}`` of steps already run
+    (a resumed run skips them); ``on_step(group, scores)`` hears each step as it finishes (to save it)."""
     receiver_k = {**PAPER_RECEIVER_K, **(receiver_k or {})}
     circuit_k = {**receiver_k, **(circuit_k or {})}
     scores, receivers_of = {}, {}
+    finished = finished or {}
     for step in steps:
+        if step.group in finished:
+            scores[step.group] = finished[step.group]
+            receivers_of[step.group] = select_heads(scores[step.group], receiver_k[step.group], min_effect)
+            if log:
+                log(f"{step.group}: resumed from the checkpoint")
+            continue
         receivers = None
         if step.receiver_group is not None:
             heads = receivers_of[step.receiver_group]
             if not heads:  # nothing downstream to receive: the group cannot be found by this step
                 scores[step.group] = torch.zeros_like(next(iter(scores.values())))
                 receivers_of[step.group] = ()
+                if on_step is not None:
+                    on_step(step.group, scores[step.group])
                 continue
             receivers = Receivers(heads, step.component, step.receiver_role)
         corrupt = random_label_positions(pairs, seed) if step.corrupt == "random_label" else None
-        scores[step.group] = path_patching_scores(model, pairs, step.sender_role, receivers, corrupt_positions=corrupt)
+        scores[step.group] = path_patching_scores(model, pairs, step.sender_role, receivers, corrupt_positions=corrupt,
+                                                  progress=_progress(log, step.group))
         receivers_of[step.group] = select_heads(scores[step.group], receiver_k[step.group], min_effect)
+        if on_step is not None:
+            on_step(step.group, scores[step.group])
         if log:
             log(f"{step.group}: receivers {receivers_of[step.group]}")
     chosen = {g: select_heads(s, circuit_k[g], min_effect) for g, s in scores.items()}
@@ -136,10 +169,72 @@ def discover_circuit(model, pairs: CounterfactualDataset, name: str, steps=PAPER
     return Discovery(scores, circuit)
 
 
-def discover(model, name: str, config: DiscoveryConfig, log=None) -> Discovery:
-    """Run ``config`` on ``model`` (a handle): its noise pairs, steps and head counts."""
+_CODE = ("methods/path_patching.py", "methods/discovery.py", "intervene/engine.py", "data/counterfactuals.py",
+         "data/dataset.py")
+
+
+def checkpoint_key(model, name: str, config: DiscoveryConfig) -> dict:
+    """What a saved discovery must match to be reused: the settings, the circuit's name, the model (weights,
+    config and tokenizer as fingerprinted by the loader) and the code that computes it (a fix to path patching
+    must not be hidden by a saved result)."""
+    fingerprint = getattr(model, "fingerprint", None) or {}
+    package = Path(__file__).resolve().parent.parent
+    code = hashlib.sha256(b"".join((package / f).read_bytes() for f in _CODE)).hexdigest()
+    return {"name": name, "config": json.loads(json.dumps(asdict(config), default=str)), "code": code,
+            "model": {k: fingerprint.get(k) for k in ("weights_sha256", "config_sha256", "dtype", "tokenizer_sha256")}}
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name.strip("/").replace("/", "_"))[-60:]
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def discover(model, name: str, config: DiscoveryConfig, log=None, cache_dir: str | Path | None = None) -> Discovery:
+    """Run ``config`` on ``model`` (a handle): its noise pairs, steps and head counts.
+
+    With ``cache_dir``, each finished step is saved at once to ``<cache_dir>/<name>-<key hash>.json`` (written
+    atomically); a later call with the same settings and model resumes after the last saved step, and a
+    finished discovery is read back without running anything (the path-patching claim and minimality share
+    one). A file made with other settings or another model has another hash and is never read.
+    """
     from mechbench.data.counterfactuals import noise_pairs
+
+    finished, on_step, path = {}, None, None
+    if cache_dir is not None:
+        key = checkpoint_key(model, name, config)
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        path = Path(cache_dir) / f"{_safe(name)}-{digest}.json"
+        saved = {"key": key, "steps": {}}
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+                if data.get("key") == key:
+                    saved = data
+                    finished = {g: torch.tensor(v) for g, v in data["steps"].items()}
+                elif log:
+                    log(f"{path} was made with other settings or another model; starting fresh")
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                if log:
+                    log(f"{path} is unreadable (cut short?); starting fresh")
+        elif log:
+            others = sorted(Path(cache_dir).glob(f"{_safe(name)}-*.json")) if Path(cache_dir).is_dir() else []
+            if others:
+                log(f"no checkpoint matches these settings and this model ({len(others)} for other settings or "
+                    f"models in {cache_dir}); starting fresh")
+
+        def on_step(group: str, scores: torch.Tensor) -> None:
+            saved["steps"][group] = scores.tolist()
+            _write_json_atomic(path, saved)
+            if log:
+                log(f"{group}: saved to {path}")
 
     pairs = noise_pairs(model.tokenizer, config.n_pairs, seed=config.seed)
     return discover_circuit(model, pairs, name, config.steps, dict(config.receiver_k), dict(config.circuit_k) or None,
-                            config.min_effect, seed=config.seed, log=log)
+                            config.min_effect, seed=config.seed, log=log, finished=finished, on_step=on_step)

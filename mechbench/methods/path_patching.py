@@ -58,9 +58,11 @@ def path_patching_scores(
     corrupt_positions: torch.Tensor | None = None,
     batch_size: int = 100,
     fast: bool = True,
+    progress=None,
 ) -> torch.Tensor:
     """Score of every head as a sender: [n_layers, n_heads]. ``corrupt_positions`` ([N]) says where the
-    sender's corrupted value is read (default: the same role in the corrupted prompt).
+    sender's corrupted value is read (default: the same role in the corrupted prompt). ``progress(done, total)``
+    hears how many (batch, sender head) runs are done, after each sender layer.
 
     ``fast`` recomputes only the sender's layer and above, from the sender's position on (the engine's
     prefix path); the numbers equal the full forward's to float tolerance.
@@ -75,7 +77,8 @@ def path_patching_scores(
         receiver_layers = sorted({layer for layer, _ in receivers.heads})
     answers = pairs.target_ids
     totals = torch.zeros(n_layers, n_heads, dtype=torch.float64)
-    for start in range(0, len(pairs), batch_size):
+    n_batches = -(-len(pairs) // batch_size)
+    for batch_index, start in enumerate(range(0, len(pairs), batch_size)):
         rows = slice(start, start + batch_size)
         ids, n = clean.input_ids[rows], len(clean.input_ids[rows])
         clean_run = run(torch_model, ids, read=Read(), batch_size=n)
@@ -105,6 +108,8 @@ def path_patching_scores(
                     logits = run(torch_model, ids, patches, batch_size=n, prefix=prefix).last_logits
                 p = _answer_prob(logits, answers[rows])
                 totals[layer, head] += ((p - p_clean) / p_clean).sum().double()
+            if progress is not None:
+                progress((batch_index * n_layers + layer + 1) * n_heads, n_batches * n_layers * n_heads)
     return (totals / len(pairs)).float()
 
 
