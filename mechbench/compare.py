@@ -29,6 +29,7 @@ the paper's, ``QUICK`` a two-minute look at a toy fine-tune whose intervals wide
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -150,6 +151,9 @@ VERDICT_RULES = (
 )
 
 
+_BASE_SIDE: dict = {}  # (base, weights, circuit, lane, seed, baselines) -> the base's side of measurements
+
+
 def _bool(x) -> np.ndarray:
     return np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
 
@@ -180,6 +184,11 @@ class Comparison:
         self.log = log or (lambda msg: None)
         self._claims: dict[str, ClaimComparison] = {}
         self._cache: dict = {}
+        # the base's side of every measurement is shared by all comparisons against the same base, circuit,
+        # lane and seed in this process (several fine-tunes of one base measure the base once)
+        self._base_cache = _BASE_SIDE.setdefault(
+            (base.name, base.fingerprint.get("weights_sha256"), json.dumps(circuit.to_json()), lane, seed,
+             str(baselines_dir)), {})
 
     # --- shared pieces --------------------------------------------------------------------------------------
 
@@ -187,6 +196,13 @@ class Comparison:
         if key not in self._cache:
             self._cache[key] = make()
         return self._cache[key]
+
+    def side(self, who: str, key, make):
+        """``make()`` for one model's side of a measurement, computed once (the base's once per base)."""
+        cache = self._base_cache if who == "base" else self._cache
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
 
     @property
     def models(self):
@@ -203,14 +219,14 @@ class Comparison:
         from mechbench.data.counterfactuals import ablation_prompts
         from mechbench.methods.ablation import position_means
 
-        return self._once(("means", who), lambda: position_means(
+        return self.side(who, "means", lambda: position_means(
             self.models[who].model, ablation_prompts(self.models[who].tokenizer, self.lane.n_examples, seed=self.seed)))
 
     def correct(self, who: str, n: int | None = None):
         from mechbench.evaluate import correct_on
 
         n = n or self.lane.n_examples
-        return self._once(("correct", who, n), lambda: correct_on(self.models[who], self.dataset(n)))
+        return self.side(who, ("correct", n), lambda: correct_on(self.models[who], self.dataset(n)))
 
     def clusters(self, n: int | None = None):
         return self.dataset(n).clusters().numpy()
@@ -313,8 +329,9 @@ def _accuracy(c: Comparison):
 def _faithfulness(c: Comparison):
     from mechbench.methods.ablation import faithfulness
 
-    res = {who: faithfulness(h.model, c.circuit, c.dataset(), c.means(who), _bool(c.correct(who)).mean(),
-                             n_random=c.lane.n_random, seed=c.seed) for who, h in c.models.items()}
+    res = {who: c.side(who, "faithfulness", lambda who=who, h=h: faithfulness(
+        h.model, c.circuit, c.dataset(), c.means(who), _bool(c.correct(who)).mean(), n_random=c.lane.n_random,
+        seed=c.seed)) for who, h in c.models.items()}
     q = {}
     for who, key in (("base", "b"), ("fine_tune", "f")):
         q[f"full_{key}"] = c.correct(who)
@@ -362,7 +379,8 @@ def _completeness(c: Comparison):
     draws = c.lane.completeness_draws
     q = {}
     for who, key in (("base", "b"), ("fine_tune", "f")):
-        r = completeness(c.models[who].model, c.circuit, c.dataset(), c.means(who), "random_sampling", draws, seed=c.seed)
+        r = c.side(who, "completeness", lambda who=who: completeness(
+            c.models[who].model, c.circuit, c.dataset(), c.means(who), "random_sampling", draws, seed=c.seed))
         for d in range(draws):
             q[f"M{key}{d}"], q[f"C{key}{d}"] = r.model_minus_k_correct[d], r.circuit_minus_k_correct[d]
     inc_b, inc_f = incompleteness("b"), incompleteness("f")
@@ -381,7 +399,8 @@ def _completeness(c: Comparison):
     for group in c.circuit.groups:
         qg = {}
         for who, key in (("base", "b"), ("fine_tune", "f")):
-            r = completeness(c.models[who].model, c.circuit, c.dataset(), c.means(who), "entire_group", group=group)
+            r = c.side(who, ("completeness", group), lambda who=who, group=group: completeness(
+                c.models[who].model, c.circuit, c.dataset(), c.means(who), "entire_group", group=group))
             qg[f"M{key}"], qg[f"C{key}"] = r.model_minus_k_correct[0], r.circuit_minus_k_correct[0]
         means = {k: _bool(v).mean() for k, v in qg.items()}
         rows.append(Row("completeness", f"incompleteness, K = {group}", {"k_method": "entire_group", "group": group},
@@ -400,8 +419,9 @@ def _knockout(c: Comparison):
     for edge in EDGES:
         for layer in range(c.base.shape.n_layers):
             q = {"clean_b": c.correct("base"), "clean_f": c.correct("fine_tune"),
-                 "ko_b": knockout_correct(c.base.model, c.dataset(), edge, layer, seed=c.seed),
-                 "ko_f": knockout_correct(c.fine_tune.model, c.dataset(), edge, layer, seed=c.seed)}
+                 **{f"ko_{key}": c.side(who, ("knockout", edge, layer), lambda who=who, edge=edge, layer=layer:
+                                        knockout_correct(c.models[who].model, c.dataset(), edge, layer, seed=c.seed))
+                    for who, key in (("base", "b"), ("fine_tune", "f"))}}
             means = {k: _bool(v).mean() for k, v in q.items()}
             est = c.boot(lambda m: m["ko_f"] / m["clean_f"] - m["ko_b"] / m["clean_b"], q)
 
@@ -507,18 +527,23 @@ def _dcm_patching(c: Comparison):
         groups = [(g, records[(g, desideratum)]) for g in c.circuit.groups if (g, desideratum) in records]
         if not groups:
             continue
-        per = {"b": {g: [] for g, _ in groups}, "f": {g: [] for g, _ in groups}}
-        for run in range(c.lane.patching_runs):
-            pairs = desiderata_pairs(c.base.tokenizer, desideratum, n_pairs=c.lane.patching_pairs,
-                                     seed=1000 * (c.seed + 1) + run)
-            for who, key in (("base", "b"), ("fine_tune", "f")):
-                model = c.models[who].model
+        def patched(who, desideratum=desideratum, groups=groups):
+            """Per group, the pairs of every run the model moves to the target with the DCM heads patched."""
+            out = {g: [] for g, _ in groups}
+            model = c.models[who].model
+            for run in range(c.lane.patching_runs):
+                pairs = desiderata_pairs(c.base.tokenizer, desideratum, n_pairs=c.lane.patching_pairs,
+                                         seed=1000 * (c.seed + 1) + run)
                 reads = source_values_at(model, pairs, c.circuit.roles, layers)
                 prefix = capture_prefix(model, pairs.base.input_ids)
                 for g, value in groups:
                     heads = HeadGroup(g, c.circuit.groups[g].role, tuple(tuple(h) for h in value["heads"]))
-                    per[key][g].append(masked_correct(model, heads, pairs, torch.zeros(len(heads)),
-                                                      reads=reads[heads.role], prefix=prefix))
+                    out[g].append(masked_correct(model, heads, pairs, torch.zeros(len(heads)), reads=reads[heads.role],
+                                                 prefix=prefix))
+            return out
+
+        per = {key: c.side(who, ("dcm_patching", desideratum), lambda who=who: patched(who))
+               for who, key in (("base", "b"), ("fine_tune", "f"))}
         clusters = np.arange(c.lane.patching_runs * c.lane.patching_pairs)  # a fresh base context per pair
         for g, value in groups:
             b, f = torch.cat(per["b"][g]).float() * 100, torch.cat(per["f"][g]).float() * 100
@@ -557,7 +582,8 @@ def _dcm(c: Comparison):
         pairs = desiderata_pairs(c.base.tokenizer, desideratum, n_pairs=train_n + val_n + test_n, seed=c.seed)
         train, val, test = pairs.split([train_n, val_n, test_n])
         for g in groups:
-            res = {who: train_dcm(h, c.circuit.groups[g], train, val, test, seed=c.seed) for who, h in c.models.items()}
+            res = {who: c.side(who, ("dcm", desideratum, g), lambda h=h, g=g, train=train, val=val, test=test: train_dcm(
+                h, c.circuit.groups[g], train, val, test, seed=c.seed)) for who, h in c.models.items()}
             est = c.diff(res["base"].test_correct, res["fine_tune"].test_correct, np.arange(test_n))
             shared = set(res["base"].heads) & set(res["fine_tune"].heads)
             union = set(res["base"].heads) | set(res["fine_tune"].heads)
@@ -590,7 +616,8 @@ def _path_patching(c: Comparison):
 
     config = DISCOVERY.get(c.circuit.name, DiscoveryConfig())
     config = replace(config, n_pairs=c.lane.discovery_pairs)
-    found = {who: discover(h, c.circuit.name, config, cache_dir=c.discovery_cache) for who, h in c.models.items()}
+    found = {who: c.side(who, "discovery", lambda h=h: discover(h, c.circuit.name, config, cache_dir=c.discovery_cache))
+             for who, h in c.models.items()}
     rows, lost = [], []
     for group, g in c.circuit.groups.items():
         if group not in found["base"].scores or group not in found["fine_tune"].scores:
@@ -629,8 +656,9 @@ def _minimality(c: Comparison):
     for group, g in c.circuit.groups.items():
         q = {}
         for who, key in (("base", "b"), ("fine_tune", "f")):
-            for i, s in enumerate(head_significance(c.models[who].model, c.circuit, group, dataset, c.means(who),
-                                                    candidates=c.lane.minimality_heads)):
+            significance = c.side(who, ("minimality", group), lambda who=who, group=group: head_significance(
+                c.models[who].model, c.circuit, group, dataset, c.means(who), candidates=c.lane.minimality_heads))
+            for i, s in enumerate(significance):
                 q[f"before{key}{i}"], q[f"after{key}{i}"] = s.before_correct, s.after_correct
         n = len(g.heads[:c.lane.minimality_heads])
 
