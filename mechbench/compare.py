@@ -177,7 +177,7 @@ class Comparison:
                 f"{base.name!r} ({base.shape.n_layers} x {base.shape.n_heads}) differ in shape: a fine-tune keeps its "
                 f"base's heads. Pass the model it was tuned from as --base-model.")
         self.fine_tune, self.base, self.circuit, self.lane, self.seed = fine_tune, base, circuit, lane, seed
-        self.baselines_dir = baselines_dir
+        self.baselines_dir, self.discovery_cache = baselines_dir, discovery_cache
         # the base's own stored numbers come first: the same-run measurement should agree with them
         refs = tuple(references) if references is not None else REFERENCES.get(base.name, ())
         self.references = tuple(dict.fromkeys((base.name,) + refs))

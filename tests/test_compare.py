@@ -53,11 +53,13 @@ def variant(handle, name, zero_heads=(), zero_where="o_proj"):
 
 def test_an_unchanged_copy_differs_by_nothing_and_keeps_the_circuit(base, circuit):
     c = Comparison(variant(base, "copy"), base, circuit, TINY)
-    for claim in ("accuracy", "faithfulness", "completeness", "attention_knockout", "dcm_patching", "minimality"):
+    for claim in ("accuracy", "faithfulness", "completeness", "attention_knockout", "dcm_patching", "path_patching",
+                  "minimality"):
         result = c.claim(claim)
         assert result.rows and not result.failed, claim
         for row in result.rows:
-            assert (row.estimate.value, row.estimate.lo, row.estimate.hi) == (0.0, 0.0, 0.0), (claim, row.measure)
+            interval = () if row.estimate.lo is None else (row.estimate.lo, row.estimate.hi)  # path patching: none
+            assert (row.estimate.value, *interval) == (0.0, *[0.0] * len(interval)), (claim, row.measure)
     assert c.verdict().label == "no gain, same circuit"
 
 

@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("retrained", type=Path, help="the --out folder of a retrain")
     r.add_argument("--zoo", type=Path, default=MODELS_DIR, help=f"the shipped zoo ({MODELS_DIR})")
     r.add_argument("--record", action="store_true", help="append the outcome to the shipped training.json files")
+    pr = sub.add_parser("probes", help="train fine-tunes of toy-llama the project never shipped (for comparison mode)")
+    pr.add_argument("--out", type=Path, required=True, help="where the probe folders go")
+    pr.add_argument("--only", action="append", default=None, help="train only these probes")
     args = p.parse_args(argv)
     if args.cmd == "train" and not args.smoke and argv is None:
         _pin_cpu_and_reexec(sys.argv[1:])
@@ -48,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         from mechbench.zoo.train import smoke_train
 
         print(json.dumps(smoke_train(getattr(args, "steps", 8)), indent=1))
+        return 0
+    if args.cmd == "probes":
+        from mechbench.zoo.probes import train_probes
+
+        train_probes(args.out, args.only)
         return 0
     if args.cmd == "compare":
         from mechbench.zoo.reproduce import compare_zoos, describe, record_reproductions

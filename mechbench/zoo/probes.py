@@ -1,0 +1,49 @@
+"""Probe fine-tunes: fine-tunes of toy-llama that the project does not ship or register, for trying comparison
+mode (``mechbench compare``, ``pytest suites/ --model=DIR --base-model=toy-llama``) the way a user would, on
+checkpoints it has never seen:
+
+- ``probe-unrelated``: full weights, trained on an unrelated task (variable binding in the ``x = y`` style, no
+  entity tracking) at a high learning rate until it has lost the skill;
+- ``probe-direct``: full weights, trained on entity tracking itself (2-7 boxes, no logit-lens guide);
+- ``probe-lora``: a LoRA adapter (r=8, q/k/v/o, like toy-goat) trained on entity tracking mixed with chat text,
+  saved unmerged with ``toy-llama`` named as its base.
+
+    python -m mechbench.zoo probes --out DIR        # ~1 minute each on 2 cores
+
+They reuse the zoo's training loop (``mechbench.zoo.train.train``) with recipes of their own; seeded, so a
+rerun on the same CPU gives the same weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mechbench.zoo.train import MODELS_DIR, Recipe, ZooRun, _finetune, _save
+from mechbench.zoo.tokenizer import build_tokenizer
+
+PROBE_SEED = 909
+PROBES: dict[str, tuple[Recipe, bool]] = {  # name -> (recipe, LoRA?)
+    "probe-unrelated": (Recipe(lr=3e-3, warmup=10, max_steps=300, mix=(("binding", 1),), binding_style="vk",
+                               data_seed=PROBE_SEED), False),
+    "probe-direct": (Recipe(lr=1e-3, warmup=20, max_steps=250, mix=(("tracking", 1),), data_seed=PROBE_SEED + 1), False),
+    "probe-lora": (Recipe(lr=2e-3, warmup=20, max_steps=150, mix=(("tracking", 2), ("chat", 1)),
+                          data_seed=PROBE_SEED + 2), True),
+}
+
+
+def train_probes(out: Path | str, only: list[str] | None = None, steps: int | None = None, log=print) -> dict[str, dict]:
+    """Train the probes into ``out/<name>`` from the shipped toy-llama. ``steps`` overrides every recipe's
+    length (a smoke test)."""
+    from dataclasses import replace
+
+    out = Path(out)
+    records = {}
+    for name in only or PROBES:
+        recipe, lora = PROBES[name]
+        if steps is not None:
+            recipe = replace(recipe, max_steps=steps, warmup=min(recipe.warmup, steps))
+        model, record = _finetune(ZooRun(out=MODELS_DIR, log=log), recipe, lora=lora, name=name)
+        _save(model, build_tokenizer(), out / name, record)
+        log(f"{name}: held-out accuracy {record['heldout_accuracy']:.3f} ({record['steps']} steps, {record['wall_s']} s)")
+        records[name] = record
+    return records
