@@ -250,3 +250,40 @@ def test_minimality_matches_raw():
                 assert (r["value"]["before"], r["value"]["after"]) == (before, after)
                 seen += 1
     assert seen == len(recs)
+
+
+# --- every published record can be compared the way its suite compares it (no model needed) -----------------
+
+from mechbench import baselines as _baselines  # noqa: E402
+
+#: claim -> (which published records its suite compares, the n it measures on, the field it compares). The
+#: suites: test_accuracy, test_faithfulness, test_completeness, test_dcm, test_dcm_patching, test_cmap,
+#: test_knockout, test_minimality, test_path_patching.
+SUITE_COMPARISONS = {
+    "accuracy": (lambda k: True, 500, None),
+    "faithfulness": (lambda k: k.get("metric") in ("circuit_accuracy", "random_circuit_accuracy"), 500, None),
+    "completeness": (lambda k: True, 500, None),
+    "dcm": (lambda k: True, 500, "test_accuracy"),
+    "dcm_patching": (lambda k: True, 500, None),
+    "cmap": (lambda k: k.get("kind") == "output_cmap" and k.get("checkpoint") == "release", 500, None),
+    "attention_knockout": (lambda k: True, 500, None),
+    "minimality": (lambda k: k.get("kind") == "head", 100, ("before", "after")),
+    "path_patching": (lambda k: k.get("metric") == "recall", None, None),
+}
+
+
+@pytest.mark.parametrize("claim", sorted(SUITE_COMPARISONS))
+def test_every_published_record_is_comparable_by_its_suite(claim):
+    compared, n, fields = SUITE_COMPARISONS[claim]
+    table = _baselines.load(claim, BASELINES)
+    records = [r for r in table.records if not r.measured and compared(r.keys)]
+    assert records, f"{claim}: the suite compares no published record"
+    for record in records:
+        for field in (fields if isinstance(fields, tuple) else (fields,)):
+            expected = record.value[field] if field else record.value
+            # the value itself (another seed: the independent-sample tolerance) must be within tolerance, and a
+            # value far outside must not be
+            at = _baselines.compare(expected, record, n=n, seed=None, field=field)
+            assert at.passed and at.tolerance > 0, (claim, record.keys, field)
+            far = _baselines.compare(expected + 10 * at.tolerance + 1, record, n=n, seed=None, field=field)
+            assert not far.passed, (claim, record.keys, field)
