@@ -190,3 +190,46 @@ def test_fast_path_refuses_what_it_cannot_serve(model):
         run(model, ids, [patch], read=Read([0], torch.full((N, 1), 6)), prefix=prefix)
     with pytest.raises(ValueError, match="exact input_ids"):
         run(model, ids_for(2), [patch], prefix=prefix)
+
+
+# --- knockout under each attention implementation the loader allows -------------------------------------
+
+
+@pytest.mark.parametrize("n_kv_heads", [None, 2])
+def test_knockout_blocks_the_edge_under_eager_and_sdpa_alike(n_kv_heads):
+    from mechbench.intervene import Knockout, run
+    from tests.helpers import random_llama
+
+    ids = torch.randint(3, 60, (3, 12), generator=torch.Generator().manual_seed(0))
+    blocked = Knockout(0, torch.full((3,), 11), torch.tensor([2, 5, 7]))
+    outputs = {}
+    for impl in ("eager", "sdpa"):
+        model = random_llama(n_layers=2, n_heads=4, n_kv_heads=n_kv_heads, seed=3)
+        model.set_attn_implementation(impl)
+        clean, knocked = run(model, ids).last_logits, run(model, ids, knockouts=[blocked]).last_logits
+        assert (clean - knocked).abs().max() > 1e-3, f"knockout changed nothing under {impl}"
+        outputs[impl] = knocked
+    torch.testing.assert_close(outputs["eager"], outputs["sdpa"], atol=1e-5, rtol=1e-4)
+
+
+def test_knockout_refuses_an_attention_that_ignores_the_mask():
+    from mechbench.errors import MechbenchError
+    from mechbench.intervene import Knockout, run
+    from tests.helpers import random_llama
+
+    model = random_llama(n_layers=1, n_heads=2, seed=1)
+    model.config._attn_implementation = "flash_attention_2"  # set by hand: flash does not run on a CPU
+    with pytest.raises(MechbenchError, match="ignores it"):
+        run(model, torch.ones(1, 5, dtype=torch.long), knockouts=[Knockout(0, torch.tensor([4]), torch.tensor([1]))])
+
+
+def test_the_loader_pins_an_attention_that_applies_the_mask(tmp_path):
+    from mechbench.errors import ModelLoadError
+    from mechbench.models.loading import load_model
+    from tests.helpers import save_random_llama
+
+    path = save_random_llama(tmp_path / "m")
+    assert load_model(str(path)).model.config._attn_implementation == "sdpa"
+    assert load_model(str(path), attn_implementation="eager").model.config._attn_implementation == "eager"
+    with pytest.raises(ModelLoadError, match="block nothing"):
+        load_model(str(path), attn_implementation="flash_attention_2")

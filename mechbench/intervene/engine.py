@@ -141,6 +141,23 @@ def _apply(x: torch.Tensor, patches: list[HeadPatch], units: int, d: int, offset
     return per_head.view(b, s, units * d)
 
 
+#: Attention implementations that apply an explicit additive mask, which is how knockouts block edges.
+MASK_HONOURING = ("eager", "sdpa")
+
+
+def require_mask_honouring(model) -> None:
+    """Knockouts block edges through the attention mask; an implementation that ignores an explicit mask (flash
+    attention computes its own causal pattern) would run the forward with nothing blocked, silently."""
+    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    if impl not in MASK_HONOURING:
+        from mechbench.errors import MechbenchError
+
+        raise MechbenchError(
+            f"attention knockout needs an attention implementation that applies an explicit mask "
+            f"({' or '.join(MASK_HONOURING)}); this model runs {impl!r}, which ignores it, so nothing would be "
+            f"blocked. Load it with attn_implementation='sdpa' (mechbench's default) or 'eager'.")
+
+
 def _attention_mask(knockouts: list[Knockout], batch: int, seq: int, dtype, device, q_start: int = 0) -> torch.Tensor:
     """Additive [B, 1, S - q_start, S] mask for queries q_start.. over all keys: causal, plus the knocked-out
     edges at the dtype's minimum."""
@@ -312,6 +329,8 @@ def run(
     fraction of the work when patches sit late in the prompt or deep in the model.
     """
     model = _model(model_or_handle)
+    if knockouts:
+        require_mask_honouring(model)
     if prefix is not None:
         if grad or not torch.equal(prefix.input_ids.cpu(), input_ids.cpu()):
             raise ValueError("a prefix serves the exact input_ids it was captured on, without gradients")

@@ -164,15 +164,24 @@ def load_model(
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    attn_implementation: str = "sdpa",
 ) -> ModelHandle:
     """Load a registered name, a hub id, a local directory or ``base+adapter`` into a :class:`ModelHandle`.
 
     ``dtype`` defaults to float32, as in the paper. ``device_map`` (e.g. ``"auto"``) spreads a model over
     several GPUs through accelerate and replaces ``device``. ``allow_pickle`` permits ``.bin`` checkpoints
-    where a repository has no safetensors.
+    where a repository has no safetensors. ``attn_implementation`` is pinned (``sdpa`` by default, or
+    ``eager``): attention knockout blocks edges through an explicit mask, which flash attention ignores.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from mechbench.intervene.engine import MASK_HONOURING
+
+    if attn_implementation not in MASK_HONOURING:
+        raise ModelLoadError(
+            f"attn_implementation={attn_implementation!r}: mechbench loads models with {' or '.join(MASK_HONOURING)}, "
+            f"whose attention applies an explicit mask; attention knockout blocks edges through that mask, and "
+            f"{attn_implementation} would ignore it and block nothing.")
     spec = resolve(name_or_path) if isinstance(name_or_path, str) else name_or_path
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     if isinstance(dtype, str) and dtype not in DTYPES:
@@ -198,7 +207,8 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(
             base, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code,
-            use_safetensors=None if allow_pickle else True, **_pretrained_kwargs(base),
+            use_safetensors=None if allow_pickle else True, attn_implementation=attn_implementation,
+            **_pretrained_kwargs(base),
         )
     except (OSError, ValueError) as e:
         msg = str(e).splitlines()[0][:300]
