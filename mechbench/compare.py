@@ -532,8 +532,8 @@ def _dcm_patching(c: Comparison):
             out = {g: [] for g, _ in groups}
             model = c.models[who].model
             for run in range(c.lane.patching_runs):
-                pairs = desiderata_pairs(c.base.tokenizer, desideratum, n_pairs=c.lane.patching_pairs,
-                                         seed=1000 * (c.seed + 1) + run)
+                pairs = c.side("base", ("pairs", desideratum, run), lambda run=run: desiderata_pairs(
+                    c.base.tokenizer, desideratum, n_pairs=c.lane.patching_pairs, seed=1000 * (c.seed + 1) + run))
                 reads = source_values_at(model, pairs, c.circuit.roles, layers)
                 prefix = capture_prefix(model, pairs.base.input_ids)
                 for g, value in groups:
