@@ -42,6 +42,9 @@ def pytest_addoption(parser):
     g.addoption("--results-dir", default=str(ROOT / "results"), help="where results.jsonl is appended")
     g.addoption("--require-models", action="store_true",
                 help="fail, instead of skip, when a model cannot be loaded")
+    g.addoption("--allow-pickle", action="store_true",
+                help="load pickled (.bin) weights where a model has no safetensors (unpickling runs code from the "
+                     "file: only for sources you trust)")
     g.addoption("--compare", action="store_true",
                 help="comparison mode for every model with a known base, even one with baselines of its own: each "
                      "claim measured on the model and its base side by side, and a mechanism verdict (a model with "
@@ -70,6 +73,7 @@ class Settings:
     quick: bool = False
     references: tuple[str, ...] | None = None
     circuit_files: dict = None  # circuit name -> the JSON file it was loaded from (--circuit FILE)
+    allow_pickle: bool = False
 
     def n_examples(self, default: int) -> int:
         return default if self.limit is None else self.limit
@@ -157,6 +161,7 @@ def pytest_configure(config):
         quick=config.getoption("--quick"),
         references=tuple(config.getoption("--reference")) if config.getoption("--reference") else None,
         circuit_files=circuit_files,
+        allow_pickle=config.getoption("--allow-pickle"),
     )
     s = config._mechbench
     if not s.baseline_model and not s.update_baselines:
@@ -218,7 +223,8 @@ def load_or_skip(name: str, settings: Settings):
     from mechbench.api import get_model
 
     try:
-        return get_model(name, device=settings.device, dtype=settings.dtype)
+        return get_model(name, device=settings.device, dtype=settings.dtype,
+                         **({"allow_pickle": True} if settings.allow_pickle else {}))
     except ModelLoadError as e:  # weights not here: a skip that says why
         if settings.require_models:
             pytest.fail(f"--require-models: {e}", pytrace=False)

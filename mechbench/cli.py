@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     acc.add_argument("--boxes", type=int, default=7)
     acc.add_argument("--device", default="cpu")
     acc.add_argument("--dtype", default="float32")
+    acc.add_argument("--allow-pickle", action="store_true",
+                     help="load pickled (.bin) weights where there are no safetensors (trusted sources only)")
     base = sub.add_parser("baselines", help="check every baseline file against the schema")
     base.add_argument("--dir", default=None)
     disc = sub.add_parser("discover", help="find a model's circuit by iterated path patching (FACTS.md section 4)")
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="write the score tables and circuit to this JSON file (--circuit FILE reads it as is)")
     disc.add_argument("--device", default="cpu")
     disc.add_argument("--dtype", default="float32")
+    disc.add_argument("--allow-pickle", action="store_true",
+                     help="load pickled (.bin) weights where there are no safetensors (trusted sources only)")
     rep = sub.add_parser("report", help="tables and figures of the latest measurements in a results file")
     rep.add_argument("--results", default="results/results.jsonl")
     rep.add_argument("--out", default="results", help="directory for report.md and the figures")
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--seed", type=int, default=0)
     cmp.add_argument("--device", default="cpu")
     cmp.add_argument("--dtype", default="float32")
+    cmp.add_argument("--allow-pickle", action="store_true",
+                     help="load pickled (.bin) weights where there are no safetensors (trusted sources only)")
     cmp.add_argument("--baselines-dir", default=None)
     cmp.add_argument("--results-dir", default="results", help="results.jsonl is appended here as claims finish")
     cmp.add_argument("--out", default=None, help="directory of the report and figures (default: --results-dir)")
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             from mechbench.api import accuracy
 
             value = accuracy(args.model, n_examples=args.n, seed=args.seed, num_boxes=args.boxes,
-                             device=args.device, dtype=args.dtype)
+                             device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
             print(f"{args.model}: accuracy {value:.4f} on {args.n} examples (seed {args.seed}, {args.boxes} boxes)")
         elif args.command == "baselines":
             from pathlib import Path
@@ -124,8 +130,8 @@ def _compare(args) -> None:
     base_name = args.base or base_name_of(args.model)
     circuit = Circuit.load(args.circuit or base_circuit_name(base_name, args.baselines_dir), args.baselines_dir)
     results = ResultsWriter(args.results_dir)  # made before any model loads: a bad directory fails first
-    fine_tune = get_model(args.model, device=args.device, dtype=args.dtype)
-    base = get_model(base_name, device=args.device, dtype=args.dtype)
+    fine_tune = get_model(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
+    base = get_model(base_name, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
     comparison = Comparison(fine_tune, base, circuit, LANES["quick" if args.quick else "full"], args.seed,
                             args.baselines_dir, tuple(args.reference) if args.reference else None,
                             log=lambda msg: print(msg, file=sys.stderr, flush=True),
@@ -166,7 +172,7 @@ def _discover(args) -> None:
         "circuit_k": tuple(_group_ints(args.keep).items()) or None,
         "min_effect": args.min_effect, "n_pairs": args.pairs, "seed": args.seed}.items() if v is not None}
     config = replace(config, **changes)
-    handle = get_model(args.model, device=args.device, dtype=args.dtype)
+    handle = get_model(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
     found = discover(handle, args.name or args.model, config, log=lambda msg: print(msg, file=sys.stderr, flush=True),
                      cache_dir=args.work_dir)
     for group, g in found.circuit.groups.items():

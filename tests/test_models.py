@@ -46,7 +46,7 @@ def test_missing_weights_name_the_id_and_how_to_provide_them(monkeypatch):
     with pytest.raises(ModelLoadError) as err:
         load_model("float7b")
     msg = str(err.value)
-    assert "nikhil07prakash/float-7b" in msg and "huggingface-cli download" in msg and "MECHBENCH_MODEL_FLOAT7B" in msg
+    assert "nikhil07prakash/float-7b" in msg and "hf download nikhil07prakash/float-7b" in msg and "MECHBENCH_MODEL_FLOAT7B" in msg
     with pytest.raises(ModelLoadError, match="MECHBENCH_MODEL_LLAMA7B"):  # Goat's missing base names its own variable
         load_model("goat7b")
     loading._hub_reachable.cache_clear()
@@ -126,3 +126,16 @@ def test_suite_rejects_an_unknown_model_name_with_a_message():
                          capture_output=True, text=True, timeout=120)
     assert run.returncode != 0
     assert "unknown model 'no-such-model'" in run.stderr + run.stdout and "toy-llama" in run.stderr + run.stdout
+
+
+def test_a_bin_only_directory_loads_through_the_stated_opt_in(tmp_path, capsys):
+    """The error names the flag exactly as typed, and the flag works (CLI; pytest's --allow-pickle takes the same
+    path through conftest.load_or_skip -> get_model)."""
+    from mechbench.cli import main
+
+    path = save_random_llama(tmp_path / "bin-only", safe=False)
+    assert main(["accuracy", str(path), "--n", "7"]) == 2
+    err = capsys.readouterr().err
+    assert "--allow-pickle" in err and "allow_pickle=True" in err
+    assert main(["accuracy", str(path), "--n", "7", "--allow-pickle"]) == 0
+    assert "accuracy" in capsys.readouterr().out

@@ -86,7 +86,7 @@ def _how_to_provide(spec: ModelSpec, ref: str) -> str:
                 f"`python -m mechbench.zoo train`, or point {env} at a copy.")
     return (
         f"Provide it by downloading it into the Hugging Face cache on a machine with access "
-        f"(`huggingface-cli download {ref}`; set HF_HOME to share the cache), or point mechbench at a local "
+        f"(`hf download {ref}`; set HF_HOME to share the cache), or point mechbench at a local "
         f"copy: load_model('/path/to/dir') or, for the registered name, {env}=/path/to/dir."
     )
 
@@ -212,8 +212,10 @@ def load_model(
         )
     except (OSError, ValueError) as e:
         msg = str(e).splitlines()[0][:300]
-        hint = (" The repository may hold only pickled (.bin) weights: convert them to safetensors, or pass "
-                "allow_pickle=True if you trust the source." if not allow_pickle else "")
+        hint = (" The repository may hold only pickled (.bin) weights, which mechbench does not load by default "
+                "(unpickling runs code from the file): if you trust the source, pass --allow-pickle (pytest and the "
+                "mechbench commands) or allow_pickle=True (load_model), or convert them to safetensors once." if not
+                allow_pickle else "")
         raise ModelLoadError(f"cannot load the weights of {spec.name!r} from {base!r}: {msg}.{hint} "
                              f"{_how_to_provide(spec, base)}") from None
     except torch.OutOfMemoryError:
