@@ -45,6 +45,9 @@ def pytest_addoption(parser):
     g.addoption("--allow-pickle", action="store_true",
                 help="load pickled (.bin) weights where a model has no safetensors (unpickling runs code from the "
                      "file: only for sources you trust)")
+    g.addoption("--paper-compat-o-proj", action="store_true",
+                help="Goat: drop the o_proj LoRA in runs with interventions, as the paper's hooks did, to compare "
+                     "like for like with its published numbers from hooked runs (default: the real Goat)")
     g.addoption("--compare", action="store_true",
                 help="comparison mode for every model with a known base, even one with baselines of its own: each "
                      "claim measured on the model and its base side by side, and a mechanism verdict (a model with "
@@ -74,6 +77,7 @@ class Settings:
     references: tuple[str, ...] | None = None
     circuit_files: dict = None  # circuit name -> the JSON file it was loaded from (--circuit FILE)
     allow_pickle: bool = False
+    paper_compat_o_proj: bool = False
 
     def n_examples(self, default: int) -> int:
         return default if self.limit is None else self.limit
@@ -162,6 +166,7 @@ def pytest_configure(config):
         references=tuple(config.getoption("--reference")) if config.getoption("--reference") else None,
         circuit_files=circuit_files,
         allow_pickle=config.getoption("--allow-pickle"),
+        paper_compat_o_proj=config.getoption("--paper-compat-o-proj"),
     )
     s = config._mechbench
     if not s.baseline_model and not s.update_baselines:
@@ -224,7 +229,8 @@ def load_or_skip(name: str, settings: Settings):
 
     try:
         return get_model(name, device=settings.device, dtype=settings.dtype,
-                         **({"allow_pickle": True} if settings.allow_pickle else {}))
+                         **({"allow_pickle": True} if settings.allow_pickle else {}),
+                         **({"paper_compat_o_proj": True} if settings.paper_compat_o_proj else {}))
     except ModelLoadError as e:  # weights not here: a skip that says why
         if settings.require_models:
             pytest.fail(f"--require-models: {e}", pytrace=False)

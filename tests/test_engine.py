@@ -233,3 +233,29 @@ def test_the_loader_pins_an_attention_that_applies_the_mask(tmp_path):
     assert load_model(str(path), attn_implementation="eager").model.config._attn_implementation == "eager"
     with pytest.raises(ModelLoadError, match="block nothing"):
         load_model(str(path), attn_implementation="flash_attention_2")
+
+
+def test_paper_compat_o_proj_drops_goats_o_proj_lora_in_hooked_runs_only():
+    """The paper's hooks recomputed o_proj from the base weight, dropping Goat's o_proj LoRA in every hooked run;
+    ``paper_compat_o_proj`` reproduces that for like-for-like comparisons, the default keeps the adapter."""
+    from mechbench.intervene import Read, run
+    from mechbench.models.loading import load_model
+
+    real, compat = load_model("toy-goat"), load_model("toy-goat", paper_compat_o_proj=True)
+    ids = torch.randint(3, 60, (4, 10), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(run(real, ids).last_logits, run(compat, ids).last_logits)  # unhooked: the same model
+    hooked_real = run(real, ids, read=Read([0])).last_logits
+    hooked_compat = run(compat, ids, read=Read([0])).last_logits
+    assert torch.equal(hooked_real, run(real, ids).last_logits)  # the default: hooks change nothing
+    with torch.no_grad():  # reference: every o_proj without its LoRA, by hand
+        o_projs = [layer.self_attn.o_proj for layer in real.model.model.layers]
+        for o in o_projs:
+            o.enable_adapters(False)
+        try:
+            without = run(real, ids).last_logits
+        finally:
+            for o in o_projs:
+                o.enable_adapters(True)
+    torch.testing.assert_close(hooked_compat, without)
+    assert (hooked_compat - hooked_real).abs().max() > 1e-4
+    assert torch.equal(run(compat, ids).last_logits, hooked_real)  # the switch is undone after each run

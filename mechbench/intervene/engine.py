@@ -173,6 +173,20 @@ def _attention_mask(knockouts: list[Knockout], batch: int, seq: int, dtype, devi
     return mask.masked_fill(blocked[:, None], torch.finfo(dtype).min)
 
 
+#: Attribute set on a model loaded with ``paper_compat_o_proj=True``: hooked runs use only the base o_proj
+#: weight, as the paper's hooks did for Goat (they recomputed o_proj from the base weight, dropping the LoRA).
+PAPER_O_PROJ = "mechbench_paper_compat_o_proj"
+
+
+def _drop_o_proj_lora(model, stack: ExitStack) -> None:
+    """Turn off the LoRA of every o_proj for the rest of ``stack`` (a peft layer has ``enable_adapters``)."""
+    for layer in model.model.layers:
+        o_proj = layer.self_attn.o_proj
+        if hasattr(o_proj, "enable_adapters") and not getattr(o_proj, "disable_adapters", True):
+            o_proj.enable_adapters(False)
+            stack.callback(o_proj.enable_adapters, True)
+
+
 @contextmanager
 def hooked(model, patches: Sequence[HeadPatch] = (), read: Read | None = None, store: dict | None = None,
            knockouts: Sequence[Knockout] = (), offset: int = 0) -> Iterator[None]:
@@ -215,6 +229,8 @@ def hooked(model, patches: Sequence[HeadPatch] = (), read: Read | None = None, s
         return post_hook, False
 
     with ExitStack() as stack:
+        if getattr(model, PAPER_O_PROJ, False) and (patches or read is not None):
+            _drop_o_proj_lora(model, stack)
         sites = set(by_site) | {(layer, read.component) for layer in read_layers}
         for layer, component in sorted(sites):
             hook, pre = make_hook(layer, component)

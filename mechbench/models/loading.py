@@ -165,6 +165,7 @@ def load_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     attn_implementation: str = "sdpa",
+    paper_compat_o_proj: bool = False,
 ) -> ModelHandle:
     """Load a registered name, a hub id, a local directory or ``base+adapter`` into a :class:`ModelHandle`.
 
@@ -172,6 +173,9 @@ def load_model(
     several GPUs through accelerate and replaces ``device``. ``allow_pickle`` permits ``.bin`` checkpoints
     where a repository has no safetensors. ``attn_implementation`` is pinned (``sdpa`` by default, or
     ``eager``): attention knockout blocks edges through an explicit mask, which flash attention ignores.
+    ``paper_compat_o_proj``: for an adapter model (Goat), runs with interventions use only the base o_proj
+    weight, as the paper's hooks did (they dropped Goat's o_proj LoRA in every hooked run); only for comparing
+    with a published number from such a run. Runs without interventions (accuracy) keep the adapter.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -238,6 +242,10 @@ def load_model(
     if device_map is None:
         model.to(device)
     model.eval()
+    if paper_compat_o_proj:
+        from mechbench.intervene.engine import PAPER_O_PROJ
+
+        setattr(model, PAPER_O_PROJ, True)
     tokenizer_ref = spec.adapter if spec.adapter and Path(spec.adapter, "tokenizer_config.json").is_file() else base
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref, trust_remote_code=trust_remote_code,
