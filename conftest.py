@@ -144,10 +144,19 @@ def pytest_configure(config):
     if config.getoption("--baseline-model") and config.getoption("--update-baselines"):
         raise pytest.UsageError("--baseline-model compares with another model's baselines; it cannot be combined "
                                 "with --update-baselines, which would store this model's numbers under that name")
-    limit = config.getoption("--limit")
-    if limit is not None and limit < 1:
-        raise pytest.UsageError(f"--limit {limit}: the number of examples per claim must be at least 1 (leave it out "
-                                f"for the paper's counts)")
+    from mechbench import validate
+
+    try:  # every option a user can type, checked before any model loads
+        validate.positive("--limit", config.getoption("--limit"))
+        validate.seed(config.getoption("--seed"))
+        validate.dtype(config.getoption("--dtype"))
+        validate.device(config.getoption("--device"))
+        validate.baselines_dir(Path(config.getoption("--baselines-dir")))
+        validate.writable_dir("--results-dir", Path(config.getoption("--results-dir")))
+        for name in _models(config):
+            validate.model_directory(name)
+    except MechbenchError as e:
+        raise pytest.UsageError(str(e)) from None
     circuits, circuit_files = _circuits(config)
     config._mechbench = Settings(
         models=_models(config),
@@ -232,6 +241,8 @@ def load_or_skip(name: str, settings: Settings):
                          **({"allow_pickle": True} if settings.allow_pickle else {}),
                          **({"paper_compat_o_proj": True} if settings.paper_compat_o_proj else {}))
     except ModelLoadError as e:  # weights not here: a skip that says why
+        if Path(name.partition("+")[0]).exists() or Path(name.partition("+")[2] or "-/-").exists():
+            pytest.fail(f"model {name!r} is a path that exists but cannot be loaded: {e}", pytrace=False)
         if settings.require_models:
             pytest.fail(f"--require-models: {e}", pytrace=False)
         pytest.skip(f"model {name!r} cannot be loaded here: {e}")

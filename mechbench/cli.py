@@ -77,8 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--baselines-dir", default=None)
     cmp.add_argument("--results-dir", default="results", help="results.jsonl is appended here as claims finish")
     cmp.add_argument("--out", default=None, help="directory of the report and figures (default: --results-dir)")
+    cal = sub.add_parser("calibrate", help="false-alarm audit: each claim under fresh seeds on an unchanged model")
+    cal.add_argument("model")
+    cal.add_argument("--seeds", type=int, default=10, help="seeds 1..N (the baselines were measured at seed 0)")
+    cal.add_argument("--plant", choices=("readers", "fetchers"), default=None,
+                     help="audit a planted change of mechanism instead (a copy of MODEL with circuit heads silenced, "
+                          "checked against MODEL's baselines): it should fail")
+    cal.add_argument("--out", default="results/calibrate")
+    cal.add_argument("-k", dest="select", default=None, help="pytest -k expression: a subset of the claims")
     args = parser.parse_args(argv)
     try:
+        _validate(args)
         if args.command == "models":
             from mechbench.models.registry import REGISTRY, resolve
 
@@ -108,10 +117,50 @@ def main(argv: list[str] | None = None) -> int:
             _discover(args)
         elif args.command == "compare":
             _compare(args)
+        elif args.command == "calibrate":
+            _calibrate(args)
     except MechbenchError as e:
         print(f"mechbench: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _validate(args) -> None:
+    """The options every command shares, checked before any model loads (mechbench.validate)."""
+    from pathlib import Path
+
+    from mechbench import validate
+
+    for name, check in (("dtype", validate.dtype), ("device", validate.device), ("seed", validate.seed)):
+        if getattr(args, name, None) is not None:
+            check(getattr(args, name))
+    for name in ("n", "pairs", "seeds"):
+        if getattr(args, name, None) is not None:
+            validate.positive(f"--{name}", getattr(args, name))
+    for name in ("model", "base"):
+        if isinstance(getattr(args, name, None), str):
+            validate.model_directory(getattr(args, name))
+    if getattr(args, "results_dir", None) and args.command == "compare":
+        validate.writable_dir("--results-dir", Path(args.results_dir))
+
+
+def _calibrate(args) -> None:
+    from pathlib import Path
+
+    from mechbench.calibrate import PLANTS, plant, run_seeds, table
+
+    if args.seeds < 1:
+        raise MechbenchError(f"--seeds {args.seeds}: need at least one seed")
+    out = Path(args.out) / (args.model + (f"-{args.plant}" if args.plant else ""))
+    model, extra = args.model, ["-k", args.select] if args.select else []
+    if args.plant:
+        model = str(plant(args.model, args.plant, out))
+        from mechbench.models.registry import BASE_OF
+
+        extra += [f"--baseline-model={args.model}", f"--circuit={BASE_OF.get(args.model, args.model)}"]
+        print(f"planted: {PLANTS[args.plant]} -> {model}")
+    failures = run_seeds(model, list(range(1, args.seeds + 1)), out, extra, log=lambda m: print(m, file=sys.stderr))
+    print(table(failures, args.seeds))
 
 
 def _compare(args) -> None:

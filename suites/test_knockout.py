@@ -19,7 +19,8 @@ pytestmark = pytest.mark.claim
 N_EXAMPLES = 500  # the paper's
 
 
-@pytest.mark.parametrize("edge", list(EDGES))
+# ids without "->", which a shell reads as a redirect (`--deselect 'suites/...[last-to-query_label-toy-llama]'`)
+@pytest.mark.parametrize("edge", list(EDGES), ids=[e.replace("->", "-to-") for e in EDGES])
 def test_knockout_curve(model, edge, settings, claim_check):
     n = settings.n_examples(N_EXAMPLES)
     dataset = build_dataset(model.tokenizer, n_examples=n, seed=settings.seed)

@@ -61,6 +61,21 @@ def single_token_ids(
             ids[w] = enc[-1]
         else:
             bad.append(w)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    unknown = [w for w, i in ids.items() if unk is not None and i == unk]
+    if unknown:  # an unknown word is not a token of its own: every such word would be "the same" answer
+        raise TokenizationError(
+            f"{len(unknown)} {kind} map to the unknown token for tokenizer {tokenizer_name(tokenizer)!r}: "
+            f"{', '.join(repr(w) for w in unknown[:20])}. Use a tokenizer that knows them, or pass {kind} it knows.")
+    by_id: dict[int, list[str]] = {}
+    for w, i in ids.items():
+        by_id.setdefault(i, []).append(w)
+    shared = [ws for ws in by_id.values() if len(ws) > 1]
+    if shared:  # two words, one id: top-1 accuracy could not tell them apart
+        raise TokenizationError(
+            f"{kind} share a token id with tokenizer {tokenizer_name(tokenizer)!r}: "
+            + "; ".join(" = ".join(repr(w) for w in ws) for ws in shared[:10])
+            + f". Each of the task's {kind} needs its own token; pass {kind} with distinct tokens.")
     if bad and not drop_multi_token:
         shown = ", ".join(repr(w) for w in bad[:20]) + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")
         raise TokenizationError(

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,14 @@ def weights_hash(model: torch.nn.Module, sample: int = 256) -> str:
     return h.hexdigest()
 
 
+def tokenizer_hash(tokenizer) -> str:
+    """sha256 of the tokenizer's vocabulary, special tokens and class: the same weights with another tokenizer
+    are another model for every claim (the answer ids change)."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    special = {k: str(v) for k, v in sorted(getattr(tokenizer, "special_tokens_map", {}).items())}
+    return hashlib.sha256(json.dumps([type(tokenizer).__name__, vocab, special], default=str).encode()).hexdigest()
+
+
 def fingerprint(name: str, spec: ModelSpec, model, dtype: torch.dtype) -> dict:
     return {
         "name": name,
@@ -133,6 +142,61 @@ def fingerprint(name: str, spec: ModelSpec, model, dtype: torch.dtype) -> dict:
         "dtype": str(dtype).removeprefix("torch."),
         "n_parameters": sum(p.numel() for p in model.parameters()),
     }
+
+
+_LORA_KEY = re.compile(r"layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])\.(?:\w+\.)?weight$")
+
+
+def check_adapter(adapter: str, config) -> None:
+    """A LoRA adapter must fit its base before peft touches it: every layer it adapts must exist and every
+    matrix must have the base module's width (peft would report hundreds of size mismatches, or load an adapter
+    for a deeper model with its extra layers silently dropped)."""
+    weights = Path(adapter) / "adapter_model.safetensors"
+    if not weights.is_file():
+        return  # a hub adapter or a pickled one: peft's own checks apply
+    from safetensors import safe_open
+
+    shape = _shape(config)
+    q_out, kv_out = shape.n_heads * shape.head_dim, shape.n_kv_heads * shape.head_dim
+    inter = getattr(config, "intermediate_size", None)
+    dims = {"q_proj": (shape.d_model, q_out), "k_proj": (shape.d_model, kv_out), "v_proj": (shape.d_model, kv_out),
+            "o_proj": (q_out, shape.d_model), "gate_proj": (shape.d_model, inter), "up_proj": (shape.d_model, inter),
+            "down_proj": (inter, shape.d_model)}
+    problems, deepest = [], -1
+    with safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():
+            m = _LORA_KEY.search(key)
+            if not m:
+                continue
+            layer, module, which = int(m.group(1)), m.group(3), m.group(4)
+            deepest = max(deepest, layer)
+            got = f.get_slice(key).get_shape()
+            want_in, want_out = dims.get(module, (None, None))
+            if which == "A" and want_in is not None and got[1] != want_in:
+                problems.append(f"{module} of layer {layer} takes width {got[1]}, the base's takes {want_in}")
+            if which == "B" and want_out is not None and got[0] != want_out:
+                problems.append(f"{module} of layer {layer} gives width {got[0]}, the base's gives {want_out}")
+    if deepest >= shape.n_layers:
+        problems.insert(0, f"it adapts layer {deepest}, but the base has {shape.n_layers} layers (0-{shape.n_layers - 1})")
+    if problems:
+        raise ModelLoadError(
+            f"the adapter at {adapter} does not fit its base ({shape.n_layers} layers, hidden {shape.d_model}): "
+            + "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+            + ". Load it on the model it was trained on: 'base+adapter' or --base-model.")
+
+
+def _broken_weights(directory: str) -> str | None:
+    """The first safetensors file under ``directory`` whose header or data does not read back."""
+    from safetensors import safe_open
+
+    for path in sorted(Path(directory).glob("*.safetensors")) if Path(directory).is_dir() else []:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    f.get_tensor(key)
+        except Exception:  # noqa: BLE001 - any failure to read is what we are looking for
+            return str(path)
+    return None
 
 
 def _check_architecture(config, ref: str) -> None:
@@ -227,10 +291,16 @@ def load_model(
             f"out of memory loading {spec.name!r} in {torch_dtype}: a 7B model needs about 28 GB in float32. "
             f"Use a larger GPU, device_map='auto' across several, or dtype='bfloat16' (not the paper's setting)."
         ) from None
+    except Exception as e:  # a truncated or corrupt safetensors file: name it instead of the decoder's error
+        if "safetensor" not in type(e).__name__.lower() and "safetensor" not in str(e).lower():
+            raise
+        raise ModelLoadError(f"cannot load the weights of {spec.name!r}: {_broken_weights(base) or base} is truncated "
+                             f"or corrupt ({str(e).splitlines()[0][:160]}). Download or save it again.") from None
     peft_model = None
     if spec.adapter:
         from peft import PeftModel
 
+        check_adapter(spec.adapter, config)
         try:
             peft_model = PeftModel.from_pretrained(model, spec.adapter, **_pretrained_kwargs(spec.adapter))
         except (OSError, ValueError) as e:
@@ -255,5 +325,5 @@ def load_model(
                              f"{str(e).splitlines()[0][:200]}. {_how_to_provide(spec, tokenizer_ref)}") from None
     if tokenizer.pad_token_id is None:  # the paper sets pad = eos; prompts of a dataset never need padding
         tokenizer.pad_token = tokenizer.eos_token
-    return ModelHandle(spec.name, spec, model, tokenizer, _shape(config), fingerprint(spec.name, spec, model, torch_dtype),
-                       peft_model)
+    prints = fingerprint(spec.name, spec, model, torch_dtype) | {"tokenizer_sha256": tokenizer_hash(tokenizer)}
+    return ModelHandle(spec.name, spec, model, tokenizer, _shape(config), prints, peft_model)

@@ -1,0 +1,91 @@
+"""The false-alarm audit: how often does each claim fail on a model that did not change?
+
+    mechbench calibrate toy-vicuna --seeds 10                 # each claim under seeds 1..10 against its baselines
+    mechbench calibrate toy-vicuna --seeds 10 --plant readers  # the same on a planted change: it must fail
+
+Every claim's baseline was measured at one seed; a rerun under a fresh seed draws other prompts, pairs and
+random circuits, so the independent-sample tolerance applies. The audit runs ``pytest suites/ --model=MODEL
+--seed=S`` for each seed (a separate process each, results in ``<out>/seed-S/results.jsonl``) and counts, per
+claim test, the seeds on which it failed: a claim whose tolerance states its uncertainty right fails an
+unchanged model rarely (mechbench's aim: at most 1 time in 10), while a planted change of mechanism (some of
+the circuit's heads silenced in a copy of the model, checked with ``--baseline-model MODEL``) must fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+#: Planted changes of mechanism: (layer, head) whose W_O columns are zeroed in a copy of the model.
+PLANTS = {
+    "readers": "the toy circuit's four leading structure readers (L0H3, L0H1, L0H4, L0H2) silenced",
+    "fetchers": "the toy circuit's four leading value fetchers' W_O (L2H0, L2H5, L2H6, L2H1) zeroed",
+}
+_PLANT_HEADS = {"readers": ((0, 3), (0, 1), (0, 4), (0, 2)), "fetchers": ((2, 0), (2, 5), (2, 6), (2, 1))}
+
+
+def plant(model_name: str, which: str, out: Path) -> Path:
+    """Save a copy of ``model_name`` with the heads of ``which`` silenced (their W_O columns zeroed)."""
+    import torch
+
+    from mechbench.api import get_model
+
+    handle = get_model(model_name)
+    model = copy.deepcopy(handle.model)
+    d = handle.shape.head_dim
+    with torch.no_grad():
+        for layer, head in _PLANT_HEADS[which]:
+            model.model.layers[layer].self_attn.o_proj.weight[:, head * d:(head + 1) * d] = 0
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    path = out / f"{model_name}-{which}"
+    model.save_pretrained(path, safe_serialization=True)
+    handle.tokenizer.save_pretrained(path)
+    return path
+
+
+def run_seeds(model: str, seeds: list[int], out: Path, extra: list[str] = (), suites: str = "suites/",
+              log=print) -> dict[str, list[int]]:
+    """Run the suites once per seed; returns, per claim test, the seeds on which it failed."""
+    failures: dict[str, list[int]] = defaultdict(list)
+    tests: set[str] = set()
+    for seed in seeds:
+        seed_dir = out / f"seed-{seed}"
+        report = seed_dir / "report.json"
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pytest", suites, f"--model={model}", f"--seed={seed}", f"--results-dir={seed_dir}",
+               "-q", "-p", "no:cacheprovider", "--junitxml", str(seed_dir / "junit.xml"), *extra]
+        log(f"seed {seed}: {' '.join(cmd[3:])}")
+        subprocess.run(cmd, capture_output=True, text=True)
+        for name, outcome in _junit_outcomes(seed_dir / "junit.xml").items():
+            tests.add(name)
+            if outcome == "failed":
+                failures[name].append(seed)
+        report.write_text(json.dumps({k: v for k, v in failures.items()}, indent=1))
+    return {name: failures.get(name, []) for name in sorted(tests)}
+
+
+def _junit_outcomes(path: Path) -> dict[str, str]:
+    import xml.etree.ElementTree as ET
+
+    if not path.is_file():
+        return {}
+    out = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        # the test's name without the model parameter, so that seeds add up per claim test
+        name = f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}"
+        if case.find("skipped") is not None:
+            continue
+        out[name] = "failed" if case.find("failure") is not None or case.find("error") is not None else "passed"
+    return out
+
+
+def table(failures: dict[str, list[int]], n_seeds: int) -> str:
+    lines = ["| claim test | failed | seeds |", "|---|---|---|"]
+    for name, seeds in failures.items():
+        lines.append(f"| `{name}` | {len(seeds)}/{n_seeds} | {', '.join(map(str, seeds)) or '–'} |")
+    return "\n".join(lines)

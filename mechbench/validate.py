@@ -1,0 +1,98 @@
+"""Inputs checked when a run starts, in one place, before any model loads: each check raises a
+:class:`MechbenchError` that names the input, what is wrong and the fix. The pytest plugin (conftest.py) and the
+command line both call these, so an option means the same and fails the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from mechbench.errors import MechbenchError
+
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+
+
+def dtype(value: str) -> str:
+    from mechbench.models.loading import DTYPES
+
+    if value not in DTYPES:
+        raise MechbenchError(f"--dtype {value!r} is not a dtype mechbench loads; use one of {', '.join(DTYPES)} "
+                             f"(float32 is the paper's)")
+    return value
+
+
+def device(value: str) -> str:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and present on this machine."""
+    if not _DEVICE.match(value):
+        raise MechbenchError(f"--device {value!r} is not a torch device mechbench runs on; use cpu, cuda, cuda:N or mps")
+    import torch
+
+    if value.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MechbenchError(f"--device {value}: torch sees no CUDA GPU on this machine (torch "
+                                 f"{torch.__version__}{' is a CPU build' if torch.version.cuda is None else ''}); "
+                                 f"use --device cpu, or install a CUDA build of torch (MECHBENCH_TORCH, see README)")
+        index = int(value.split(":")[1]) if ":" in value else 0
+        if index >= torch.cuda.device_count():
+            raise MechbenchError(f"--device {value}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                 f"numbered from 0")
+    if value == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise MechbenchError("--device mps: torch sees no Apple GPU here; use --device cpu")
+    return value
+
+
+def positive(name: str, value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise MechbenchError(f"{name} {value}: must be at least 1 (leave it out for the paper's counts)")
+    return value
+
+
+def seed(value: int) -> int:
+    if value < 0:
+        raise MechbenchError(f"--seed {value}: seeds are non-negative integers")
+    return value
+
+
+def writable_dir(name: str, path: Path) -> Path:
+    """A directory results can be written into: created if missing; an existing file or a read-only directory is
+    an error now, not after the measurement was computed."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MechbenchError(f"{name} {path} is a file, not a directory: pass a directory for the results")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".mechbench-write-test-"):
+            pass
+    except OSError as e:
+        raise MechbenchError(f"{name} {path} cannot be written to ({e.strerror}): pass a directory you can write") from None
+    return path
+
+
+def baselines_dir(path: Path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise MechbenchError(f"--baselines-dir {path} is not a directory: pass the directory that holds the baseline "
+                             f"JSON files (the checkout's baselines/ by default)")
+    return path
+
+
+def model_directory(ref: str) -> None:
+    """A path the user typed that exists must be a model (or adapter) directory: broken is not absent."""
+    path = Path(ref)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise MechbenchError(f"--model {ref}: a file, not a model directory (a directory with config.json and the "
+                             f"weights, or a peft adapter directory with adapter_config.json)")
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise MechbenchError(f"--model {ref}: the directory has neither config.json nor adapter_config.json, so it is "
+                             f"not a model saved with save_pretrained; point at the directory that holds them")
+    tokenizer_files = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+    if (path / "config.json").is_file() and not any((path / f).is_file() for f in tokenizer_files):
+        raise MechbenchError(f"--model {ref}: the directory has no tokenizer (none of {', '.join(tokenizer_files)}); "
+                             f"save the tokenizer beside the weights (tokenizer.save_pretrained(dir))")
+    if os.access(path, os.R_OK) is False:
+        raise MechbenchError(f"--model {ref}: the directory cannot be read")
