@@ -38,7 +38,11 @@ def pytest_addoption(parser):
     g.addoption("--seed", type=int, default=0, help="seed of every dataset and sampler (default 0)")
     g.addoption("--baselines-dir", default=str(ROOT / "baselines"), help="directory of the baseline JSON files")
     g.addoption("--update-baselines", action="store_true",
-                help="store the measured numbers as baselines (measured models only; paper numbers are kept)")
+                help="store the measured numbers as baselines (measured models only; paper numbers are kept). "
+                     "The updates are written together when the run ends: an interrupted run changes nothing")
+    g.addoption("--force-baselines", action="store_true",
+                help="with --update-baselines: store even a baseline with tolerance 0, or on fewer examples than "
+                     "the claim's default (--limit) or the record it replaces")
     g.addoption("--results-dir", default=str(ROOT / "results"), help="where results.jsonl is appended")
     g.addoption("--require-models", action="store_true",
                 help="fail, instead of skip, when a model cannot be loaded")
@@ -78,6 +82,8 @@ class Settings:
     circuit_files: dict = None  # circuit name -> the JSON file it was loaded from (--circuit FILE)
     allow_pickle: bool = False
     paper_compat_o_proj: bool = False
+    force_baselines: bool = False
+    staging: object = None  # mechbench.baselines.Staging of an --update-baselines run
 
     def n_examples(self, default: int) -> int:
         return default if self.limit is None else self.limit
@@ -144,7 +150,12 @@ def pytest_configure(config):
     if config.getoption("--baseline-model") and config.getoption("--update-baselines"):
         raise pytest.UsageError("--baseline-model compares with another model's baselines; it cannot be combined "
                                 "with --update-baselines, which would store this model's numbers under that name")
+    if config.getoption("--update-baselines") and config.getoption("--limit") and not config.getoption("--force-baselines"):
+        raise pytest.UsageError(f"--update-baselines with --limit {config.getoption('--limit')} would store baselines "
+                                f"measured on fewer examples than each claim's default (and wider or zero "
+                                f"tolerances): drop --limit, or add --force-baselines to store them anyway")
     from mechbench import validate
+    from mechbench.baselines import Staging
 
     try:  # every option a user can type, checked before any model loads
         validate.positive("--limit", config.getoption("--limit"))
@@ -176,6 +187,8 @@ def pytest_configure(config):
         circuit_files=circuit_files,
         allow_pickle=config.getoption("--allow-pickle"),
         paper_compat_o_proj=config.getoption("--paper-compat-o-proj"),
+        force_baselines=config.getoption("--force-baselines"),
+        staging=Staging() if config.getoption("--update-baselines") else None,
     )
     s = config._mechbench
     if not s.baseline_model and not s.update_baselines:
@@ -281,10 +294,13 @@ def claim_check(settings, results, request):
                 claim, keys, measured, n=n, seed=seed, baselines_dir=settings.baselines_dir, lookup_keys=lookup,
                 baseline_model=settings.baseline_model if lookup else None,
                 update=settings.update_baselines and (model is None or model.spec.kind != "paper"),
-                fingerprint=getattr(model, "fingerprint", None), results=results, **tolerances,
+                fingerprint=getattr(model, "fingerprint", None), results=results, staging=settings.staging,
+                force=settings.force_baselines, **tolerances,
             )
         except MechbenchError as e:
             pytest.fail(str(e), pytrace=False)
+        if settings.update_baselines and model is not None and model.spec.kind == "paper" and not outcome.note:
+            outcome.note = " (a paper model: --update-baselines left its published records unchanged)"
         request.node.user_properties.append(("claim", outcome.message()))
         if soft:
             return outcome
@@ -404,9 +420,19 @@ def comparison(compared_model, settings):
     return _COMPARISONS[compared_model]
 
 
-def pytest_sessionfinish(session):
-    """Write the comparison report of every fine-tune compared in this session (the same report as
-    ``mechbench compare``)."""
+def pytest_sessionfinish(session, exitstatus):
+    """Write the baseline updates of the run (all together, unless it was interrupted) and the comparison report
+    of every fine-tune compared in this session (the same report as ``mechbench compare``)."""
+    staging = getattr(getattr(session.config, "_mechbench", None), "staging", None)
+    if staging is not None and staging.diffs:
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            session.config._mechbench_baselines = (f"interrupted: {len(staging.diffs)} baseline update(s) "
+                                                   f"discarded, every baseline file is as it was")
+        else:
+            written = staging.commit()
+            session.config._mechbench_baselines = "\n".join(
+                [f"baselines updated ({len(staging.diffs)} record(s) in {', '.join(p.name for p in written)}):"]
+                + staging.diffs)
     if not _COMPARISONS:
         return
     from mechbench.report import write_comparison_report
@@ -426,5 +452,8 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("mechbench claims")
         for line in lines:
             terminalreporter.write_line(line)
+    if getattr(terminalreporter.config, "_mechbench_baselines", None):
+        terminalreporter.section("mechbench baselines")
+        terminalreporter.write_line(terminalreporter.config._mechbench_baselines)
     for path in getattr(terminalreporter.config, "_mechbench_reports", []):
         terminalreporter.write_line(f"comparison report: {path}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ class Record:
     value: Any
     source: str
     fields: dict[str, Any] = field(default_factory=dict)  # tolerance, n, std, note, ...
+    order: tuple[str, ...] = ()  # the field order of the file it came from, kept when it is written back
 
     @property
     def measured(self) -> bool:
@@ -76,7 +78,14 @@ class Record:
         return float(self.get("tolerance"))
 
     def to_json(self) -> dict:
-        return {**self.keys, "value": self.value, "source": self.source, **self.fields}
+        out = {**self.keys, "value": self.value, "source": self.source, **self.fields}
+        return {**{k: out[k] for k in self.order if k in out}, **out}  # the file's order first, new fields after
+
+    def summary(self) -> str:
+        """The value with the sample and tolerance behind it, as a diff shows them."""
+        extra = [f"n={self.get('n')}" if self.get("n") is not None else "",
+                 f"tolerance {self.get('tolerance')}" if self.get("tolerance") is not None else ""]
+        return f"{self.value!r}" + (f" ({', '.join(e for e in extra if e)})" if any(extra) else "")
 
 
 @dataclass
@@ -150,7 +159,7 @@ def parse(data: Any, path: Path) -> Baseline:
             if not isinstance(v, (str, int)):
                 raise _fail(path, f"{where}.{k} is a key field and must be a string or an integer, got {v!r}")
         fields = {k: raw[k] for k in RECORD_FIELDS if k in raw and k not in ("value", "source")}
-        records.append(Record(keys, raw["value"], raw["source"], fields))
+        records.append(Record(keys, raw["value"], raw["source"], fields, tuple(raw)))
     return Baseline(path, data["claim"], data["description"], data["unit"], data["source"], records)
 
 
@@ -168,32 +177,90 @@ def load(claim: str, baselines_dir: str | Path | None = None) -> Baseline:
 
 
 def _write_atomic(path: Path, data: dict) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a truncated baseline."""
+    """Write via a temporary file and rename, so a crash never leaves a truncated baseline; the file keeps its
+    permissions."""
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, ensure_ascii=False)
+            f.write("\n")
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def update(baseline: Baseline, keys: dict, value: Any, **fields) -> str:
-    """Insert or replace the measured record with ``keys``; returns a one-line diff. Paper records are kept."""
+FORCE_HINT = "pass --force-baselines to store it anyway"
+
+
+def degradations(old: Record | None, fields: dict) -> list[str]:
+    """What would make a new record worse than a baseline should be: a tolerance of zero (every later run on
+    other examples fails it) or fewer examples than the record it replaces."""
+    problems = []
+    if fields.get("tolerance") is not None and fields["tolerance"] <= 0:
+        problems.append("its tolerance is 0, so any later run on other examples would fail it")
+    n_old, n_new = (old.get("n") if old else None), fields.get("n")
+    if n_old and n_new and n_new < n_old:
+        problems.append(f"it rests on n={n_new} examples where the stored record has n={n_old}")
+    return problems
+
+
+def update(baseline: Baseline, keys: dict, value: Any, *, write: bool = True, force: bool = False, **fields) -> str:
+    """Insert or replace the measured record with ``keys``; returns a one-line diff that shows n and tolerance.
+    Paper records are kept. A record worse than the one it replaces (see :func:`degradations`) is refused
+    unless ``force``. ``write=False`` changes ``baseline`` in memory only (a :class:`Staging` writes it)."""
     old = baseline.find(**keys)
     if old is not None and not old.measured:
         raise BaselineError(
             f"{baseline.path}: the record {keys} comes from {old.source!r}, not from a measurement; "
             f"mechbench does not overwrite published numbers."
         )
+    fields = {k: v for k, v in fields.items() if v is not None}
+    problems = degradations(old, fields)
+    if problems and not force:
+        raise BaselineError(f"not storing {baseline.claim} {keys} = {value!r} in {baseline.path}: "
+                            f"{'; '.join(problems)}. Rerun with the claim's full sample (no --limit), or {FORCE_HINT}.")
     source = fields.pop("source", "measured by mechbench")
-    new = Record(dict(keys), value, source, {k: v for k, v in fields.items() if v is not None})
+    new = Record(dict(keys), value, source, fields, old.order if old else ())
     if old is None:
         baseline.records.append(new)
-        diff = f"+ {baseline.claim} {keys}: {value!r}"
+        diff = f"+ {baseline.claim} {keys}: {new.summary()}"
     else:
         baseline.records[baseline.records.index(old)] = new
-        diff = f"~ {baseline.claim} {keys}: {old.value!r} -> {value!r}"
-    _write_atomic(baseline.path, baseline.to_json())
+        diff = f"~ {baseline.claim} {keys}: {old.summary()} -> {new.summary()}"
+    if write:
+        _write_atomic(baseline.path, baseline.to_json())
     return diff
+
+
+class Staging:
+    """The baseline updates of one run, held in memory and written together when the run ends: an interrupted
+    ``--update-baselines`` run leaves every file as it was, never half old and half new records."""
+
+    def __init__(self):
+        self._files: dict[Path, Baseline] = {}
+        self.diffs: list[str] = []
+
+    def load(self, claim: str, baselines_dir=None) -> Baseline:
+        path = (Path(baselines_dir or DEFAULT_DIR) / f"{claim}.json").resolve()
+        if path not in self._files:
+            self._files[path] = load(claim, baselines_dir)
+        return self._files[path]
+
+    def update(self, baseline: Baseline, keys: dict, value: Any, **fields) -> str:
+        diff = update(baseline, keys, value, write=False, **fields)
+        self.diffs.append(diff)
+        return diff
+
+    def commit(self) -> list[Path]:
+        """Write every changed file (each atomically); returns their paths."""
+        changed = [b for b in self._files.values() if any(d.split(" ", 2)[1] == b.claim for d in self.diffs)]
+        for b in changed:
+            _write_atomic(b.path, b.to_json())
+        self._files.clear()
+        return [b.path for b in changed]
 
 
 @dataclass

@@ -56,6 +56,8 @@ def check_claim(
     std: float | None = None,
     lookup_keys: dict | None = None,
     baseline_model: str | None = None,
+    staging: baselines.Staging | None = None,
+    force: bool = False,
 ) -> ClaimOutcome:
     """Compare ``measured`` with the baseline record ``keys`` of ``claim`` (or store it with ``update``).
 
@@ -63,21 +65,26 @@ def check_claim(
     ``field``, ``measured`` is compared with that entry of an object-valued record, and an update stores
     ``stored_value`` (the whole object, e.g. a DCM run's heads and accuracy). ``std``: the spread behind a
     mean over draws, stored with the record. ``lookup_keys``: the record to compare with when it is another
-    model's (``baseline_model``); the results line keeps ``keys``, the measured model's own.
+    model's (``baseline_model``); the results line keeps ``keys``, the measured model's own. ``staging``: hold an
+    update until the run ends (:class:`mechbench.baselines.Staging`); ``force``: store even a record that
+    :func:`mechbench.baselines.degradations` finds worse than the one it replaces.
     """
     if update and lookup_keys is not None:
         raise ValueError("a measurement checked against another model's baseline is never stored as one")
-    baseline = baselines.load(claim, baselines_dir)
+    baseline = staging.load(claim, baselines_dir) if staging else baselines.load(claim, baselines_dir)
     record = baseline.find(**(lookup_keys or keys))
     outcome = ClaimOutcome(claim, dict(keys), float(measured))
+    if update and record is not None and not record.measured:
+        update = False  # a published number is never replaced: compare with it, and say it was kept
+        outcome.note = " (published record left unchanged by --update-baselines)"
     if update:
         commit = git_state().get("commit")
-        outcome.diff = baselines.update(
+        outcome.diff = (staging.update if staging else baselines.update)(
             baseline, keys, stored_value if stored_value is not None else round(float(measured), 6),
             source=f"measured by mechbench at commit {commit[:12] if commit else 'unknown'}",
             n=n, seed=seed, tolerance=tolerance, tolerance_same_sample=tolerance_same_sample,
             tolerance_rule=tolerance_rule, fingerprint=(fingerprint or {}).get("weights_sha256"),
-            std=None if std is None else round(float(std), 6),
+            std=None if std is None else round(float(std), 6), force=force,
         )
     elif record is None:
         outcome.missing = (f"no baseline record in {baseline.path} for {lookup_keys or keys}; run with "
@@ -85,7 +92,7 @@ def check_claim(
     else:
         outcome.comparison = baselines.compare(measured, record, n=n, seed=seed, field=field)
         if baseline_model:
-            outcome.note = f" (checked against {baseline_model}'s baseline)"
+            outcome.note += f" (checked against {baseline_model}'s baseline)"
         recorded = record.get("fingerprint")
         if recorded and fingerprint and recorded != fingerprint.get("weights_sha256"):
             outcome.note += (f" (the baseline was measured on weights {recorded[:12]}, these are "

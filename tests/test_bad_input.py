@@ -19,7 +19,8 @@ from tests.helpers import save_random_llama
 DEFAULTS = {"--model": None, "--base-model": None, "--baseline-model": None, "--circuit": None, "--device": "cpu",
             "--dtype": "float32", "--limit": None, "--seed": 0, "--baselines-dir": str(conftest.ROOT / "baselines"),
             "--update-baselines": False, "--results-dir": None, "--require-models": False, "--allow-pickle": False,
-            "--paper-compat-o-proj": False, "--compare": False, "--quick": False, "--reference": None}
+            "--paper-compat-o-proj": False, "--compare": False, "--quick": False, "--reference": None,
+            "--force-baselines": False}
 
 
 def configure(tmp_path, **options):
@@ -67,6 +68,7 @@ OPTIONS = [  # (options, what the message must say)
     (dict(model=["no-such-model"]), "unknown model 'no-such-model'"),
     (dict(model=["toy-goat"], baseline_model="goat7b", update_baselines=True), "cannot be combined"),
     (dict(circuit=bad_circuit), "[layer, head] pairs"),
+    (dict(limit=5, update_baselines=True), "add --force-baselines to store them anyway"),
 ]
 
 

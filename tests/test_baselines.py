@@ -70,10 +70,10 @@ def test_paper_tolerance_is_the_binomial_bound():
 def test_update_writes_a_measured_record_and_never_a_published_one(bdir):
     out = check_claim("accuracy", {"model": "toy-x"}, 0.5, n=100, seed=0, baselines_dir=bdir, update=True,
                       tolerance=0.2, tolerance_same_sample=0.03, tolerance_rule="test")
-    assert out.diff == "+ accuracy {'model': 'toy-x'}: 0.5"
+    assert out.diff == "+ accuracy {'model': 'toy-x'}: 0.5 (n=100, tolerance 0.2)"
     out = check_claim("accuracy", {"model": "toy-x"}, 0.6, n=100, seed=0, baselines_dir=bdir, update=True,
                       tolerance=0.2, tolerance_same_sample=0.03, tolerance_rule="test")
-    assert out.diff == "~ accuracy {'model': 'toy-x'}: 0.5 -> 0.6"
+    assert out.diff == "~ accuracy {'model': 'toy-x'}: 0.5 (n=100, tolerance 0.2) -> 0.6 (n=100, tolerance 0.2)"
     record = baselines.load("accuracy", bdir).get(model="toy-x")
     assert record.measured and record.value == 0.6
     # same examples: the tight tolerance applies; other seed: the binomial one
@@ -81,7 +81,58 @@ def test_update_writes_a_measured_record_and_never_a_published_one(bdir):
     assert not check_claim("accuracy", {"model": "toy-x"}, 0.64, n=100, seed=0, baselines_dir=bdir).passed
     assert check_claim("accuracy", {"model": "toy-x"}, 0.64, n=100, seed=1, baselines_dir=bdir).passed
     with pytest.raises(BaselineError, match="does not overwrite published numbers"):
-        check_claim("accuracy", {"model": "llama7b"}, 0.1, baselines_dir=bdir, update=True)
+        baselines.update(baselines.load("accuracy", bdir), {"model": "llama7b"}, 0.1)
+    # asked to update a published record, a run compares with it and says it was kept
+    kept = check_claim("accuracy", {"model": "llama7b"}, 0.1, n=500, baselines_dir=bdir, update=True,
+                       tolerance=0.1, tolerance_rule="test")
+    assert kept.passed is False and "published record left unchanged" in kept.message()
+    assert baselines.load("accuracy", bdir).get(model="llama7b").value == 0.66
+
+
+@pytest.mark.parametrize("n, tolerance, problem", [
+    (5, 0.3, "n=5 examples where the stored record has n=100"),
+    (100, 0.0, "its tolerance is 0"),
+])
+def test_update_refuses_a_degraded_record_unless_forced(bdir, n, tolerance, problem):
+    check_claim("accuracy", {"model": "toy-x"}, 0.5, n=100, seed=0, baselines_dir=bdir, update=True,
+                tolerance=0.2, tolerance_rule="test")
+    before = (bdir / "accuracy.json").read_text()
+    with pytest.raises(BaselineError) as e:
+        check_claim("accuracy", {"model": "toy-x"}, 1.0, n=n, seed=0, baselines_dir=bdir, update=True,
+                    tolerance=tolerance, tolerance_rule="test")
+    assert problem in str(e.value) and "--force-baselines" in str(e.value)
+    assert (bdir / "accuracy.json").read_text() == before
+    forced = check_claim("accuracy", {"model": "toy-x"}, 1.0, n=n, seed=0, baselines_dir=bdir, update=True,
+                         tolerance=tolerance, tolerance_rule="test", force=True)
+    assert forced.diff.endswith(f"1.0 (n={n}, tolerance {tolerance})")
+
+
+def test_update_keeps_the_file_mode_and_the_field_order(bdir):
+    path = bdir / "accuracy.json"
+    path.chmod(0o664)
+    order = [list(r) for r in json.loads(path.read_text())["records"]]
+    check_claim("accuracy", {"model": "toy-goat", "checkpoint": "release"}, 0.5, n=500, seed=0, baselines_dir=bdir,
+                update=True, tolerance=0.2, tolerance_rule="test", force=True)
+    assert path.stat().st_mode & 0o777 == 0o664
+    after = [list(r) for r in json.loads(path.read_text())["records"]]
+    assert [o for o in order] == [a[:len(o)] for o, a in zip(order, after)]
+
+
+def test_staged_updates_are_written_together_or_not_at_all(bdir):
+    shutil.copy(ROOT / "baselines" / "faithfulness.json", bdir / "faithfulness.json")
+    before = {p.name: p.read_text() for p in bdir.glob("*.json")}
+    staging = baselines.Staging()
+    check_claim("accuracy", {"model": "toy-x"}, 0.5, n=100, baselines_dir=bdir, update=True, tolerance=0.2,
+                tolerance_rule="test", staging=staging)
+    check_claim("accuracy", {"model": "toy-y"}, 0.6, n=100, baselines_dir=bdir, update=True, tolerance=0.2,
+                tolerance_rule="test", staging=staging)
+    # staged: a later lookup in the same run sees it, the files do not (an interrupt here changes nothing)
+    assert check_claim("accuracy", {"model": "toy-x"}, 0.5, n=100, baselines_dir=bdir, staging=staging).passed
+    assert {p.name: p.read_text() for p in bdir.glob("*.json")} == before
+    assert [p.name for p in staging.commit()] == ["accuracy.json"]
+    stored = baselines.load("accuracy", bdir)
+    assert stored.get(model="toy-x").value == 0.5 and stored.get(model="toy-y").value == 0.6
+    assert (bdir / "faithfulness.json").read_text() == before["faithfulness.json"]
 
 
 def test_object_valued_records_compare_one_field_and_update_whole(tmp_path):
@@ -99,3 +150,19 @@ def test_object_valued_records_compare_one_field_and_update_whole(tmp_path):
                 stored_value=value, tolerance=0.1, tolerance_rule="test")
     assert baselines.load("dcm", tmp_path).get(**mine).value == value
     assert check_claim("dcm", mine, 0.30, n=500, seed=1, baselines_dir=tmp_path, field="test_accuracy").passed
+
+
+@pytest.mark.parametrize("exitstatus, written", [(pytest.ExitCode.INTERRUPTED, False), (pytest.ExitCode.TESTS_FAILED, True)])
+def test_the_plugin_writes_a_runs_updates_at_its_end_unless_interrupted(bdir, exitstatus, written):
+    import types
+
+    import conftest
+
+    staging = baselines.Staging()
+    check_claim("accuracy", {"model": "toy-x"}, 0.5, n=100, baselines_dir=bdir, update=True, tolerance=0.2,
+                tolerance_rule="test", staging=staging)
+    before = (bdir / "accuracy.json").read_text()
+    config = types.SimpleNamespace(_mechbench=types.SimpleNamespace(staging=staging))
+    conftest.pytest_sessionfinish(types.SimpleNamespace(config=config), exitstatus)
+    assert ((bdir / "accuracy.json").read_text() != before) == written
+    assert ("discarded" in config._mechbench_baselines) != written
