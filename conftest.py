@@ -40,6 +40,9 @@ def pytest_addoption(parser):
     g.addoption("--update-baselines", action="store_true",
                 help="store the measured numbers as baselines (measured models only; paper numbers are kept). "
                      "The updates are written together when the run ends: an interrupted run changes nothing")
+    g.addoption("--bos", default="auto", choices=("auto", "always", "never"),
+                help="whether prompts start with the tokenizer's BOS token: auto (default) when it is a document start "
+                     "such as LLaMA's <s>, not when it is a chat turn marker; always; never")
     g.addoption("--force-baselines", action="store_true",
                 help="with --update-baselines: store even a baseline with tolerance 0, or on fewer examples than "
                      "the claim's default (--limit) or the record it replaces")
@@ -83,6 +86,7 @@ class Settings:
     allow_pickle: bool = False
     paper_compat_o_proj: bool = False
     force_baselines: bool = False
+    bos: str = "auto"
     staging: object = None  # mechbench.baselines.Staging of an --update-baselines run
 
     def n_examples(self, default: int) -> int:
@@ -188,6 +192,7 @@ def pytest_configure(config):
         allow_pickle=config.getoption("--allow-pickle"),
         paper_compat_o_proj=config.getoption("--paper-compat-o-proj"),
         force_baselines=config.getoption("--force-baselines"),
+        bos=config.getoption("--bos"),
         staging=Staging() if config.getoption("--update-baselines") else None,
     )
     s = config._mechbench
@@ -252,7 +257,8 @@ def load_or_skip(name: str, settings: Settings):
     try:
         return get_model(name, device=settings.device, dtype=settings.dtype,
                          **({"allow_pickle": True} if settings.allow_pickle else {}),
-                         **({"paper_compat_o_proj": True} if settings.paper_compat_o_proj else {}))
+                         **({"paper_compat_o_proj": True} if settings.paper_compat_o_proj else {}),
+                         **({"bos": settings.bos} if settings.bos != "auto" else {}))
     except ModelLoadError as e:  # weights not here: a skip that says why
         if Path(name.partition("+")[0]).exists() or Path(name.partition("+")[2] or "-/-").exists():
             pytest.fail(f"model {name!r} is a path that exists but cannot be loaded: {e}", pytrace=False)

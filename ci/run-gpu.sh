@@ -23,7 +23,7 @@ for model in ${MODELS//,/ }; do
   .venv/bin/python -m pytest $SUITES --model="$model" --device=cuda --require-models \
     --results-dir="$RESULTS" -p no:cacheprovider -ra || status=1
 done
-# Goat's and FLoat's own circuits, as the paper re-discovered them (FACTS.md 8.2, 8.5, 8.7).
+# Goat's and FLoat's own circuits, as the paper re-discovered them (docs/paper.md §8.2, §8.5, §8.7).
 for model in goat7b float7b; do
   if [[ ",$MODELS," == *",$model,"* ]]; then
     .venv/bin/python -m pytest $SUITES --model="$model" --circuit="$model" --device=cuda --require-models \

@@ -26,8 +26,9 @@ def dataset_for(model: str | ModelHandle, n_examples: int = 500, seed: int = 0, 
 
 
 def accuracy(model: str | ModelHandle, n_examples: int = 500, seed: int = 0, num_boxes: int = 7,
-             batch_size: int = 50, device: str = "cpu", dtype: str = "float32", allow_pickle: bool = False) -> float:
-    """Top-1 accuracy on ``n_examples`` seeded entity-tracking prompts (the paper: 500, 7 boxes)."""
-    handle = get_model(model, device=device, dtype=dtype, **({"allow_pickle": True} if allow_pickle else {}))
+             batch_size: int = 50, device: str = "cpu", dtype: str = "float32", **load_options) -> float:
+    """Top-1 accuracy on ``n_examples`` seeded entity-tracking prompts (the paper: 500, 7 boxes); ``load_options``
+    go to the loader (``allow_pickle``, ``bos``)."""
+    handle = get_model(model, device=device, dtype=dtype, **load_options)
     dataset = build_dataset(handle.tokenizer, n_examples=n_examples, num_boxes=num_boxes, seed=seed)
     return accuracy_on(handle, dataset, batch_size=batch_size)

@@ -1,6 +1,6 @@
 """Circuits: named groups of heads, each acting at one token role.
 
-The paper's entity-tracking circuit has four groups (FACTS.md section 3): value fetchers and position
+The paper's entity-tracking circuit has four groups (docs/paper.md §3): value fetchers and position
 transmitters at the last token, position detectors at the query label, structure readers at the earlier
 occurrence of the query label. A :class:`Circuit` is plain data; the published circuits load from
 ``baselines/circuits.json``.

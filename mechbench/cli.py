@@ -27,11 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     acc.add_argument("--boxes", type=int, default=7)
     acc.add_argument("--device", default="cpu")
     acc.add_argument("--dtype", default="float32")
+    acc.add_argument("--bos", default="auto", choices=("auto", "always", "never"),
+                     help="prompts start with the tokenizer's BOS token: auto (when it is a document start), always, never")
     acc.add_argument("--allow-pickle", action="store_true",
                      help="load pickled (.bin) weights where there are no safetensors (trusted sources only)")
     base = sub.add_parser("baselines", help="check every baseline file against the schema")
     base.add_argument("--dir", default=None)
-    disc = sub.add_parser("discover", help="find a model's circuit by iterated path patching (FACTS.md section 4)")
+    disc = sub.add_parser("discover", help="find a model's circuit by iterated path patching (docs/paper.md §4)")
     disc.add_argument("model")
     disc.add_argument("--config", default=None,
                       help="discovery settings of a stored circuit (llama7b, goat7b, float7b, toy-llama; default: the "
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="write the score tables and circuit to this JSON file (--circuit FILE reads it as is)")
     disc.add_argument("--device", default="cpu")
     disc.add_argument("--dtype", default="float32")
+    disc.add_argument("--bos", default="auto", choices=("auto", "always", "never"),
+                     help="prompts start with the tokenizer's BOS token: auto (when it is a document start), always, never")
     disc.add_argument("--allow-pickle", action="store_true",
                      help="load pickled (.bin) weights where there are no safetensors (trusted sources only)")
     rep = sub.add_parser("report", help="tables and figures of the latest measurements in a results file")
@@ -72,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--seed", type=int, default=0)
     cmp.add_argument("--device", default="cpu")
     cmp.add_argument("--dtype", default="float32")
+    cmp.add_argument("--bos", default="auto", choices=("auto", "always", "never"),
+                     help="prompts start with the tokenizer's BOS token: auto (when it is a document start), always, never")
     cmp.add_argument("--allow-pickle", action="store_true",
                      help="load pickled (.bin) weights where there are no safetensors (trusted sources only)")
     cmp.add_argument("--baselines-dir", default=None)
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             from mechbench.api import accuracy
 
             value = accuracy(args.model, n_examples=args.n, seed=args.seed, num_boxes=args.boxes,
-                             device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
+                             device=args.device, dtype=args.dtype, **_load_options(args))
             print(f"{args.model}: accuracy {value:.4f} on {args.n} examples (seed {args.seed}, {args.boxes} boxes)")
         elif args.command == "baselines":
             from pathlib import Path
@@ -123,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mechbench: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _load_options(args) -> dict:
+    """The loader's opt-ins a command was given (only those set, so that a model loads once per process)."""
+    return {**({"allow_pickle": True} if args.allow_pickle else {}), **({"bos": args.bos} if args.bos != "auto" else {})}
 
 
 def _validate(args) -> None:
@@ -179,8 +190,8 @@ def _compare(args) -> None:
     base_name = args.base or base_name_of(args.model)
     circuit = Circuit.load(args.circuit or base_circuit_name(base_name, args.baselines_dir), args.baselines_dir)
     results = ResultsWriter(args.results_dir)  # made before any model loads: a bad directory fails first
-    fine_tune = get_model(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
-    base = get_model(base_name, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
+    fine_tune = get_model(args.model, device=args.device, dtype=args.dtype, **_load_options(args))
+    base = get_model(base_name, device=args.device, dtype=args.dtype, **_load_options(args))
     comparison = Comparison(fine_tune, base, circuit, LANES["quick" if args.quick else "full"], args.seed,
                             args.baselines_dir, tuple(args.reference) if args.reference else None,
                             log=lambda msg: print(msg, file=sys.stderr, flush=True),
@@ -221,7 +232,7 @@ def _discover(args) -> None:
         "circuit_k": tuple(_group_ints(args.keep).items()) or None,
         "min_effect": args.min_effect, "n_pairs": args.pairs, "seed": args.seed}.items() if v is not None}
     config = replace(config, **changes)
-    handle = get_model(args.model, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle)
+    handle = get_model(args.model, device=args.device, dtype=args.dtype, **_load_options(args))
     found = discover(handle, args.name or args.model, config, log=lambda msg: print(msg, file=sys.stderr, flush=True),
                      cache_dir=args.work_dir)
     for group, g in found.circuit.groups.items():

@@ -1,4 +1,4 @@
-"""Claim: top-1 entity-tracking accuracy of each model (paper, FACTS.md 8.1: Llama-7B 0.66, Vicuna-7B 0.67,
+"""Claim: top-1 entity-tracking accuracy of each model (paper, docs/paper.md §8.1: Llama-7B 0.66, Vicuna-7B 0.67,
 Goat-7B 0.82, FLoat-7B 0.82 on 500 examples).
 
 The tolerance is stored with each baseline record: for the paper's numbers, 3 standard errors of the

@@ -1,4 +1,4 @@
-"""Claim: the circuit is nearly complete (paper, FACTS.md 8.3): removing a set K of circuit heads hurts the
+"""Claim: the circuit is nearly complete (paper, docs/paper.md §8.3): removing a set K of circuit heads hurts the
 circuit about as much as it hurts the whole model. Llama circuit on Llama, K random (p=0.5 per head, 10
 draws): F(M\\K) 0.11 +- 0.06, F(C\\K) 0.00 +- 0.01, incompleteness 0.10 +- 0.06; K = a whole group: value
 fetchers 0.00 vs 0.19, position transmitters 0.02 vs 0.23, detectors 0.02 vs 0.04, structure readers 0.46 vs

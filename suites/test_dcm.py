@@ -1,11 +1,11 @@
-"""Claim: each circuit group carries one kind of information (paper, FACTS.md 8.5, DCM on the Llama circuit in
+"""Claim: each circuit group carries one kind of information (paper, docs/paper.md §8.5, DCM on the Llama circuit in
 Llama-7B): value fetchers the object's value (40 heads, 0.468), position transmitters and detectors its
 position (0.362, 0.412), structure readers a little position (0.14); box-label value nowhere.
 
-DCM (FACTS.md section 6: lambda 0.01, Adam lr 0.1, 2 epochs, 1000/500/500 pairs) runs per group and
+DCM (docs/paper.md §6: lambda 0.01, Adam lr 0.1, 2 epochs, 1000/500/500 pairs) runs per group and
 desideratum on the circuit's own model; the test accuracy of the rounded mask is checked against the stored
 baseline. Published records are compared with the paper's pairing (``paper_compat=True``: its query-position
-and box-label-target bugs, FACTS.md section 1), measured ones with mechbench's corrected pairs. Tolerance on
+and box-label-target bugs, docs/paper.md §1), measured ones with mechbench's corrected pairs. Tolerance on
 the baseline's own pairs (same seed, CPU): 3/n; otherwise the binomial bound plus 0.05 for the mask's
 training path (stated in each record).
 """

@@ -1,9 +1,9 @@
 """Claim: the circuit found on the base model carries the task in the base and in its fine-tunes (paper,
-FACTS.md 8.1: the Llama-7B circuit keeps 0.66 of Llama's 0.66, 0.73 of Goat's 0.82, 0.72 of FLoat's 0.82,
+docs/paper.md §8.1: the Llama-7B circuit keeps 0.66 of Llama's 0.66, 0.73 of Goat's 0.82, 0.72 of FLoat's 0.82,
 while random circuits of the same sizes keep 0.00-0.01).
 
-Everything outside the circuit is mean-ablated (position-specific means over 500 ablation prompts, FACTS.md
-section 5). The circuit's accuracy is checked against the stored baseline with the binomial bound of the
+Everything outside the circuit is mean-ablated (position-specific means over 500 ablation prompts, docs/paper.md
+§5). The circuit's accuracy is checked against the stored baseline with the binomial bound of the
 accuracy claim; the mean accuracy of 10 random circuits (same per-group sizes) within 0.05 (its spread comes
 from the heads drawn as much as from the examples); and the circuit must beat the random circuits, the
 paper's contrast, which holds or fails on the model without any stored number (the lower end of the 95%

@@ -1,5 +1,5 @@
-"""Claim: each head of the circuit matters once the heads most entangled with it are gone (paper, FACTS.md
-section 4 and 8.4: minimality on 100 examples, e.g. L8H21 0.65 -> 0.48, L14H27 0.60 -> 0.17; Llama's
+"""Claim: each head of the circuit matters once the heads most entangled with it are gone (paper, docs/paper.md
+§4 and §8.4: minimality on 100 examples, e.g. L8H21 0.65 -> 0.48, L14H27 0.60 -> 0.17; Llama's
 threshold 0.01 keeps exactly its 40/7/20/5 heads).
 
 On the circuit's own model, the candidates are re-discovered with the circuit's discovery settings and every

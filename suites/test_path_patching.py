@@ -1,4 +1,4 @@
-"""Claim: iterated path patching finds the stored circuit (paper, FACTS.md section 4: value fetchers from the
+"""Claim: iterated path patching finds the stored circuit (paper, docs/paper.md §4: value fetchers from the
 logits, position transmitters through the fetchers' queries, position detectors and structure readers
 through values; the published circuits are pruned from these candidates).
 

@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LLAMA_TOKENIZER_DIRS = [os.environ.get("MECHBENCH_LLAMA_TOKENIZER", ""), str(ROOT.parent / "shared/paper/llama-tokenizer")]
+# The paper's tokenizer ships with the tests (tests/data/llama-tokenizer, SentencePiece, 32,000 pieces); an env
+# variable can point at another copy.
+LLAMA_TOKENIZER_DIRS = [os.environ.get("MECHBENCH_LLAMA_TOKENIZER", ""), str(ROOT / "tests/data/llama-tokenizer")]
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +20,7 @@ def llama_tokenizer():
         if d and Path(d, "tokenizer.model").is_file():
             return LlamaTokenizer.from_pretrained(d, add_bos_token=True)
     pytest.skip("the LLaMA tokenizer.model is not here: set MECHBENCH_LLAMA_TOKENIZER to a directory holding it "
-                "(the project's shared/paper/llama-tokenizer)")
+                "(the repository ships one at tests/data/llama-tokenizer)")
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ def tokens(tok, ids):
 
 def test_paper_layout_with_llama_tokenizer(llama_tokenizer):
     ds = build_dataset(llama_tokenizer, n_examples=70, seed=3)
-    assert ds.input_ids.shape == (70, 54)  # FACTS.md 1: 54 tokens including BOS
+    assert ds.input_ids.shape == (70, 54)  # docs/paper.md §1: 54 tokens including BOS
     assert (ds.input_ids[:, 0] == llama_tokenizer.bos_token_id).all()
     assert (ds.label_positions == torch.arange(6, 49, 7)).all()  # pp_utils: range(6, 49, 7)
     assert (ds.object_positions == ds.label_positions - 4).all()  # attn_knockout: label - 4
@@ -155,7 +155,7 @@ def test_each_desideratum_target_equals_its_definition(seed, boxes, name):
 
 
 def test_paper_compat_reproduces_the_position_bug_rate(llama_tokenizer):
-    """FACTS.md 1, caveat 1: about 14% (1/7) of object/positional pairs share the query position."""
+    """docs/paper.md §1, caveat 1: about 14% (1/7) of object/positional pairs share the query position."""
     for name in ("object_value", "positional"):
         compat = desiderata_pairs(llama_tokenizer, name, n_pairs=2000, seed=11, paper_compat=True)
         same = (compat.base.query_boxes == compat.source.query_boxes).float().mean().item()
@@ -174,7 +174,7 @@ def test_paper_query_position_matches_substring_quirk():
 
 
 def test_paper_compat_box_label_target_is_the_bare_piece(llama_tokenizer):
-    """FACTS.md 1, caveat 2: the paper's box-label target is 'book' (2909), not '▁book' (3143), or <unk>."""
+    """docs/paper.md §1, caveat 2: the paper's box-label target is 'book' (2909), not '▁book' (3143), or <unk>."""
     compat = desiderata_pairs(llama_tokenizer, "box_label_value", n_pairs=200, seed=5, paper_compat=True)
     right = desiderata_pairs(llama_tokenizer, "box_label_value", n_pairs=200, seed=5)
     assert torch.equal(compat.base.input_ids, right.base.input_ids)
@@ -206,3 +206,30 @@ def test_bos_is_added_when_the_tokenizer_does_not(llama_tokenizer):
     ds = build_dataset(bare, n_examples=7, seed=0)
     assert ds.input_ids.shape[1] == 54 and (ds.input_ids[:, 0] == bare.bos_token_id).all()
     assert (ds.label_positions[0] == torch.arange(6, 49, 7)).all()
+
+
+def test_bos_choice_is_stated_and_overridable(llama_tokenizer, toy_tokenizer):
+    """--bos: auto prepends a document-start BOS (LLaMA's <s>) and not a chat turn marker; always/never override."""
+    import copy
+
+    from mechbench.data.dataset import BOS_ATTRIBUTE, starts_with_bos
+
+    def first_tokens(tok, choice):
+        tok = copy.deepcopy(tok)
+        setattr(tok, BOS_ATTRIBUTE, choice)
+        ds = build_dataset(tok, n_examples=7, seed=0)
+        assert ds.meta["bos"] == starts_with_bos(tok)
+        return ds.input_ids[:, 0], ds.input_ids.shape[1], tok.bos_token_id
+
+    first, length, bos = first_tokens(llama_tokenizer, "auto")
+    assert (first == bos).all() and length == 54
+    first, length, bos = first_tokens(llama_tokenizer, "never")
+    assert (first != bos).all() and length == 53
+
+    chat = copy.deepcopy(toy_tokenizer)
+    chat.add_special_tokens({"bos_token": "<|im_start|>"})  # a chat tokenizer's "BOS" is a turn marker
+    assert not starts_with_bos(chat)
+    first, _, bos = first_tokens(chat, "auto")
+    assert (first != bos).all()
+    first, _, bos = first_tokens(chat, "always")
+    assert (first == bos).all()

@@ -226,7 +226,7 @@ def test_cmap_head_sets_are_the_papers_dcm_heads_where_stored():
 
     goat = cmap_head_sets(Circuit.load("goat7b"))
     assert {g: len(s) for g, s in goat.items()} == {"value_fetcher": 56, "pos_transmitter": 15, "pos_detector": 18,
-                                                    "struct_reader": 39}  # FACTS.md section 7
+                                                    "struct_reader": 39}  # docs/paper.md §7
     assert goat["pos_detector"].role == "query_label"
     toy = Circuit.load("toy-llama")
     assert cmap_head_sets(toy) == toy.groups  # no DCM run stored: the whole groups

@@ -15,7 +15,8 @@ from mechbench.models.registry import TOY_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINES = ROOT / "baselines"
-PAPER_DATA = Path(os.environ.get("MECHBENCH_PAPER_DATA", "/work/shared/paper/data"))
+# The result files of the paper's public code, copied into the repository (docs/paper/data/README.md says what each is)
+PAPER_DATA = Path(os.environ.get("MECHBENCH_PAPER_DATA", ROOT / "docs/paper/data"))
 
 FILES = ["accuracy", "circuits", "faithfulness", "completeness", "minimality", "dcm", "dcm_patching", "cmap", "path_patching",
          "attention_knockout"]

@@ -20,7 +20,7 @@ def needs(*names: str):
     )
 
 
-#: Paper: Goat-7B and FLoat-7B reach 0.82 against Llama-7B's 0.66 (FACTS.md 8.1). The zoo is built to show
+#: Paper: Goat-7B and FLoat-7B reach 0.82 against Llama-7B's 0.66 (docs/paper.md §8.1). The zoo is built to show
 #: a gain of at least 0.10 from the structured fine-tune (issue 3).
 MIN_GAIN = 0.10
 

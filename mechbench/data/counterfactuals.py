@@ -1,6 +1,6 @@
 """Counterfactual pairs: a base prompt, a source prompt, and the token the base run should predict.
 
-Two families, both from FACTS.md section 1:
+Two families, both from docs/paper.md §1:
 
 - :func:`noise_pairs`: path patching's corrupted runs. For a base example querying box ``j``, the source is
   a fresh context queried at box ``(j + 1) % boxes`` whose query label is then replaced by a random letter
@@ -154,7 +154,7 @@ def _fixed(template: Template) -> Callable[[Example], Template]:
     return lambda example: template
 
 
-# Paper: "There are a bunch of boxes containing objects, " etc. (FACTS.md section 1). Where the paper's
+# Paper: "There are a bunch of boxes containing objects, " etc. (docs/paper.md §1). Where the paper's
 # exact text is unknown (add_comma, the extra segment's placement), the choice is stated here.
 _EXTRA_SEGMENT = "the apple is in Box O"
 _BOXES_BEFORE = "three additional boxes, Box PP, Box BB and Box AA, "

@@ -200,28 +200,50 @@ def _token_at(offsets: list[tuple[int, int]], text: str, span: tuple[int, int]) 
     return hits[0]
 
 
+#: ``--bos``: whether prompts start with the tokenizer's BOS token. ``auto`` prepends it when it is a document
+#: start (LLaMA's ``<s>``, Llama 3's ``<|begin_of_text|>``, ``<bos>``), as the paper's prompts start with BOS,
+#: and leaves it out when it is something else, e.g. a chat turn marker (``<|im_start|>``) that changes accuracy.
+BOS_CHOICES = ("auto", "always", "never")
+DOCUMENT_STARTS = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>")
+BOS_ATTRIBUTE = "mechbench_bos"  # set on a tokenizer by the loader (load_model(bos=...))
+
+
+def starts_with_bos(tokenizer) -> bool:
+    """Whether prompts for ``tokenizer`` start with its BOS token, by the loader's ``bos`` choice (default auto)."""
+    choice = getattr(tokenizer, BOS_ATTRIBUTE, "auto")
+    if choice not in BOS_CHOICES:
+        raise ValueError(f"bos choice {choice!r}; expected one of {', '.join(BOS_CHOICES)}")
+    if getattr(tokenizer, "bos_token_id", None) is None or choice == "never":
+        return False
+    return choice == "always" or getattr(tokenizer, "bos_token", None) in DOCUMENT_STARTS
+
+
 def tokenize_examples(
     tokenizer,
     examples: Sequence[Example],
     vocabulary: Vocabulary,
     template: Template | Sequence[Template] = PAPER_TEMPLATE,
-    add_bos: bool = True,
+    add_bos: bool | None = None,
     meta: dict | None = None,
 ) -> EntityTrackingDataset:
     """Tokenize rendered examples and locate every role from the offsets.
 
-    BOS is prepended when the tokenizer has one and did not add it (transformers 5 adds none to a bare
-    LLaMA ``tokenizer.model``), as the paper's prompts start with BOS.
+    ``add_bos`` (default: :func:`starts_with_bos`) puts the BOS token first, or makes sure it is not there:
+    whether the tokenizer adds one itself varies (transformers 5 adds none to a bare LLaMA
+    ``tokenizer.model``), so the choice is made here, once.
     """
     templates = [template] * len(examples) if isinstance(template, Template) else list(template)
     rendered: list[Rendered] = [render(e, t) for e, t in zip(examples, templates)]
     enc = tokenizer([r.text for r in rendered], add_special_tokens=True, return_offsets_mapping=True)
     bos = getattr(tokenizer, "bos_token_id", None)
+    add_bos = starts_with_bos(tokenizer) if add_bos is None else add_bos
     rows, obj_pos, lab_pos, q_pos = [], [], [], []
     for n, (r, ids, offsets) in enumerate(zip(rendered, enc["input_ids"], enc["offset_mapping"])):
         ids, offsets = list(ids), [tuple(o) for o in offsets]
         if add_bos and bos is not None and (not ids or ids[0] != bos):
             ids, offsets = [bos] + ids, [(0, 0)] + offsets
+        elif not add_bos and bos is not None and ids and ids[0] == bos:
+            ids, offsets = ids[1:], offsets[1:]
 
         def locate(span, what):
             i = _token_at(offsets, r.text, span)
@@ -304,5 +326,6 @@ def build_dataset(
             f"{tokenizer_name(tokenizer)!r}; {num_boxes} boxes need {num_boxes} of each."
         )
     examples = sample_examples(random.Random(seed), n_examples, num_boxes, vocabulary)
-    meta = {"seed": seed, "num_boxes": num_boxes, "tokenizer": tokenizer_name(tokenizer), "kind": "entity_tracking"}
+    meta = {"seed": seed, "num_boxes": num_boxes, "tokenizer": tokenizer_name(tokenizer), "kind": "entity_tracking",
+            "bos": starts_with_bos(tokenizer)}
     return tokenize_examples(tokenizer, examples, vocabulary, template, meta=meta)

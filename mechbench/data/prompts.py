@@ -1,6 +1,6 @@
 """Entity-tracking prompts as text: contexts, templates and rendering (no tokenizer here).
 
-The paper's prompt (FACTS.md section 1) is
+The paper's prompt (docs/paper.md §1) is
 
     The document is in Box X, the pot is in Box T, ..., the map is in Box D. Box X contains the
 

@@ -24,7 +24,7 @@ from ``from_layer`` on, by setting the pre-softmax score to the dtype's minimum,
 knockout does.
 
 Hooks sit on the LoRA-wrapped projections of an adapter model too, so an adapter's deltas are kept (the
-paper's code recomputed o_proj from the base weight and dropped Goat's o_proj LoRA, FACTS.md section 2).
+paper's code recomputed o_proj from the base weight and dropped Goat's o_proj LoRA, docs/paper.md §2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Mean ablation and circuit evaluation (FACTS.md section 5).
+"""Mean ablation and circuit evaluation (docs/paper.md §5).
 
 Means are taken per (token position, head) over the head outputs of the ablation prompts, which is possible
 because every prompt of a dataset has the same length. A circuit is evaluated by mean-ablating every head

@@ -1,4 +1,4 @@
-"""Cross-model activation patching (CMAP, FACTS.md section 7): run the fine-tuned model on the same prompt,
+"""Cross-model activation patching (CMAP, docs/paper.md §7): run the fine-tuned model on the same prompt,
 take its head outputs (o_proj inputs) at a group's role position, and put them into the base model, which
 passes them through its own W_O. If accuracy rises to the fine-tune's, those heads carry the improvement.
 """
@@ -44,7 +44,7 @@ def cmap_accuracy(base, donor, groups: list[HeadGroup] | Circuit, dataset: Entit
     return cmap_correct(base, donor, groups, dataset, batch_size).float().mean().item()
 
 
-#: The paper's CMAP head sets (FACTS.md section 7): per group, the fine-tuned circuit's DCM heads for the
+#: The paper's CMAP head sets (docs/paper.md §7): per group, the fine-tuned circuit's DCM heads for the
 #: desideratum the group is named for; the structure readers whole.
 PAPER_CMAP_DESIDERATUM = {"value_fetcher": "object_value", "pos_transmitter": "positional",
                           "pos_detector": "positional", "struct_reader": None}

@@ -1,4 +1,4 @@
-"""Desiderata-based component masking (DCM, FACTS.md section 6): which heads of a group carry a given kind of
+"""Desiderata-based component masking (DCM, docs/paper.md §6): which heads of a group carry a given kind of
 information (the object's value, its position, the box label's value).
 
 One real mask value m per head of the group, initialised to 1 and clamped to [0, 1] before every step. At the

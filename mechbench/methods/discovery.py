@@ -1,4 +1,4 @@
-"""Circuit discovery by iterated path patching (FACTS.md section 4), with the steps stated as data.
+"""Circuit discovery by iterated path patching (docs/paper.md §4), with the steps stated as data.
 
 Each :class:`Step` names a group, where its senders sit, and which earlier group receives what it sends (q or
 v at a role). The paper's four steps (:data:`PAPER_STEPS`) chain D -> C -> B -> A. A model may need another
@@ -51,7 +51,7 @@ TOY_STEPS = (
     Step("pos_transmitter", "last", "value_fetcher", "q", "last"),
     Step("struct_reader", "prev_query_label", "value_fetcher", "v", "prev_query_label", corrupt="random_label"),
 )
-#: Heads kept as the next step's receivers: the paper's Llama run (FACTS.md section 4).
+#: Heads kept as the next step's receivers: the paper's Llama run (docs/paper.md §4).
 PAPER_RECEIVER_K = {"value_fetcher": 20, "pos_transmitter": 5, "pos_detector": 10, "struct_reader": 5}
 
 
@@ -65,14 +65,14 @@ class DiscoveryConfig:
     min_effect: float = 0.0
     n_pairs: int = 300
     seed: int = 20
-    # minimality pruning of the candidates (mechbench.methods.minimality; FACTS.md section 4)
+    # minimality pruning of the candidates (mechbench.methods.minimality; docs/paper.md §4)
     minimality_threshold: float = 0.01
     minimality_examples: int = 100
     minimality_seed: int = 10
 
 
 _BIG = (("value_fetcher", 50), ("pos_transmitter", 20), ("pos_detector", 30), ("struct_reader", 5))
-#: The runs behind the stored circuits. The paper's (FACTS.md section 4: seeds 20/82/85, receivers 20/5/10/5 for
+#: The runs behind the stored circuits. The paper's (docs/paper.md §4: seeds 20/82/85, receivers 20/5/10/5 for
 #: Llama and 50/20/30/5 for Goat and FLoat) give the candidate sets its minimality pruning started from; the
 #: toy's keeps every head past a 0.005 floor and is not pruned: at 0.01, minimality would drop both position
 #: transmitters, whose work the circuit's layer-1 heads at the last token duplicate once the rest is ablated,

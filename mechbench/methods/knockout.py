@@ -1,4 +1,4 @@
-"""Attention knockout (FACTS.md section 8.8): accuracy when one attention edge is blocked for every head of
+"""Attention knockout (docs/paper.md §8.8): accuracy when one attention edge is blocked for every head of
 every layer from L on.
 
 An edge goes from a query role to a key role. ``random_context_token`` is a seeded uniform draw, per

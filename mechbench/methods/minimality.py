@@ -1,4 +1,4 @@
-"""Minimality pruning (FACTS.md section 4, ``experiment_1/minimality.py``): does each candidate head matter once
+"""Minimality pruning (docs/paper.md §4, ``experiment_1/minimality.py``): does each candidate head matter once
 the heads most entangled with it are gone?
 
 For head v of a group: rank the group's other heads u by their pair drop, F(C \\ {u}) - F(C \\ {u, v}) (how

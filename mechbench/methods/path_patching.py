@@ -1,4 +1,4 @@
-"""Path patching (FACTS.md section 4): how much each head, through a given path, carries the answer.
+"""Path patching (docs/paper.md §4): how much each head, through a given path, carries the answer.
 
 For every sender head, on the clean prompt:
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from mechbench.data.dataset import BOS_ATTRIBUTE, BOS_CHOICES
 from mechbench.errors import ModelLoadError, UnsupportedArchitectureError
 from mechbench.models.registry import ModelSpec, resolve
 
@@ -230,6 +231,7 @@ def load_model(
     allow_pickle: bool = False,
     attn_implementation: str = "sdpa",
     paper_compat_o_proj: bool = False,
+    bos: str = "auto",
 ) -> ModelHandle:
     """Load a registered name, a hub id, a local directory or ``base+adapter`` into a :class:`ModelHandle`.
 
@@ -240,6 +242,8 @@ def load_model(
     ``paper_compat_o_proj``: for an adapter model (Goat), runs with interventions use only the base o_proj
     weight, as the paper's hooks did (they dropped Goat's o_proj LoRA in every hooked run); only for comparing
     with a published number from such a run. Runs without interventions (accuracy) keep the adapter.
+    ``bos``: whether prompts start with the tokenizer's BOS token (``auto``, ``always``, ``never``; see
+    :func:`mechbench.data.dataset.starts_with_bos`).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -250,6 +254,8 @@ def load_model(
             f"attn_implementation={attn_implementation!r}: mechbench loads models with {' or '.join(MASK_HONOURING)}, "
             f"whose attention applies an explicit mask; attention knockout blocks edges through that mask, and "
             f"{attn_implementation} would ignore it and block nothing.")
+    if bos not in BOS_CHOICES:
+        raise ModelLoadError(f"bos={bos!r}: expected one of {', '.join(BOS_CHOICES)} (--bos)")
     spec = resolve(name_or_path) if isinstance(name_or_path, str) else name_or_path
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     if isinstance(dtype, str) and dtype not in DTYPES:
@@ -325,5 +331,6 @@ def load_model(
                              f"{str(e).splitlines()[0][:200]}. {_how_to_provide(spec, tokenizer_ref)}") from None
     if tokenizer.pad_token_id is None:  # the paper sets pad = eos; prompts of a dataset never need padding
         tokenizer.pad_token = tokenizer.eos_token
+    setattr(tokenizer, BOS_ATTRIBUTE, bos)  # whether prompts start with BOS: mechbench.data.dataset.starts_with_bos
     prints = fingerprint(spec.name, spec, model, torch_dtype) | {"tokenizer_sha256": tokenizer_hash(tokenizer)}
     return ModelHandle(spec.name, spec, model, tokenizer, _shape(config), prints, peft_model)
