@@ -65,6 +65,18 @@ def cluster_se(values, clusters) -> float:
     return float(np.sqrt(c / (c - 1) * (resid ** 2).sum()) / n)
 
 
+def cluster_se_last_axis(values, clusters) -> np.ndarray:
+    """:func:`cluster_se` of every row of ``values`` ([..., N]) at once: e.g. each head's score over N pairs."""
+    x = np.asarray(values, dtype=np.float64)
+    ids = as_clusters(clusters)
+    n, c = x.shape[-1], ids.max() + 1
+    if c < 2:
+        return np.full(x.shape[:-1], np.nan)
+    resid = np.zeros(x.shape[:-1] + (c,))
+    np.add.at(resid, (..., ids), x - x.mean(-1, keepdims=True))
+    return np.sqrt(c / (c - 1) * (resid ** 2).sum(-1)) / n
+
+
 def cluster_bootstrap(statistic: Callable[[Mapping[str, np.ndarray]], np.ndarray], quantities: Mapping[str, np.ndarray],
                       clusters, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Estimate:
     """``statistic`` of the means of ``quantities`` (each [N] on the same examples), with a ``level`` (95%)

@@ -13,7 +13,7 @@ The discovery runs once per model, settings and weights: it is saved step by ste
 
 import pytest
 
-from conftest import ablation_means, settle
+from conftest import ablation_means, load_circuit, settle
 from mechbench import baselines
 from mechbench.data.dataset import build_dataset
 from mechbench.errors import MechbenchError
@@ -33,7 +33,8 @@ def test_minimality(model, circuit_name, settings, claim_check):
         stored = baselines.load("minimality", settings.baselines_dir)
     except MechbenchError as e:
         pytest.fail(str(e), pytrace=False)
-    candidates = discover(model, circuit_name, config, cache_dir=settings.results_dir / "discovery").circuit
+    candidates = discover(model, circuit_name, config, cache_dir=settings.results_dir / "discovery",
+                          fixed_receivers=load_circuit(circuit_name, model, settings)).circuit  # as path patching
     n = settings.n_examples(config.minimality_examples)
     dataset = build_dataset(model.tokenizer, n_examples=n, seed=config.minimality_seed + settings.seed)
     means = ablation_means(model, settings)

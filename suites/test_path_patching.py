@@ -3,7 +3,8 @@ logits, position transmitters through the fetchers' queries, position detectors 
 through values; the published circuits are pruned from these candidates).
 
 Re-runs the discovery of :data:`mechbench.methods.discovery.DISCOVERY` on the circuit's own model and checks,
-per group, the fraction of the stored heads that the re-run selects (recall) against the baseline. A circuit
+per group, the fraction of the stored heads that the re-run selects, or scores within sampling error of its cut
+(recall within a margin, see ``Z``), against the baseline. ``--seed S`` re-runs it on fresh noise pairs. A circuit
 found on another model (the Llama circuit under --model=goat7b) is not re-discovered there: the paper found
 Goat's and FLoat's own circuits (`--circuit goat7b`).
 
@@ -11,13 +12,21 @@ The discovery runs once per model, settings and weights: it is saved step by ste
 (``results/discovery``) and read back by the other claim that needs it.
 """
 
+from dataclasses import replace
+
 import pytest
 
 from conftest import load_circuit, settle
 from mechbench.methods.discovery import DISCOVERY, discover
 
 pytestmark = pytest.mark.claim
-SAME_SAMPLE_RULE = "same model, pairs and seed: the same heads must come back (0.05 covers a near-tie at the cutoff)"
+#: A stored head counts as recovered unless the re-run scores it worse than the cut by more than Z of its
+#: cluster-robust standard errors: heads within sampling error of the cut are near ties, and fresh pairs reorder
+#: near ties at random (the toy's value fetchers overlap 46% between two draws of 100 pairs when recall is
+#: counted by rank alone). A planted change (a silenced head scores ~0, far above any cut) still fails.
+Z = 2.0
+MARGIN_RULE = (f"recall counts a stored head as found when its score is below the cut + {Z} cluster-robust standard "
+               f"errors; 0.05 then covers float differences at the margin")
 
 
 def test_path_patching_recovers_the_circuit(model, circuit_name, settings, claim_check):
@@ -25,12 +34,20 @@ def test_path_patching_recovers_the_circuit(model, circuit_name, settings, claim
         pytest.skip(f"circuit {circuit_name!r} was not found on {model.name!r} by a known discovery run; "
                     f"path patching re-discovers a circuit on its own model ({', '.join(DISCOVERY)})")
     stored = load_circuit(circuit_name, model, settings)
-    found = discover(model, circuit_name, DISCOVERY[circuit_name], cache_dir=settings.results_dir / "discovery").circuit
+    config = DISCOVERY[circuit_name]
+    config = replace(config, seed=config.seed + settings.seed)  # --seed 0: the stored run's own noise pairs
+    # each step sends to the stored circuit's receivers: a near tie at one cut must not reroute the next step
+    found = discover(model, circuit_name, config, cache_dir=settings.results_dir / "discovery", fixed_receivers=stored)
+    circuit_k = {**dict(config.receiver_k), **dict(config.circuit_k)}
     outcomes = []
     for group, g in stored.groups.items():
-        selected = set(found.groups[group].heads) if group in found.groups else set()
-        recall = len(set(g.heads) & selected) / len(g.heads)
+        if group not in found.scores:
+            recall = 0.0
+        else:
+            cut = found.cut(group, circuit_k[group], config.min_effect)
+            scores, se = found.scores[group], found.se[group]
+            recall = sum(float(scores[h]) <= cut + Z * float(se[h]) for h in g.heads) / len(g.heads)
         outcomes.append(claim_check(
             "path_patching", {"circuit": circuit_name, "model": model.name, "group": group, "metric": "recall"},
-            recall, model=model, soft=True, tolerance=0.05, tolerance_rule=SAME_SAMPLE_RULE))
+            recall, model=model, soft=True, tolerance=0.05, tolerance_rule=MARGIN_RULE))
     settle(outcomes, "groups' recalls")

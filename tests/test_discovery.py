@@ -169,3 +169,22 @@ def test_a_malformed_circuit_file_names_the_file_and_the_format(tmp_path, conten
     with pytest.raises(MechbenchError) as e:
         Circuit.load(str(path))
     assert problem in str(e.value) and str(path) in str(e.value)
+
+
+def test_discovery_states_each_scores_sampling_error_and_its_cut(toy):
+    """Per-pair scores give each head's cluster-robust error; the cut is the score a head had to beat."""
+    from mechbench.data.counterfactuals import noise_pairs
+    from mechbench.stats import cluster_se
+
+    found = discover(toy, "toy-llama", SMALL)
+    pairs = noise_pairs(toy.tokenizer, SMALL.n_pairs, seed=SMALL.seed)
+    per_pair = path_patching_scores(toy, pairs, "last", per_pair=True)
+    assert per_pair.shape[-1] == SMALL.n_pairs
+    torch.testing.assert_close(per_pair.mean(-1), found.scores["value_fetcher"], rtol=1e-5, atol=1e-7)
+    layer, head = found.circuit.groups["value_fetcher"].heads[0]
+    assert float(found.se["value_fetcher"][layer, head]) == pytest.approx(
+        cluster_se(per_pair[layer, head].double().numpy(), pairs.base.clusters().numpy()), rel=1e-4)
+    k = dict(SMALL.circuit_k)["value_fetcher"]
+    cut = found.cut("value_fetcher", k, SMALL.min_effect)
+    assert cut <= -SMALL.min_effect
+    assert all(found.scores["value_fetcher"][h] <= cut for h in found.selected["value_fetcher"])

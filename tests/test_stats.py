@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mechbench.stats import Estimate, chance_check, cluster_bootstrap, cluster_se, mean_estimate
+from mechbench.stats import Estimate, chance_check, cluster_bootstrap, cluster_se, cluster_se_last_axis, mean_estimate
 
 
 def test_cluster_se_with_singleton_clusters_is_the_ordinary_standard_error():
@@ -80,3 +80,13 @@ def test_chance_guard():
     assert not chance_check(np.zeros(140), ids, 7).passed  # a constant answer cannot make the error 0
     assert chance_check(np.tile([1, 1, 1, 1, 0, 0, 0], 20), ids, 7).passed
     assert "does not do the task" in chance_check(at_chance, ids, 7).message("m")
+
+
+def test_cluster_se_of_every_row_at_once_equals_row_by_row():
+    rng = np.random.default_rng(0)
+    values, clusters = rng.normal(size=(3, 4, 35)), np.repeat(np.arange(5), 7)
+    grid = cluster_se_last_axis(values, clusters)
+    assert grid.shape == (3, 4)
+    for i in range(3):
+        for j in range(4):
+            assert grid[i, j] == pytest.approx(cluster_se(values[i, j], clusters), rel=1e-12)

@@ -28,6 +28,7 @@ import torch
 from mechbench.circuits import GROUP_ROLES, Circuit, HeadGroup
 from mechbench.data.counterfactuals import CounterfactualDataset
 from mechbench.methods.path_patching import Receivers, path_patching_scores, top_heads
+from mechbench.stats import cluster_se_last_axis
 
 
 @dataclass(frozen=True)
@@ -96,9 +97,18 @@ DISCOVERY = {
 class Discovery:
     scores: dict[str, torch.Tensor]  # group -> [n_layers, n_heads]
     circuit: Circuit
+    se: dict[str, torch.Tensor] | None = None  # group -> each score's cluster-robust standard error
+    selected: dict[str, tuple] | None = None  # group -> the heads its step passed the cut (the candidates)
 
     def to_json(self) -> dict:
-        return {"circuit": self.circuit.to_json(), "scores": {g: s.tolist() for g, s in self.scores.items()}}
+        return {"circuit": self.circuit.to_json(), "scores": {g: s.tolist() for g, s in self.scores.items()},
+                **({"se": {g: s.tolist() for g, s in self.se.items()}} if self.se else {})}
+
+    def cut(self, group: str, top_k: int, min_effect: float = 0.0) -> float:
+        """The score a head had to beat to be selected into ``group``: the ``top_k``-th most negative score, or
+        the floor ``-min_effect`` where that is stricter."""
+        ranked = self.scores[group].flatten().sort().values
+        return min(float(ranked[min(top_k, len(ranked)) - 1]), -min_effect)
 
 
 def select_heads(scores: torch.Tensor, top_k: int, min_effect: float = 0.0) -> tuple[tuple[int, int], ...]:
@@ -129,17 +139,21 @@ def _progress(log, group: str):
 
 def discover_circuit(model, pairs: CounterfactualDataset, name: str, steps=PAPER_STEPS, receiver_k=None,
                      circuit_k=None, min_effect: float = 0.0, seed: int = 0, log=None, finished=None,
-                     on_step=None) -> Discovery:
+                     on_step=None, fixed_receivers: Circuit | None = None) -> Discovery:
     """Run ``steps`` in order; ``receiver_k[group]`` heads go on as receivers, ``circuit_k[group]`` into the
     circuit (both default to :data:`PAPER_RECEIVER_K`). ``finished``: ``{group: scores}`` of steps already run
-    (a resumed run skips them); ``on_step(group, scores)`` hears each step as it finishes (to save it)."""
+    (a resumed run skips them); ``on_step(group, scores, se)`` hears each step as it finishes (to save it).
+    ``fixed_receivers``: each step's receivers are that circuit's heads of the receiver group (its leading
+    ``receiver_k``) instead of the ones this run selected, so that every step is scored on its own: a near tie at
+    one step's cut cannot change which heads the next step sends to."""
     receiver_k = {**PAPER_RECEIVER_K, **(receiver_k or {})}
     circuit_k = {**receiver_k, **(circuit_k or {})}
-    scores, receivers_of = {}, {}
+    scores, se, receivers_of = {}, {}, {}
     finished = finished or {}
+    clusters = pairs.base.clusters().numpy()
     for step in steps:
         if step.group in finished:
-            scores[step.group] = finished[step.group]
+            scores[step.group], se[step.group] = finished[step.group]
             receivers_of[step.group] = select_heads(scores[step.group], receiver_k[step.group], min_effect)
             if log:
                 log(f"{step.group}: resumed from the checkpoint")
@@ -147,26 +161,31 @@ def discover_circuit(model, pairs: CounterfactualDataset, name: str, steps=PAPER
         receivers = None
         if step.receiver_group is not None:
             heads = receivers_of[step.receiver_group]
+            if fixed_receivers is not None and step.receiver_group in fixed_receivers.groups:
+                heads = fixed_receivers.groups[step.receiver_group].heads[:receiver_k[step.receiver_group]]
             if not heads:  # nothing downstream to receive: the group cannot be found by this step
                 scores[step.group] = torch.zeros_like(next(iter(scores.values())))
+                se[step.group] = torch.zeros_like(scores[step.group])
                 receivers_of[step.group] = ()
                 if on_step is not None:
-                    on_step(step.group, scores[step.group])
+                    on_step(step.group, scores[step.group], se[step.group])
                 continue
             receivers = Receivers(heads, step.component, step.receiver_role)
         corrupt = random_label_positions(pairs, seed) if step.corrupt == "random_label" else None
-        scores[step.group] = path_patching_scores(model, pairs, step.sender_role, receivers, corrupt_positions=corrupt,
-                                                  progress=_progress(log, step.group))
+        per_pair = path_patching_scores(model, pairs, step.sender_role, receivers, corrupt_positions=corrupt,
+                                        progress=_progress(log, step.group), per_pair=True)
+        scores[step.group] = per_pair.mean(-1)
+        se[step.group] = torch.from_numpy(cluster_se_last_axis(per_pair.numpy(), clusters)).float()
         receivers_of[step.group] = select_heads(scores[step.group], receiver_k[step.group], min_effect)
         if on_step is not None:
-            on_step(step.group, scores[step.group])
+            on_step(step.group, scores[step.group], se[step.group])
         if log:
             log(f"{step.group}: receivers {receivers_of[step.group]}")
     chosen = {g: select_heads(s, circuit_k[g], min_effect) for g, s in scores.items()}
     if "value_fetcher" in chosen and "pos_transmitter" in chosen:
         chosen["value_fetcher"] = tuple(h for h in chosen["value_fetcher"] if h not in chosen["pos_transmitter"])
     circuit = Circuit(name, {g: HeadGroup(g, GROUP_ROLES[g], heads) for g, heads in chosen.items() if heads})
-    return Discovery(scores, circuit)
+    return Discovery(scores, circuit, se, chosen)
 
 
 _CODE = ("methods/path_patching.py", "methods/discovery.py", "intervene/engine.py", "data/counterfactuals.py",
@@ -196,7 +215,8 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def discover(model, name: str, config: DiscoveryConfig, log=None, cache_dir: str | Path | None = None) -> Discovery:
+def discover(model, name: str, config: DiscoveryConfig, log=None, cache_dir: str | Path | None = None,
+             fixed_receivers: Circuit | None = None) -> Discovery:
     """Run ``config`` on ``model`` (a handle): its noise pairs, steps and head counts.
 
     With ``cache_dir``, each finished step is saved at once to ``<cache_dir>/<name>-<key hash>.json`` (written
@@ -209,6 +229,8 @@ def discover(model, name: str, config: DiscoveryConfig, log=None, cache_dir: str
     finished, on_step, path = {}, None, None
     if cache_dir is not None:
         key = checkpoint_key(model, name, config)
+        if fixed_receivers is not None:
+            key["fixed_receivers"] = fixed_receivers.to_json()
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(cache_dir) / f"{_safe(name)}-{digest}.json"
         saved = {"key": key, "steps": {}}
@@ -217,7 +239,8 @@ def discover(model, name: str, config: DiscoveryConfig, log=None, cache_dir: str
                 data = json.loads(path.read_text())
                 if data.get("key") == key:
                     saved = data
-                    finished = {g: torch.tensor(v) for g, v in data["steps"].items()}
+                    finished = {g: (torch.tensor(v["scores"]), torch.tensor(v["se"]))
+                                for g, v in data["steps"].items()}
                 elif log:
                     log(f"{path} was made with other settings or another model; starting fresh")
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
@@ -229,12 +252,13 @@ def discover(model, name: str, config: DiscoveryConfig, log=None, cache_dir: str
                 log(f"no checkpoint matches these settings and this model ({len(others)} for other settings or "
                     f"models in {cache_dir}); starting fresh")
 
-        def on_step(group: str, scores: torch.Tensor) -> None:
-            saved["steps"][group] = scores.tolist()
+        def on_step(group: str, scores: torch.Tensor, se: torch.Tensor) -> None:
+            saved["steps"][group] = {"scores": scores.tolist(), "se": se.tolist()}
             _write_json_atomic(path, saved)
             if log:
                 log(f"{group}: saved to {path}")
 
     pairs = noise_pairs(model.tokenizer, config.n_pairs, seed=config.seed)
     return discover_circuit(model, pairs, name, config.steps, dict(config.receiver_k), dict(config.circuit_k) or None,
-                            config.min_effect, seed=config.seed, log=log, finished=finished, on_step=on_step)
+                            config.min_effect, seed=config.seed, log=log, finished=finished, on_step=on_step,
+                            fixed_receivers=fixed_receivers)

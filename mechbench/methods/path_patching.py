@@ -59,10 +59,12 @@ def path_patching_scores(
     batch_size: int = 100,
     fast: bool = True,
     progress=None,
+    per_pair: bool = False,
 ) -> torch.Tensor:
     """Score of every head as a sender: [n_layers, n_heads]. ``corrupt_positions`` ([N]) says where the
     sender's corrupted value is read (default: the same role in the corrupted prompt). ``progress(done, total)``
-    hears how many (batch, sender head) runs are done, after each sender layer.
+    hears how many (batch, sender head) runs are done, after each sender layer. ``per_pair``: return every
+    pair's score, [n_layers, n_heads, N], whose spread gives each head's sampling error.
 
     ``fast`` recomputes only the sender's layer and above, from the sender's position on (the engine's
     prefix path); the numbers equal the full forward's to float tolerance.
@@ -76,7 +78,7 @@ def path_patching_scores(
         receiver_pos = clean.positions(receivers.role)[:, None]
         receiver_layers = sorted({layer for layer, _ in receivers.heads})
     answers = pairs.target_ids
-    totals = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    per = torch.zeros(n_layers, n_heads, len(pairs), dtype=torch.float64)
     n_batches = -(-len(pairs) // batch_size)
     for batch_index, start in enumerate(range(0, len(pairs), batch_size)):
         rows = slice(start, start + batch_size)
@@ -107,10 +109,10 @@ def path_patching_scores(
                     patches = _receiver_patches(torch_model, receivers, recorded, receiver_pos[rows], above=layer)
                     logits = run(torch_model, ids, patches, batch_size=n, prefix=prefix).last_logits
                 p = _answer_prob(logits, answers[rows])
-                totals[layer, head] += ((p - p_clean) / p_clean).sum().double()
+                per[layer, head, rows] = ((p - p_clean) / p_clean).double()
             if progress is not None:
                 progress((batch_index * n_layers + layer + 1) * n_heads, n_batches * n_layers * n_heads)
-    return (totals / len(pairs)).float()
+    return per.float() if per_pair else per.mean(-1).float()
 
 
 def top_heads(scores: torch.Tensor, k: int) -> tuple[Head, ...]:

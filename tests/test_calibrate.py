@@ -1,0 +1,35 @@
+"""The false-alarm audit's machinery: seeds run as separate pytest processes and tallied per claim test; a
+planted change silences the named heads in a saved copy."""
+
+import torch
+
+from mechbench.calibrate import _PLANT_HEADS, plant, run_seeds, table
+
+
+def test_seeds_are_run_and_tallied_per_claim_test(tmp_path):
+    failures = run_seeds("toy-llama", [1, 2], tmp_path, ["-k", "test_accuracy", "--limit=70"],
+                         log=lambda m: None)
+    assert list(failures) == ["test_accuracy::test_accuracy[toy-llama]"]
+    assert failures["test_accuracy::test_accuracy[toy-llama]"] in ([], [1], [2], [1, 2])
+    for seed in (1, 2):
+        lines = (tmp_path / f"seed-{seed}" / "results.jsonl").read_text().splitlines()
+        assert any(f'"seed": {seed}' in line for line in lines)  # each seed really ran with its own seed
+    assert "| `test_accuracy::test_accuracy[toy-llama]` |" in table(failures, 2)
+
+
+def test_a_planted_change_zeroes_exactly_the_named_heads(tmp_path):
+    from mechbench.api import get_model
+    from mechbench.models.loading import load_model
+
+    path = plant("toy-llama", "readers", tmp_path)
+    original, planted = get_model("toy-llama"), load_model(str(path))
+    d = original.shape.head_dim
+    for layer in range(original.shape.n_layers):
+        w0 = original.model.model.layers[layer].self_attn.o_proj.weight
+        w1 = planted.model.model.layers[layer].self_attn.o_proj.weight
+        for head in range(original.shape.n_heads):
+            cols = slice(head * d, (head + 1) * d)
+            if (layer, head) in _PLANT_HEADS["readers"]:
+                assert not w1[:, cols].any()
+            else:
+                assert torch.equal(w0[:, cols], w1[:, cols])
