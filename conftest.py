@@ -43,6 +43,9 @@ def pytest_addoption(parser):
     g.addoption("--bos", default="auto", choices=("auto", "always", "never"),
                 help="whether prompts start with the tokenizer's BOS token: auto (default) when it is a document start "
                      "such as LLaMA's <s>, not when it is a chat turn marker; always; never")
+    g.addoption("--drop-multi-token", action="store_true",
+                help="leave out the task words (objects, labels) that the model's tokenizer splits into several tokens, "
+                     "instead of refusing the model")
     g.addoption("--force-baselines", action="store_true",
                 help="with --update-baselines: store even a baseline with tolerance 0, or on fewer examples than "
                      "the claim's default (--limit) or the record it replaces")
@@ -87,6 +90,7 @@ class Settings:
     paper_compat_o_proj: bool = False
     force_baselines: bool = False
     bos: str = "auto"
+    drop_multi_token: bool = False
     staging: object = None  # mechbench.baselines.Staging of an --update-baselines run
 
     def n_examples(self, default: int) -> int:
@@ -193,6 +197,7 @@ def pytest_configure(config):
         paper_compat_o_proj=config.getoption("--paper-compat-o-proj"),
         force_baselines=config.getoption("--force-baselines"),
         bos=config.getoption("--bos"),
+        drop_multi_token=config.getoption("--drop-multi-token"),
         staging=Staging() if config.getoption("--update-baselines") else None,
     )
     s = config._mechbench
@@ -258,7 +263,8 @@ def load_or_skip(name: str, settings: Settings):
         return get_model(name, device=settings.device, dtype=settings.dtype,
                          **({"allow_pickle": True} if settings.allow_pickle else {}),
                          **({"paper_compat_o_proj": True} if settings.paper_compat_o_proj else {}),
-                         **({"bos": settings.bos} if settings.bos != "auto" else {}))
+                         **({"bos": settings.bos} if settings.bos != "auto" else {}),
+                         **({"drop_multi_token": True} if settings.drop_multi_token else {}))
     except ModelLoadError as e:  # weights not here: a skip that says why
         if Path(name.partition("+")[0]).exists() or Path(name.partition("+")[2] or "-/-").exists():
             pytest.fail(f"model {name!r} is a path that exists but cannot be loaded: {e}", pytrace=False)

@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     acc.add_argument("--dtype", default="float32")
     acc.add_argument("--bos", default="auto", choices=("auto", "always", "never"),
                      help="prompts start with the tokenizer's BOS token: auto (when it is a document start), always, never")
+    acc.add_argument("--drop-multi-token", action="store_true",
+                     help="leave out task words the tokenizer splits into several tokens instead of refusing the model")
     acc.add_argument("--allow-pickle", action="store_true",
                      help="load pickled (.bin) weights where there are no safetensors (trusted sources only)")
     base = sub.add_parser("baselines", help="check every baseline file against the schema")
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     disc.add_argument("--dtype", default="float32")
     disc.add_argument("--bos", default="auto", choices=("auto", "always", "never"),
                      help="prompts start with the tokenizer's BOS token: auto (when it is a document start), always, never")
+    disc.add_argument("--drop-multi-token", action="store_true",
+                     help="leave out task words the tokenizer splits into several tokens instead of refusing the model")
     disc.add_argument("--allow-pickle", action="store_true",
                      help="load pickled (.bin) weights where there are no safetensors (trusted sources only)")
     rep = sub.add_parser("report", help="tables and figures of the latest measurements in a results file")
@@ -78,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--dtype", default="float32")
     cmp.add_argument("--bos", default="auto", choices=("auto", "always", "never"),
                      help="prompts start with the tokenizer's BOS token: auto (when it is a document start), always, never")
+    cmp.add_argument("--drop-multi-token", action="store_true",
+                     help="leave out task words the tokenizer splits into several tokens instead of refusing the model")
     cmp.add_argument("--allow-pickle", action="store_true",
                      help="load pickled (.bin) weights where there are no safetensors (trusted sources only)")
     cmp.add_argument("--baselines-dir", default=None)
@@ -133,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _load_options(args) -> dict:
     """The loader's opt-ins a command was given (only those set, so that a model loads once per process)."""
-    return {**({"allow_pickle": True} if args.allow_pickle else {}), **({"bos": args.bos} if args.bos != "auto" else {})}
+    return {**({"allow_pickle": True} if args.allow_pickle else {}), **({"bos": args.bos} if args.bos != "auto" else {}),
+            **({"drop_multi_token": True} if args.drop_multi_token else {})}
 
 
 def _validate(args) -> None:

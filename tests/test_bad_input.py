@@ -20,7 +20,7 @@ DEFAULTS = {"--model": None, "--base-model": None, "--baseline-model": None, "--
             "--dtype": "float32", "--limit": None, "--seed": 0, "--baselines-dir": str(conftest.ROOT / "baselines"),
             "--update-baselines": False, "--results-dir": None, "--require-models": False, "--allow-pickle": False,
             "--paper-compat-o-proj": False, "--compare": False, "--quick": False, "--reference": None,
-            "--force-baselines": False, "--bos": "auto"}
+            "--force-baselines": False, "--bos": "auto", "--drop-multi-token": False}
 
 
 def configure(tmp_path, **options):

@@ -96,8 +96,17 @@ def test_multi_token_objects_are_named_or_dropped(llama_tokenizer):
         build_dataset(llama_tokenizer, n_examples=7, objects=objects)
     msg = str(err.value)
     assert "'bicycle'" in msg and "'refrigerator'" in msg and "'book'" not in msg
-    assert "llama-tokenizer" in msg and "drop_multi_token=True" in msg
+    assert "llama-tokenizer" in msg and "--drop-multi-token" in msg and "drop_multi_token=True" in msg
     ds = build_dataset(llama_tokenizer, n_examples=7, objects=objects, drop_multi_token=True)
+    assert {"bicycle", "refrigerator"}.isdisjoint(o for e in ds.examples for o in e.context.objects)
+    # the option as the loader sets it (--drop-multi-token) reaches every dataset built for the model
+    import copy
+
+    from mechbench.data.dataset import DROP_ATTRIBUTE
+
+    dropping = copy.deepcopy(llama_tokenizer)
+    setattr(dropping, DROP_ATTRIBUTE, True)
+    ds = build_dataset(dropping, n_examples=7, objects=objects)
     assert {"bicycle", "refrigerator"}.isdisjoint(o for e in ds.examples for o in e.context.objects)
 
 

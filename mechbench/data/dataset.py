@@ -80,8 +80,8 @@ def single_token_ids(
         shown = ", ".join(repr(w) for w in bad[:20]) + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")
         raise TokenizationError(
             f"{len(bad)} {kind} are not a single token for tokenizer {tokenizer_name(tokenizer)!r} "
-            f"(after {lead!r}): {shown}. Pass a list of single-token {kind}, or drop_multi_token=True to "
-            f"leave them out."
+            f"(after {lead!r}): {shown}. Pass a list of single-token {kind}, or leave them out with "
+            f"--drop-multi-token (pytest option and mechbench flag; drop_multi_token=True in Python)."
         )
     return ids
 
@@ -99,9 +99,12 @@ class Vocabulary:
         tokenizer,
         objects: Sequence[str] | None = None,
         labels: Sequence[str] = LETTERS,
-        drop_multi_token: bool = False,
+        drop_multi_token: bool | None = None,
     ) -> "Vocabulary":
+        """``drop_multi_token`` defaults to the loader's choice for this tokenizer (``--drop-multi-token``)."""
         objects = paper_objects() if objects is None else tuple(objects)
+        if drop_multi_token is None:
+            drop_multi_token = bool(getattr(tokenizer, DROP_ATTRIBUTE, False))
         return cls(
             single_token_ids(tokenizer, objects, "the", kind="objects", drop_multi_token=drop_multi_token),
             single_token_ids(tokenizer, labels, "Box", kind="labels", drop_multi_token=drop_multi_token),
@@ -206,6 +209,7 @@ def _token_at(offsets: list[tuple[int, int]], text: str, span: tuple[int, int]) 
 BOS_CHOICES = ("auto", "always", "never")
 DOCUMENT_STARTS = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>")
 BOS_ATTRIBUTE = "mechbench_bos"  # set on a tokenizer by the loader (load_model(bos=...))
+DROP_ATTRIBUTE = "mechbench_drop_multi_token"  # set by the loader (load_model(drop_multi_token=...))
 
 
 def starts_with_bos(tokenizer) -> bool:
@@ -309,7 +313,7 @@ def build_dataset(
     seed: int = 0,
     objects: Sequence[str] | None = None,
     labels: Sequence[str] = LETTERS,
-    drop_multi_token: bool = False,
+    drop_multi_token: bool | None = None,
     template: Template = PAPER_TEMPLATE,
 ) -> EntityTrackingDataset:
     """Seeded entity-tracking prompts in the paper's format, tokenized for ``tokenizer``.

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mechbench.data.dataset import BOS_ATTRIBUTE, BOS_CHOICES
+from mechbench.data.dataset import BOS_ATTRIBUTE, BOS_CHOICES, DROP_ATTRIBUTE
 from mechbench.errors import ModelLoadError, UnsupportedArchitectureError
 from mechbench.models.registry import ModelSpec, resolve
 
@@ -232,6 +232,7 @@ def load_model(
     attn_implementation: str = "sdpa",
     paper_compat_o_proj: bool = False,
     bos: str = "auto",
+    drop_multi_token: bool = False,
 ) -> ModelHandle:
     """Load a registered name, a hub id, a local directory or ``base+adapter`` into a :class:`ModelHandle`.
 
@@ -243,7 +244,8 @@ def load_model(
     weight, as the paper's hooks did (they dropped Goat's o_proj LoRA in every hooked run); only for comparing
     with a published number from such a run. Runs without interventions (accuracy) keep the adapter.
     ``bos``: whether prompts start with the tokenizer's BOS token (``auto``, ``always``, ``never``; see
-    :func:`mechbench.data.dataset.starts_with_bos`).
+    :func:`mechbench.data.dataset.starts_with_bos`). ``drop_multi_token``: datasets for this model leave out the
+    task words its tokenizer splits into several tokens, instead of refusing them.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -331,6 +333,7 @@ def load_model(
                              f"{str(e).splitlines()[0][:200]}. {_how_to_provide(spec, tokenizer_ref)}") from None
     if tokenizer.pad_token_id is None:  # the paper sets pad = eos; prompts of a dataset never need padding
         tokenizer.pad_token = tokenizer.eos_token
-    setattr(tokenizer, BOS_ATTRIBUTE, bos)  # whether prompts start with BOS: mechbench.data.dataset.starts_with_bos
+    setattr(tokenizer, BOS_ATTRIBUTE, bos)
+    setattr(tokenizer, DROP_ATTRIBUTE, drop_multi_token)  # whether prompts start with BOS: mechbench.data.dataset.starts_with_bos
     prints = fingerprint(spec.name, spec, model, torch_dtype) | {"tokenizer_sha256": tokenizer_hash(tokenizer)}
     return ModelHandle(spec.name, spec, model, tokenizer, _shape(config), prints, peft_model)
