@@ -6,6 +6,7 @@
     mechbench discover toy-llama --store     # path-patching circuit -> baselines/circuits.json
     mechbench report                         # results/results.jsonl -> results/report.md and figures
     mechbench compare /ckpt/my-ft --base toy-llama [--quick]   # side-by-side report and a mechanism verdict
+    mechbench calibrate toy-llama --seeds 10 [--plant readers]  # false-alarm audit (and power on a planted change)
 """
 
 from __future__ import annotations
@@ -27,12 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     acc.add_argument("--boxes", type=int, default=7)
     acc.add_argument("--device", default="cpu")
     acc.add_argument("--dtype", default="float32")
-    acc.add_argument("--bos", default="auto", choices=("auto", "always", "never"),
-                     help="prompts start with the tokenizer's BOS token: auto (when it is a document start), always, never")
-    acc.add_argument("--drop-multi-token", action="store_true",
-                     help="leave out task words the tokenizer splits into several tokens instead of refusing the model")
-    acc.add_argument("--allow-pickle", action="store_true",
-                     help="load pickled (.bin) weights where there are no safetensors (trusted sources only)")
+    _add_load_options(acc)
     base = sub.add_parser("baselines", help="check every baseline file against the schema")
     base.add_argument("--dir", default=None)
     disc = sub.add_parser("discover", help="find a model's circuit by iterated path patching (docs/paper.md §4)")
@@ -58,12 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="write the score tables and circuit to this JSON file (--circuit FILE reads it as is)")
     disc.add_argument("--device", default="cpu")
     disc.add_argument("--dtype", default="float32")
-    disc.add_argument("--bos", default="auto", choices=("auto", "always", "never"),
-                     help="prompts start with the tokenizer's BOS token: auto (when it is a document start), always, never")
-    disc.add_argument("--drop-multi-token", action="store_true",
-                     help="leave out task words the tokenizer splits into several tokens instead of refusing the model")
-    disc.add_argument("--allow-pickle", action="store_true",
-                     help="load pickled (.bin) weights where there are no safetensors (trusted sources only)")
+    _add_load_options(disc)
     rep = sub.add_parser("report", help="tables and figures of the latest measurements in a results file")
     rep.add_argument("--results", default="results/results.jsonl")
     rep.add_argument("--out", default="results", help="directory for report.md and the figures")
@@ -80,12 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--seed", type=int, default=0)
     cmp.add_argument("--device", default="cpu")
     cmp.add_argument("--dtype", default="float32")
-    cmp.add_argument("--bos", default="auto", choices=("auto", "always", "never"),
-                     help="prompts start with the tokenizer's BOS token: auto (when it is a document start), always, never")
-    cmp.add_argument("--drop-multi-token", action="store_true",
-                     help="leave out task words the tokenizer splits into several tokens instead of refusing the model")
-    cmp.add_argument("--allow-pickle", action="store_true",
-                     help="load pickled (.bin) weights where there are no safetensors (trusted sources only)")
+    _add_load_options(cmp)
     cmp.add_argument("--baselines-dir", default=None)
     cmp.add_argument("--results-dir", default="results", help="results.jsonl is appended here as claims finish")
     cmp.add_argument("--out", default=None, help="directory of the report and figures (default: --results-dir)")
@@ -135,6 +121,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mechbench: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _add_load_options(parser) -> None:
+    """The loader's opt-ins, on every command that loads a model (the pytest options of the same names)."""
+    parser.add_argument("--bos", default="auto", choices=("auto", "always", "never"),  # dataset.BOS_CHOICES
+                        help="prompts start with the tokenizer's BOS token: auto (when it is a document start), always, never")
+    parser.add_argument("--drop-multi-token", action="store_true",
+                        help="leave out task words the tokenizer splits into several tokens instead of refusing the model")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load pickled (.bin) weights where there are no safetensors (trusted sources only)")
 
 
 def _load_options(args) -> dict:
