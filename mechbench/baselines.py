@@ -36,14 +36,18 @@ DEFAULT_DIR = Path(__file__).resolve().parent.parent / "baselines"
 
 
 def binomial_tolerance(p: float, n_measured: int, n_baseline: int, z: float = 3.0, rounding: float = 0.0) -> float:
-    """z standard errors of the difference of two independent accuracy estimates, plus rounding slack."""
+    """z standard errors of the difference of two independent accuracy estimates, plus rounding slack.
+
+    The variance uses the Agresti-Coull estimate (x + 2) / (n + 4) of p: at an observed 0 or 1 the plain
+    estimate would give a tolerance of 0, which any later run on other examples fails by one example."""
     p = min(max(p, 0.0), 1.0)
+    p = (p * n_baseline + 2) / (n_baseline + 4)
     se = math.sqrt(p * (1 - p) / n_measured + p * (1 - p) / n_baseline)
     return round(z * se + rounding, 4)
 
 
 BINOMIAL_RULE = ("3 standard errors of the difference of two independent binomial estimates, "
-                 "3*sqrt(p(1-p)/n_measured + p(1-p)/n_baseline){rounding}")
+                 "3*sqrt(p(1-p)/n_measured + p(1-p)/n_baseline) with p = (x+2)/(n+4){rounding}")
 SAME_SAMPLE_RULE = ("on the baseline's own examples (same seed and n) sampling error cancels: 3/n allows three "
                     "examples to flip on near-ties between float builds")
 
