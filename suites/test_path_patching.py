@@ -41,12 +41,7 @@ def test_path_patching_recovers_the_circuit(model, circuit_name, settings, claim
     circuit_k = {**dict(config.receiver_k), **dict(config.circuit_k)}
     outcomes = []
     for group, g in stored.groups.items():
-        if group not in found.scores:
-            recall = 0.0
-        else:
-            cut = found.cut(group, circuit_k[group], config.min_effect)
-            scores, se = found.scores[group], found.se[group]
-            recall = sum(float(scores[h]) <= cut + Z * float(se[h]) for h in g.heads) / len(g.heads)
+        recall = found.recall(g.heads, group, circuit_k[group], config.min_effect, z=Z)
         outcomes.append(claim_check(
             "path_patching", {"circuit": circuit_name, "model": model.name, "group": group, "metric": "recall"},
             recall, model=model, soft=True, tolerance=0.05, tolerance_rule=MARGIN_RULE))

@@ -188,3 +188,26 @@ def test_discovery_states_each_scores_sampling_error_and_its_cut(toy):
     cut = found.cut("value_fetcher", k, SMALL.min_effect)
     assert cut <= -SMALL.min_effect
     assert all(found.scores["value_fetcher"][h] <= cut for h in found.selected["value_fetcher"])
+
+
+def test_recall_within_margin_misses_a_silenced_head_and_keeps_the_rest(toy):
+    """Power of the path-patching claim: a circuit head whose output is zeroed scores ~0, far above the cut, so
+    it is not found; the other heads still are."""
+    import copy
+
+    from mechbench.models.loading import ModelHandle
+
+    found = discover(toy, "toy-llama", SMALL)
+    k = dict(SMALL.circuit_k)["value_fetcher"]
+    heads = found.circuit.groups["value_fetcher"].heads
+    assert found.recall(heads, "value_fetcher", k, SMALL.min_effect) == 1.0
+    layer, head = heads[0]
+    planted = copy.deepcopy(toy.model)
+    d = toy.shape.head_dim
+    with torch.no_grad():
+        planted.model.layers[layer].self_attn.o_proj.weight[:, head * d:(head + 1) * d] = 0
+    handle = ModelHandle(toy.name, toy.spec, planted, toy.tokenizer, toy.shape, toy.fingerprint, None)
+    again = discover(handle, "toy-llama", SMALL, fixed_receivers=found.circuit)
+    assert abs(float(again.scores["value_fetcher"][layer, head])) < 1e-6
+    recall = again.recall(heads, "value_fetcher", k, SMALL.min_effect)
+    assert recall < 1.0 and recall >= (len(heads) - 2) / len(heads)

@@ -104,6 +104,15 @@ class Discovery:
         return {"circuit": self.circuit.to_json(), "scores": {g: s.tolist() for g, s in self.scores.items()},
                 **({"se": {g: s.tolist() for g, s in self.se.items()}} if self.se else {})}
 
+    def recall(self, heads, group: str, top_k: int, min_effect: float = 0.0, z: float = 2.0) -> float:
+        """The share of ``heads`` this run found in ``group``: scored below the cut + ``z`` standard errors (a head
+        within sampling error of the cut is a near tie, which fresh pairs reorder at random)."""
+        if group not in self.scores or not heads:
+            return 0.0
+        cut = self.cut(group, top_k, min_effect)
+        scores, se = self.scores[group], self.se[group] if self.se else torch.zeros_like(self.scores[group])
+        return sum(float(scores[h]) <= cut + z * float(se[h]) for h in heads) / len(heads)
+
     def cut(self, group: str, top_k: int, min_effect: float = 0.0) -> float:
         """The score a head had to beat to be selected into ``group``: the ``top_k``-th most negative score, or
         the floor ``-min_effect`` where that is stricter."""
