@@ -48,35 +48,34 @@ def test_dcm_heads_patched(model, circuit_name, desideratum, settings, claim_che
     n = settings.n_examples(N_PAIRS)
     torch_model = model.model
     layers = list(range(model.shape.n_layers))
-    draws = {}  # paper_compat -> per run: pairs, the base run's prefix, the source's head outputs per role
-
-    def draw(paper_compat, run):
-        if paper_compat not in draws:
-            draws[paper_compat] = []
-            for r in range(N_RUNS):
-                pairs = _pairs(model.tokenizer, desideratum, n, 1000 * (settings.seed + 1) + r, paper_compat)
-                reads = source_values_at(torch_model, pairs, circuit.roles, layers)
-                draws[paper_compat].append((pairs, capture_prefix(torch_model, pairs.base.input_ids), reads))
-        return draws[paper_compat][run]
-
-    outcomes = []
+    patched = []  # (keys, heads, role, paper_compat) of every group DCM found heads for
     for group in circuit.groups.values():
         found = dcm.find(circuit=circuit_name, model=circuit_name, group=group.name, position=group.role,
                          desideratum=desideratum)
         if found is None:
             continue
-        heads = HeadGroup(group.name, group.role, tuple(tuple(h) for h in found.value["heads"]))
         keys = {"circuit": circuit_name, "model": model.name, "group": group.name, "position": group.role,
                 "desideratum": desideratum}
         record = stored.find(**keys)
-        paper_compat = record is not None and not record.measured
-        runs = []
+        patched.append((keys, HeadGroup(group.name, group.role, tuple(tuple(h) for h in found.value["heads"])),
+                        group.role, record is not None and not record.measured))
+    runs = [[] for _ in patched]
+    # one draw of pairs at a time, every group patched on it, then let go: only one clean prefix (the base run's
+    # hidden states and keys/values, ~85 MB a pair at 7B in float32) is ever held
+    for paper_compat in sorted({p[3] for p in patched}):
         for run in range(N_RUNS):
-            pairs, prefix, reads = draw(paper_compat, run)
-            runs.append(100 * masked_accuracy(torch_model, heads, pairs, torch.zeros(len(heads)), reads=reads[group.role],
-                                              prefix=prefix))
-        std = statistics.pstdev(runs)
-        outcomes.append(claim_check("dcm_patching", keys, statistics.fmean(runs), n=n, model=model, soft=True, std=std,
+            pairs = _pairs(model.tokenizer, desideratum, n, 1000 * (settings.seed + 1) + run, paper_compat)
+            reads = source_values_at(torch_model, pairs, circuit.roles, layers)
+            prefix = capture_prefix(torch_model, pairs.base.input_ids)
+            for i, (keys, heads, role, compat) in enumerate(patched):
+                if compat == paper_compat:
+                    runs[i].append(100 * masked_accuracy(torch_model, heads, pairs, torch.zeros(len(heads)),
+                                                         reads=reads[role], prefix=prefix))
+            del prefix, reads
+    outcomes = []
+    for (keys, heads, role, compat), values in zip(patched, runs):
+        std = statistics.pstdev(values)
+        outcomes.append(claim_check("dcm_patching", keys, statistics.fmean(values), n=n, model=model, soft=True, std=std,
                                     tolerance=round(3 * math.sqrt(2) * std / math.sqrt(N_RUNS) + 0.05 + 100 / n, 4),
                                     tolerance_rule=RULE + " (+100/n: one pair, so a zero spread is not a zero bound)"))
     if not outcomes:
