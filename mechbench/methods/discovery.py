@@ -104,7 +104,7 @@ class Discovery:
         return {"circuit": self.circuit.to_json(), "scores": {g: s.tolist() for g, s in self.scores.items()},
                 **({"se": {g: s.tolist() for g, s in self.se.items()}} if self.se else {})}
 
-    def recall(self, heads, group: str, top_k: int, min_effect: float = 0.0, z: float = 2.0) -> float:
+    def recall(self, heads, group: str, top_k: int, min_effect: float = 0.0, z: float = 3.0) -> float:
         """The share of ``heads`` this run found in ``group``: scored below the cut + ``z`` standard errors (a head
         within sampling error of the cut is a near tie, which fresh pairs reorder at random)."""
         if group not in self.scores or not heads:
