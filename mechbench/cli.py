@@ -148,6 +148,11 @@ def _validate(args) -> None:
     for name, check in (("dtype", validate.dtype), ("device", validate.device), ("seed", validate.seed)):
         if getattr(args, name, None) is not None:
             check(getattr(args, name))
+    if getattr(args, "boxes", None) is not None:
+        from mechbench.data.prompts import MAX_BOXES, MIN_BOXES
+
+        if not MIN_BOXES <= args.boxes <= MAX_BOXES:
+            raise MechbenchError(f"--boxes {args.boxes}: the task has {MIN_BOXES} to {MAX_BOXES} boxes (the paper: 7)")
     for name in ("n", "pairs", "seeds"):
         if getattr(args, name, None) is not None:
             validate.positive(f"--{name}", getattr(args, name))

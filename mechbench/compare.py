@@ -180,6 +180,15 @@ class Comparison:
         self.baselines_dir, self.discovery_cache = baselines_dir, discovery_cache
         # the base's own stored numbers come first: the same-run measurement should agree with them
         refs = tuple(references) if references is not None else REFERENCES.get(base.name, ())
+        if references is not None:  # a reference the user named must have stored numbers to show
+            from mechbench import baselines as _baselines
+
+            known = {r.keys.get("model") for r in _baselines.load("accuracy", baselines_dir).records}
+            unknown = [r for r in refs if r not in known]
+            if unknown:
+                raise MechbenchError(f"--reference {', '.join(unknown)}: no stored numbers for it in the baselines "
+                                     f"(accuracy.json knows {', '.join(sorted(k for k in known if k))}); a reference "
+                                     f"is a fine-tune whose baselines are stored")
         self.references = tuple(dict.fromkeys((base.name,) + refs))
         self.log = log or (lambda msg: None)
         self._claims: dict[str, ClaimComparison] = {}

@@ -40,15 +40,23 @@ def load_results(path: Path | str) -> list[dict]:
     if not path.is_file():
         raise MechbenchError(f"no results file at {path}: run the claims first (pytest suites/ writes "
                              f"results/results.jsonl), or pass --results")
-    rows = []
+    rows, unreadable = [], []
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            # a line cut by a crash mid-write loses that measurement only
-            print(f"mechbench report: skipping unreadable line {i} of {path}")
+            row = None
+        if isinstance(row, dict) and "claim" in row:
+            rows.append(row)
+        else:  # a line cut by a crash mid-write loses that measurement only
+            unreadable.append(i)
+    if unreadable and not rows:
+        raise MechbenchError(f"{path} holds no measurements ({len(unreadable)} lines, none a results record): it is "
+                             f"not a results file; pass the results.jsonl that pytest suites/ writes (--results)")
+    if unreadable:
+        print(f"mechbench report: skipping {len(unreadable)} unreadable line(s) of {path}: {unreadable[:10]}")
     return rows
 
 
