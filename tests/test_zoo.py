@@ -168,3 +168,18 @@ def test_compare_tells_identical_from_different_retrains_and_records_it(tmp_path
     assert [r["identical"] for r in recs["toy-llama"]["reproductions"]] == [True]
     assert [r["identical"] for r in recs["toy-vicuna"]["reproductions"]] == [False]
     assert main(["compare", str(tmp_path / "nothing"), "--zoo", str(tmp_path / "shipped")]) == 2
+
+
+def test_probe_finetunes_train_and_load_as_a_user_would(tmp_path):
+    """The probes (fine-tunes the project never registered) come out as a loadable directory: a LoRA adapter that
+    names toy-llama as its base, or full weights; a 2-step smoke run, not the real recipe."""
+    from mechbench.models.loading import load_model
+    from mechbench.zoo.probes import train_probes
+
+    records = train_probes(tmp_path, only=["probe-lora", "probe-direct"], steps=2, log=lambda m: None)
+    assert set(records) == {"probe-lora", "probe-direct"}
+    assert (tmp_path / "probe-lora" / "adapter_config.json").is_file()
+    assert (tmp_path / "probe-direct" / "config.json").is_file()
+    for name in records:
+        handle = load_model(str(tmp_path / name))
+        assert handle.shape.n_layers == 4 and handle.tokenizer is not None
