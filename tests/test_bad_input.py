@@ -102,7 +102,7 @@ COMMANDS = [  # (argv, what stderr must say)
     (["compare", "toy-goat", "--reference", "nope", "--claims", "accuracy"], "--reference nope: no stored numbers"),
     (["accuracy", "toy-llama", "--boxes", "1"], "--boxes 1: the task has 2 to 7 boxes"),
     (["accuracy", "toy-llama", "--boxes", "99"], "--boxes 99"),
-    (["report", "--results", "README.md"], "holds no measurements"),
+    (["report", "--results", str(conftest.ROOT / "README.md")], "holds no measurements"),
     (["compare", "toy-goat", "--circuit", "toy-vicuna"], "no circuit 'toy-vicuna'"),
     (["discover", "toy-llama", "--pairs", "0"], "--pairs 0"),
     (["discover", "toy-llama", "--config", "nope"], "no discovery settings named 'nope'"),
