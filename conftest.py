@@ -258,13 +258,12 @@ def settings(request) -> Settings:
 def load_or_skip(name: str, settings: Settings):
     """The model's handle; a model that cannot be loaded skips the test with the reason."""
     from mechbench.api import get_model
+    from mechbench.models.loading import chosen_options
 
     try:
-        return get_model(name, device=settings.device, dtype=settings.dtype,
-                         **({"allow_pickle": True} if settings.allow_pickle else {}),
-                         **({"paper_compat_o_proj": True} if settings.paper_compat_o_proj else {}),
-                         **({"bos": settings.bos} if settings.bos != "auto" else {}),
-                         **({"drop_multi_token": True} if settings.drop_multi_token else {}))
+        return get_model(name, device=settings.device, dtype=settings.dtype, **chosen_options(
+            allow_pickle=settings.allow_pickle, paper_compat_o_proj=settings.paper_compat_o_proj, bos=settings.bos,
+            drop_multi_token=settings.drop_multi_token))
     except ModelLoadError as e:  # weights not here: a skip that says why
         if Path(name.partition("+")[0]).exists() or Path(name.partition("+")[2] or "-/-").exists():
             pytest.fail(f"model {name!r} is a path that exists but cannot be loaded: {e}", pytrace=False)

@@ -245,6 +245,7 @@ class Staging:
 
     def __init__(self):
         self._files: dict[Path, Baseline] = {}
+        self._changed: set[Path] = set()
         self.diffs: list[str] = []
 
     def load(self, claim: str, baselines_dir=None) -> Baseline:
@@ -255,15 +256,17 @@ class Staging:
 
     def update(self, baseline: Baseline, keys: dict, value: Any, **fields) -> str:
         diff = update(baseline, keys, value, write=False, **fields)
+        self._changed.add(baseline.path)
         self.diffs.append(diff)
         return diff
 
     def commit(self) -> list[Path]:
         """Write every changed file (each atomically); returns their paths."""
-        changed = [b for b in self._files.values() if any(d.split(" ", 2)[1] == b.claim for d in self.diffs)]
+        changed = [b for b in self._files.values() if b.path in self._changed]
         for b in changed:
             _write_atomic(b.path, b.to_json())
         self._files.clear()
+        self._changed.clear()
         return [b.path for b in changed]
 
 

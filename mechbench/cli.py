@@ -134,9 +134,10 @@ def _add_load_options(parser) -> None:
 
 
 def _load_options(args) -> dict:
-    """The loader's opt-ins a command was given (only those set, so that a model loads once per process)."""
-    return {**({"allow_pickle": True} if args.allow_pickle else {}), **({"bos": args.bos} if args.bos != "auto" else {}),
-            **({"drop_multi_token": True} if args.drop_multi_token else {})}
+    """The loader's opt-ins a command was given (mechbench.models.loading.chosen_options)."""
+    from mechbench.models.loading import chosen_options
+
+    return chosen_options(allow_pickle=args.allow_pickle, bos=args.bos, drop_multi_token=args.drop_multi_token)
 
 
 def _validate(args) -> None:
@@ -168,8 +169,6 @@ def _calibrate(args) -> None:
 
     from mechbench.calibrate import PLANTS, plant, run_seeds, table
 
-    if args.seeds < 1:
-        raise MechbenchError(f"--seeds {args.seeds}: need at least one seed")
     out = Path(args.out) / (args.model + (f"-{args.plant}" if args.plant else ""))
     model, extra = args.model, ["-k", args.select] if args.select else []
     if args.plant:

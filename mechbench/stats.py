@@ -56,13 +56,7 @@ def as_clusters(clusters) -> np.ndarray:
 
 def cluster_se(values, clusters) -> float:
     """Cluster-robust (CR1) standard error of the mean of ``values``."""
-    x = np.asarray(values, dtype=np.float64)
-    ids = as_clusters(clusters)
-    n, c = len(x), ids.max() + 1
-    if c < 2:
-        return float("nan")
-    resid = np.bincount(ids, weights=x - x.mean(), minlength=c)
-    return float(np.sqrt(c / (c - 1) * (resid ** 2).sum()) / n)
+    return float(cluster_se_last_axis(values, clusters))
 
 
 def cluster_se_last_axis(values, clusters) -> np.ndarray:

@@ -187,7 +187,7 @@ def test_discovery_states_each_scores_sampling_error_and_its_cut(toy):
     k = dict(SMALL.circuit_k)["value_fetcher"]
     cut = found.cut("value_fetcher", k, SMALL.min_effect)
     assert cut <= -SMALL.min_effect
-    assert all(found.scores["value_fetcher"][h] <= cut for h in found.selected["value_fetcher"])
+    assert all(found.scores["value_fetcher"][h] <= cut for h in found.circuit.groups["value_fetcher"].heads)
 
 
 def test_recall_within_margin_misses_a_silenced_head_and_keeps_the_rest(toy):

@@ -98,7 +98,6 @@ class Discovery:
     scores: dict[str, torch.Tensor]  # group -> [n_layers, n_heads]
     circuit: Circuit
     se: dict[str, torch.Tensor] | None = None  # group -> each score's cluster-robust standard error
-    selected: dict[str, tuple] | None = None  # group -> the heads its step passed the cut (the candidates)
 
     def to_json(self) -> dict:
         return {"circuit": self.circuit.to_json(), "scores": {g: s.tolist() for g, s in self.scores.items()},
@@ -194,7 +193,7 @@ def discover_circuit(model, pairs: CounterfactualDataset, name: str, steps=PAPER
     if "value_fetcher" in chosen and "pos_transmitter" in chosen:
         chosen["value_fetcher"] = tuple(h for h in chosen["value_fetcher"] if h not in chosen["pos_transmitter"])
     circuit = Circuit(name, {g: HeadGroup(g, GROUP_ROLES[g], heads) for g, heads in chosen.items() if heads})
-    return Discovery(scores, circuit, se, chosen)
+    return Discovery(scores, circuit, se)
 
 
 _CODE = ("methods/path_patching.py", "methods/discovery.py", "intervene/engine.py", "data/counterfactuals.py",

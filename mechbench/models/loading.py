@@ -222,6 +222,15 @@ def _shape(config) -> ModelShape:
     )
 
 
+def chosen_options(**options) -> dict:
+    """The loader options that differ from :func:`load_model`'s defaults: a handle is cached per (name, options),
+    so an option left at its default must not make a second key for the same model."""
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(load_model).parameters.items()}
+    return {k: v for k, v in options.items() if v != defaults[k]}
+
+
 def load_model(
     name_or_path: str,
     device: str | torch.device = "cpu",
@@ -334,6 +343,6 @@ def load_model(
     if tokenizer.pad_token_id is None:  # the paper sets pad = eos; prompts of a dataset never need padding
         tokenizer.pad_token = tokenizer.eos_token
     setattr(tokenizer, BOS_ATTRIBUTE, bos)
-    setattr(tokenizer, DROP_ATTRIBUTE, drop_multi_token)  # whether prompts start with BOS: mechbench.data.dataset.starts_with_bos
+    setattr(tokenizer, DROP_ATTRIBUTE, drop_multi_token)  # read by mechbench.data.dataset.Vocabulary
     prints = fingerprint(spec.name, spec, model, torch_dtype) | {"tokenizer_sha256": tokenizer_hash(tokenizer)}
     return ModelHandle(spec.name, spec, model, tokenizer, _shape(config), prints, peft_model)

@@ -1,8 +1,8 @@
 """Does a retrained zoo reproduce the shipped one? Compare the weight digests two training runs recorded.
 
-    python -m mechbench.zoo train --out /tmp/zoo --no-cards      # retrain (CPU kernels pinned)
-    python -m mechbench.zoo compare /tmp/zoo                      # bit-identical per model?
-    python -m mechbench.zoo compare /tmp/zoo --record             # and note the check in the shipped records
+    python -m mechbench.zoo train --out zoo-retrain --no-cards   # retrain (CPU kernels pinned)
+    python -m mechbench.zoo compare zoo-retrain                  # bit-identical per model?
+    python -m mechbench.zoo compare zoo-retrain --record         # and note the check in the shipped records
 
 Each ``training.json`` holds the sha256 of every weight (``digest``) and the CPU it ran on (``cpu``), so the
 comparison needs no model loading. With ``--record`` the outcome is appended to the shipped model's
