@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mechbench.errors import MechbenchError, ModelLoadError, UnknownModelError
@@ -36,6 +37,10 @@ def pytest_addoption(parser):
     g.addoption("--limit", type=int, default=None, metavar="N",
                 help="examples per claim (default: the paper's count, e.g. 500)")
     g.addoption("--seed", type=int, default=0, help="seed of every dataset and sampler (default 0)")
+    g.addoption("--batch-size", default="auto", metavar="N|auto",
+                help="prompts per forward (results do not depend on it). auto (default): 50 on the CPU; on a GPU the "
+                     "largest batch (up to 100) at which every claim's memory plan fits the free memory "
+                     "(mechbench plan MODEL shows it)")
     g.addoption("--baselines-dir", default=str(ROOT / "baselines"), help="directory of the baseline JSON files")
     g.addoption("--update-baselines", action="store_true",
                 help="store the measured numbers as baselines (measured models only; paper numbers are kept). "
@@ -92,6 +97,7 @@ class Settings:
     bos: str = "auto"
     drop_multi_token: bool = False
     staging: object = None  # mechbench.baselines.Staging of an --update-baselines run
+    batch_size: int = 50
 
     def n_examples(self, default: int) -> int:
         return default if self.limit is None else self.limit
@@ -164,12 +170,16 @@ def pytest_configure(config):
                                 f"tolerances): drop --limit, or add --force-baselines to store them anyway")
     from mechbench import validate
     from mechbench.baselines import Staging
+    from mechbench.intervene.engine import set_default_batch_size
+    from mechbench.plan import resolve_batch_size
 
     try:  # every option a user can type, checked before any model loads
         validate.positive("--limit", config.getoption("--limit"))
         validate.seed(config.getoption("--seed"))
         validate.dtype(config.getoption("--dtype"))
         validate.device(config.getoption("--device"))
+        batch_size = resolve_batch_size(config.getoption("--batch-size"), config.getoption("--device"),
+                                        config.getoption("--dtype"), _models(config))
         validate.baselines_dir(Path(config.getoption("--baselines-dir")))
         validate.writable_dir("--results-dir", Path(config.getoption("--results-dir")))
         for name in _models(config):
@@ -177,6 +187,7 @@ def pytest_configure(config):
     except MechbenchError as e:
         raise pytest.UsageError(str(e)) from None
     circuits, circuit_files = _circuits(config)
+    set_default_batch_size(batch_size)
     config._mechbench = Settings(
         models=_models(config),
         base_model=config.getoption("--base-model"),
@@ -199,6 +210,7 @@ def pytest_configure(config):
         bos=config.getoption("--bos"),
         drop_multi_token=config.getoption("--drop-multi-token"),
         staging=Staging() if config.getoption("--update-baselines") else None,
+        batch_size=batch_size,
     )
     s = config._mechbench
     if not s.baseline_model and not s.update_baselines:
@@ -229,17 +241,25 @@ def pytest_generate_tests(metafunc):
 
 def pytest_collection_modifyitems(config, items):
     """A model in comparison mode is measured beside its base (suites/test_compare.py) instead of against
-    baselines it does not have: its absolute-claim items are deselected rather than skipped one by one."""
-    compared = set(config._mechbench.compared)
-    if not compared:
-        return
+    baselines it does not have: its absolute-claim items are deselected rather than skipped one by one. The
+    items of one model run together (in the order models were given), so that on a GPU each model is loaded
+    once and let go before the next (mechbench.api.get_model)."""
+    settings = config._mechbench
+    compared = set(settings.compared)
     keep, drop = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         (drop if params.get("model_name") in compared else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    order = {name: i for i, name in enumerate(settings.models)}
+
+    def model_of(item):
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        name = params.get("model_name", params.get("compared_model"))
+        return order.get(name, -1)  # items of no model first
+
+    items[:] = sorted(keep, key=model_of)  # stable: each model's items keep their order
 
 
 def pytest_runtest_setup(item):
@@ -255,13 +275,14 @@ def settings(request) -> Settings:
     return request.config._mechbench
 
 
-def load_or_skip(name: str, settings: Settings):
-    """The model's handle; a model that cannot be loaded skips the test with the reason."""
+def load_or_skip(name: str, settings: Settings, keep=()):
+    """The model's handle; a model that cannot be loaded skips the test with the reason. On a GPU the other
+    models loaded there are let go first, except those in ``keep``."""
     from mechbench.api import get_model
     from mechbench.models.loading import chosen_options
 
     try:
-        return get_model(name, device=settings.device, dtype=settings.dtype, **chosen_options(
+        return get_model(name, device=settings.device, dtype=settings.dtype, keep=keep, **chosen_options(
             allow_pickle=settings.allow_pickle, paper_compat_o_proj=settings.paper_compat_o_proj, bos=settings.bos,
             drop_multi_token=settings.drop_multi_token))
     except ModelLoadError as e:  # weights not here: a skip that says why
@@ -289,9 +310,15 @@ def claim_check(settings, results, request):
     baseline (fail outside tolerance), or store it with --update-baselines. Always records the result."""
     from mechbench.claims import check_claim
 
-    def check(claim, keys, measured, *, n=None, model=None, soft=False, **tolerances):
+    def check(claim, keys, measured, *, n=None, model=None, soft=False, correct=None, clusters=None, **tolerances):
         """``soft``: return the outcome instead of failing or skipping (a test checking many points reports
-        every point out of tolerance at once)."""
+        every point out of tolerance at once). ``correct`` and ``clusters`` (per example): the accuracy's
+        examples and their contexts, whose design effect widens a binomial tolerance (prompts of one context
+        are not independent)."""
+        from mechbench.stats import design_effect
+
+        if correct is not None:
+            tolerances["design_effect"] = design_effect(np.asarray(correct, dtype=float), np.asarray(clusters))
         seed, lookup = settings.seed, None
         if settings.baseline_model and model is not None:
             # the record of the model this one is checked against; another model's numbers on the same
@@ -421,7 +448,8 @@ def comparison(compared_model, settings):
             circuit = Circuit.load((settings.circuit_files or {}).get(circuit_ref, circuit_ref), settings.baselines_dir)
         except MechbenchError as e:
             pytest.fail(str(e), pytrace=False)
-        fine_tune, base = load_or_skip(compared_model, settings), load_or_skip(base_name, settings)
+        fine_tune = load_or_skip(compared_model, settings)
+        base = load_or_skip(base_name, settings, keep=(compared_model,))
         try:
             _COMPARISONS[compared_model] = Comparison(
                 fine_tune, base, circuit, LANES["quick" if settings.quick else "full"], settings.seed,

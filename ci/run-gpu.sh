@@ -3,6 +3,7 @@
 #
 #   MECHBENCH_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" bash ci/run-gpu.sh
 #   MODELS=llama7b,goat7b SUITES="suites/test_accuracy.py suites/test_faithfulness.py" bash ci/run-gpu.sh
+#   DTYPE=bfloat16 bash ci/run-gpu.sh      # half the memory and time; the paper ran float32
 #
 # Weights come from the hub cache or from MECHBENCH_MODEL_<NAME>=/path (see README, Models); a model that
 # cannot be loaded fails the run (--require-models) instead of skipping, so a green GPU run means every claim
@@ -16,17 +17,22 @@ fi
 MODELS="${MODELS:-llama7b,vicuna7b,goat7b,float7b}"
 SUITES="${SUITES:-suites/}"
 RESULTS="${RESULTS:-results-gpu}"
+DTYPE="${DTYPE:-float32}"
 bash scripts/setup-venv.sh
+# The memory and time plan of every claim on every model, from the models' shapes, before anything loads
+# (mechbench/plan.py); it stops here if a claim would not fit this GPU.
+gpu_gib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1 | awk '{printf "%.0f", $1 / 1024}')
+.venv/bin/mechbench plan ${MODELS//,/ } --own-circuit --dtype "$DTYPE" --batch-size auto --gpu-gib "$gpu_gib"
 status=0
 # One pytest per model: a failure on one model still lets the others run and report.
 for model in ${MODELS//,/ }; do
-  .venv/bin/python -m pytest $SUITES --model="$model" --device=cuda --require-models \
+  .venv/bin/python -m pytest $SUITES --model="$model" --device=cuda --dtype="$DTYPE" --require-models \
     --results-dir="$RESULTS" -p no:cacheprovider -ra || status=1
 done
 # Goat's and FLoat's own circuits, as the paper re-discovered them (docs/paper.md §8.2, §8.5, §8.7).
 for model in goat7b float7b; do
   if [[ ",$MODELS," == *",$model,"* ]]; then
-    .venv/bin/python -m pytest $SUITES --model="$model" --circuit="$model" --device=cuda --require-models \
+    .venv/bin/python -m pytest $SUITES --model="$model" --circuit="$model" --device=cuda --dtype="$DTYPE" --require-models \
       --results-dir="$RESULTS" -p no:cacheprovider -ra || status=1
   fi
 done

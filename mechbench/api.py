@@ -9,14 +9,35 @@ from mechbench.models.loading import ModelHandle, load_model
 _LOADED: dict[tuple, ModelHandle] = {}
 
 
-def get_model(model: str | ModelHandle, device: str = "cpu", dtype: str = "float32", **kwargs) -> ModelHandle:
-    """A handle for ``model``; names are loaded once per process and reused."""
+def get_model(model: str | ModelHandle, device: str = "cpu", dtype: str = "float32", keep=(), **kwargs) -> ModelHandle:
+    """A handle for ``model``; names are loaded once per process and reused. On an accelerator, the other models
+    loaded on it are let go first, except those named in ``keep`` (a claim that holds two models at once, as
+    CMAP does): a 7B model takes 27 GB in float32, so a session over several models must not pile them up."""
     if isinstance(model, ModelHandle):
         return model
     key = (model, str(device), str(dtype), tuple(sorted(kwargs.items())))
     if key not in _LOADED:
+        if str(device) != "cpu":
+            release(device, keep=(model, *keep))
         _LOADED[key] = load_model(model, device=device, dtype=dtype, **kwargs)
     return _LOADED[key]
+
+
+def release(device: str, keep=()) -> list[str]:
+    """Forget the models loaded on ``device`` other than those named in ``keep`` and return the device's cached
+    memory; returns the names let go. (A caller still holding a handle keeps that model alive.)"""
+    import gc
+
+    import torch
+
+    gone = [k for k in _LOADED if k[1] == str(device) and k[0] not in keep]
+    for k in gone:
+        del _LOADED[k]
+    if gone:
+        gc.collect()
+        if str(device).startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return [k[0] for k in gone]
 
 
 def dataset_for(model: str | ModelHandle, n_examples: int = 500, seed: int = 0, num_boxes: int = 7,

@@ -67,10 +67,14 @@ class Record:
     def get(self, name: str, default=None):
         return self.fields.get(name, default)
 
+    def same_sample(self, n: int | None, seed: int | None) -> bool:
+        """The measurement is on this record's own examples (same n and seed), where sampling error cancels."""
+        return (n is not None and seed is not None and self.get("n") == n and self.get("seed") == seed
+                and self.get("tolerance_same_sample") is not None)
+
     def tolerance_for(self, n: int | None = None, seed: int | None = None) -> float:
         """The tolerance that applies to a measurement on ``n`` examples drawn with ``seed``."""
-        same = (n is not None and seed is not None and self.get("n") == n and self.get("seed") == seed)
-        if same and self.get("tolerance_same_sample") is not None:
+        if self.same_sample(n, seed):
             return float(self.get("tolerance_same_sample"))
         if self.get("tolerance") is None:
             raise BaselineError(f"baseline record {self.keys} has no tolerance to compare against")
@@ -276,6 +280,7 @@ class Comparison:
     expected: float
     tolerance: float
     record: Record
+    widened: float = 1.0  # the factor a binomial tolerance was widened by for prompts that share a context
 
     @property
     def difference(self) -> float:
@@ -287,13 +292,18 @@ class Comparison:
 
     def __str__(self) -> str:
         verdict = "within" if self.passed else "OUTSIDE"
+        widened = (f" (the binomial bound x {self.widened:.2f}: prompts that share a context miss together)"
+                   if self.widened > 1 else "")
         return (f"measured {self.measured:.4f} vs baseline {self.expected:.4f} ({self.record.source}): "
-                f"difference {self.difference:+.4f}, {verdict} tolerance {self.tolerance:.4f}")
+                f"difference {self.difference:+.4f}, {verdict} tolerance {self.tolerance:.4f}{widened}")
 
 
 def compare(measured: float, record: Record, n: int | None = None, seed: int | None = None,
-            field: str | None = None) -> Comparison:
-    """``field``: compare with that entry of a record whose value is an object (DCM: ``test_accuracy``)."""
+            field: str | None = None, design_effect: float = 1.0) -> Comparison:
+    """``field``: compare with that entry of a record whose value is an object (DCM: ``test_accuracy``).
+    ``design_effect``: the measured variance of the accuracy over its binomial variance when prompts come in
+    blocks that share a context (:func:`mechbench.stats.design_effect`); a binomial tolerance is widened by its
+    square root where it is larger than 1, except on the record's own examples."""
     expected = record.value
     if field is not None:
         if not isinstance(expected, dict) or field not in expected:
@@ -301,4 +311,5 @@ def compare(measured: float, record: Record, n: int | None = None, seed: int | N
         expected = expected[field]
     if not isinstance(expected, (int, float)):
         raise BaselineError(f"baseline record {record.keys} holds {type(expected).__name__}, not a number")
-    return Comparison(float(measured), float(expected), record.tolerance_for(n, seed), record)
+    widen = 1.0 if record.same_sample(n, seed) else max(1.0, float(design_effect)) ** 0.5
+    return Comparison(float(measured), float(expected), record.tolerance_for(n, seed) * widen, record, widen)

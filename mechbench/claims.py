@@ -58,6 +58,7 @@ def check_claim(
     baseline_model: str | None = None,
     staging: baselines.Staging | None = None,
     force: bool = False,
+    design_effect: float = 1.0,
 ) -> ClaimOutcome:
     """Compare ``measured`` with the baseline record ``keys`` of ``claim`` (or store it with ``update``).
 
@@ -67,7 +68,8 @@ def check_claim(
     mean over draws, stored with the record. ``lookup_keys``: the record to compare with when it is another
     model's (``baseline_model``); the results line keeps ``keys``, the measured model's own. ``staging``: hold an
     update until the run ends (:class:`mechbench.baselines.Staging`); ``force``: store even a record that
-    :func:`mechbench.baselines.degradations` finds worse than the one it replaces.
+    :func:`mechbench.baselines.degradations` finds worse than the one it replaces. ``design_effect``: widens a
+    binomial tolerance for prompts that share a context (:func:`mechbench.baselines.compare`).
     """
     if update and lookup_keys is not None:
         raise ValueError("a measurement checked against another model's baseline is never stored as one")
@@ -90,7 +92,8 @@ def check_claim(
         outcome.missing = (f"no baseline record in {baseline.path} for {lookup_keys or keys}; run with "
                            f"--update-baselines to store this measurement as the baseline")
     else:
-        outcome.comparison = baselines.compare(measured, record, n=n, seed=seed, field=field)
+        outcome.comparison = baselines.compare(measured, record, n=n, seed=seed, field=field,
+                                               design_effect=design_effect)
         if baseline_model:
             outcome.note += f" (checked against {baseline_model}'s baseline)"
         recorded = record.get("fingerprint")

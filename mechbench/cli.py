@@ -83,6 +83,16 @@ def main(argv: list[str] | None = None) -> int:
                           "checked against MODEL's baselines): it should fail")
     cal.add_argument("--out", default="results/calibrate")
     cal.add_argument("-k", dest="select", default=None, help="pytest -k expression: a subset of the claims")
+    pln = sub.add_parser("plan", help="peak GPU memory, host memory and GPU time of every claim, before loading")
+    pln.add_argument("models", nargs="+", help="registered paper models, or local model directories")
+    pln.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    pln.add_argument("--batch-size", default="50", help="prompts per forward, or auto (the largest that fits)")
+    pln.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory to plan against (default 80)")
+    pln.add_argument("--own-circuit", action="store_true",
+                     help="also plan each model on its own circuit (--circuit=MODEL: DCM, path patching, minimality), "
+                          "as ci/run-gpu.sh runs Goat and FLoat")
+    pln.add_argument("--tflops", type=float, default=50.0,
+                     help="sustained bf16 TFLOP/s of the GPU (default 50: an H100 at about half its dense peak)")
     args = parser.parse_args(argv)
     try:
         _validate(args)
@@ -117,10 +127,35 @@ def main(argv: list[str] | None = None) -> int:
             _compare(args)
         elif args.command == "calibrate":
             _calibrate(args)
+        elif args.command == "plan":
+            _plan(args)
     except MechbenchError as e:
         print(f"mechbench: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _plan(args) -> None:
+    from mechbench import plan
+    from mechbench.methods.discovery import DISCOVERY
+
+    hours, fits = 0.0, True
+    for model in args.models:
+        batch = (plan.choose_batch_size(model, args.dtype, args.gpu_gib * plan.GIB) if args.batch_size == "auto"
+                 else plan.resolve_batch_size(args.batch_size, "cpu", args.dtype, [model]))
+        circuits = [plan.default_circuit(model)]
+        if args.own_circuit and model not in circuits and model in DISCOVERY:
+            circuits.append(model)
+        for circuit in circuits:
+            plans = plan.plan(model, args.dtype, batch, tflops=args.tflops, circuit=circuit)
+            print(plan.format_plan(model, plans, args.dtype, batch, args.gpu_gib, circuit) + "\n")
+            hours += sum(p.gpu_seconds for p in plans) / 3600
+            fits &= all(p.fits(args.gpu_gib * plan.GIB) for p in plans)
+    print(f"in all: {hours:.1f} GPU hours at {args.tflops:g} TFLOP/s; "
+          f"{'every claim fits' if fits else 'SOME CLAIM DOES NOT FIT'} in {args.gpu_gib:g} GiB")
+    if not fits:
+        raise MechbenchError("a claim's planned peak exceeds the GPU memory: use --dtype bfloat16 or a smaller "
+                             "--batch-size")
 
 
 def _add_load_options(parser) -> None:

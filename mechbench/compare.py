@@ -523,8 +523,7 @@ def _main_desiderata(c: Comparison) -> dict[str, str]:
 
 def _dcm_patching(c: Comparison):
     from mechbench.data.counterfactuals import desiderata_pairs
-    from mechbench.intervene import capture_prefix
-    from mechbench.methods.dcm import masked_correct, source_values_at
+    from mechbench.methods.dcm import patched_correct, source_values_at
 
     records = _dcm_records(c)
     if not records:
@@ -543,12 +542,11 @@ def _dcm_patching(c: Comparison):
             for run in range(c.lane.patching_runs):
                 pairs = c.side("base", ("pairs", desideratum, run), lambda run=run: desiderata_pairs(
                     c.base.tokenizer, desideratum, n_pairs=c.lane.patching_pairs, seed=1000 * (c.seed + 1) + run))
-                reads = source_values_at(model, pairs, c.circuit.roles, layers)
-                prefix = capture_prefix(model, pairs.base.input_ids)
-                for g, value in groups:
-                    heads = HeadGroup(g, c.circuit.groups[g].role, tuple(tuple(h) for h in value["heads"]))
-                    out[g].append(masked_correct(model, heads, pairs, torch.zeros(len(heads)), reads=reads[heads.role],
-                                                 prefix=prefix))
+                heads = [HeadGroup(g, c.circuit.groups[g].role, tuple(tuple(h) for h in value["heads"]))
+                         for g, value in groups]
+                for (g, _), correct in zip(groups, patched_correct(
+                        model, heads, pairs, source_values_at(model, pairs, c.circuit.roles, layers))):
+                    out[g].append(correct)
             return out
 
         per = {key: c.side(who, ("dcm_patching", desideratum), lambda who=who: patched(who))
@@ -678,7 +676,7 @@ def _minimality(c: Comparison):
         est = c.boot(lambda m: drop("f")(m) - drop("b")(m), q, clusters)
         rows.append(Row("minimality", f"{group}: mean drop when a head goes ({n} of {len(g.heads)} heads)", {"group": group},
                         float(drop("b")(means)), float(drop("f")(means)), est,
-                        note=f"{c.lane.minimality_examples} examples; K = the ceil(0.3 n) peers with the largest pair drop"))
+                        note=f"{c.lane.minimality_examples} examples; K = the ceil(0.3 n) peers with the largest positive pair drop"))
         if float(drop("b")(means)) > 0:
             mattering.append((group, drop("f"), q))
     level = 1 - 0.05 / max(len(mattering), 1)  # Bonferroni over the groups whose heads matter in the base

@@ -12,7 +12,7 @@ from mechbench.data.dataset import EntityTrackingDataset
 from mechbench.intervene.engine import run
 
 
-def last_logits(model_or_handle, input_ids: torch.Tensor, batch_size: int = 50) -> torch.Tensor:
+def last_logits(model_or_handle, input_ids: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Logits of the next token after the last position, shape [N, vocab], float32 on the CPU."""
     return run(model_or_handle, input_ids, batch_size=batch_size).last_logits
 
@@ -22,11 +22,11 @@ def top1_correct(logits: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor
     return logits.argmax(dim=-1) == target_ids.to(logits.device)
 
 
-def correct_on(model_or_handle, dataset: EntityTrackingDataset, batch_size: int = 50) -> torch.Tensor:
+def correct_on(model_or_handle, dataset: EntityTrackingDataset, batch_size: int | None = None) -> torch.Tensor:
     """Bool [N]: the model's top-1 next token is the answer, per example (what intervals resample)."""
     return top1_correct(last_logits(model_or_handle, dataset.input_ids, batch_size), dataset.answer_ids).cpu()
 
 
-def accuracy_on(model_or_handle, dataset: EntityTrackingDataset, batch_size: int = 50) -> float:
+def accuracy_on(model_or_handle, dataset: EntityTrackingDataset, batch_size: int | None = None) -> float:
     """Top-1 accuracy of the answer token at the last position."""
     return correct_on(model_or_handle, dataset, batch_size).float().mean().item()

@@ -71,6 +71,16 @@ def cluster_se_last_axis(values, clusters) -> np.ndarray:
     return np.sqrt(c / (c - 1) * (resid ** 2).sum(-1)) / n
 
 
+def design_effect(values, clusters) -> float:
+    """The variance of a mean over prompts that come in blocks, over its variance were they independent: the
+    square of the cluster-robust standard error over the plain one (1 where the plain one is 0). A binomial
+    bound times its square root holds for the blocks."""
+    x = np.asarray(values, dtype=np.float64)
+    plain = x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0
+    robust = cluster_se(x, clusters)
+    return float((robust / plain) ** 2) if plain > 0 and np.isfinite(robust) else 1.0
+
+
 def cluster_bootstrap(statistic: Callable[[Mapping[str, np.ndarray]], np.ndarray], quantities: Mapping[str, np.ndarray],
                       clusters, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Estimate:
     """``statistic`` of the means of ``quantities`` (each [N] on the same examples), with a ``level`` (95%)

@@ -11,7 +11,7 @@ import pytest
 
 from mechbench.baselines import BINOMIAL_RULE, SAME_SAMPLE_RULE, binomial_tolerance
 from mechbench.data.dataset import build_dataset
-from mechbench.evaluate import accuracy_on
+from mechbench.evaluate import correct_on
 
 pytestmark = pytest.mark.claim
 NEEDS_WORKING_MODEL = False  # the accuracy claim is where a model that lost the task shows as such
@@ -20,10 +20,10 @@ N_EXAMPLES = 500  # the paper's evaluation size
 
 def test_accuracy(model, settings, claim_check):
     dataset = build_dataset(model.tokenizer, n_examples=settings.n_examples(N_EXAMPLES), seed=settings.seed)
-    measured = accuracy_on(model, dataset)
-    n = len(dataset)
+    correct = correct_on(model, dataset)
+    measured, n = correct.float().mean().item(), len(dataset)
     claim_check(
-        "accuracy", {"model": model.name}, measured, n=n, model=model,
+        "accuracy", {"model": model.name}, measured, n=n, model=model, correct=correct, clusters=dataset.clusters(),
         tolerance=binomial_tolerance(measured, n, n),
         tolerance_same_sample=round(3 / n, 4),
         tolerance_rule=BINOMIAL_RULE.format(rounding="") + "; " + SAME_SAMPLE_RULE,

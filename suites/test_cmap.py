@@ -18,7 +18,7 @@ from mechbench.baselines import BINOMIAL_RULE, SAME_SAMPLE_RULE, binomial_tolera
 from mechbench.data.dataset import build_dataset
 from mechbench.errors import MechbenchError
 from mechbench.evaluate import correct_on
-from mechbench.methods.cmap import cmap_accuracy, cmap_correct, cmap_head_sets
+from mechbench.methods.cmap import cmap_correct, cmap_head_sets
 from mechbench.stats import cluster_bootstrap
 from mechbench.models.registry import REGISTRY
 
@@ -30,7 +30,7 @@ def _setup(model, circuit_name, settings):
     base_name = settings.base_of(model.name)
     if base_name is None or base_name == model.name:
         pytest.skip(f"{model.name!r} has no base to patch into: CMAP runs on a fine-tune (pass --base-model)")
-    base = load_or_skip(base_name, settings)
+    base = load_or_skip(base_name, settings, keep=(model.name,))
     circuit = load_circuit(circuit_name, base, settings)
     try:
         sets = cmap_head_sets(circuit, settings.baselines_dir)
@@ -50,12 +50,15 @@ def _keys(model, base, group, head_set=None):
 
 def test_cmap(model, circuit_name, settings, claim_check):
     base, sets, dataset, n = _setup(model, circuit_name, settings)
-    measured = {"full_circuit": (cmap_accuracy(base.model, model.model, list(sets.values()), dataset), None)}
-    measured |= {g: (cmap_accuracy(base.model, model.model, [hs], dataset), hs) for g, hs in sets.items()}
-    outcomes = [claim_check("cmap", _keys(model, base, group, hs), acc, n=n, model=model, soft=True,
-                            tolerance=binomial_tolerance(acc, n, n), tolerance_same_sample=round(3 / n, 4),
+    measured = {"full_circuit": (cmap_correct(base.model, model.model, list(sets.values()), dataset), None)}
+    measured |= {g: (cmap_correct(base.model, model.model, [hs], dataset), hs) for g, hs in sets.items()}
+    clusters = dataset.clusters()
+    outcomes = [claim_check("cmap", _keys(model, base, group, hs), correct.float().mean().item(), n=n, model=model,
+                            soft=True, correct=correct, clusters=clusters,
+                            tolerance=binomial_tolerance(correct.float().mean().item(), n, n),
+                            tolerance_same_sample=round(3 / n, 4),
                             tolerance_rule=BINOMIAL_RULE.format(rounding="") + "; " + SAME_SAMPLE_RULE)
-                for group, (acc, hs) in measured.items()]
+                for group, (correct, hs) in measured.items()]
     settle(outcomes, "CMAP accuracies")
 
 

@@ -17,6 +17,7 @@ import pytest
 from conftest import ablation_means, load_circuit, settle
 from mechbench.data.dataset import build_dataset
 from mechbench.methods.ablation import completeness
+from mechbench.stats import design_effect
 
 pytestmark = pytest.mark.claim
 N_EXAMPLES = 500
@@ -56,15 +57,21 @@ def test_completeness_random_k(model, circuit_name, settings, claim_check):
 
 def test_completeness_entire_group(model, circuit_name, settings, claim_check):
     circuit, dataset, means, n = _setup(model, circuit_name, settings)
+    clusters = dataset.clusters()
     outcomes = []
     for group in circuit.groups:
         r = completeness(model.model, circuit, dataset, means, "entire_group", group=group)
         f_c, f_m = r.circuit_minus_k[0], r.model_minus_k[0]
+        c_correct, m_correct = r.circuit_minus_k_correct[0].float(), r.model_minus_k_correct[0].float()
         keys = {"circuit": circuit_name, "model": model.name, "k_method": "entire_group", "group": group}
-        for metric, value, tol, rule in (
-                ("F_C_minus_K", f_c, _binomial(f_c, n), F_RULE), ("F_M_minus_K", f_m, _binomial(f_m, n), F_RULE),
-                ("incompleteness", abs(f_m - f_c), _binomial(f_c, n) + _binomial(f_m, n), INC_RULE)):
+        for metric, value, tol, rule, per_example in (
+                ("F_C_minus_K", f_c, _binomial(f_c, n), F_RULE, c_correct),
+                ("F_M_minus_K", f_m, _binomial(f_m, n), F_RULE, m_correct),
+                # the larger design effect of the two, through the worse of them
+                ("incompleteness", abs(f_m - f_c), _binomial(f_c, n) + _binomial(f_m, n), INC_RULE,
+                 c_correct if design_effect(c_correct, clusters) >= design_effect(m_correct, clusters) else m_correct)):
             outcomes.append(claim_check("completeness", {**keys, "metric": metric}, value, n=n, model=model, soft=True,
+                                        correct=per_example, clusters=clusters,
                                         tolerance=max(round(tol, 4), round(3 / n, 4)), tolerance_same_sample=round(3 / n, 4),
                                         tolerance_rule=rule + "; " + "on the baseline's own examples: 3/n"))
     settle(outcomes)

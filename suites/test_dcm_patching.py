@@ -20,8 +20,7 @@ from mechbench import baselines
 from mechbench.circuits import HeadGroup
 from mechbench.data.counterfactuals import desiderata_pairs
 from mechbench.errors import MechbenchError
-from mechbench.intervene import capture_prefix
-from mechbench.methods.dcm import masked_accuracy, source_values_at
+from mechbench.methods.dcm import patched_correct, source_values_at
 
 pytestmark = pytest.mark.claim
 N_PAIRS, N_RUNS = 500, 10  # the paper's
@@ -60,18 +59,16 @@ def test_dcm_heads_patched(model, circuit_name, desideratum, settings, claim_che
         patched.append((keys, HeadGroup(group.name, group.role, tuple(tuple(h) for h in found.value["heads"])),
                         group.role, record is not None and not record.measured))
     runs = [[] for _ in patched]
-    # one draw of pairs at a time, every group patched on it, then let go: only one clean prefix (the base run's
-    # hidden states and keys/values, ~85 MB a pair at 7B in float32) is ever held
+    # one draw of pairs at a time, every group patched on it; the engine holds one batch's clean prefix (the base
+    # run's hidden states and keys/values) on the device at a time
     for paper_compat in sorted({p[3] for p in patched}):
+        chosen = [i for i, p in enumerate(patched) if p[3] == paper_compat]
         for run in range(N_RUNS):
             pairs = _pairs(model.tokenizer, desideratum, n, 1000 * (settings.seed + 1) + run, paper_compat)
-            reads = source_values_at(torch_model, pairs, circuit.roles, layers)
-            prefix = capture_prefix(torch_model, pairs.base.input_ids)
-            for i, (keys, heads, role, compat) in enumerate(patched):
-                if compat == paper_compat:
-                    runs[i].append(100 * masked_accuracy(torch_model, heads, pairs, torch.zeros(len(heads)),
-                                                         reads=reads[role], prefix=prefix))
-            del prefix, reads
+            correct = patched_correct(torch_model, [patched[i][1] for i in chosen], pairs,
+                                      source_values_at(torch_model, pairs, circuit.roles, layers))
+            for i, c in zip(chosen, correct):
+                runs[i].append(100 * c.float().mean().item())
     outcomes = []
     for (keys, heads, role, compat), values in zip(patched, runs):
         std = statistics.pstdev(values)

@@ -52,7 +52,8 @@ def test_circuit_accuracy(model, circuit_name, settings, claim_check):
     f, n = measure(model, circuit_name, settings)
     claim_check(
         "faithfulness", {"circuit": circuit_name, "model": model.name, "metric": "circuit_accuracy"},
-        f.circuit_accuracy, n=n, model=model,
+        f.circuit_accuracy, n=n, model=model, correct=f.circuit_correct,
+        clusters=build_dataset(model.tokenizer, n_examples=n, seed=settings.seed).clusters(),
         tolerance=binomial_tolerance(f.circuit_accuracy, n, n), tolerance_same_sample=round(3 / n, 4),
         tolerance_rule=BINOMIAL_RULE.format(rounding="") + "; " + SAME_SAMPLE_RULE,
     )

@@ -13,7 +13,7 @@ import pytest
 from conftest import settle
 from mechbench.baselines import BINOMIAL_RULE, SAME_SAMPLE_RULE, binomial_tolerance
 from mechbench.data.dataset import build_dataset
-from mechbench.methods.knockout import EDGES, knockout_curve
+from mechbench.methods.knockout import EDGES, knockout_correct
 
 pytestmark = pytest.mark.claim
 N_EXAMPLES = 500  # the paper's
@@ -24,10 +24,13 @@ N_EXAMPLES = 500  # the paper's
 def test_knockout_curve(model, edge, settings, claim_check):
     n = settings.n_examples(N_EXAMPLES)
     dataset = build_dataset(model.tokenizer, n_examples=n, seed=settings.seed)
-    curve = knockout_curve(model.model, dataset, edge, range(model.shape.n_layers), seed=settings.seed)
-    outcomes = [claim_check("attention_knockout", {"edge": edge, "layer": layer, "model": model.name}, acc, n=n,
-                            model=model, soft=True, tolerance=binomial_tolerance(acc, n, n),
+    clusters = dataset.clusters()
+    curve = {layer: knockout_correct(model.model, dataset, edge, layer, seed=settings.seed)
+             for layer in range(model.shape.n_layers)}
+    outcomes = [claim_check("attention_knockout", {"edge": edge, "layer": layer, "model": model.name},
+                            correct.float().mean().item(), n=n, model=model, soft=True, correct=correct,
+                            clusters=clusters, tolerance=binomial_tolerance(correct.float().mean().item(), n, n),
                             tolerance_same_sample=round(3 / n, 4),
                             tolerance_rule=BINOMIAL_RULE.format(rounding="") + "; " + SAME_SAMPLE_RULE)
-                for layer, acc in curve.items()]
+                for layer, correct in curve.items()]
     settle(outcomes, "layers")

@@ -20,7 +20,7 @@ DEFAULTS = {"--model": None, "--base-model": None, "--baseline-model": None, "--
             "--dtype": "float32", "--limit": None, "--seed": 0, "--baselines-dir": str(conftest.ROOT / "baselines"),
             "--update-baselines": False, "--results-dir": None, "--require-models": False, "--allow-pickle": False,
             "--paper-compat-o-proj": False, "--compare": False, "--quick": False, "--reference": None,
-            "--force-baselines": False, "--bos": "auto", "--drop-multi-token": False}
+            "--force-baselines": False, "--bos": "auto", "--drop-multi-token": False, "--batch-size": "auto"}
 
 
 def configure(tmp_path, **options):
@@ -57,6 +57,8 @@ OPTIONS = [  # (options, what the message must say)
     (dict(limit=0), "--limit 0: must be at least 1"),
     (dict(limit=-5), "--limit -5: must be at least 1"),
     (dict(seed=-1), "--seed -1"),
+    (dict(batch_size="0"), "--batch-size '0': give a positive number"),
+    (dict(batch_size="many"), "--batch-size 'many': give a positive number"),
     (dict(dtype="float8"), "--dtype 'float8' is not a dtype"),
     (dict(device="tpu"), "--device 'tpu' is not a torch device"),
     (dict(device="cuda"), "sees no CUDA GPU"),

@@ -257,16 +257,50 @@ def test_minimality_before_after_are_circuit_accuracies_without_k(model, toy_tok
 
 
 def test_dcm_source_reads_of_several_roles_in_one_pass_equal_one_pass_each(model, pairs):
-    from mechbench.intervene import capture_prefix
-    from mechbench.methods.dcm import masked_accuracy, source_values, source_values_at
+    from mechbench.methods.dcm import masked_correct, patched_correct, source_values, source_values_at
 
     both = source_values_at(model, pairs, ("last", "prev_query_label"), [0, 1, 2])
     for role in ("last", "prev_query_label"):
         single = source_values(model, pairs, role, [0, 1, 2])
         for layer in (0, 1, 2):
             torch.testing.assert_close(both[role][layer], single[layer])
-    # and the prefix fast path scores a patch like the full run
-    group = HeadGroup("g", "prev_query_label", ((0, 1), (2, 3)))
-    mask = torch.zeros(2)
-    assert masked_accuracy(model, group, pairs, mask, reads=both["prev_query_label"],
-                           prefix=capture_prefix(model, pairs.base.input_ids)) == masked_accuracy(model, group, pairs, mask)
+    # and several groups patched through one shared prefix per batch score as one full run each
+    groups = [HeadGroup("g", "prev_query_label", ((0, 1), (2, 3))), HeadGroup("h", "last", ((1, 0), (2, 2), (2, 3)))]
+    shared = patched_correct(model, groups, pairs, both, batch_size=1)
+    for g, correct in zip(groups, shared):
+        assert torch.equal(correct, masked_correct(model, g, pairs, torch.zeros(len(g.heads))))
+
+
+def test_minimality_k_stops_at_the_first_peer_that_does_not_expose_the_head():
+    """The paper's rule: K takes the peers in order of pair drop, at most k of them, and stops at the first
+    whose pair drop is <= 0 (ties keep the group's order)."""
+    from mechbench.methods.minimality import entangled_peers
+
+    drops = {(0, 1): 0.2, (0, 2): 0.0, (1, 0): 0.1, (1, 1): -0.1, (1, 2): 0.1}
+    heads = [(0, 0), *drops]
+    assert entangled_peers((0, 0), heads, drops.get, k=4) == ((0, 1), (1, 0), (1, 2))
+    assert entangled_peers((0, 0), heads, drops.get, k=2) == ((0, 1), (1, 0))
+    assert entangled_peers((0, 0), heads, drops.get, k=4, stop_rule=False) == ((0, 1), (1, 0), (1, 2), (0, 2))
+    assert entangled_peers((1, 1), heads, lambda u: -1.0, k=3) == ()
+
+
+def test_group_minimality_resamples_with_k_chosen_again(model, toy_tokenizer):
+    """The group's drop is the mean of its heads' before - after, with an interval around it; a resample that
+    weighs every example once chooses the K of the whole sample (the reselection is the same rule)."""
+    from mechbench.methods.minimality import GroupAblations, entangled_peers, group_minimality, head_significance
+
+    ds = build_dataset(toy_tokenizer, n_examples=28, num_boxes=2, seed=4)
+    means = position_means(model, ablation_prompts(toy_tokenizer, n_examples=6, num_boxes=2, seed=0))
+    circuit = Circuit("toy", dict(TOY_CIRCUIT.groups, pos_detector=HeadGroup(
+        "pos_detector", "query_label", ((0, 2), (1, 1), (2, 0), (0, 3)))))
+    heads = head_significance(model, circuit, "pos_detector", ds, means)
+    measured = group_minimality(model, circuit, "pos_detector", ds, means, n_boot=60, seed=1)
+    assert [(s.head, s.before, s.after) for s in measured.heads] == [(s.head, s.before, s.after) for s in heads]
+    assert measured.drop.value == pytest.approx(sum(s.before - s.after for s in heads) / 4)
+    assert measured.drop.lo <= measured.drop.value <= measured.drop.hi and measured.se >= 0
+    f = GroupAblations(model, circuit, "pos_detector", ds, means)
+    ones = torch.ones(len(ds)).numpy()
+    group = circuit.groups["pos_detector"].heads
+    for s in heads:
+        again = entangled_peers(s.head, group, lambda u: f.accuracy({u}, ones) - f.accuracy({u, s.head}, ones), k=2)
+        assert again == s.entangled

@@ -90,3 +90,26 @@ def test_cluster_se_of_every_row_at_once_equals_row_by_row():
     for i in range(3):
         for j in range(4):
             assert grid[i, j] == pytest.approx(cluster_se(values[i, j], clusters), rel=1e-12)
+
+
+def test_design_effect_is_the_cluster_size_when_a_context_is_all_or_nothing():
+    from mechbench.stats import design_effect
+
+    rng = np.random.default_rng(0)
+    clusters = np.repeat(np.arange(300), 7)
+    together = np.repeat(rng.random(300) < 0.5, 7).astype(float)  # a context's seven prompts right or wrong together
+    independent = (rng.random(2100) < 0.5).astype(float)
+    assert 5.5 < design_effect(together, clusters) < 8.5
+    assert 0.8 < design_effect(independent, clusters) < 1.25
+    assert design_effect(np.ones(14), np.repeat([0, 1], 7)) == 1.0
+
+
+def test_a_binomial_tolerance_widens_by_the_design_effect_except_on_the_records_own_examples():
+    from mechbench.baselines import Record, compare
+
+    record = Record({"model": "m"}, 0.5, "test", {"tolerance": 0.1, "tolerance_same_sample": 0.006, "n": 500, "seed": 0})
+    assert compare(0.5, record, n=500, seed=1, design_effect=4.0).tolerance == pytest.approx(0.2)
+    assert compare(0.5, record, n=500, seed=1, design_effect=0.5).tolerance == pytest.approx(0.1)  # never narrower
+    assert compare(0.5, record, n=500, seed=0, design_effect=4.0).tolerance == pytest.approx(0.006)
+    assert compare(0.69, record, n=500, seed=1, design_effect=4.0).passed
+    assert not compare(0.69, record, n=500, seed=1).passed

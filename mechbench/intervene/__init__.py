@@ -1,5 +1,6 @@
 from mechbench.intervene.engine import (
-    COMPONENTS, HeadPatch, Knockout, Prefix, Read, RunOutput, capture_prefix, hooked, run,
+    COMPONENTS, HeadPatch, Interventions, Knockout, Prefix, Read, RunOutput, capture_prefix, hooked, run, run_many,
 )
 
-__all__ = ["COMPONENTS", "HeadPatch", "Knockout", "Prefix", "Read", "RunOutput", "capture_prefix", "hooked", "run"]
+__all__ = ["COMPONENTS", "HeadPatch", "Interventions", "Knockout", "Prefix", "Read", "RunOutput", "capture_prefix",
+           "hooked", "run", "run_many"]

@@ -327,13 +327,65 @@ def _run_from_prefix(model, prefix: Prefix, patches, read: Read | None, knockout
     return RunOutput(logits.float().cpu(), {layer: torch.cat(chunks) for layer, chunks in store.items()})
 
 
+#: Prompts per forward when a caller names no batch size: set once per session from ``--batch-size`` (or the
+#: memory plan's choice for the device, :func:`mechbench.plan.choose_batch_size`).
+_DEFAULT_BATCH_SIZE = 50
+
+
+def set_default_batch_size(n: int) -> None:
+    global _DEFAULT_BATCH_SIZE
+    if int(n) < 1:
+        raise ValueError(f"batch size must be at least 1, got {n}")
+    _DEFAULT_BATCH_SIZE = int(n)
+
+
+def default_batch_size() -> int:
+    return _DEFAULT_BATCH_SIZE
+
+
+@dataclass
+class Interventions:
+    """One patched run's requests: what :func:`run_many` applies to the same prompts, one set per run."""
+
+    patches: Sequence[HeadPatch] = ()
+    read: Read | None = None
+    knockouts: Sequence[Knockout] = ()
+
+
+def run_many(model_or_handle, input_ids: torch.Tensor, runs: Sequence[Interventions], batch_size: int | None = None,
+             fast: bool = True) -> list[RunOutput]:
+    """Every set of ``runs`` on the same ``input_ids``, batch by batch: each batch's clean run is captured once
+    (:func:`capture_prefix`) and serves every set, then is let go, so the device holds one batch's prefix at a
+    time however many prompts and runs there are. The same numbers as one :func:`run` per set, to float
+    tolerance (``fast=False`` makes it exactly that)."""
+    model = _model(model_or_handle)
+    if any(r.knockouts for r in runs):
+        require_mask_honouring(model)
+    batch_size = batch_size or _DEFAULT_BATCH_SIZE
+    logits: list[list[torch.Tensor]] = [[] for _ in runs]
+    stores: list[dict] = [{} for _ in runs]
+    for start in range(0, len(input_ids), batch_size):
+        rows = slice(start, start + batch_size)
+        ids = input_ids[rows]
+        prefix = capture_prefix(model, ids) if fast else None
+        for i, r in enumerate(runs):
+            out = run(model, ids, [p.rows(rows) for p in r.patches], None if r.read is None else r.read.rows(rows),
+                      [k.rows(rows) for k in r.knockouts], batch_size=len(ids), prefix=prefix)
+            logits[i].append(out.last_logits)
+            for layer, values in out.reads.items():
+                stores[i].setdefault(layer, []).append(values)
+        del prefix
+    return [RunOutput(torch.cat(l) if l else torch.empty(0), {layer: torch.cat(v) for layer, v in s.items()})
+            for l, s in zip(logits, stores)]
+
+
 def run(
     model_or_handle,
     input_ids: torch.Tensor,
     patches: Sequence[HeadPatch] = (),
     read: Read | None = None,
     knockouts: Sequence[Knockout] = (),
-    batch_size: int = 50,
+    batch_size: int | None = None,
     grad: bool = False,
     prefix: Prefix | None = None,
 ) -> RunOutput:
@@ -352,6 +404,7 @@ def run(
             raise ValueError("a prefix serves the exact input_ids it was captured on, without gradients")
         return _run_from_prefix(model, prefix, patches, read, knockouts)
     device = next(model.parameters()).device
+    batch_size = batch_size or _DEFAULT_BATCH_SIZE
     logits, store = [], {}
     for start in range(0, len(input_ids), batch_size):
         rows = slice(start, start + batch_size)

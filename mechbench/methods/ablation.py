@@ -20,7 +20,7 @@ from mechbench.evaluate import top1_correct
 from mechbench.intervene import HeadPatch, Read, run
 
 
-def position_means(model, dataset: EntityTrackingDataset, batch_size: int = 50) -> torch.Tensor:
+def position_means(model, dataset: EntityTrackingDataset, batch_size: int | None = None) -> torch.Tensor:
     """Mean head output per (layer, position, head): [L, S, H, D]."""
     reads = run(model, dataset.input_ids, read=Read(), batch_size=batch_size).reads
     return torch.stack([reads[layer].mean(0) for layer in sorted(reads)])
@@ -57,19 +57,19 @@ def mean_ablation_patches(means: torch.Tensor, ablate: torch.Tensor) -> list[Hea
 
 
 def ablated_correct(model, dataset: EntityTrackingDataset, means: torch.Tensor, ablate: torch.Tensor,
-                    batch_size: int = 50) -> torch.Tensor:
+                    batch_size: int | None = None) -> torch.Tensor:
     """Bool [N]: right answer with the head outputs where ``ablate`` is True set to their means."""
     logits = run(model, dataset.input_ids, mean_ablation_patches(means, ablate), batch_size=batch_size).last_logits
     return top1_correct(logits, dataset.answer_ids)
 
 
 def ablated_accuracy(model, dataset: EntityTrackingDataset, means: torch.Tensor, ablate: torch.Tensor,
-                     batch_size: int = 50) -> float:
+                     batch_size: int | None = None) -> float:
     return ablated_correct(model, dataset, means, ablate, batch_size).float().mean().item()
 
 
 def circuit_correct(model, circuit: Circuit, dataset: EntityTrackingDataset, means: torch.Tensor,
-                    also_ablate: dict[str, set[Head]] | None = None, batch_size: int = 50) -> torch.Tensor:
+                    also_ablate: dict[str, set[Head]] | None = None, batch_size: int | None = None) -> torch.Tensor:
     """Bool [N]: right answer with everything outside ``circuit`` mean-ablated (and ``also_ablate`` too)."""
     n_layers, _, n_heads, _ = means.shape
     circuit.check_fits(n_layers, n_heads)
@@ -80,20 +80,20 @@ def circuit_correct(model, circuit: Circuit, dataset: EntityTrackingDataset, mea
 
 
 def circuit_accuracy(model, circuit: Circuit, dataset: EntityTrackingDataset, means: torch.Tensor,
-                     also_ablate: dict[str, set[Head]] | None = None, batch_size: int = 50) -> float:
+                     also_ablate: dict[str, set[Head]] | None = None, batch_size: int | None = None) -> float:
     """Accuracy with everything outside ``circuit`` mean-ablated (and ``also_ablate`` too: F(C \\ K))."""
     return circuit_correct(model, circuit, dataset, means, also_ablate, batch_size).float().mean().item()
 
 
 def model_minus_correct(model, removed: dict[str, set[Head]], dataset: EntityTrackingDataset, means: torch.Tensor,
-                        batch_size: int = 50) -> torch.Tensor:
+                        batch_size: int | None = None) -> torch.Tensor:
     """Bool [N] of F(M \\ K): the full model with only the heads of ``removed`` mean-ablated at their roles."""
     n_layers, _, n_heads, _ = means.shape
     return ablated_correct(model, dataset, means, heads_mask(removed, dataset, n_layers, n_heads), batch_size)
 
 
 def model_minus_accuracy(model, removed: dict[str, set[Head]], dataset: EntityTrackingDataset, means: torch.Tensor,
-                         batch_size: int = 50) -> float:
+                         batch_size: int | None = None) -> float:
     """F(M \\ K): the full model with only the heads of ``removed`` mean-ablated at their roles."""
     return model_minus_correct(model, removed, dataset, means, batch_size).float().mean().item()
 
@@ -119,7 +119,7 @@ class Faithfulness:
 
 
 def faithfulness(model, circuit: Circuit, dataset: EntityTrackingDataset, means: torch.Tensor, full_accuracy: float,
-                 n_random: int = 10, seed: int = 0, batch_size: int = 50) -> Faithfulness:
+                 n_random: int = 10, seed: int = 0, batch_size: int | None = None) -> Faithfulness:
     """Circuit accuracy over full-model accuracy, with the mean accuracy of ``n_random`` random circuits."""
     n_layers, _, n_heads, _ = means.shape
     rng = random.Random(seed)
@@ -154,7 +154,7 @@ def _by_role(circuit: Circuit, heads: dict[str, set[Head]]) -> dict[str, set[Hea
 
 def completeness(model, circuit: Circuit, dataset: EntityTrackingDataset, means: torch.Tensor,
                  k_method: str = "random_sampling", iterations: int = 10, group: str | None = None,
-                 seed: int = 0, batch_size: int = 50) -> Completeness:
+                 seed: int = 0, batch_size: int | None = None) -> Completeness:
     """``random_sampling``: each circuit head enters K with probability 1/2, ``iterations`` times (the
     paper: 10 for Llama, 20 for Goat and FLoat). ``entire_group``: K is the whole ``group``."""
     rng = random.Random(seed)

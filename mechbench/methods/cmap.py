@@ -13,7 +13,7 @@ from mechbench.evaluate import top1_correct
 from mechbench.intervene import HeadPatch, Read, run
 
 
-def cmap_patches(donor, groups: list[HeadGroup], dataset: EntityTrackingDataset, batch_size: int = 50) -> list[HeadPatch]:
+def cmap_patches(donor, groups: list[HeadGroup], dataset: EntityTrackingDataset, batch_size: int | None = None) -> list[HeadPatch]:
     """Patches carrying ``donor``'s head outputs for the heads of ``groups`` at their roles."""
     patches = []
     for role in dict.fromkeys(g.role for g in groups):
@@ -31,7 +31,7 @@ def cmap_patches(donor, groups: list[HeadGroup], dataset: EntityTrackingDataset,
 
 
 def cmap_correct(base, donor, groups: list[HeadGroup] | Circuit, dataset: EntityTrackingDataset,
-                 batch_size: int = 50) -> torch.Tensor:
+                 batch_size: int | None = None) -> torch.Tensor:
     """Bool [N]: ``base`` with ``donor``'s outputs of the given heads patched in (donor -> base) answers right."""
     groups = list(groups.groups.values()) if isinstance(groups, Circuit) else list(groups)
     logits = run(base, dataset.input_ids, cmap_patches(donor, groups, dataset, batch_size), batch_size=batch_size).last_logits
@@ -39,7 +39,7 @@ def cmap_correct(base, donor, groups: list[HeadGroup] | Circuit, dataset: Entity
 
 
 def cmap_accuracy(base, donor, groups: list[HeadGroup] | Circuit, dataset: EntityTrackingDataset,
-                  batch_size: int = 50) -> float:
+                  batch_size: int | None = None) -> float:
     """Accuracy of ``base`` with ``donor``'s outputs of the given heads patched in (donor -> base)."""
     return cmap_correct(base, donor, groups, dataset, batch_size).float().mean().item()
 

@@ -17,7 +17,7 @@ import torch
 from mechbench.circuits import Head, HeadGroup
 from mechbench.data.counterfactuals import CounterfactualDataset
 from mechbench.evaluate import top1_correct
-from mechbench.intervene import HeadPatch, Read, run
+from mechbench.intervene import HeadPatch, Interventions, Read, run, run_many
 
 
 @dataclass
@@ -31,12 +31,12 @@ class DCMResult:
     test_correct: torch.Tensor | None = None  # bool [n_test]: per pair, for intervals
 
 
-def source_values(model, pairs: CounterfactualDataset, role: str, layers: list[int], batch_size: int = 50):
+def source_values(model, pairs: CounterfactualDataset, role: str, layers: list[int], batch_size: int | None = None):
     """The source prompts' head outputs at ``role`` (what a DCM patch moves into the base run)."""
     return source_values_at(model, pairs, (role,), layers, batch_size)[role]
 
 
-def source_values_at(model, pairs: CounterfactualDataset, roles, layers: list[int], batch_size: int = 50):
+def source_values_at(model, pairs: CounterfactualDataset, roles, layers: list[int], batch_size: int | None = None):
     """``{role: source_values(...)}`` for several roles from one forward pass."""
     positions = torch.stack([pairs.source.positions(role) for role in roles], 1)
     reads = run(model, pairs.source.input_ids, read=Read(layers, positions), batch_size=batch_size).reads
@@ -52,25 +52,39 @@ def _patches(group: HeadGroup, alpha: torch.Tensor, positions: torch.Tensor, rea
     return patches
 
 
+def masked_patches(group: HeadGroup, pairs: CounterfactualDataset, mask: torch.Tensor, reads: dict) -> list[HeadPatch]:
+    """The patches of the (rounded) ``mask``: each head of ``group`` at its role in the base prompt moves to the
+    source's value by 1 - round(m)."""
+    return _patches(group, 1.0 - mask.round(), pairs.base.positions(group.role), reads, slice(None))
+
+
 def masked_accuracy(model, group: HeadGroup, pairs: CounterfactualDataset, mask: torch.Tensor,
-                    batch_size: int = 50, reads: dict | None = None, prefix=None) -> float:
+                    batch_size: int | None = None, reads: dict | None = None) -> float:
     """Share of pairs predicting the desideratum's target with the (rounded) mask applied (see
     :func:`masked_correct`)."""
-    return masked_correct(model, group, pairs, mask, batch_size, reads, prefix).float().mean().item()
+    return masked_correct(model, group, pairs, mask, batch_size, reads).float().mean().item()
 
 
 def masked_correct(model, group: HeadGroup, pairs: CounterfactualDataset, mask: torch.Tensor,
-                   batch_size: int = 50, reads: dict | None = None, prefix=None) -> torch.Tensor:
+                   batch_size: int | None = None, reads: dict | None = None) -> torch.Tensor:
     """Bool [N]: each pair predicts the desideratum's target with the (rounded) mask applied. ``reads``: the
-    source's head outputs at the group's role (reused across groups); ``prefix``: the base prompts' captured
-    clean run (engine fast path: only the patched positions and layers are recomputed)."""
-    layers = sorted({l for l, _ in group.heads})
-    reads = reads or source_values(model, pairs, group.role, layers, batch_size)
-    alpha = 1.0 - mask.round()
-    patches = _patches(group, alpha, pairs.base.positions(group.role), reads, slice(None))
-    logits = run(model, pairs.base.input_ids, patches, batch_size=len(pairs) if prefix is not None else batch_size,
-                 prefix=prefix).last_logits
+    source's head outputs at the group's role (reused across groups)."""
+    reads = reads or source_values(model, pairs, group.role, sorted({l for l, _ in group.heads}), batch_size)
+    logits = run(model, pairs.base.input_ids, masked_patches(group, pairs, mask, reads), batch_size=batch_size).last_logits
     return top1_correct(logits, pairs.target_ids).cpu()
+
+
+def patched_correct(model, groups: list[HeadGroup], pairs: CounterfactualDataset, reads: dict[str, dict] | None = None,
+                    batch_size: int | None = None) -> list[torch.Tensor]:
+    """Per group, bool [N]: each pair predicts the target with every head of the group patched from the source
+    (DCM's selected heads, mask 0). The groups share each batch's clean run (the engine's fast path recomputes
+    only the patched layers and positions), one batch on the device at a time. ``reads``: role -> the source's
+    head outputs there (:func:`source_values_at`)."""
+    layers = sorted({l for g in groups for l, _ in g.heads})
+    reads = reads or source_values_at(model, pairs, tuple(dict.fromkeys(g.role for g in groups)), layers, batch_size)
+    runs = [Interventions(masked_patches(g, pairs, torch.zeros(len(g.heads)), reads[g.role])) for g in groups]
+    return [top1_correct(out.last_logits, pairs.target_ids).cpu()
+            for out in run_many(model, pairs.base.input_ids, runs, batch_size)]
 
 
 def train_dcm(
@@ -88,7 +102,7 @@ def train_dcm(
 ) -> DCMResult:
     torch_model = model if isinstance(model, torch.nn.Module) else model.model
     layers = sorted({l for l, _ in group.heads})
-    reads = {name: source_values(torch_model, ds, group.role, layers, 100)
+    reads = {name: source_values(torch_model, ds, group.role, layers)
              for name, ds in (("train", train), ("val", val), ("test", test))}
     device = next(torch_model.parameters()).device
     mask = torch.ones(len(group.heads), device=device, requires_grad=True)

@@ -70,6 +70,7 @@ class DiscoveryConfig:
     minimality_threshold: float = 0.01
     minimality_examples: int = 100
     minimality_seed: int = 10
+    minimality_boot: int = 40  # resamples behind a group's selection-aware error (each can cost new circuit runs)
 
 
 _BIG = (("value_fetcher", 50), ("pos_transmitter", 20), ("pos_detector", 30), ("struct_reader", 5))

@@ -45,7 +45,7 @@ def edge_positions(dataset: EntityTrackingDataset, edge: str, seed: int = 0) -> 
 
 
 def knockout_correct(model, dataset: EntityTrackingDataset, edge: str, from_layer: int, seed: int = 0,
-                     batch_size: int = 50) -> torch.Tensor:
+                     batch_size: int | None = None) -> torch.Tensor:
     """Bool [N]: the answer is still right with ``edge`` blocked from ``from_layer`` on."""
     queries, keys = edge_positions(dataset, edge, seed)
     logits = run(model, dataset.input_ids, knockouts=[Knockout(from_layer, queries, keys)],
@@ -54,11 +54,11 @@ def knockout_correct(model, dataset: EntityTrackingDataset, edge: str, from_laye
 
 
 def knockout_accuracy(model, dataset: EntityTrackingDataset, edge: str, from_layer: int, seed: int = 0,
-                      batch_size: int = 50) -> float:
+                      batch_size: int | None = None) -> float:
     return knockout_correct(model, dataset, edge, from_layer, seed, batch_size).float().mean().item()
 
 
 def knockout_curve(model, dataset: EntityTrackingDataset, edge: str, layers, seed: int = 0,
-                   batch_size: int = 50) -> dict[int, float]:
+                   batch_size: int | None = None) -> dict[int, float]:
     """Accuracy with ``edge`` blocked from each layer in ``layers`` on."""
     return {layer: knockout_accuracy(model, dataset, edge, layer, seed, batch_size) for layer in layers}

@@ -2,11 +2,16 @@
 the heads most entangled with it are gone?
 
 For head v of a group: rank the group's other heads u by their pair drop, F(C \\ {u}) - F(C \\ {u, v}) (how
-much more v matters once u is ablated); K = the top ceil(fraction * |group|) of them. Then before =
-F(C \\ K), after = F(C \\ K \\ {v}), where F is the circuit's accuracy with everything outside it mean-ablated.
-v is kept when before / after - 1 >= threshold (the paper: fraction 0.3; threshold 0.01 for Llama, 0 for Goat
-and FLoat). The paper's code does not say how it ranks the pair drop; this is the reading that makes K the
-heads whose absence most exposes v.
+much more v matters once u is ablated), largest first; K = the first ceil(fraction * |group|) of them, stopping
+at the first pair drop <= 0 (the paper's ``get_head_significance_score`` breaks there: a peer whose absence does
+not expose v is not entangled with it). Then before = F(C \\ K), after = F(C \\ K \\ {v}), where F is the
+circuit's accuracy with everything outside it mean-ablated. v is kept when before / after - 1 >= threshold (the
+paper: fraction 0.3; threshold 0.01 for Llama, 0 for Goat and FLoat).
+
+K is chosen on the same examples that then measure before and after, so an interval that holds K fixed is too
+narrow: a near tie in the pair drops picks another K on another draw of prompts and moves a head's drop by far
+more than its binomial error. :func:`group_minimality` resamples whole contexts and re-chooses K in every
+resample (each new K is measured once on all examples and reweighted), so its error includes the selection.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from mechbench.circuits import Circuit, Head, HeadGroup
 from mechbench.data.dataset import EntityTrackingDataset
 from mechbench.methods.ablation import circuit_correct
+from mechbench.stats import Estimate, as_clusters
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,7 @@ class HeadSignificance:
     after: float  # F(C \ K \ {v})
     before_correct: torch.Tensor | None = field(default=None, compare=False)  # bool [N]
     after_correct: torch.Tensor | None = field(default=None, compare=False)  # bool [N]
+    entangled: tuple[Head, ...] = field(default=(), compare=False)  # K
 
     @property
     def relative_drop(self) -> float:
@@ -40,34 +48,108 @@ class HeadSignificance:
         return self.relative_drop >= threshold - 1e-12
 
 
+class GroupAblations:
+    """F(C \\ removed) for sets of one group's heads, each measured once per example (bool [N]) and cached, so
+    that an accuracy under resampling weights is a weighted mean of the same vectors."""
+
+    def __init__(self, model, circuit: Circuit, group: str, dataset: EntityTrackingDataset, means: torch.Tensor,
+                 batch_size: int | None = None):
+        self.model, self.circuit, self.dataset, self.means, self.batch_size = model, circuit, dataset, means, batch_size
+        self.role = circuit.groups[group].role
+        self._correct: dict[frozenset, torch.Tensor] = {}
+
+    def correct(self, removed) -> torch.Tensor:
+        key = frozenset(removed)
+        if key not in self._correct:
+            self._correct[key] = circuit_correct(self.model, self.circuit, self.dataset, self.means,
+                                                 also_ablate={self.role: set(key)} if key else None,
+                                                 batch_size=self.batch_size)
+        return self._correct[key]
+
+    def accuracy(self, removed, weights: np.ndarray | None = None) -> float:
+        c = self.correct(removed).float().numpy()
+        return float(c.mean() if weights is None else (c * weights).sum() / weights.sum())
+
+    @property
+    def evaluated(self) -> int:
+        return len(self._correct)
+
+
+def entangled_peers(v: Head, heads, pair_drop, k: int, stop_rule: bool = True) -> tuple[Head, ...]:
+    """K for head ``v``: the other ``heads`` ranked by ``pair_drop(u)`` (largest first; ties keep the group's
+    importance order), the first ``k``; with ``stop_rule``, only those before the first pair drop <= 0."""
+    ranked = sorted(((u, pair_drop(u)) for u in heads if u != v), key=lambda ud: -ud[1])
+    out = []
+    for u, d in ranked[:k]:
+        if stop_rule and d <= 0:
+            break
+        out.append(u)
+    return tuple(out)
+
+
 def head_significance(model, circuit: Circuit, group: str, dataset: EntityTrackingDataset, means: torch.Tensor,
-                      fraction: float = 0.3, batch_size: int = 50, candidates: int | None = None) -> list[HeadSignificance]:
+                      fraction: float = 0.3, batch_size: int | None = None, candidates: int | None = None,
+                      stop_rule: bool = True, ablations: GroupAblations | None = None) -> list[HeadSignificance]:
     """Before/after accuracies of every head of ``group``, in the group's order. ``candidates``: test only the
     group's first (most important) heads, each against those peers only; the rest of the circuit stays in."""
-    role = circuit.groups[group].role
+    f = ablations or GroupAblations(model, circuit, group, dataset, means, batch_size)
     heads = circuit.groups[group].heads[:candidates]
     k = math.ceil(fraction * len(heads))
-    cache: dict[frozenset, torch.Tensor] = {}
-
-    def correct_without(removed) -> torch.Tensor:
-        key = frozenset(removed)
-        if key not in cache:
-            cache[key] = circuit_correct(model, circuit, dataset, means, also_ablate={role: set(key)} if key else None,
-                                         batch_size=batch_size)
-        return cache[key]
-
-    def acc_without(removed) -> float:
-        return correct_without(removed).float().mean().item()
-
     out = []
     for v in heads:
-        others = [u for u in heads if u != v]
-        # stable order: ties keep the group's (importance) order
-        drop = sorted(others, key=lambda u: -(acc_without({u}) - acc_without({u, v})))
-        removed = set(drop[:k])
-        out.append(HeadSignificance(group, v, acc_without(removed), acc_without(removed | {v}),
-                                    correct_without(removed), correct_without(removed | {v})))
+        removed = entangled_peers(v, heads, lambda u: f.accuracy({u}) - f.accuracy({u, v}), k, stop_rule)
+        out.append(HeadSignificance(group, v, f.accuracy(removed), f.accuracy({*removed, v}),
+                                    f.correct(removed), f.correct({*removed, v}), removed))
     return out
+
+
+@dataclass
+class GroupMinimality:
+    """A group's heads' significance and the mean drop before - after over them, with a 95% interval and a
+    standard error from resampling contexts with K re-chosen in every resample."""
+
+    heads: list[HeadSignificance]
+    drop: Estimate
+    se: float
+    n_boot: int
+    extra_evaluations: int  # circuit runs the resamples' new K sets cost
+
+
+def group_minimality(model, circuit: Circuit, group: str, dataset: EntityTrackingDataset, means: torch.Tensor,
+                     fraction: float = 0.3, batch_size: int | None = None, candidates: int | None = None,
+                     stop_rule: bool = True, n_boot: int = 200, seed: int = 0) -> GroupMinimality:
+    """:func:`head_significance` of ``group`` and its mean drop with a selection-aware interval."""
+    f = GroupAblations(model, circuit, group, dataset, means, batch_size)
+    significance = head_significance(model, circuit, group, dataset, means, fraction, batch_size, candidates,
+                                     stop_rule, ablations=f)
+    heads = [s.head for s in significance]
+    if not heads:
+        return GroupMinimality(significance, Estimate(float("nan")), float("nan"), 0, 0)
+    point = float(np.mean([s.before - s.after for s in significance]))
+    k = math.ceil(fraction * len(heads))
+    ids = as_clusters(dataset.clusters().numpy())
+    n_clusters = int(ids.max()) + 1
+    if n_clusters < 2:
+        return GroupMinimality(significance, Estimate(point), float("nan"), 0, 0)
+    measured = f.evaluated
+    # every single and pair ablation is already measured: stack them once and reweight per resample
+    singles = np.stack([f.correct({u}).float().numpy() for u in heads])  # [H, N]
+    pairs = np.stack([[f.correct({u, v}).float().numpy() for v in heads] for u in heads])  # [H, H, N]
+    rng = np.random.default_rng(seed)
+    draws = []
+    for counts in rng.multinomial(n_clusters, np.full(n_clusters, 1 / n_clusters), size=n_boot):
+        w = counts[ids].astype(np.float64)
+        single_acc, pair_acc = singles @ w / w.sum(), pairs @ w / w.sum()
+        drops = []
+        for j, v in enumerate(heads):
+            removed = entangled_peers(v, heads, lambda u, j=j: single_acc[heads.index(u)] - pair_acc[heads.index(u), j],
+                                      k, stop_rule)
+            drops.append(f.accuracy(removed, w) - f.accuracy({*removed, v}, w))
+        draws.append(np.mean(drops))
+    draws = np.asarray(draws)
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    return GroupMinimality(significance, Estimate(point, float(lo), float(hi)), float(draws.std(ddof=1)), n_boot,
+                           f.evaluated - measured)
 
 
 def prune(circuit: Circuit, significance: dict[str, list[HeadSignificance]], threshold: float) -> Circuit:

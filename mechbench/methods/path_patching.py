@@ -25,7 +25,7 @@ import torch
 from mechbench.circuits import Head
 from mechbench.data.counterfactuals import CounterfactualDataset
 from mechbench.intervene import HeadPatch, Read, capture_prefix, run
-from mechbench.intervene.engine import n_units
+from mechbench.intervene.engine import default_batch_size, n_units
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def path_patching_scores(
     sender_role: str,
     receivers: Receivers | None = None,
     corrupt_positions: torch.Tensor | None = None,
-    batch_size: int = 100,
+    batch_size: int | None = None,
     fast: bool = True,
     progress=None,
     per_pair: bool = False,
@@ -70,6 +70,7 @@ def path_patching_scores(
     prefix path); the numbers equal the full forward's to float tolerance.
     """
     torch_model = model if isinstance(model, torch.nn.Module) else model.model
+    device = next(torch_model.parameters()).device
     n_layers, n_heads = len(torch_model.model.layers), torch_model.config.num_attention_heads
     clean, corrupt = pairs.base, pairs.source
     sender_pos = clean.positions(sender_role)
@@ -78,6 +79,7 @@ def path_patching_scores(
         receiver_pos = clean.positions(receivers.role)[:, None]
         receiver_layers = sorted({layer for layer, _ in receivers.heads})
     answers = pairs.target_ids
+    batch_size = batch_size or default_batch_size()
     per = torch.zeros(n_layers, n_heads, len(pairs), dtype=torch.float64)
     n_batches = -(-len(pairs) // batch_size)
     for batch_index, start in enumerate(range(0, len(pairs), batch_size)):
@@ -90,10 +92,15 @@ def path_patching_scores(
         corrupt_vals = run(torch_model, corrupt.input_ids[rows], read=Read(positions=corrupt_pos[rows, None]),
                            batch_size=n).reads
         s = ids.shape[1]
-        frozen = (torch.arange(s)[None, :] >= sender_pos[rows, None]).float()[:, :, None].expand(n, s, n_heads)
-        everything = torch.arange(s).expand(n, s)
+        # the frozen heads: every head above the sender, at every position from the sender's on. Positions before
+        # the batch's first sender cannot change (causal attention), so the patches start there, and so does the
+        # fast path's recomputation; the clean values go to the device once per batch, not once per sender
+        first = int(sender_pos[rows].min())
+        frozen = (torch.arange(first, s)[None, :] >= sender_pos[rows, None]).float()[:, :, None].expand(n, s - first, n_heads)
+        after_first = torch.arange(first, s).expand(n, s - first)
+        clean_values = {l: v[:, first:].to(device) for l, v in clean_run.reads.items()}
         for layer in range(n_layers):
-            freeze = [HeadPatch(l, torch.arange(n_heads), everything, clean_run.reads[l], frozen)
+            freeze = [HeadPatch(l, torch.arange(n_heads), after_first, clean_values[l], frozen)
                       for l in range(layer + 1, n_layers)]
             for head in range(n_heads):
                 sender = HeadPatch(layer, torch.tensor([head]), sender_pos[rows, None],

@@ -59,6 +59,14 @@ _TOY = [
     ModelSpec("toy-float", "zoo:toy-float", None, "FLoat-7B (toy)", "toy", "toy base, structured task, full weights"),
 ]
 REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _PAPER + _TOY}
+#: LLaMA-1 7B's architecture (its HF config.json), which all four paper models share: what the memory and time
+#: plan (mechbench.plan) reads before any weights are here. Goat adds a LoRA of rank 64 on q, k, v and o in
+#: every layer: 32 layers x 4 matrices x 64 x (4096 + 4096) = 67,108,864 parameters.
+LLAMA_7B_CONFIG = {"num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 32,
+                   "intermediate_size": 11008, "vocab_size": 32000, "tie_word_embeddings": False}
+ARCHITECTURES: dict[str, tuple[dict, int]] = {"llama7b": (LLAMA_7B_CONFIG, 0), "vicuna7b": (LLAMA_7B_CONFIG, 0),
+                                              "goat7b": (LLAMA_7B_CONFIG, 32 * 4 * 64 * 8192),
+                                              "float7b": (LLAMA_7B_CONFIG, 0)}
 PAPER_MODELS = tuple(s.name for s in _PAPER)
 TOY_MODELS = tuple(s.name for s in _TOY)
 # Which model each fine-tune is compared with, as in the paper.

@@ -1,0 +1,285 @@
+"""The memory and time plan: what each claim holds on the device at its peak and how long it computes, from the
+model's shapes and the batch sizes the suites use, before anything is loaded.
+
+    mechbench plan llama7b goat7b --dtype bfloat16       # per claim: peak GPU memory, host memory, GPU time
+    mechbench plan goat7b --own-circuit                  # and with Goat's own circuit (DCM, path patching, minimality)
+
+Memory (bytes, ``b`` bytes per number of the model's dtype, ``B`` prompts per batch, ``S`` tokens per prompt):
+
+- weights: parameters (and a LoRA adapter's) x b, once per model the claim holds (CMAP and comparison hold the
+  fine-tune and its base at once);
+- a forward's transient peak: per token the residual, the attention and MLP inputs and outputs and the engine's
+  per-head copy (6 d + 3 d_mlp numbers), the attention scores (heads x S per token, float32), the last
+  logits (vocab, float32);
+- the fast path's clean prefix (:func:`mechbench.intervene.capture_prefix`, one batch at a time): every layer's
+  input (L + 1 hidden states, as HF returns them) and keys and values: B S ((L + 1) d + 2 L kv_heads head_dim) b;
+- DCM's training step keeps every layer's activations for the backward: per layer and token, the inputs of
+  the seven projections and two norms, q/k/v, the MLP's three intermediates and the attention weights
+  (10 d + 4 d_mlp + 2 heads S numbers, float32 for the attention weights), plus the forward peak;
+- host memory: reads are kept on the host in float32 (the ablation means read every head at every position of
+  500 prompts, path patching one batch's clean run).
+
+Time: forward FLOPs per token are 2 x parameters (the matmuls; attention's S^2 term is under 1% at S = 54), a
+backward twice that; a fast-path run recomputes only the layers and positions after its first patch, which the
+plan counts from the suites' roles (path patching: from the batch's first sender position, above the sender). GPU seconds = FLOPs / ``--tflops`` (50 TFLOP/s: an H100 at about half of its
+dense bf16 peak, which is what batched 7B inference reaches; float32 runs at the TF32 rate, half that). The
+counts of prompts per claim are the suites' (the paper's sample sizes, docs/paper.md §3).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+GIB = 1024 ** 3
+DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
+#: Tokens per prompt: the paper's 7-box prompt under the LLaMA tokenizer (BOS included) is 54 tokens.
+PAPER_SEQ_LEN = 54
+#: Headroom a claim must leave on the device: allocator fragmentation, CUDA context, the library's own buffers.
+HEADROOM = 0.15
+
+
+@dataclass(frozen=True)
+class Shape:
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_mlp: int
+    vocab: int
+    n_params: int
+    adapter_params: int = 0
+
+    @classmethod
+    def from_config(cls, config: dict, adapter_params: int = 0) -> "Shape":
+        n_heads = config["num_attention_heads"]
+        d, d_mlp, vocab, layers = (config["hidden_size"], config["intermediate_size"], config["vocab_size"],
+                                   config["num_hidden_layers"])
+        head_dim = config.get("head_dim") or d // n_heads
+        kv = config.get("num_key_value_heads") or n_heads
+        per_layer = d * head_dim * (2 * n_heads + 2 * kv) + 3 * d * d_mlp + 2 * d
+        embeddings = vocab * d * (1 if config.get("tie_word_embeddings") else 2)
+        return cls(layers, d, n_heads, kv, head_dim, d_mlp, vocab, layers * per_layer + embeddings + d, adapter_params)
+
+
+def shape_of(model: str) -> Shape:
+    """The shape of a registered paper model (its config as published, :data:`registry.ARCHITECTURES`), or
+    of a local model directory / toy model from its config.json."""
+    from mechbench.models.registry import ARCHITECTURES, resolve
+
+    if model in ARCHITECTURES:
+        config, adapter_params = ARCHITECTURES[model]
+        return Shape.from_config(config, adapter_params)
+    spec = resolve(model)
+    path = Path(spec.base) / "config.json"
+    if not path.is_file():
+        from mechbench.errors import MechbenchError
+
+        raise MechbenchError(f"no shape for {model!r}: it is not a registered paper model and {path} does not exist; "
+                             f"download it or name a local directory holding its config.json")
+    adapter = 0
+    if spec.adapter and (Path(spec.adapter) / "adapter_config.json").is_file():
+        cfg = json.loads((Path(spec.adapter) / "adapter_config.json").read_text())
+        config = json.loads(path.read_text())
+        d = config["hidden_size"]
+        adapter = config["num_hidden_layers"] * len(cfg.get("target_modules") or ()) * cfg.get("r", 0) * 2 * d
+    return Shape.from_config(json.loads(path.read_text()), adapter)
+
+
+def weights_bytes(shape: Shape, b: int) -> int:
+    return (shape.n_params + shape.adapter_params) * b
+
+
+def forward_bytes(shape: Shape, batch: int, seq: int, b: int) -> int:
+    """Transient peak of one batch's forward (see the module's docstring)."""
+    per_token = (6 * shape.d_model + 3 * shape.d_mlp) * b + shape.n_heads * seq * 4
+    return batch * seq * per_token + batch * shape.vocab * 4
+
+
+def prefix_bytes(shape: Shape, batch: int, seq: int, b: int) -> int:
+    """One batch's clean prefix: L + 1 hidden states and L layers of keys and values."""
+    return batch * seq * ((shape.n_layers + 1) * shape.d_model + 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim) * b
+
+
+def backward_bytes(shape: Shape, batch: int, seq: int, b: int) -> int:
+    """Activations a training step keeps for the backward through every layer."""
+    per_token = (10 * shape.d_model + 4 * shape.d_mlp) * b + 2 * shape.n_heads * seq * 4
+    return shape.n_layers * batch * seq * per_token
+
+
+def read_bytes(shape: Shape, n: int, seq: int, layers: int | None = None) -> int:
+    """Head outputs of ``n`` prompts at every position of ``layers`` layers, as the engine keeps reads (host, fp32)."""
+    return n * seq * shape.n_heads * shape.head_dim * (shape.n_layers if layers is None else layers) * 4
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one claim runs, in prompts per phase: ``forwards`` full forwards, ``fast`` fast-path runs (each
+    recomputes ``fast_fraction`` of the layers x positions), ``train`` forward+backward passes."""
+
+    claim: str
+    models: int = 1  # models held at once
+    forwards: float = 0
+    fast: float = 0
+    fast_fraction: float = 1.0
+    train: float = 0
+    train_batch: int = 0
+    prefix: bool = False  # holds a batch's prefix
+    host_reads: int = 0  # prompts whose every head output the claim keeps on the host at once (all positions);
+    # -1: one batch's, kept on the device too (path patching's clean values)
+    note: str = ""
+
+
+def default_circuit(model: str) -> str:
+    """The circuit ``pytest suites/ --model=MODEL`` evaluates: the one found on the model's base (the paper
+    evaluates the Llama-7B circuit on all four models), else the model's own."""
+    from mechbench.models.registry import BASE_OF
+
+    return BASE_OF.get(model, model)
+
+
+#: Tokens a path-patching sender run recomputes in a 54-token prompt: from the sender's position to the end (the
+#: last token; the query label is the third from last; the earlier occurrence of the queried label can be the
+#: first box's, about 5 tokens in, so a batch of 300 pairs starts there).
+SENDER_SPAN = {"last": 1, "query_label": 3, "prev_query_label": PAPER_SEQ_LEN - 5}
+
+
+def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = PAPER_SEQ_LEN) -> list[Workload]:
+    """The suites' work for ``model`` evaluated with ``circuit`` (sample sizes as in suites/, the paper's). DCM,
+    path patching and minimality run on the circuit's own model only, CMAP on a fine-tune with a base."""
+    from mechbench.methods.discovery import DISCOVERY, DiscoveryConfig
+    from mechbench.models.registry import BASE_OF
+
+    circuit = circuit or default_circuit(model)
+    own = circuit == model
+    n = 500
+    heads = shape.n_layers * shape.n_heads
+    config = DISCOVERY.get(circuit, DiscoveryConfig())
+    k = dict(config.circuit_k or config.receiver_k)
+    groups = list(k.values())
+    draws = 20 if circuit in ("goat7b", "float7b") else 10
+    pairs = config.n_pairs
+    # path patching: per step and pair, a clean and a corrupt run, then one fast run per sender head (two with
+    # receivers: record, then patch them in); the sender's layer and above recompute, from position 0 on today
+    # (the frozen heads cover every position)
+    steps = len(config.steps)
+    # each sender run recomputes the layers above the sender (half of them on average) from the batch's first
+    # sender position on (SENDER_SPAN tokens of the prompt); a step with receivers runs twice
+    pp_fast = sum(pairs * heads * (2 if st.receiver_group else 1) * 0.5 * SENDER_SPAN.get(st.sender_role, seq) / seq
+                  for st in config.steps)
+    # minimality: every single and pair ablation of each group, then at most two new circuit runs per head and
+    # resample for the selection-aware error (an upper bound: most resamples choose a K already measured)
+    minimality_runs = sum(g * g for g in groups) + 2 * config.minimality_boot * sum(groups)
+    out = [
+        Workload("accuracy", forwards=n),
+        Workload("faithfulness", forwards=n * (2 + 10) + n, host_reads=n, note="means over 500 prompts, circuit, 10 random circuits"),
+        Workload("completeness", forwards=n * (2 * draws + 2 * 4) + n, host_reads=n, note=f"{draws} draws of K, 4 groups"),
+        Workload("attention_knockout", forwards=n * 7 * shape.n_layers, note="7 edges x every layer"),
+        Workload("dcm_patching", forwards=3 * 10 * 500 * 2, fast=3 * 10 * 500 * len(groups), fast_fraction=0.5,
+                 prefix=True, note="3 desiderata x 10 draws of 500 pairs"),
+    ]
+    if model in BASE_OF:
+        out.append(Workload("cmap", models=2, forwards=2 * n * (len(groups) + 2), note="fine-tune and base held at once"))
+    if own:
+        out += [
+            Workload("dcm", forwards=4 * 3 * (2000 + 16 * 500 + 500), train=4 * 3 * 2 * 1000, train_batch=32,
+                     note="4 groups x 3 desiderata; validation every 4 of 32-pair steps"),
+            Workload("path_patching", forwards=steps * pairs * 3, fast=pp_fast, fast_fraction=1.0, prefix=True,
+                     host_reads=-1,
+                     note=f"{steps} steps x {pairs} pairs x {heads} senders; discovery shared with minimality"),
+            Workload("minimality", forwards=config.minimality_examples * minimality_runs + n, host_reads=n,
+                     note=f"groups of {groups} heads on {config.minimality_examples} prompts, "
+                          f"{config.minimality_boot} selection-aware resamples (at most)"),
+        ]
+    return out
+
+
+@dataclass(frozen=True)
+class ClaimPlan:
+    claim: str
+    device_bytes: int
+    host_bytes: int
+    gpu_seconds: float
+    note: str
+
+    def fits(self, gpu_bytes: float, headroom: float = HEADROOM) -> bool:
+        return self.device_bytes <= (1 - headroom) * gpu_bytes
+
+
+def plan(model: str, dtype: str = "float32", batch_size: int = 50, seq: int = PAPER_SEQ_LEN,
+         tflops: float = 50.0, shape: Shape | None = None, circuit: str | None = None) -> list[ClaimPlan]:
+    """Peak device memory, host memory and GPU time of every claim ``pytest suites/ --model=MODEL
+    [--circuit=CIRCUIT]`` runs."""
+    shape = shape or shape_of(model)
+    b = DTYPE_BYTES[dtype]
+    rate = tflops * 1e12 * (0.5 if b == 4 else 1.0)
+    flops_per_prompt = 2 * (shape.n_params + shape.adapter_params) * seq
+    out = []
+    for w in workloads(model, shape, circuit, seq):
+        device = w.models * weights_bytes(shape, b) + forward_bytes(shape, batch_size, seq, b) + batch_size * seq * shape.d_model * b
+        if w.prefix:
+            device += prefix_bytes(shape, batch_size, seq, b)
+        if w.host_reads < 0:
+            device += read_bytes(shape, batch_size, seq)
+        if w.train:
+            device = max(device, weights_bytes(shape, b) + backward_bytes(shape, w.train_batch, seq, b)
+                         + forward_bytes(shape, w.train_batch, seq, b))
+        host = read_bytes(shape, batch_size if w.host_reads < 0 else w.host_reads, seq)
+        flops = flops_per_prompt * (w.forwards + w.fast * w.fast_fraction + 3 * w.train)
+        out.append(ClaimPlan(w.claim, int(device), int(host), flops / rate, w.note))
+    return out
+
+
+def choose_batch_size(model: str, dtype: str, free_bytes: float, seq: int = PAPER_SEQ_LEN, largest: int = 100) -> int:
+    """The largest batch (up to ``largest``) at which every claim (its own circuit's included) fits
+    ``free_bytes`` with the headroom."""
+    shape = shape_of(model)
+    for batch in range(largest, 0, -1):
+        if all(p.fits(free_bytes) for c in {default_circuit(model), model}
+               for p in plan(model, dtype, batch, seq, shape=shape, circuit=c)):
+            return batch
+    return 1
+
+
+def resolve_batch_size(value: str | int, device: str, dtype: str, models) -> int:
+    """``--batch-size``: a positive integer as given; ``auto``: 50 on the CPU, and on a GPU the largest batch at
+    which every claim of every model fits the device's free memory (50 where a model's shape is unknown)."""
+    from mechbench.errors import MechbenchError
+
+    if str(value) != "auto":
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise MechbenchError(f"--batch-size {value!r}: give a positive number of prompts per forward, or auto")
+        return n
+    if not str(device).startswith("cuda"):
+        return 50
+    import torch
+
+    free = torch.cuda.mem_get_info(torch.device(device))[0]
+    sizes = []
+    for model in models:
+        try:
+            sizes.append(choose_batch_size(model, dtype, free))
+        except MechbenchError:  # a model whose shape cannot be read before loading: the CPU default
+            sizes.append(50)
+    return min(sizes, default=50)
+
+
+def format_plan(model: str, plans: list[ClaimPlan], dtype: str, batch_size: int, gpu_gib: float,
+                circuit: str | None = None) -> str:
+    lines = [f"{model}, circuit {circuit or default_circuit(model)} ({dtype}, batch {batch_size}): peak GPU memory per "
+             f"claim against {gpu_gib:g} GiB with "
+             f"{HEADROOM:.0%} headroom",
+             "| claim | GPU peak GiB | fits | host GiB | GPU hours | what |", "|---|---|---|---|---|---|"]
+    for p in plans:
+        lines.append(f"| {p.claim} | {p.device_bytes / GIB:.1f} | {'yes' if p.fits(gpu_gib * GIB) else 'NO'} | "
+                     f"{p.host_bytes / GIB:.1f} | {p.gpu_seconds / 3600:.2f} | {p.note} |")
+    total = sum(p.gpu_seconds for p in plans) / 3600
+    lines.append(f"| all claims | {max(p.device_bytes for p in plans) / GIB:.1f} | | | {total:.2f} | |")
+    return "\n".join(lines)
