@@ -103,6 +103,10 @@ def head_significance(model, circuit: Circuit, group: str, dataset: EntityTracki
     return out
 
 
+#: Resamples x heads a group's error rests on at least (a 2-head group: 400 resamples).
+SMALL_GROUP_RESAMPLES = 800
+
+
 @dataclass
 class GroupMinimality:
     """A group's heads' significance and the mean drop before - after over them, with a 95% interval and a
@@ -127,6 +131,9 @@ def group_minimality(model, circuit: Circuit, group: str, dataset: EntityTrackin
         return GroupMinimality(significance, Estimate(float("nan")), float("nan"), 0, 0)
     point = float(np.mean([s.before - s.after for s in significance]))
     k = math.ceil(fraction * len(heads))
+    # a small group's drop is a mean over few heads and jumps with K (empty or not), so its error needs more
+    # resamples; they cost no new circuit runs there (every K is a subset already measured)
+    n_boot = max(n_boot, math.ceil(SMALL_GROUP_RESAMPLES / len(heads)))
     ids = as_clusters(dataset.clusters().numpy())
     n_clusters = int(ids.max()) + 1
     if n_clusters < 2:
