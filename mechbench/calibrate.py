@@ -48,19 +48,33 @@ def plant(model_name: str, which: str, out: Path) -> Path:
     return path
 
 
-def run_seeds(model: str, seeds: list[int], out: Path, extra: list[str] = (), suites: str = "suites/",
+#: The claim suites of this checkout, wherever the audit is started from.
+SUITES = Path(__file__).resolve().parent.parent / "suites"
+
+
+def run_seeds(model: str, seeds: list[int], out: Path, extra: list[str] = (), suites: str | Path = SUITES,
               log=print) -> dict[str, list[int]]:
-    """Run the suites once per seed; returns, per claim test, the seeds on which it failed."""
+    """Run the suites once per seed; returns, per claim test, the seeds on which it failed. A seed whose
+    pytest ran no claim (no suites there, a usage error, a -k that selects nothing) is an error, not a clean row."""
+    from mechbench.errors import MechbenchError
+
+    if not Path(suites).is_dir():
+        raise MechbenchError(f"no claim suites at {suites}: the audit runs mechbench's suites/ from a checkout of "
+                             f"the repository")
     failures: dict[str, list[int]] = defaultdict(list)
     tests: set[str] = set()
     for seed in seeds:
         seed_dir = out / f"seed-{seed}"
         report = seed_dir / "report.json"
         seed_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pytest", suites, f"--model={model}", f"--seed={seed}", f"--results-dir={seed_dir}",
+        cmd = [sys.executable, "-m", "pytest", str(suites), f"--model={model}", f"--seed={seed}", f"--results-dir={seed_dir}",
                "-q", "-p", "no:cacheprovider", "--junitxml", str(seed_dir / "junit.xml"), *extra]
         log(f"seed {seed}: {' '.join(cmd[3:])}")
-        subprocess.run(cmd, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode not in (0, 1):  # 0: all passed, 1: some failed; else nothing was judged
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
+            raise MechbenchError(f"seed {seed}: pytest judged no claim (exit code {done.returncode}; 5 means no test "
+                                 f"was selected: check -k and the model): {tail}")
         for name, outcome in _junit_outcomes(seed_dir / "junit.xml").items():
             tests.add(name)
             if outcome == "failed":

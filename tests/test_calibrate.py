@@ -33,3 +33,14 @@ def test_a_planted_change_zeroes_exactly_the_named_heads(tmp_path):
                 assert not w1[:, cols].any()
             else:
                 assert torch.equal(w0[:, cols], w1[:, cols])
+
+
+def test_a_run_that_judges_no_claim_is_an_error_not_an_empty_table(tmp_path):
+    import pytest
+
+    from mechbench.errors import MechbenchError
+
+    with pytest.raises(MechbenchError, match="pytest judged no claim"):
+        run_seeds("toy-llama", [1], tmp_path, ["-k", "no_such_claim"], log=lambda m: None)
+    with pytest.raises(MechbenchError, match="no claim suites at"):
+        run_seeds("toy-llama", [1], tmp_path, suites=tmp_path / "nowhere", log=lambda m: None)
