@@ -44,23 +44,23 @@ def measure(model, circuit_name, settings):
         dataset = build_dataset(model.tokenizer, n_examples=n, seed=settings.seed)
         means = ablation_means(model, settings)
         full = accuracy_on(model, dataset)
-        _MEASURED[key] = faithfulness(model.model, circuit, dataset, means, full, n_random=N_RANDOM, seed=settings.seed)
-    return _MEASURED[key], n
+        _MEASURED[key] = (faithfulness(model.model, circuit, dataset, means, full, n_random=N_RANDOM, seed=settings.seed),
+                          dataset.clusters().numpy())
+    return *_MEASURED[key], n
 
 
 def test_circuit_accuracy(model, circuit_name, settings, claim_check):
-    f, n = measure(model, circuit_name, settings)
+    f, clusters, n = measure(model, circuit_name, settings)
     claim_check(
         "faithfulness", {"circuit": circuit_name, "model": model.name, "metric": "circuit_accuracy"},
-        f.circuit_accuracy, n=n, model=model, correct=f.circuit_correct,
-        clusters=build_dataset(model.tokenizer, n_examples=n, seed=settings.seed).clusters(),
+        f.circuit_accuracy, n=n, model=model, correct=f.circuit_correct, clusters=clusters,
         tolerance=binomial_tolerance(f.circuit_accuracy, n, n), tolerance_same_sample=round(3 / n, 4),
         tolerance_rule=BINOMIAL_RULE.format(rounding="") + "; " + SAME_SAMPLE_RULE,
     )
 
 
 def test_random_circuit_accuracy(model, circuit_name, settings, claim_check):
-    f, n = measure(model, circuit_name, settings)
+    f, _, n = measure(model, circuit_name, settings)
     tolerance, sd = random_tolerance(f.random_correct.float().mean(1))
     claim_check(
         "faithfulness", {"circuit": circuit_name, "model": model.name, "metric": "random_circuit_accuracy"},
@@ -69,8 +69,7 @@ def test_random_circuit_accuracy(model, circuit_name, settings, claim_check):
 
 
 def test_circuit_beats_random_circuits(model, circuit_name, settings, record_check):
-    f, n = measure(model, circuit_name, settings)
-    clusters = build_dataset(model.tokenizer, n_examples=n, seed=settings.seed).clusters().numpy()
+    f, clusters, n = measure(model, circuit_name, settings)
     beats = cluster_bootstrap(lambda m: m["circuit"] - m["random"],
                               {"circuit": f.circuit_correct.numpy(), "random": f.random_correct.float().mean(0).numpy()},
                               clusters, seed=settings.seed)

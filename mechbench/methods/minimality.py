@@ -57,6 +57,7 @@ class GroupAblations:
         self.model, self.circuit, self.dataset, self.means, self.batch_size = model, circuit, dataset, means, batch_size
         self.role = circuit.groups[group].role
         self._correct: dict[frozenset, torch.Tensor] = {}
+        self._as_float: dict[frozenset, np.ndarray] = {}  # the same vectors as floats, for the resamples' loop
 
     def correct(self, removed) -> torch.Tensor:
         key = frozenset(removed)
@@ -64,11 +65,14 @@ class GroupAblations:
             self._correct[key] = circuit_correct(self.model, self.circuit, self.dataset, self.means,
                                                  also_ablate={self.role: set(key)} if key else None,
                                                  batch_size=self.batch_size)
+            self._as_float[key] = self._correct[key].float().numpy()
         return self._correct[key]
 
     def accuracy(self, removed, weights: np.ndarray | None = None) -> float:
-        c = self.correct(removed).float().numpy()
-        return float(c.mean() if weights is None else (c * weights).sum() / weights.sum())
+        key = frozenset(removed)
+        self.correct(key)
+        c = self._as_float[key]
+        return float(c.mean() if weights is None else (c @ weights) / weights.sum())
 
     @property
     def evaluated(self) -> int:
@@ -142,6 +146,7 @@ def group_minimality(model, circuit: Circuit, group: str, dataset: EntityTrackin
     # every single and pair ablation is already measured: stack them once and reweight per resample
     singles = np.stack([f.correct({u}).float().numpy() for u in heads])  # [H, N]
     pairs = np.stack([[f.correct({u, v}).float().numpy() for v in heads] for u in heads])  # [H, H, N]
+    index = {h: i for i, h in enumerate(heads)}
     rng = np.random.default_rng(seed)
     draws = []
     for counts in rng.multinomial(n_clusters, np.full(n_clusters, 1 / n_clusters), size=n_boot):
@@ -149,8 +154,7 @@ def group_minimality(model, circuit: Circuit, group: str, dataset: EntityTrackin
         single_acc, pair_acc = singles @ w / w.sum(), pairs @ w / w.sum()
         drops = []
         for j, v in enumerate(heads):
-            removed = entangled_peers(v, heads, lambda u, j=j: single_acc[heads.index(u)] - pair_acc[heads.index(u), j],
-                                      k, stop_rule)
+            removed = entangled_peers(v, heads, lambda u, j=j: single_acc[index[u]] - pair_acc[index[u], j], k, stop_rule)
             drops.append(f.accuracy(removed, w) - f.accuracy({*removed, v}, w))
         draws.append(np.mean(drops))
     draws = np.asarray(draws)
