@@ -422,14 +422,14 @@ def _completeness(c: Comparison):
 
 
 def _knockout(c: Comparison):
-    from mechbench.methods.knockout import EDGES, knockout_correct
+    from mechbench.methods.knockout import EDGES, knockout_curve_correct
 
     rows, moved = [], []
     for edge in EDGES:
         for layer in range(c.base.shape.n_layers):
             q = {"clean_b": c.correct("base"), "clean_f": c.correct("fine_tune"),
-                 **{f"ko_{key}": c.side(who, ("knockout", edge, layer), lambda who=who, edge=edge, layer=layer:
-                                        knockout_correct(c.models[who].model, c.dataset(), edge, layer, seed=c.seed))
+                 **{f"ko_{key}": c.side(who, ("knockout", edge), lambda who=who, edge=edge: knockout_curve_correct(
+                     c.models[who].model, c.dataset(), edge, range(c.base.shape.n_layers), seed=c.seed))[layer]
                     for who, key in (("base", "b"), ("fine_tune", "f"))}}
             means = {k: _bool(v).mean() for k, v in q.items()}
             est = c.boot(lambda m: m["ko_f"] / m["clean_f"] - m["ko_b"] / m["clean_b"], q)
@@ -577,7 +577,7 @@ def _dcm_patching(c: Comparison):
 
 def _dcm(c: Comparison):
     from mechbench.data.counterfactuals import desiderata_pairs
-    from mechbench.methods.dcm import train_dcm
+    from mechbench.methods.dcm import train_dcm_groups
 
     main = _main_desiderata(c)
     train_n, val_n, test_n = c.lane.dcm_split
@@ -588,9 +588,13 @@ def _dcm(c: Comparison):
             continue
         pairs = desiderata_pairs(c.base.tokenizer, desideratum, n_pairs=train_n + val_n + test_n, seed=c.seed)
         train, val, test = pairs.split([train_n, val_n, test_n])
+        # every group of a desideratum trains in one pass (each its own mask; they share the clean runs)
+        trained = {who: c.side(who, ("dcm", desideratum, tuple(groups)), lambda h=h, train=train, val=val, test=test:
+                               dict(zip(groups, train_dcm_groups(h, [c.circuit.groups[g] for g in groups], train, val,
+                                                                 test, seed=c.seed))))
+                   for who, h in c.models.items()}
         for g in groups:
-            res = {who: c.side(who, ("dcm", desideratum, g), lambda h=h, g=g, train=train, val=val, test=test: train_dcm(
-                h, c.circuit.groups[g], train, val, test, seed=c.seed)) for who, h in c.models.items()}
+            res = {who: trained[who][g] for who in c.models}
             est = c.diff(res["base"].test_correct, res["fine_tune"].test_correct, np.arange(test_n))
             shared = set(res["base"].heads) & set(res["fine_tune"].heads)
             union = set(res["base"].heads) | set(res["fine_tune"].heads)

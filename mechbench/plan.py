@@ -20,9 +20,15 @@ Memory (bytes, ``b`` bytes per number of the model's dtype, ``B`` prompts per ba
   500 prompts, path patching one batch's clean run).
 
 Time: forward FLOPs per token are 2 x parameters (the matmuls; attention's S^2 term is under 1% at S = 54), a
-backward twice that; a fast-path run recomputes only the layers and positions after its first patch, which the
-plan counts from the suites' roles (path patching: from the batch's first sender position, above the sender). GPU seconds = FLOPs / ``--tflops`` (50 TFLOP/s: an H100 at about half of its
-dense bf16 peak, which is what batched 7B inference reaches; float32 runs at the TF32 rate, half that). The
+backward twice that. A run the engine serves from a prefix (the clean run, or the circuit's ablated run for
+minimality and C \\ K) recomputes only the layers and tokens after its first intervention, which the plan counts
+from the stored circuit's heads and the roles' positions: a path-patching sender is one token from its layer up
+(``run_frozen_attention``), its receivers' patch a run from the lowest receiver above it at the receivers'
+position; minimality's ablations start at a set's lowest head, at its group's role; a knockout at its layer, at
+the query token; DCM trains and validates from its group's lowest layer at its role, the four groups of a
+desideratum sharing each batch's clean run. GPU seconds = FLOPs / ``--tflops``: 50 TFLOP/s in bfloat16 and half
+that in float32 (TF32) by default, a deliberately low sustained rate (an H100's dense bf16 peak is about 990
+TFLOP/s; eager HF forwards of 50 x 54-token batches reach a fraction of it) that no GPU run has checked yet. The
 counts of prompts per claim are the suites' (the paper's sample sizes, docs/paper.md §3).
 """
 
@@ -130,6 +136,7 @@ class Workload:
     prefix: bool = False  # holds a batch's prefix
     host_reads: int = 0  # prompts whose every head output the claim keeps on the host at once (all positions);
     # -1: one batch's, kept on the device too (path patching's clean values)
+    host_prefix: int = 0  # prompts whose clean prefix waits on the host between uses (DCM's validation pairs)
     note: str = ""
 
 
@@ -141,15 +148,78 @@ def default_circuit(model: str) -> str:
     return BASE_OF.get(model, model)
 
 
-#: Tokens a path-patching sender run recomputes in a 54-token prompt: from the sender's position to the end (the
-#: last token; the query label is the third from last; the earlier occurrence of the queried label can be the
-#: first box's, about 5 tokens in, so a batch of 300 pairs starts there).
+#: Tokens a fast run recomputes in a 54-token prompt from a role's position to the end: the last token; the query
+#: label is the third from last; the earlier occurrence of the queried label can be the first box's, about 5 tokens
+#: in, so a batch of prompts starts there.
 SENDER_SPAN = {"last": 1, "query_label": 3, "prev_query_label": PAPER_SEQ_LEN - 5}
+#: The attention-knockout edges' query roles (mechbench.methods.knockout.EDGES): each point of an edge's curve
+#: recomputes from its layer on at the query token.
+KNOCKOUT_QUERY_ROLES = ("last", "last", "last", "query_label", "query_label", "last", "prev_query_label")
+
+
+def _span(role: str, seq: int) -> float:
+    """The share of a prompt's tokens a run patched at ``role`` recomputes."""
+    return min(SENDER_SPAN.get(role, seq), seq) / seq
+
+
+def _stored_circuit(name: str):
+    from mechbench.circuits import Circuit
+    from mechbench.errors import MechbenchError
+
+    try:
+        return Circuit.load(name)
+    except MechbenchError:
+        return None
+
+
+def _above(layer: int, n_layers: int) -> float:
+    """The share of the layers a run patched at ``layer`` recomputes."""
+    return (n_layers - layer) / n_layers
+
+
+def path_patching_fast(shape: Shape, config, circuit, seq: int) -> float:
+    """Prompt-equivalents of path patching's sender runs (all steps, ``config.n_pairs`` pairs): every sender's
+    frozen-attention run is one token from its layer up; a step with receivers then patches them into a run
+    from the lowest receiver above the sender, from the receivers' position on. Receivers are the stored
+    circuit's (the claim fixes them); without one, half the layers."""
+    heads, layers = shape.n_heads, shape.n_layers
+    receiver_k = dict(config.receiver_k)
+    total = 0.0
+    for step in config.steps:
+        total += config.n_pairs * heads * sum(_above(l, layers) for l in range(layers)) / seq  # one token each
+        if step.receiver_group is None:
+            continue
+        group = circuit.groups.get(step.receiver_group) if circuit else None
+        receiver_layers = sorted({l for l, _ in group.heads[:receiver_k[step.receiver_group]]}) if group else None
+        for sender in range(layers):
+            above = [l for l in receiver_layers if l > sender] if receiver_layers else [sender + 1]
+            if above and above[0] < layers:
+                total += config.n_pairs * heads * _above(above[0], layers) * _span(step.receiver_role, seq)
+    return total
+
+
+def minimality_fast(shape: Shape, config, circuit, examples: int, seq: int) -> float:
+    """Prompt-equivalents of minimality's ablations on the circuit's run: every single and pair of a group's heads,
+    then K and K + v for each head, and at most two new sets per head and resample; each recomputes from its
+    lowest head's layer on, at the group's role only."""
+    total = 0.0
+    for name, g in (circuit.groups.items() if circuit else ()):
+        layers = [l for l, _ in g.heads]
+        pairs = [min(a, b) for i, a in enumerate(layers) for b in layers[i + 1:]]
+        mean_pair = sum(_above(l, shape.n_layers) for l in pairs) / len(pairs) if pairs else _above(min(layers), shape.n_layers)
+        runs = sum(_above(l, shape.n_layers) for l in layers) + mean_pair * (len(pairs) + 2 * len(layers)
+                                                                            + 2 * config.minimality_boot * len(layers))
+        total += examples * runs * _span(g.role, seq)
+    return total
 
 
 def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = PAPER_SEQ_LEN) -> list[Workload]:
     """The suites' work for ``model`` evaluated with ``circuit`` (sample sizes as in suites/, the paper's). DCM,
-    path patching and minimality run on the circuit's own model only, CMAP on a fine-tune with a base."""
+    path patching and minimality run on the circuit's own model only, CMAP on a fine-tune with a base.
+
+    ``forwards`` counts full forwards (a fast path's clean or ablated prefix is one), ``fast`` the prompt-equivalents
+    of the runs served by a prefix, from where each intervention starts (layers and tokens, from the stored
+    circuit's heads; half the layers where there is none)."""
     from mechbench.methods.discovery import DISCOVERY, DiscoveryConfig
     from mechbench.models.registry import BASE_OF
 
@@ -160,38 +230,50 @@ def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = P
     config = DISCOVERY.get(circuit, DiscoveryConfig())
     k = dict(config.circuit_k or config.receiver_k)
     groups = list(k.values())
+    stored = _stored_circuit(circuit)
+    roles = ({g.name: g.role for g in stored.groups.values()} if stored else
+             {"value_fetcher": "last", "pos_transmitter": "last", "pos_detector": "query_label",
+              "struct_reader": "prev_query_label"})
+    lowest = {g.name: min(l for l, _ in g.heads) for g in stored.groups.values()} if stored else {}
+
+    def group_share(name: str) -> float:  # a run patching a whole group: from its lowest layer, at its role
+        return _above(lowest.get(name, shape.n_layers // 2), shape.n_layers) * _span(roles.get(name, "last"), seq)
+
     draws = 20 if circuit in ("goat7b", "float7b") else 10
     pairs = config.n_pairs
-    # path patching: per step and pair, a clean and a corrupt run, then one fast run per sender head (two with
-    # receivers: record, then patch them in); the sender's layer and above recompute, from position 0 on today
-    # (the frozen heads cover every position)
     steps = len(config.steps)
-    # each sender run recomputes the layers above the sender (half of them on average) from the batch's first
-    # sender position on (SENDER_SPAN tokens of the prompt); a step with receivers runs twice
-    pp_fast = sum(pairs * heads * (2 if st.receiver_group else 1) * 0.5 * SENDER_SPAN.get(st.sender_role, seq) / seq
-                  for st in config.steps)
-    # minimality: every single and pair ablation of each group, then at most two new circuit runs per head and
-    # resample for the selection-aware error (an upper bound: most resamples choose a K already measured)
-    minimality_runs = sum(g * g for g in groups) + 2 * config.minimality_boot * sum(groups)
+    knockout_fast = sum(n * sum(_above(l, shape.n_layers) for l in range(shape.n_layers)) * _span(r, seq)
+                        for r in KNOCKOUT_QUERY_ROLES)
     out = [
         Workload("accuracy", forwards=n),
         Workload("faithfulness", forwards=n * (2 + 10) + n, host_reads=n, note="means over 500 prompts, circuit, 10 random circuits"),
-        Workload("completeness", forwards=n * (2 * draws + 2 * 4) + n, host_reads=n, note=f"{draws} draws of K, 4 groups"),
-        Workload("attention_knockout", forwards=n * 7 * shape.n_layers, note="7 edges x every layer"),
-        Workload("dcm_patching", forwards=3 * 10 * 500 * 2, fast=3 * 10 * 500 * len(groups), fast_fraction=0.5,
+        # K drawn from every group: the structure readers' early role makes each run nearly whole
+        Workload("completeness", forwards=n * (2 + 2 * len(roles)) + n, host_reads=n, prefix=True,
+                 fast=n * 2 * draws + n * 2 * sum(group_share(g) for g in roles),
+                 note=f"{draws} draws of K and 4 groups, C \\ K on the circuit's run, M \\ K on the clean run"),
+        Workload("attention_knockout", forwards=n * len(KNOCKOUT_QUERY_ROLES), fast=knockout_fast, prefix=True,
+                 note="7 edges x every layer, each layer from the query token on"),
+        Workload("dcm_patching", forwards=3 * 10 * 500 * 2, fast=3 * 10 * 500 * sum(group_share(g) for g in roles),
                  prefix=True, note="3 desiderata x 10 draws of 500 pairs"),
     ]
     if model in BASE_OF:
         out.append(Workload("cmap", models=2, forwards=2 * n * (len(groups) + 2), note="fine-tune and base held at once"))
     if own:
         out += [
-            Workload("dcm", forwards=4 * 3 * (2000 + 16 * 500 + 500), train=4 * 3 * 2 * 1000, train_batch=32,
+            # per desideratum (its four groups train together): one read of the 2000 source prompts, the clean runs
+            # of the validation pairs (once, kept on the host), of each training batch (both epochs) and of the test
+            # pairs; per group 16 validations and the test from those, and each batch's fast forward + backward
+            Workload("dcm", forwards=3 * 2000 + 3 * (500 + 2 * 1000 + 500),
+                     fast=3 * (16 + 1) * 500 * sum(group_share(g) for g in roles),
+                     train=3 * 2 * 1000 * sum(group_share(g) for g in roles), train_batch=32, host_prefix=500,
                      note="4 groups x 3 desiderata; validation every 4 of 32-pair steps"),
-            Workload("path_patching", forwards=steps * pairs * 3, fast=pp_fast, fast_fraction=1.0, prefix=True,
-                     host_reads=-1,
-                     note=f"{steps} steps x {pairs} pairs x {heads} senders; discovery shared with minimality"),
-            Workload("minimality", forwards=config.minimality_examples * minimality_runs + n, host_reads=n,
-                     note=f"groups of {groups} heads on {config.minimality_examples} prompts, "
+            Workload("path_patching", forwards=steps * pairs * 3, fast=path_patching_fast(shape, config, stored, seq),
+                     prefix=True, host_reads=-1,
+                     note=f"{steps} steps x {pairs} pairs x {heads} senders (one token each); discovery shared with "
+                          f"minimality"),
+            Workload("minimality", forwards=n + 3 * config.minimality_examples * len(groups), prefix=True,
+                     fast=minimality_fast(shape, config, stored, config.minimality_examples, seq), host_reads=n,
+                     note=f"groups of {groups} heads on {config.minimality_examples} prompts, on the circuit's run, "
                           f"{config.minimality_boot} selection-aware resamples (at most)"),
         ]
     return out
@@ -227,7 +309,8 @@ def plan(model: str, dtype: str = "float32", batch_size: int = 50, seq: int = PA
         if w.train:
             device = max(device, weights_bytes(shape, b) + backward_bytes(shape, w.train_batch, seq, b)
                          + forward_bytes(shape, w.train_batch, seq, b))
-        host = read_bytes(shape, batch_size if w.host_reads < 0 else w.host_reads, seq)
+        host = read_bytes(shape, batch_size if w.host_reads < 0 else w.host_reads, seq) + prefix_bytes(
+            shape, w.host_prefix, seq, b)
         flops = flops_per_prompt * (w.forwards + w.fast * w.fast_fraction + 3 * w.train)
         out.append(ClaimPlan(w.claim, int(device), int(host), flops / rate, w.note))
     return out

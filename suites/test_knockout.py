@@ -13,7 +13,7 @@ import pytest
 from conftest import settle
 from mechbench.baselines import BINOMIAL_RULE, SAME_SAMPLE_RULE, binomial_tolerance
 from mechbench.data.dataset import build_dataset
-from mechbench.methods.knockout import EDGES, knockout_correct
+from mechbench.methods.knockout import EDGES, knockout_curve_correct
 
 pytestmark = pytest.mark.claim
 N_EXAMPLES = 500  # the paper's
@@ -25,8 +25,7 @@ def test_knockout_curve(model, edge, settings, claim_check):
     n = settings.n_examples(N_EXAMPLES)
     dataset = build_dataset(model.tokenizer, n_examples=n, seed=settings.seed)
     clusters = dataset.clusters()
-    curve = {layer: knockout_correct(model.model, dataset, edge, layer, seed=settings.seed)
-             for layer in range(model.shape.n_layers)}
+    curve = knockout_curve_correct(model.model, dataset, edge, range(model.shape.n_layers), seed=settings.seed)
     outcomes = [claim_check("attention_knockout", {"edge": edge, "layer": layer, "model": model.name},
                             correct.float().mean().item(), n=n, model=model, soft=True, correct=correct,
                             clusters=clusters, tolerance=binomial_tolerance(correct.float().mean().item(), n, n),

@@ -22,7 +22,7 @@ from conftest import ablation_means, load_circuit, settle
 from mechbench import baselines
 from mechbench.data.dataset import build_dataset
 from mechbench.errors import MechbenchError
-from mechbench.methods.discovery import DISCOVERY, discover
+from mechbench.methods.discovery import DISCOVERY, discovery_of_claims
 from mechbench.methods.minimality import group_minimality
 
 pytestmark = pytest.mark.claim
@@ -36,13 +36,14 @@ Z = 3.0
 def test_minimality(model, circuit_name, settings, claim_check, record_check, results):
     if circuit_name not in DISCOVERY or model.name != circuit_name:
         pytest.skip(f"minimality re-runs the discovery of {circuit_name!r} on its own model ({', '.join(DISCOVERY)})")
-    config = DISCOVERY[circuit_name]
     try:
         stored = baselines.load("minimality", settings.baselines_dir)
     except MechbenchError as e:
         pytest.fail(str(e), pytrace=False)
-    candidates = discover(model, circuit_name, config, cache_dir=settings.results_dir / "discovery",
-                          fixed_receivers=load_circuit(circuit_name, model, settings)).circuit  # as path patching
+    # the path-patching claim's discovery (same seed, read back from the results directory when it ran first)
+    config, found = discovery_of_claims(model, circuit_name, settings.seed, settings.results_dir / "discovery",
+                                        load_circuit(circuit_name, model, settings))
+    candidates = found.circuit
     n = settings.n_examples(config.minimality_examples)
     dataset = build_dataset(model.tokenizer, n_examples=n, seed=config.minimality_seed + settings.seed)
     means = ablation_means(model, settings)

@@ -12,12 +12,10 @@ The discovery runs once per model, settings and weights: it is saved step by ste
 (``results/discovery``) and read back by the other claim that needs it.
 """
 
-from dataclasses import replace
-
 import pytest
 
 from conftest import load_circuit, settle
-from mechbench.methods.discovery import DISCOVERY, discover
+from mechbench.methods.discovery import DISCOVERY, discovery_of_claims
 
 pytestmark = pytest.mark.claim
 #: A stored head counts as recovered unless the re-run scores it worse than the cut by more than Z of its
@@ -34,10 +32,8 @@ def test_path_patching_recovers_the_circuit(model, circuit_name, settings, claim
         pytest.skip(f"circuit {circuit_name!r} was not found on {model.name!r} by a known discovery run; "
                     f"path patching re-discovers a circuit on its own model ({', '.join(DISCOVERY)})")
     stored = load_circuit(circuit_name, model, settings)
-    config = DISCOVERY[circuit_name]
-    config = replace(config, seed=config.seed + settings.seed)  # --seed 0: the stored run's own noise pairs
     # each step sends to the stored circuit's receivers: a near tie at one cut must not reroute the next step
-    found = discover(model, circuit_name, config, cache_dir=settings.results_dir / "discovery", fixed_receivers=stored)
+    config, found = discovery_of_claims(model, circuit_name, settings.seed, settings.results_dir / "discovery", stored)
     circuit_k = {**dict(config.receiver_k), **dict(config.circuit_k)}
     outcomes = []
     for group, g in stored.groups.items():

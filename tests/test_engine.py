@@ -147,6 +147,25 @@ def test_per_head_alpha_is_differentiable(model):
     assert alpha.grad is not None and alpha.grad.abs().sum() > 0
 
 
+def test_the_fast_path_with_gradients_gives_the_full_forwards_gradient(model):
+    """DCM's training step through a prefix (held on the host, as between validations): the same logits and the
+    same gradient of the per-head alpha as the full forward."""
+    from mechbench.intervene import capture_prefixes
+
+    ids = ids_for(7)
+    grads = []
+    for prefix in (None, capture_prefixes(model, ids, batch_size=3, on_host=True)):
+        alpha = torch.full((2,), 0.3, requires_grad=True)
+        patch = HeadPatch(1, torch.tensor([0, 2]), torch.full((N, 1), S - 2), torch.randn(N, 1, 2, D,
+                          generator=torch.Generator().manual_seed(0)), alpha)
+        logits = run(model, ids, [patch], grad=True, batch_size=N, prefix=prefix).last_logits
+        logits[:, 1].sum().backward()
+        grads.append((logits.detach(), alpha.grad.clone()))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-6)
+    assert grads[0][1].abs().sum() > 0
+
+
 def test_bad_patches_are_refused():
     with pytest.raises(ValueError, match="unknown component"):
         HeadPatch(0, [0], torch.zeros(2, 1), torch.zeros(2, 1, 1, D), component="mlp")
@@ -194,6 +213,54 @@ def test_run_many_in_small_batches_equals_one_full_run_per_set(model, data):
     for s, out in zip(sets, outs):
         full = run(model, ids, s.patches, knockouts=s.knockouts, batch_size=N)
         torch.testing.assert_close(out.last_logits, full.last_logits, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=10, deadline=None)
+@given(data=st.data())
+def test_a_prefix_under_base_patches_serves_runs_that_add_to_them(model, data):
+    """A prefix captured under an ablation of every position (mean ablation's shape) serves runs that add patches
+    and knockouts: base + additions as one full forward, whatever batch size."""
+    from mechbench.intervene import Interventions, run_many
+
+    seed, patches, knockouts = data.draw(patch_sets(model))
+    g = torch.Generator().manual_seed(seed + 1)
+    everywhere = torch.arange(S).repeat(N, 1)
+    base = [HeadPatch(layer, torch.arange(4), everywhere, torch.randn(N, S, 4, D, generator=g),
+                      (torch.rand(N, S, 4, generator=g) > 0.5).float())
+            for layer in data.draw(st.lists(st.integers(0, LAYERS - 1), min_size=1, max_size=3, unique=True))]
+    ids = ids_for(seed)
+    sets = [Interventions(patches, knockouts=knockouts), Interventions()]
+    outs = run_many(model, ids, sets, batch_size=data.draw(st.integers(1, N)), base=base)
+    for s, out in zip(sets, outs):
+        full = run(model, ids, base + list(s.patches), knockouts=s.knockouts, batch_size=N)
+        torch.testing.assert_close(out.last_logits, full.last_logits, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), layer=st.integers(0, LAYERS - 1), component=st.sampled_from(["q", "k", "v"]))
+def test_a_frozen_attention_run_equals_the_full_forward_with_every_later_head_frozen(model, seed, layer, component):
+    """Every head of ``layer`` and above given at one position per example (the rest frozen from there on) leaves
+    every other position as it was: one token's run gives the full forward's logits (at the last token) and reads."""
+    from mechbench.intervene import capture_prefix
+    from mechbench.intervene.engine import run_frozen_attention
+
+    g = torch.Generator().manual_seed(seed)
+    ids = ids_for(seed)
+    clean = run(model, ids, read=Read())
+    pos = torch.randint(1, S, (N,), generator=g)
+    pos[0] = S - 1
+    rows = torch.arange(N)
+    given = {l: clean.reads[l][rows, pos] + (torch.randn(N, 4, D, generator=g) if l == layer else 0)
+             for l in range(layer, LAYERS)}
+    frozen = (torch.arange(S)[None] >= pos[:, None]).float()[:, :, None].expand(N, S, 4)
+    patches = [HeadPatch(layer, torch.arange(4), pos[:, None], given[layer][:, None])] + [
+        HeadPatch(l, torch.arange(4), torch.arange(S).repeat(N, 1), clean.reads[l], frozen) for l in range(layer + 1, LAYERS)]
+    full = run(model, ids, patches, read=Read(None, None, component), batch_size=N)
+    hidden = capture_prefix(model, ids).hidden[layer][rows, pos]
+    one = run_frozen_attention(model, hidden, pos, given, Read(None, None, component))
+    torch.testing.assert_close(one.last_logits[0], full.last_logits[0], rtol=1e-5, atol=1e-5)  # row 0: the last token
+    for l in range(layer, LAYERS):
+        torch.testing.assert_close(one.reads[l][:, 0], full.reads[l][rows, pos], rtol=1e-5, atol=1e-5)
 
 
 def test_fast_path_refuses_what_it_cannot_serve(model):

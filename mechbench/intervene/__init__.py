@@ -1,6 +1,7 @@
 from mechbench.intervene.engine import (
-    COMPONENTS, HeadPatch, Interventions, Knockout, Prefix, Read, RunOutput, capture_prefix, hooked, run, run_many,
+    COMPONENTS, HeadPatch, Interventions, Knockout, Prefix, Read, RunOutput, capture_prefix, capture_prefixes, hooked,
+    run, run_frozen_attention, run_many,
 )
 
 __all__ = ["COMPONENTS", "HeadPatch", "Interventions", "Knockout", "Prefix", "Read", "RunOutput", "capture_prefix",
-           "hooked", "run", "run_many"]
+           "capture_prefixes", "hooked", "run", "run_frozen_attention", "run_many"]

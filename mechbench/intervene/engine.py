@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterator, Sequence
 
 import torch
@@ -68,6 +69,21 @@ class HeadPatch:
     def rows(self, index: slice) -> "HeadPatch":
         alpha = self.alpha[index] if isinstance(self.alpha, torch.Tensor) and self.alpha.dim() == 3 else self.alpha
         return HeadPatch(self.layer, self.heads, self.positions[index], self.values[index], alpha, self.component)
+
+    def from_position(self, start: int) -> "HeadPatch | None":
+        """The patch at positions >= ``start`` only (None if nothing is left): what a run that recomputes from
+        ``start`` on must apply again. Each column of ``positions`` must lie on one side of ``start`` for every
+        example (true of patches over every position, as mean ablation's)."""
+        after = self.positions >= start
+        keep = after.all(0)
+        if not torch.equal(keep, after.any(0)):
+            raise ValueError(f"a patch column straddles position {start}: it cannot be split for the fast path")
+        if not keep.any():
+            return None
+        if keep.all():
+            return self
+        alpha = self.alpha[:, keep] if isinstance(self.alpha, torch.Tensor) and self.alpha.dim() == 3 else self.alpha
+        return HeadPatch(self.layer, self.heads, self.positions[:, keep], self.values[:, keep], alpha, self.component)
 
 
 @dataclass(frozen=True)
@@ -189,10 +205,12 @@ def _drop_o_proj_lora(model, stack: ExitStack) -> None:
 
 @contextmanager
 def hooked(model, patches: Sequence[HeadPatch] = (), read: Read | None = None, store: dict | None = None,
-           knockouts: Sequence[Knockout] = (), offset: int = 0) -> Iterator[None]:
+           knockouts: Sequence[Knockout] = (), offset: int = 0, intervened: bool = False) -> Iterator[None]:
     """Within the block, forwards of ``model`` apply ``patches`` and ``knockouts`` and record ``read``.
 
     ``offset``: the forwarded tokens start at this position (the fast path recomputes a suffix only).
+    ``intervened``: treat the run as hooked even without patches or reads (a fast path's prefix, whose later
+    runs are patched: under ``paper_compat_o_proj`` both must drop the o_proj LoRA alike).
     """
     d = head_dim(model)
     n_layers = len(model.model.layers)
@@ -229,7 +247,7 @@ def hooked(model, patches: Sequence[HeadPatch] = (), read: Read | None = None, s
         return post_hook, False
 
     with ExitStack() as stack:
-        if getattr(model, PAPER_O_PROJ, False) and (patches or read is not None):
+        if getattr(model, PAPER_O_PROJ, False) and (patches or read is not None or intervened):
             _drop_o_proj_lora(model, stack)
         sites = set(by_site) | {(layer, read.component) for layer in read_layers}
         for layer, component in sorted(sites):
@@ -261,11 +279,13 @@ def _model(model_or_handle) -> torch.nn.Module:
 
 @dataclass
 class Prefix:
-    """A clean run's state for one batch: each layer's input and each layer's keys and values (after RoPE).
+    """A run's state for one batch: each layer's input and each layer's keys and values (after RoPE).
 
     A patch at layer L and positions >= P cannot change anything below layer L or before position P (causal
-    attention), so a patched run can start from the clean residual at layer L, recompute positions P.. only,
-    and attend to the clean keys and values of the positions before P.
+    attention), so a patched run can start from the residual at layer L, recompute positions P.. only, and
+    attend to the keys and values of the positions before P. The run is the clean one, or the one under
+    ``base`` patches (say every head outside a circuit mean-ablated): a run served by it applies ``base`` plus
+    its own patches, and only its own decide where the recomputation starts.
     """
 
     input_ids: torch.Tensor
@@ -273,18 +293,38 @@ class Prefix:
     keys: list[torch.Tensor]  # [B, kv_heads, S, head_dim]
     values: list[torch.Tensor]
     last_logits: torch.Tensor
+    base: Sequence[HeadPatch] = ()
+
+    def to(self, device) -> "Prefix":
+        """The same prefix on ``device`` (a prefix reused many times can wait on the host between uses)."""
+        return Prefix(self.input_ids.to(device), [h.to(device) for h in self.hidden], [k.to(device) for k in self.keys],
+                      [v.to(device) for v in self.values], self.last_logits, self.base)
 
 
 @torch.no_grad()
-def capture_prefix(model_or_handle, input_ids: torch.Tensor) -> Prefix:
-    """One clean forward of a batch, keeping what the fast path needs."""
+def capture_prefix(model_or_handle, input_ids: torch.Tensor, base: Sequence[HeadPatch] = ()) -> Prefix:
+    """One forward of a batch (under ``base`` patches, rows as ``input_ids``), keeping what the fast path needs."""
     model = _model(model_or_handle)
     ids = input_ids.to(next(model.parameters()).device)
-    out = model(input_ids=ids, use_cache=True, output_hidden_states=True, logits_to_keep=1)
+    with hooked(model, base, intervened=True):
+        out = model(input_ids=ids, use_cache=True, output_hidden_states=True, logits_to_keep=1)
     n_layers = len(model.model.layers)
     cache = out.past_key_values
     return Prefix(ids, list(out.hidden_states[:n_layers]), [cache.layers[l].keys for l in range(n_layers)],
-                  [cache.layers[l].values for l in range(n_layers)], out.logits[:, -1].float().cpu())
+                  [cache.layers[l].values for l in range(n_layers)], out.logits[:, -1].float().cpu(), tuple(base))
+
+
+def capture_prefixes(model_or_handle, input_ids: torch.Tensor, batch_size: int | None = None,
+                     on_host: bool = True) -> list[Prefix]:
+    """One prefix per batch of ``input_ids``, for prompts that many runs reuse (DCM validates a mask on the same
+    pairs every few steps); ``on_host``: each waits in host memory and goes to the device for its run."""
+    model = _model(model_or_handle)
+    batch_size = batch_size or _DEFAULT_BATCH_SIZE
+    out = []
+    for start in range(0, len(input_ids), batch_size):
+        prefix = capture_prefix(model, input_ids[start:start + batch_size])
+        out.append(prefix.to("cpu") if on_host else prefix)
+    return out
 
 
 def _start(patches: Sequence[HeadPatch], knockouts: Sequence[Knockout], n_layers: int) -> tuple[int, int]:
@@ -294,7 +334,21 @@ def _start(patches: Sequence[HeadPatch], knockouts: Sequence[Knockout], n_layers
     return (min(layers), min(positions)) if layers else (n_layers, 0)
 
 
-def _run_from_prefix(model, prefix: Prefix, patches, read: Read | None, knockouts) -> RunOutput:
+def _cache_keyword(layer: torch.nn.Module) -> str:
+    return _cache_keyword_of(type(layer))
+
+
+@lru_cache(maxsize=None)
+def _cache_keyword_of(layer_type: type) -> str:
+    """The decoder layer's name for the key/value cache: ``cache`` from transformers 5.24 on (``past_key_values``
+    still works there, with a deprecation warning), ``past_key_values`` before. A wrong name would be swallowed by
+    the layer's ``**kwargs`` and the suffix would attend to nothing before it, so it is read from the signature."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(layer_type.forward).parameters else "past_key_values"
+
+
+def _run_from_prefix(model, prefix: Prefix, patches, read: Read | None, knockouts, grad: bool = False) -> RunOutput:
     from transformers import DynamicCache
 
     n_layers = len(model.model.layers)
@@ -316,14 +370,56 @@ def _run_from_prefix(model, prefix: Prefix, patches, read: Read | None, knockout
     position_ids = torch.arange(first_pos, seq, device=hidden.device)[None]
     position_embeddings = model.model.rotary_emb(hidden, position_ids=position_ids)
     store: dict = {}
-    with torch.no_grad(), hooked(model, patches, read, store, offset=first_pos):
+    # the prefix's own patches, where the recomputed layers and positions meet them
+    base = [q for p in prefix.base if p.layer >= first_layer for q in [p.from_position(first_pos)] if q is not None]
+    # with grad (DCM's training step) the prefix is a constant: the gradient reaches the patches' alphas through the
+    # recomputed suffix only, which is all that depends on them
+    with torch.set_grad_enabled(grad), hooked(model, base + list(patches), read, store, offset=first_pos,
+                                              intervened=True):
         for layer in range(first_layer, n_layers):
             active = [k for k in knockouts if k.from_layer <= layer]
             mask = _attention_mask(active, batch, seq, hidden.dtype, hidden.device, q_start=first_pos)
             hidden = model.model.layers[layer](hidden, attention_mask=mask, position_ids=position_ids,
-                                               past_key_values=cache, use_cache=cache is not None,
-                                               position_embeddings=position_embeddings)
+                                               use_cache=cache is not None, position_embeddings=position_embeddings,
+                                               **{_cache_keyword(model.model.layers[layer]): cache})
         logits = model.lm_head(model.model.norm(hidden[:, -1:]))[:, -1]
+    return RunOutput(logits.float() if grad else logits.float().cpu(),
+                     {layer: torch.cat(chunks) for layer, chunks in store.items()})
+
+
+@torch.no_grad()
+def run_frozen_attention(model_or_handle, hidden: torch.Tensor, position_ids: torch.Tensor,
+                         head_values: dict[int, torch.Tensor], read: Read | None = None) -> RunOutput:
+    """One token per row, from layer ``L = min(head_values)`` up, with every head's output given: ``hidden``
+    ([R, d_model]) is the row's input of layer L, ``head_values[l]`` ([R, heads, head_dim], for every layer l >= L)
+    replaces all of that layer's head outputs at the token (attention frozen), so only the norms, projections and
+    MLPs of this one token are recomputed. ``last_logits`` are the token's logits; ``read`` (positions None)
+    records the token's q/k/v or head outputs.
+
+    Exact for path patching: when every head above the sender is frozen at its clean value from the sender's
+    position on, nothing at any other position changes (positions talk only through attention), so the run of the
+    whole prompt reduces to this one token's residual stream (tested against the full forward).
+    """
+    model = _model(model_or_handle)
+    n_layers = len(model.model.layers)
+    first = min(head_values)
+    if sorted(head_values) != list(range(first, n_layers)):
+        raise ValueError(f"head_values must give every layer from {first} to {n_layers - 1}: attention is frozen")
+    if read is not None and read.positions is not None:
+        raise ValueError("a frozen-attention run has one token per row: read with positions=None")
+    rows = len(hidden)
+    x = hidden[:, None]
+    position_ids = torch.as_tensor(position_ids, device=x.device).reshape(rows, 1)
+    n_heads = n_units(model, "head_out")
+    zero = torch.zeros(rows, 1, dtype=torch.long)
+    patches = [HeadPatch(layer, torch.arange(n_heads), zero, values[:, None]) for layer, values in head_values.items()]
+    position_embeddings = model.model.rotary_emb(x, position_ids=position_ids)
+    store: dict = {}
+    with hooked(model, patches, read, store):
+        for layer in range(first, n_layers):
+            x = model.model.layers[layer](x, attention_mask=None, position_ids=position_ids,
+                                          position_embeddings=position_embeddings)
+        logits = model.lm_head(model.model.norm(x))[:, -1]
     return RunOutput(logits.float().cpu(), {layer: torch.cat(chunks) for layer, chunks in store.items()})
 
 
@@ -353,11 +449,12 @@ class Interventions:
 
 
 def run_many(model_or_handle, input_ids: torch.Tensor, runs: Sequence[Interventions], batch_size: int | None = None,
-             fast: bool = True) -> list[RunOutput]:
-    """Every set of ``runs`` on the same ``input_ids``, batch by batch: each batch's clean run is captured once
-    (:func:`capture_prefix`) and serves every set, then is let go, so the device holds one batch's prefix at a
-    time however many prompts and runs there are. The same numbers as one :func:`run` per set, to float
-    tolerance (``fast=False`` makes it exactly that)."""
+             fast: bool = True, base: Sequence[HeadPatch] = ()) -> list[RunOutput]:
+    """Every set of ``runs`` on the same ``input_ids``, batch by batch: each batch's clean run (or its run under
+    ``base`` patches, which every set then adds to) is captured once (:func:`capture_prefix`) and serves every
+    set, then is let go, so the device holds one batch's prefix at a time however many prompts and runs there
+    are. The same numbers as one :func:`run` per set (with ``base`` + its patches), to float tolerance
+    (``fast=False`` makes it exactly that)."""
     model = _model(model_or_handle)
     if any(r.knockouts for r in runs):
         require_mask_honouring(model)
@@ -367,10 +464,13 @@ def run_many(model_or_handle, input_ids: torch.Tensor, runs: Sequence[Interventi
     for start in range(0, len(input_ids), batch_size):
         rows = slice(start, start + batch_size)
         ids = input_ids[rows]
-        prefix = capture_prefix(model, ids) if fast else None
+        base_rows = [p.rows(rows) for p in base]
+        prefix = capture_prefix(model, ids, base_rows) if fast else None
         for i, r in enumerate(runs):
-            out = run(model, ids, [p.rows(rows) for p in r.patches], None if r.read is None else r.read.rows(rows),
-                      [k.rows(rows) for k in r.knockouts], batch_size=len(ids), prefix=prefix)
+            patches = [p.rows(rows) for p in r.patches]
+            out = run(model, ids, patches if fast else base_rows + patches,
+                      None if r.read is None else r.read.rows(rows), [k.rows(rows) for k in r.knockouts],
+                      batch_size=len(ids), prefix=prefix)
             logits[i].append(out.last_logits)
             for layer, values in out.reads.items():
                 stores[i].setdefault(layer, []).append(values)
@@ -387,22 +487,39 @@ def run(
     knockouts: Sequence[Knockout] = (),
     batch_size: int | None = None,
     grad: bool = False,
-    prefix: Prefix | None = None,
+    prefix: Prefix | Sequence[Prefix] | None = None,
 ) -> RunOutput:
     """Forward ``input_ids`` in batches with ``patches`` and ``knockouts`` applied; last-position logits and
     the requested reads. With ``grad=True`` (DCM) the logits keep their graph and stay on the model's device.
 
-    With ``prefix`` (from :func:`capture_prefix` on the same ``input_ids``, one batch) only the layers and
+    With ``prefix`` (from :func:`capture_prefix` on the same ``input_ids``, one batch; on the host or the model's
+    device; with or without ``grad``) only the layers and
     positions the interventions can change are recomputed: the same numbers to float tolerance, for a
-    fraction of the work when patches sit late in the prompt or deep in the model.
+    fraction of the work when patches sit late in the prompt or deep in the model. A prefix captured under
+    ``base`` patches applies them too: ``patches`` add to them.
     """
     model = _model(model_or_handle)
     if knockouts:
         require_mask_honouring(model)
+    if prefix is not None and not isinstance(prefix, Prefix):  # one prefix per batch (capture_prefixes)
+        outs, start = [], 0
+        for one in prefix:
+            rows = slice(start, start + len(one.input_ids))
+            outs.append(run(model, input_ids[rows], [p.rows(rows) for p in patches],
+                            None if read is None else read.rows(rows), [k.rows(rows) for k in knockouts],
+                            grad=grad, prefix=one))
+            start = rows.stop
+        if start != len(input_ids):
+            raise ValueError("the prefixes cover other prompts than input_ids")
+        return RunOutput(torch.cat([o.last_logits for o in outs]),
+                         {layer: torch.cat([o.reads[layer] for o in outs]) for layer in outs[0].reads} if outs else {})
     if prefix is not None:
-        if grad or not torch.equal(prefix.input_ids.cpu(), input_ids.cpu()):
-            raise ValueError("a prefix serves the exact input_ids it was captured on, without gradients")
-        return _run_from_prefix(model, prefix, patches, read, knockouts)
+        if not torch.equal(prefix.input_ids.cpu(), input_ids.cpu()):
+            raise ValueError("a prefix serves the exact input_ids it was captured on")
+        device = next(model.parameters()).device
+        if prefix.input_ids.device != device:  # kept on the host between uses (DCM's validation prompts)
+            prefix = prefix.to(device)
+        return _run_from_prefix(model, prefix, patches, read, knockouts, grad)
     device = next(model.parameters()).device
     batch_size = batch_size or _DEFAULT_BATCH_SIZE
     logits, store = [], {}

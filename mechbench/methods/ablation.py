@@ -17,7 +17,7 @@ import torch
 from mechbench.circuits import Circuit, Head, HeadGroup
 from mechbench.data.dataset import EntityTrackingDataset
 from mechbench.evaluate import top1_correct
-from mechbench.intervene import HeadPatch, Read, run
+from mechbench.intervene import HeadPatch, Interventions, Read, run, run_many
 
 
 def position_means(model, dataset: EntityTrackingDataset, batch_size: int | None = None) -> torch.Tensor:
@@ -77,6 +77,43 @@ def circuit_correct(model, circuit: Circuit, dataset: EntityTrackingDataset, mea
     if also_ablate:
         keep &= ~heads_mask(also_ablate, dataset, n_layers, n_heads)
     return ablated_correct(model, dataset, means, ~keep, batch_size)
+
+
+def role_ablation_patches(means: torch.Tensor, heads_by_role: dict[str, set[Head]],
+                          dataset: EntityTrackingDataset) -> list[HeadPatch]:
+    """Patches that set the given heads at their roles' positions (one per example) to the position's mean."""
+    by_layer: dict[int, list[tuple[torch.Tensor, int]]] = {}
+    for role, heads in heads_by_role.items():
+        pos = dataset.positions(role)
+        for layer, head in heads:
+            by_layer.setdefault(layer, []).append((pos, head))
+    patches = []
+    for layer, sites in sorted(by_layer.items()):
+        for head in sorted({h for _, h in sites}):  # one patch per head (a head may sit at several roles)
+            positions = torch.stack([pos for pos, h in sites if h == head], 1)  # [N, roles]
+            patches.append(HeadPatch(layer, torch.tensor([head]), positions, means[layer][positions][:, :, [head]]))
+    return patches
+
+
+def circuit_minus_correct(model, circuit: Circuit, dataset: EntityTrackingDataset, means: torch.Tensor,
+                          removals: list[dict[str, set[Head]]], batch_size: int | None = None) -> list[torch.Tensor]:
+    """Bool [N] per removal K (role -> heads): F(C \\ K), as :func:`circuit_correct` with ``also_ablate=K``. Every
+    K shares each batch's run of the circuit (everything outside it mean-ablated, the engine's prefix under
+    those patches), so each recomputes only from its first removed head's layer and position on."""
+    n_layers, _, n_heads, _ = means.shape
+    circuit.check_fits(n_layers, n_heads)
+    base = mean_ablation_patches(means, ~circuit_keep_mask(circuit, dataset, n_layers, n_heads))
+    outs = run_many(model, dataset.input_ids, [Interventions(role_ablation_patches(means, k, dataset)) for k in removals],
+                    batch_size, base=base)
+    return [top1_correct(out.last_logits, dataset.answer_ids) for out in outs]
+
+
+def model_minus_many(model, removals: list[dict[str, set[Head]]], dataset: EntityTrackingDataset, means: torch.Tensor,
+                     batch_size: int | None = None) -> list[torch.Tensor]:
+    """Bool [N] per removal K: F(M \\ K) (:func:`model_minus_correct`), every K on each batch's clean run."""
+    outs = run_many(model, dataset.input_ids, [Interventions(role_ablation_patches(means, k, dataset)) for k in removals],
+                    batch_size)
+    return [top1_correct(out.last_logits, dataset.answer_ids) for out in outs]
 
 
 def circuit_accuracy(model, circuit: Circuit, dataset: EntityTrackingDataset, means: torch.Tensor,
@@ -167,10 +204,7 @@ def completeness(model, circuit: Circuit, dataset: EntityTrackingDataset, means:
                  for _ in range(iterations)]
     else:
         raise KeyError(f"unknown k_method {k_method!r}; use random_sampling or entire_group")
-    c_minus, m_minus = [], []
-    for k in draws:
-        by_role = _by_role(circuit, k)
-        c_minus.append(circuit_correct(model, circuit, dataset, means, also_ablate=by_role, batch_size=batch_size))
-        m_minus.append(model_minus_correct(model, by_role, dataset, means, batch_size=batch_size))
-    c, m = torch.stack(c_minus), torch.stack(m_minus)
+    by_role = [_by_role(circuit, k) for k in draws]
+    c = torch.stack(circuit_minus_correct(model, circuit, dataset, means, by_role, batch_size))
+    m = torch.stack(model_minus_many(model, by_role, dataset, means, batch_size))
     return Completeness(c.float().mean(1).tolist(), m.float().mean(1).tolist(), c, m)

@@ -17,7 +17,7 @@ import torch
 from mechbench.circuits import Head, HeadGroup
 from mechbench.data.counterfactuals import CounterfactualDataset
 from mechbench.evaluate import top1_correct
-from mechbench.intervene import HeadPatch, Interventions, Read, run, run_many
+from mechbench.intervene import HeadPatch, Interventions, Prefix, Read, capture_prefix, capture_prefixes, run, run_many
 
 
 @dataclass
@@ -59,18 +59,22 @@ def masked_patches(group: HeadGroup, pairs: CounterfactualDataset, mask: torch.T
 
 
 def masked_accuracy(model, group: HeadGroup, pairs: CounterfactualDataset, mask: torch.Tensor,
-                    batch_size: int | None = None, reads: dict | None = None) -> float:
+                    batch_size: int | None = None, reads: dict | None = None,
+                    prefixes: list[Prefix] | None = None) -> float:
     """Share of pairs predicting the desideratum's target with the (rounded) mask applied (see
     :func:`masked_correct`)."""
-    return masked_correct(model, group, pairs, mask, batch_size, reads).float().mean().item()
+    return masked_correct(model, group, pairs, mask, batch_size, reads, prefixes).float().mean().item()
 
 
 def masked_correct(model, group: HeadGroup, pairs: CounterfactualDataset, mask: torch.Tensor,
-                   batch_size: int | None = None, reads: dict | None = None) -> torch.Tensor:
+                   batch_size: int | None = None, reads: dict | None = None,
+                   prefixes: list[Prefix] | None = None) -> torch.Tensor:
     """Bool [N]: each pair predicts the desideratum's target with the (rounded) mask applied. ``reads``: the
-    source's head outputs at the group's role (reused across groups)."""
+    source's head outputs at the group's role (reused across groups); ``prefixes``: the base prompts' clean runs
+    (:func:`capture_prefixes`), when the same pairs are scored again and again."""
     reads = reads or source_values(model, pairs, group.role, sorted({l for l, _ in group.heads}), batch_size)
-    logits = run(model, pairs.base.input_ids, masked_patches(group, pairs, mask, reads), batch_size=batch_size).last_logits
+    logits = run(model, pairs.base.input_ids, masked_patches(group, pairs, mask, reads), batch_size=batch_size,
+                 prefix=prefixes).last_logits
     return top1_correct(logits, pairs.target_ids).cpu()
 
 
@@ -99,48 +103,95 @@ def train_dcm(
     batch_size: int = 32,
     validate_every: int = 4,
     seed: int = 0,
+    reads: dict[str, dict] | None = None,
 ) -> DCMResult:
+    """Learn the group's mask on ``train``, keep the best rounded mask on ``val``, score it on ``test`` (see
+    :func:`train_dcm_groups`)."""
+    return train_dcm_groups(model, [group], train, val, test, lam, lr, epochs, batch_size, validate_every, seed,
+                            None if reads is None else {group.role: reads})[0]
+
+
+def train_dcm_groups(
+    model,
+    groups: list[HeadGroup],
+    train: CounterfactualDataset,
+    val: CounterfactualDataset,
+    test: CounterfactualDataset,
+    lam: float = 0.01,
+    lr: float = 0.1,
+    epochs: int = 2,
+    batch_size: int = 32,
+    validate_every: int = 4,
+    seed: int = 0,
+    reads: dict[str, dict[str, dict]] | None = None,
+) -> list[DCMResult]:
+    """One mask per group, each learnt on ``train`` on its own (its own optimizer; the same seeded batch order for
+    every group, so each result is what training that group alone gives), the best rounded mask kept on ``val``,
+    scored on ``test``. ``reads``: ``{role: {"train"|"val"|"test": {layer: source head outputs at the role}}}``,
+    when the caller has them.
+
+    The groups share the work that does not depend on their masks: each training batch's clean run (the engine's
+    prefix; every group then runs only its patched layers and positions forward and backward), the validation
+    pairs' clean runs (captured once, reused at every validation) and the test pairs' clean runs."""
     torch_model = model if isinstance(model, torch.nn.Module) else model.model
-    layers = sorted({l for l, _ in group.heads})
-    reads = {name: source_values(torch_model, ds, group.role, layers)
-             for name, ds in (("train", train), ("val", val), ("test", test))}
+    if reads is None:
+        layers = sorted({l for g in groups for l, _ in g.heads})
+        roles = tuple(dict.fromkeys(g.role for g in groups))
+        by_split = {name: source_values_at(torch_model, ds, roles, layers)
+                    for name, ds in (("train", train), ("val", val), ("test", test))}
+        reads = {role: {name: by_split[name][role] for name in by_split} for role in roles}
     device = next(torch_model.parameters()).device
-    mask = torch.ones(len(group.heads), device=device, requires_grad=True)
-    optimizer = torch.optim.Adam([mask], lr=lr)
+    on_host = device.type != "cpu"
+    val_prefixes = capture_prefixes(torch_model, val.base.input_ids, on_host=on_host)
+    masks = [torch.ones(len(g.heads), device=device, requires_grad=True) for g in groups]
+    optimizers = [torch.optim.Adam([m], lr=lr) for m in masks]
     generator = torch.Generator().manual_seed(seed)
     frozen = [p for p in torch_model.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
-    best = (-1.0, -1, mask.detach().clone())
-    base_pos = train.base.positions(group.role)
+    best = [(-1.0, -1, m.detach().clone()) for m in masks]
     try:
         step = 0
         for _ in range(epochs):
             order = torch.randperm(len(train), generator=generator)
             for start in range(0, len(train), batch_size):
                 rows = order[start : start + batch_size]
-                with torch.no_grad():
-                    mask.clamp_(0, 1)
-                patches = _patches(group, 1 - mask, base_pos, reads["train"], rows)
-                logits = run(torch_model, train.base.input_ids[rows], patches, batch_size=len(rows), grad=True).last_logits
-                target_logit = logits[torch.arange(len(rows)), train.target_ids[rows].to(logits.device)]
-                loss = -target_logit.mean() + lam * (1 - mask).sum()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+                ids = train.base.input_ids[rows]
+                prefix = capture_prefix(torch_model, ids)
+                targets = train.target_ids[rows]
+                for group, mask, optimizer in zip(groups, masks, optimizers):
+                    with torch.no_grad():
+                        mask.clamp_(0, 1)
+                    patches = _patches(group, 1 - mask, train.base.positions(group.role),
+                                       reads[group.role]["train"], rows)
+                    logits = run(torch_model, ids, patches, grad=True, prefix=prefix).last_logits
+                    target_logit = logits[torch.arange(len(rows)), targets.to(logits.device)]
+                    loss = -target_logit.mean() + lam * (1 - mask).sum()
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                del prefix
                 step += 1
                 if step % validate_every == 0:
-                    with torch.no_grad():
-                        m = mask.detach().clamp(0, 1)
-                        acc = masked_accuracy(torch_model, group, val, m, reads=reads["val"])
-                    n_selected = int((m.round() == 0).sum())
-                    if (acc, n_selected) > best[:2]:
-                        best = (acc, n_selected, m.clone())
+                    for i, (group, mask) in enumerate(zip(groups, masks)):
+                        with torch.no_grad():
+                            m = mask.detach().clamp(0, 1)
+                            acc = masked_accuracy(torch_model, group, val, m, reads=reads[group.role]["val"],
+                                                  prefixes=val_prefixes)
+                        n_selected = int((m.round() == 0).sum())
+                        if (acc, n_selected) > best[i][:2]:
+                            best[i] = (acc, n_selected, m.clone())
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    final = best[2] if best[0] >= 0 else mask.detach().clamp(0, 1)
-    test_correct = masked_correct(torch_model, group, test, final, reads=reads["test"])
-    heads = tuple(h for h, m in zip(group.heads, final.round().tolist()) if m == 0)
-    return DCMResult(group.name, train.name, heads, final.cpu(), max(best[0], 0.0),
-                     test_correct.float().mean().item(), test_correct)
+    del val_prefixes
+    test_prefixes = capture_prefixes(torch_model, test.base.input_ids, on_host=on_host) if len(groups) > 1 else None
+    out = []
+    for group, mask, (acc, _, kept) in zip(groups, masks, best):
+        final = kept if acc >= 0 else mask.detach().clamp(0, 1)
+        test_correct = masked_correct(torch_model, group, test, final, reads=reads[group.role]["test"],
+                                      prefixes=test_prefixes)
+        heads = tuple(h for h, m in zip(group.heads, final.round().tolist()) if m == 0)
+        out.append(DCMResult(group.name, train.name, heads, final.cpu(), max(acc, 0.0),
+                             test_correct.float().mean().item(), test_correct))
+    return out

@@ -20,7 +20,7 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -271,3 +271,12 @@ def discover(model, name: str, config: DiscoveryConfig, log=None, cache_dir: str
     return discover_circuit(model, pairs, name, config.steps, dict(config.receiver_k), dict(config.circuit_k) or None,
                             config.min_effect, seed=config.seed, log=log, finished=finished, on_step=on_step,
                             fixed_receivers=fixed_receivers)
+
+
+def discovery_of_claims(model, name: str, seed: int, cache_dir: str | Path, fixed_receivers: Circuit,
+                        log=None) -> tuple[DiscoveryConfig, Discovery]:
+    """The one discovery the claims share (path patching's recall, minimality's candidates) for circuit ``name``
+    on its own model at ``--seed`` (0: the stored run's own noise pairs; s: its seed + s), each step sending to
+    the stored circuit's receivers, saved under ``cache_dir`` and read back by whichever claim comes second."""
+    config = replace(DISCOVERY[name], seed=DISCOVERY[name].seed + seed)
+    return config, discover(model, name, config, log=log, cache_dir=cache_dir, fixed_receivers=fixed_receivers)

@@ -12,7 +12,7 @@ import torch
 
 from mechbench.data.dataset import EntityTrackingDataset
 from mechbench.evaluate import top1_correct
-from mechbench.intervene import Knockout, run
+from mechbench.intervene import Interventions, Knockout, run_many
 
 EDGES = {
     "last->correct_object": ("last", "correct_object"),
@@ -47,10 +47,19 @@ def edge_positions(dataset: EntityTrackingDataset, edge: str, seed: int = 0) -> 
 def knockout_correct(model, dataset: EntityTrackingDataset, edge: str, from_layer: int, seed: int = 0,
                      batch_size: int | None = None) -> torch.Tensor:
     """Bool [N]: the answer is still right with ``edge`` blocked from ``from_layer`` on."""
+    return knockout_curve_correct(model, dataset, edge, [from_layer], seed, batch_size)[from_layer]
+
+
+def knockout_curve_correct(model, dataset: EntityTrackingDataset, edge: str, layers, seed: int = 0,
+                           batch_size: int | None = None) -> dict[int, torch.Tensor]:
+    """Bool [N] per layer of ``layers``: the answer is still right with ``edge`` blocked from that layer on. The
+    layers share each batch's clean run: a knockout changes nothing below its layer or before its query token,
+    so the engine recomputes only the query's token on (the last token: one token per layer)."""
     queries, keys = edge_positions(dataset, edge, seed)
-    logits = run(model, dataset.input_ids, knockouts=[Knockout(from_layer, queries, keys)],
-                 batch_size=batch_size).last_logits
-    return top1_correct(logits, dataset.answer_ids)
+    layers = list(layers)
+    outs = run_many(model, dataset.input_ids, [Interventions(knockouts=[Knockout(layer, queries, keys)])
+                                               for layer in layers], batch_size)
+    return {layer: top1_correct(out.last_logits, dataset.answer_ids) for layer, out in zip(layers, outs)}
 
 
 def knockout_accuracy(model, dataset: EntityTrackingDataset, edge: str, from_layer: int, seed: int = 0,
@@ -61,4 +70,5 @@ def knockout_accuracy(model, dataset: EntityTrackingDataset, edge: str, from_lay
 def knockout_curve(model, dataset: EntityTrackingDataset, edge: str, layers, seed: int = 0,
                    batch_size: int | None = None) -> dict[int, float]:
     """Accuracy with ``edge`` blocked from each layer in ``layers`` on."""
-    return {layer: knockout_accuracy(model, dataset, edge, layer, seed, batch_size) for layer in layers}
+    return {layer: c.float().mean().item()
+            for layer, c in knockout_curve_correct(model, dataset, edge, layers, seed, batch_size).items()}

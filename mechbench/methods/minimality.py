@@ -24,7 +24,7 @@ import torch
 
 from mechbench.circuits import Circuit, Head, HeadGroup
 from mechbench.data.dataset import EntityTrackingDataset
-from mechbench.methods.ablation import circuit_correct
+from mechbench.methods.ablation import circuit_minus_correct
 from mechbench.stats import Estimate, as_clusters
 
 
@@ -59,13 +59,20 @@ class GroupAblations:
         self._correct: dict[frozenset, torch.Tensor] = {}
         self._as_float: dict[frozenset, np.ndarray] = {}  # the same vectors as floats, for the resamples' loop
 
+    def measure(self, sets) -> None:
+        """Measure every set of ``sets`` not measured yet, all on one circuit run per batch (the engine's prefix
+        under the circuit's ablation: each set recomputes from its first head's layer on, at the role only)."""
+        keys = list(dict.fromkeys(frozenset(k) for k in sets if frozenset(k) not in self._correct))
+        if not keys:
+            return
+        outs = circuit_minus_correct(self.model, self.circuit, self.dataset, self.means,
+                                     [{self.role: set(k)} for k in keys], self.batch_size)
+        for key, c in zip(keys, outs):
+            self._correct[key], self._as_float[key] = c, c.float().numpy()
+
     def correct(self, removed) -> torch.Tensor:
         key = frozenset(removed)
-        if key not in self._correct:
-            self._correct[key] = circuit_correct(self.model, self.circuit, self.dataset, self.means,
-                                                 also_ablate={self.role: set(key)} if key else None,
-                                                 batch_size=self.batch_size)
-            self._as_float[key] = self._correct[key].float().numpy()
+        self.measure([key])
         return self._correct[key]
 
     def accuracy(self, removed, weights: np.ndarray | None = None) -> float:
@@ -99,9 +106,13 @@ def head_significance(model, circuit: Circuit, group: str, dataset: EntityTracki
     f = ablations or GroupAblations(model, circuit, group, dataset, means, batch_size)
     heads = circuit.groups[group].heads[:candidates]
     k = math.ceil(fraction * len(heads))
+    f.measure([{u} for u in heads] + [{u, v} for i, u in enumerate(heads) for v in heads[i + 1:]])
+    chosen = {v: entangled_peers(v, heads, lambda u, v=v: f.accuracy({u}) - f.accuracy({u, v}), k, stop_rule)
+              for v in heads}
+    f.measure([s for v, removed in chosen.items() for s in (removed, {*removed, v})])
     out = []
     for v in heads:
-        removed = entangled_peers(v, heads, lambda u: f.accuracy({u}) - f.accuracy({u, v}), k, stop_rule)
+        removed = chosen[v]
         out.append(HeadSignificance(group, v, f.accuracy(removed), f.accuracy({*removed, v}),
                                     f.correct(removed), f.correct({*removed, v}), removed))
     return out
@@ -148,15 +159,20 @@ def group_minimality(model, circuit: Circuit, group: str, dataset: EntityTrackin
     pairs = np.stack([[f.correct({u, v}).float().numpy() for v in heads] for u in heads])  # [H, H, N]
     index = {h: i for i, h in enumerate(heads)}
     rng = np.random.default_rng(seed)
-    draws = []
-    for counts in rng.multinomial(n_clusters, np.full(n_clusters, 1 / n_clusters), size=n_boot):
-        w = counts[ids].astype(np.float64)
+    weights = [counts[ids].astype(np.float64)
+               for counts in rng.multinomial(n_clusters, np.full(n_clusters, 1 / n_clusters), size=n_boot)]
+    # K in each resample depends on the (already measured) singles and pairs only: choose every K first, measure
+    # the new sets together, then reweight
+    chosen = []
+    for w in weights:
         single_acc, pair_acc = singles @ w / w.sum(), pairs @ w / w.sum()
-        drops = []
-        for j, v in enumerate(heads):
-            removed = entangled_peers(v, heads, lambda u, j=j: single_acc[index[u]] - pair_acc[index[u], j], k, stop_rule)
-            drops.append(f.accuracy(removed, w) - f.accuracy({*removed, v}, w))
-        draws.append(np.mean(drops))
+        chosen.append([entangled_peers(v, heads, lambda u, j=j: single_acc[index[u]] - pair_acc[index[u], j], k,
+                                       stop_rule) for j, v in enumerate(heads)])
+    f.measure([s for per_head in chosen for v, removed in zip(heads, per_head) for s in (removed, {*removed, v})])
+    draws = []
+    for w, per_head in zip(weights, chosen):
+        draws.append(np.mean([f.accuracy(removed, w) - f.accuracy({*removed, v}, w)
+                              for v, removed in zip(heads, per_head)]))
     draws = np.asarray(draws)
     lo, hi = np.quantile(draws, [0.025, 0.975])
     return GroupMinimality(significance, Estimate(point, float(lo), float(hi)), float(draws.std(ddof=1)), n_boot,

@@ -25,7 +25,7 @@ import torch
 from mechbench.circuits import Head
 from mechbench.data.counterfactuals import CounterfactualDataset
 from mechbench.intervene import HeadPatch, Read, capture_prefix, run
-from mechbench.intervene.engine import default_batch_size, n_units
+from mechbench.intervene.engine import default_batch_size, n_units, run_frozen_attention
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,31 @@ def _receiver_patches(model, receivers: Receivers, reads: dict[int, torch.Tensor
             by_layer.setdefault(layer, set()).add(head if receivers.component == "q" else head // group)
     return [HeadPatch(layer, torch.tensor(sorted(units)), positions, reads[layer][:, :, sorted(units)],
                       component=receivers.component) for layer, units in by_layer.items()]
+
+
+#: Rows (examples x sender heads, one token each) per frozen-attention run.
+ONE_TOKEN_ROWS = 4096
+
+
+def _one_token_senders(model, layer: int, hidden: torch.Tensor, positions: torch.Tensor, clean: dict,
+                       corrupt: torch.Tensor, read: Read | None):
+    """Every head of ``layer`` as the sender, each over the batch's ``n`` examples, through the sender's token only:
+    that layer's and every later layer's head outputs are the clean ones (``clean[l]``: [n, H, D]) except the sender's,
+    which takes its corrupted value (``corrupt``: [n, H, D]). Per sender head: the reads (layer -> [n, 1, units, D],
+    as a run with the receivers' positions records them) and the token's logits [n, vocab]."""
+    n, n_heads = corrupt.shape[:2]
+    per_chunk = max(1, ONE_TOKEN_ROWS // n)
+    logits, reads = [], []
+    for first in range(0, n_heads, per_chunk):
+        senders = torch.arange(first, min(first + per_chunk, n_heads))
+        k = len(senders)
+        values = {l: clean[l].repeat(k, 1, 1) for l in range(layer, len(clean))}
+        own = values[layer].view(k, n, n_heads, -1)
+        own[torch.arange(k), :, senders] = corrupt[:, senders].transpose(0, 1)
+        out = run_frozen_attention(model, hidden.repeat(k, 1), positions.repeat(k), values, read)
+        logits += list(out.last_logits.view(k, n, -1))
+        reads += [{l: r.view(k, n, *r.shape[1:])[i] for l, r in out.reads.items()} for i in range(k)]
+    return reads, logits
 
 
 def path_patching_scores(
@@ -92,30 +117,48 @@ def path_patching_scores(
         corrupt_vals = run(torch_model, corrupt.input_ids[rows], read=Read(positions=corrupt_pos[rows, None]),
                            batch_size=n).reads
         s = ids.shape[1]
-        # the frozen heads: every head above the sender, at every position from the sender's on. Positions before
-        # the batch's first sender cannot change (causal attention), so the patches start there, and so does the
-        # fast path's recomputation; the clean values go to the device once per batch, not once per sender
-        first = int(sender_pos[rows].min())
-        frozen = (torch.arange(first, s)[None, :] >= sender_pos[rows, None]).float()[:, :, None].expand(n, s - first, n_heads)
-        after_first = torch.arange(first, s).expand(n, s - first)
-        clean_values = {l: v[:, first:].to(device) for l, v in clean_run.reads.items()}
+        # with every head above the sender frozen from the sender's position on, only the sender's position changes:
+        # when that is the last token (no receivers) or the receivers' position, its residual stream alone is
+        # recomputed, every sender head of a layer at once (engine.run_frozen_attention)
+        one_token = use_prefix and (bool((sender_pos[rows] == s - 1).all()) if receivers is None
+                                    else bool((receiver_pos[rows, 0] == sender_pos[rows]).all()))
+        if one_token:
+            token = torch.arange(n), sender_pos[rows]
+            at_sender = {l: v[token].to(device) for l, v in clean_run.reads.items()}  # [n, H, D]
+            hidden_at_sender = [h[token[0].to(h.device), token[1].to(h.device)] for h in prefix.hidden]
+        else:
+            # the frozen heads: every head above the sender, at every position from the sender's on. Positions before
+            # the batch's first sender cannot change (causal attention), so the patches start there, and so does the
+            # fast path's recomputation; the clean values go to the device once per batch, not once per sender
+            first = int(sender_pos[rows].min())
+            frozen = (torch.arange(first, s)[None, :] >= sender_pos[rows, None]).float()[:, :, None].expand(n, s - first, n_heads)
+            after_first = torch.arange(first, s).expand(n, s - first)
+            clean_values = {l: v[:, first:].to(device) for l, v in clean_run.reads.items()}
         for layer in range(n_layers):
-            freeze = [HeadPatch(l, torch.arange(n_heads), after_first, clean_values[l], frozen)
-                      for l in range(layer + 1, n_layers)]
+            above = [] if receivers is None else [l for l in receiver_layers if l > layer]
+            if receivers is not None and not above:
+                continue  # no receiver above the sender: nothing it sends arrives, score 0
+            if one_token:
+                recorded, logits = _one_token_senders(torch_model, layer, hidden_at_sender[layer], sender_pos[rows],
+                                                      at_sender, corrupt_vals[layer][:, 0].to(device),
+                                                      None if receivers is None else Read(above, None, receivers.component))
+            else:
+                freeze = [HeadPatch(l, torch.arange(n_heads), after_first, clean_values[l], frozen)
+                          for l in range(layer + 1, n_layers)]
             for head in range(n_heads):
-                sender = HeadPatch(layer, torch.tensor([head]), sender_pos[rows, None],
-                                   corrupt_vals[layer][:, :, [head]])
+                if not one_token:
+                    sender = HeadPatch(layer, torch.tensor([head]), sender_pos[rows, None],
+                                       corrupt_vals[layer][:, :, [head]])
                 if receivers is None:
-                    logits = run(torch_model, ids, [sender] + freeze, batch_size=n, prefix=prefix).last_logits
+                    logits_h = logits[head] if one_token else run(torch_model, ids, [sender] + freeze, batch_size=n,
+                                                                  prefix=prefix).last_logits
                 else:
-                    above = [l for l in receiver_layers if l > layer]
-                    if not above:
-                        continue  # no receiver above the sender: nothing it sends arrives, score 0
-                    recorded = run(torch_model, ids, [sender] + freeze, batch_size=n, prefix=prefix,
-                                   read=Read(above, receiver_pos[rows], receivers.component)).reads
-                    patches = _receiver_patches(torch_model, receivers, recorded, receiver_pos[rows], above=layer)
-                    logits = run(torch_model, ids, patches, batch_size=n, prefix=prefix).last_logits
-                p = _answer_prob(logits, answers[rows])
+                    recorded_h = recorded[head] if one_token else run(
+                        torch_model, ids, [sender] + freeze, batch_size=n, prefix=prefix,
+                        read=Read(above, receiver_pos[rows], receivers.component)).reads
+                    patches = _receiver_patches(torch_model, receivers, recorded_h, receiver_pos[rows], above=layer)
+                    logits_h = run(torch_model, ids, patches, batch_size=n, prefix=prefix).last_logits
+                p = _answer_prob(logits_h, answers[rows])
                 per[layer, head, rows] = ((p - p_clean) / p_clean).double()
             if progress is not None:
                 progress((batch_index * n_layers + layer + 1) * n_heads, n_batches * n_layers * n_heads)
