@@ -31,7 +31,10 @@ _PAIRS: dict[tuple, object] = {}
 
 
 def _pairs(tokenizer, desideratum, n, seed, paper_compat):
-    key = (id(tokenizer), desideratum, n, seed, paper_compat)
+    # keyed by the vocabulary, not the tokenizer object: the toy zoo's models share one (so do the paper's), and an
+    # id() could be reused by another tokenizer once the first is freed
+    vocab = hash(tuple(sorted(tokenizer.get_vocab().items())))
+    key = (vocab, desideratum, n, seed, paper_compat)
     if key not in _PAIRS:
         _PAIRS[key] = desiderata_pairs(tokenizer, desideratum, n_pairs=n, seed=seed, paper_compat=paper_compat)
     return _PAIRS[key]

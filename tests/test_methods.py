@@ -204,6 +204,28 @@ def test_dcm_finds_the_head_that_carries_the_target(toy_tokenizer):
     assert (1, 2) in result.heads and result.test_accuracy >= 0.75
 
 
+def test_groups_trained_together_are_each_what_training_it_alone_gives(toy_tokenizer):
+    """train_dcm_groups shares the batches' clean runs between groups; each group's mask, heads and test numbers
+    must be those of training that group alone (its own optimizer, the same seeded batch order), whether its
+    patches start early (layer 0, the query label) or late (layer 1, the last token)."""
+    from mechbench.methods.dcm import train_dcm, train_dcm_groups
+
+    model = random_llama(n_layers=2, n_heads=4, head_dim=D, seed=4)
+    noise = noise_pairs(toy_tokenizer, n_examples=40, num_boxes=2, seed=5)
+    # the target is the source's answer, so moving a head towards the source pays and the masks move
+    pairs = CounterfactualDataset("to-source", noise.base, noise.source, noise.source.answer_ids)
+    train, val, test = pairs.split([24, 8, 8])
+    groups = [HeadGroup("late", "last", ((1, 0), (1, 3))), HeadGroup("early", "query_label", ((0, 1), (1, 2)))]
+    options = dict(lam=0.001, lr=0.3, epochs=2, batch_size=8, validate_every=1, seed=2)
+    together = train_dcm_groups(model, groups, train, val, test, **options)
+    for group, joint in zip(groups, together):
+        alone = train_dcm(model, group, train, val, test, **options)
+        torch.testing.assert_close(joint.mask, alone.mask, rtol=1e-4, atol=1e-5)
+        assert joint.heads == alone.heads and torch.equal(joint.test_correct, alone.test_correct)
+        assert joint.val_accuracy == alone.val_accuracy
+    assert any(not torch.equal(r.mask, torch.ones(2)) for r in together)  # masks moved: not two inits compared
+
+
 def test_completeness_of_the_whole_model_is_exact(model, toy_tokenizer):
     """With K = nothing removed twice over, F(C \\ K) is the circuit's accuracy and F(M \\ K) the model's;
     for a group K, both sides ablate exactly K's heads at K's role on top of their own ablation."""

@@ -309,7 +309,7 @@ def capture_prefix(model_or_handle, input_ids: torch.Tensor, base: Sequence[Head
     with hooked(model, base, intervened=True):
         out = model(input_ids=ids, use_cache=True, output_hidden_states=True, logits_to_keep=1)
     n_layers = len(model.model.layers)
-    cache = out.past_key_values
+    cache = out["cache"] if "cache" in out else out.past_key_values  # renamed in transformers 5.24
     return Prefix(ids, list(out.hidden_states[:n_layers]), [cache.layers[l].keys for l in range(n_layers)],
                   [cache.layers[l].values for l in range(n_layers)], out.logits[:, -1].float().cpu(), tuple(base))
 
@@ -389,12 +389,13 @@ def _run_from_prefix(model, prefix: Prefix, patches, read: Read | None, knockout
 
 @torch.no_grad()
 def run_frozen_attention(model_or_handle, hidden: torch.Tensor, position_ids: torch.Tensor,
-                         head_values: dict[int, torch.Tensor], read: Read | None = None) -> RunOutput:
+                         head_values: dict[int, torch.Tensor], read: Read | None = None,
+                         logits: bool = True) -> RunOutput:
     """One token per row, from layer ``L = min(head_values)`` up, with every head's output given: ``hidden``
     ([R, d_model]) is the row's input of layer L, ``head_values[l]`` ([R, heads, head_dim], for every layer l >= L)
     replaces all of that layer's head outputs at the token (attention frozen), so only the norms, projections and
-    MLPs of this one token are recomputed. ``last_logits`` are the token's logits; ``read`` (positions None)
-    records the token's q/k/v or head outputs.
+    MLPs of this one token are recomputed. ``last_logits`` are the token's logits (empty with ``logits=False``, for
+    a run that only reads); ``read`` (positions None) records the token's q/k/v or head outputs.
 
     Exact for path patching: when every head above the sender is frozen at its clean value from the sender's
     position on, nothing at any other position changes (positions talk only through attention), so the run of the
@@ -415,12 +416,13 @@ def run_frozen_attention(model_or_handle, hidden: torch.Tensor, position_ids: to
     patches = [HeadPatch(layer, torch.arange(n_heads), zero, values[:, None]) for layer, values in head_values.items()]
     position_embeddings = model.model.rotary_emb(x, position_ids=position_ids)
     store: dict = {}
+    last = max(read.layers) if read is not None and read.layers is not None and not logits else n_layers - 1
     with hooked(model, patches, read, store):
-        for layer in range(first, n_layers):
+        for layer in range(first, last + 1):
             x = model.model.layers[layer](x, attention_mask=None, position_ids=position_ids,
                                           position_embeddings=position_embeddings)
-        logits = model.lm_head(model.model.norm(x))[:, -1]
-    return RunOutput(logits.float().cpu(), {layer: torch.cat(chunks) for layer, chunks in store.items()})
+        out = model.lm_head(model.model.norm(x))[:, -1].float().cpu() if logits else torch.empty(0)
+    return RunOutput(out, {layer: torch.cat(chunks) for layer, chunks in store.items()})
 
 
 #: Prompts per forward when a caller names no batch size: set once per session from ``--batch-size`` (or the

@@ -14,19 +14,20 @@ from mechbench.intervene import HeadPatch, Read, run
 
 
 def cmap_patches(donor, groups: list[HeadGroup], dataset: EntityTrackingDataset, batch_size: int | None = None) -> list[HeadPatch]:
-    """Patches carrying ``donor``'s head outputs for the heads of ``groups`` at their roles."""
+    """Patches carrying ``donor``'s head outputs for the heads of ``groups`` at their roles (one donor forward reads
+    every role)."""
+    roles = list(dict.fromkeys(g.role for g in groups))
+    heads_by_site: dict[tuple[str, int], set[int]] = {}
+    for g in groups:
+        for layer, head in g.heads:
+            heads_by_site.setdefault((g.role, layer), set()).add(head)
+    positions = torch.stack([dataset.positions(role) for role in roles], 1)  # [N, roles]
+    layers = sorted({layer for _, layer in heads_by_site})
+    reads = run(donor, dataset.input_ids, read=Read(layers, positions), batch_size=batch_size).reads
     patches = []
-    for role in dict.fromkeys(g.role for g in groups):
-        heads_by_layer: dict[int, set[int]] = {}
-        for g in groups:
-            if g.role == role:
-                for layer, head in g.heads:
-                    heads_by_layer.setdefault(layer, set()).add(head)
-        positions = dataset.positions(role)[:, None]
-        reads = run(donor, dataset.input_ids, read=Read(sorted(heads_by_layer), positions), batch_size=batch_size).reads
-        for layer, heads in sorted(heads_by_layer.items()):
-            idx = torch.tensor(sorted(heads))
-            patches.append(HeadPatch(layer, idx, positions, reads[layer][:, :, idx]))
+    for (role, layer), heads in sorted(heads_by_site.items(), key=lambda kv: (roles.index(kv[0][0]), kv[0][1])):
+        i, idx = roles.index(role), torch.tensor(sorted(heads))
+        patches.append(HeadPatch(layer, idx, positions[:, [i]], reads[layer][:, [i]][:, :, idx]))
     return patches
 
 

@@ -91,24 +91,13 @@ def patched_correct(model, groups: list[HeadGroup], pairs: CounterfactualDataset
             for out in run_many(model, pairs.base.input_ids, runs, batch_size)]
 
 
-def train_dcm(
-    model,
-    group: HeadGroup,
-    train: CounterfactualDataset,
-    val: CounterfactualDataset,
-    test: CounterfactualDataset,
-    lam: float = 0.01,
-    lr: float = 0.1,
-    epochs: int = 2,
-    batch_size: int = 32,
-    validate_every: int = 4,
-    seed: int = 0,
-    reads: dict[str, dict] | None = None,
-) -> DCMResult:
-    """Learn the group's mask on ``train``, keep the best rounded mask on ``val``, score it on ``test`` (see
-    :func:`train_dcm_groups`)."""
-    return train_dcm_groups(model, [group], train, val, test, lam, lr, epochs, batch_size, validate_every, seed,
-                            None if reads is None else {group.role: reads})[0]
+def train_dcm(model, group: HeadGroup, train: CounterfactualDataset, val: CounterfactualDataset,
+              test: CounterfactualDataset, reads: dict[str, dict] | None = None, **options) -> DCMResult:
+    """Learn the group's mask on ``train``, keep the best rounded mask on ``val``, score it on ``test``: one group
+    of :func:`train_dcm_groups` (``options``: its lam, lr, epochs, batch_size, validate_every, seed). ``reads``:
+    ``{"train"|"val"|"test": {layer: source head outputs at the group's role}}``."""
+    return train_dcm_groups(model, [group], train, val, test, reads=None if reads is None else {group.role: reads},
+                            **options)[0]
 
 
 def train_dcm_groups(
