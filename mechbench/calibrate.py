@@ -33,13 +33,14 @@ def plant(model_name: str, which: str, out: Path) -> Path:
     import torch
 
     from mechbench.api import get_model
+    from mechbench.intervene.sites import sites
 
     handle = get_model(model_name)
     model = copy.deepcopy(handle.model)
     d = handle.shape.head_dim
     with torch.no_grad():
         for layer, head in _PLANT_HEADS[which]:
-            model.model.layers[layer].self_attn.o_proj.weight[:, head * d:(head + 1) * d] = 0
+            sites(model).module(model, layer, "head_out").weight[:, head * d:(head + 1) * d] = 0
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     path = out / f"{model_name}-{which}"

@@ -158,8 +158,26 @@ KNOCKOUT_QUERY_ROLES = ("last", "last", "last", "query_label", "query_label", "l
 
 
 def _span(role: str, seq: int) -> float:
-    """The share of a prompt's tokens a run patched at ``role`` recomputes."""
+    """The share of a prompt's tokens a run patched at ``role`` recomputes (a batch starting at the role's earliest
+    position)."""
     return min(SENDER_SPAN.get(role, seq), seq) / seq
+
+
+#: Box labels in the paper's 7-box prompt: the earlier query-label occurrence is one of them, about 7 tokens apart
+#: from 5 tokens in (the first) to 7 before the end (the last).
+N_BOXES = 7
+
+
+def _sorted_span(role: str, seq: int, n: int, batch: int) -> float:
+    """:func:`_span` when the pairs go through in order of the role's position (path patching sorts them): a batch
+    recomputes from its own earliest position, the quantile it starts at, with the queried box uniform over the
+    seven. Roles at a fixed distance from the end gain nothing."""
+    if role != "prev_query_label":
+        return _span(role, seq)
+    first, last = 5, seq - 7
+    labels = [first + (last - first) * i / (N_BOXES - 1) for i in range(N_BOXES)]
+    starts = range(0, n, batch)
+    return sum((seq - labels[min(N_BOXES - 1, int(N_BOXES * s / n))]) / seq for s in starts) / len(starts)
 
 
 def _stored_circuit(name: str):
@@ -177,11 +195,12 @@ def _above(layer: int, n_layers: int) -> float:
     return (n_layers - layer) / n_layers
 
 
-def path_patching_fast(shape: Shape, config, circuit, seq: int) -> float:
+def path_patching_fast(shape: Shape, config, circuit, seq: int, batch: int = 50) -> float:
     """Prompt-equivalents of path patching's sender runs (all steps, ``config.n_pairs`` pairs): every sender's
     frozen-attention run is one token from its layer up; a step with receivers then patches them into a run
     from the lowest receiver above the sender, from the receivers' position on. Receivers are the stored
-    circuit's (the claim fixes them); without one, half the layers."""
+    circuit's (the claim fixes them); without one, half the layers. Pairs go through sorted by the sender's
+    position, ``batch`` at a time."""
     heads, layers = shape.n_heads, shape.n_layers
     receiver_k = dict(config.receiver_k)
     total = 0.0
@@ -194,8 +213,27 @@ def path_patching_fast(shape: Shape, config, circuit, seq: int) -> float:
         for sender in range(layers):
             above = [l for l in receiver_layers if l > sender] if receiver_layers else [sender + 1]
             if above and above[0] < layers:
-                total += config.n_pairs * heads * _above(above[0], layers) * _span(step.receiver_role, seq)
+                total += config.n_pairs * heads * _above(above[0], layers) * _sorted_span(
+                    step.receiver_role, seq, config.n_pairs, batch)
     return total
+
+
+def random_k_share(circuit, n_layers: int, seq: int, draws: int = 1000) -> float:
+    """The mean share of a forward a completeness run with K drawn as the suite draws it (each circuit head with
+    probability 1/2) recomputes: from K's lowest layer, from its earliest role on (seeded draws; the whole forward
+    without a stored circuit)."""
+    import random
+
+    if circuit is None:
+        return 1.0
+    rng = random.Random(0)
+    heads = [(layer, g.role) for g in circuit.groups.values() for layer, _ in g.heads]
+    total = 0.0
+    for _ in range(draws):
+        k = [(layer, role) for layer, role in heads if rng.random() < 0.5]
+        if k:
+            total += _above(min(l for l, _ in k), n_layers) * max(_span(role, seq) for _, role in k)
+    return total / draws
 
 
 def minimality_fast(shape: Shape, config, circuit, examples: int, seq: int) -> float:
@@ -213,7 +251,8 @@ def minimality_fast(shape: Shape, config, circuit, examples: int, seq: int) -> f
     return total
 
 
-def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = PAPER_SEQ_LEN) -> list[Workload]:
+def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = PAPER_SEQ_LEN,
+              batch_size: int = 50) -> list[Workload]:
     """The suites' work for ``model`` evaluated with ``circuit`` (sample sizes as in suites/, the paper's). DCM,
     path patching and minimality run on the circuit's own model only, CMAP on a fine-tune with a base.
 
@@ -249,7 +288,7 @@ def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = P
         Workload("faithfulness", forwards=n * (2 + 10) + n, host_reads=n, note="means over 500 prompts, circuit, 10 random circuits"),
         # K drawn from every group: the structure readers' early role makes each run nearly whole
         Workload("completeness", forwards=n * (2 + 2 * len(roles)) + n, host_reads=n, prefix=True,
-                 fast=n * 2 * draws + n * 2 * sum(group_share(g) for g in roles),
+                 fast=n * 2 * draws * random_k_share(stored, shape.n_layers, seq) + n * 2 * sum(group_share(g) for g in roles),
                  note=f"{draws} draws of K and 4 groups, C \\ K on the circuit's run, M \\ K on the clean run"),
         Workload("attention_knockout", forwards=n * len(KNOCKOUT_QUERY_ROLES), fast=knockout_fast, prefix=True,
                  note="7 edges x every layer, each layer from the query token on"),
@@ -267,7 +306,7 @@ def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = P
                      fast=3 * (16 + 1) * 500 * sum(group_share(g) for g in roles),
                      train=3 * 2 * 1000 * sum(group_share(g) for g in roles), train_batch=32, host_prefix=500,
                      note="4 groups x 3 desiderata; validation every 4 of 32-pair steps"),
-            Workload("path_patching", forwards=steps * pairs * 3, fast=path_patching_fast(shape, config, stored, seq),
+            Workload("path_patching", forwards=steps * pairs * 3, fast=path_patching_fast(shape, config, stored, seq, batch_size),
                      prefix=True, host_reads=-1,
                      note=f"{steps} steps x {pairs} pairs x {heads} senders (one token each); discovery shared with "
                           f"minimality"),
@@ -300,7 +339,7 @@ def plan(model: str, dtype: str = "float32", batch_size: int = 50, seq: int = PA
     rate = tflops * 1e12 * (0.5 if b == 4 else 1.0)
     flops_per_prompt = 2 * (shape.n_params + shape.adapter_params) * seq
     out = []
-    for w in workloads(model, shape, circuit, seq):
+    for w in workloads(model, shape, circuit, seq, batch_size):
         device = w.models * weights_bytes(shape, b) + forward_bytes(shape, batch_size, seq, b) + batch_size * seq * shape.d_model * b
         if w.prefix:
             device += prefix_bytes(shape, batch_size, seq, b)

@@ -97,3 +97,19 @@ def test_the_engine_default_batch_size_is_the_sessions(small, toy_tokenizer):
     assert calls == [2, 2, 1]
     with pytest.raises(ValueError):
         engine.set_default_batch_size(0)
+
+
+def test_fast_path_shares_follow_where_the_runs_start():
+    """Sorted path-patching batches recompute less than one batch from the earliest position and never more; a
+    random K's share lies between its groups' and the whole forward's; a role at a fixed distance from the end
+    gains nothing from sorting."""
+    from mechbench import plan
+
+    one_batch = plan._sorted_span("prev_query_label", 54, n=50, batch=50)
+    assert one_batch == plan._span("prev_query_label", 54)
+    assert plan._sorted_span("prev_query_label", 54, n=300, batch=50) < one_batch
+    assert plan._sorted_span("last", 54, n=300, batch=50) == plan._span("last", 54)
+    circuit = plan._stored_circuit("llama7b")
+    share = plan.random_k_share(circuit, 32, 54)
+    assert plan._span("prev_query_label", 54) * 0.5 < share < 1.0
+    assert plan.random_k_share(None, 32, 54) == 1.0

@@ -36,6 +36,8 @@ from typing import Iterator, Sequence
 
 import torch
 
+from mechbench.intervene.sites import sites
+
 COMPONENTS = ("head_out", "q", "k", "v")
 
 
@@ -123,12 +125,15 @@ class RunOutput:
 
 
 def _attention(model, layer: int):
-    return model.model.layers[layer].self_attn
+    return sites(model).attention_of(model, layer)
 
 
 def _module(model, layer: int, component: str) -> torch.nn.Module:
-    attn = _attention(model, layer)
-    return {"head_out": attn.o_proj, "q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj}[component]
+    return sites(model).module(model, layer, component)
+
+
+def _layers(model):
+    return sites(model).layer_list(model)
 
 
 def head_dim(model) -> int:
@@ -196,8 +201,8 @@ PAPER_O_PROJ = "mechbench_paper_compat_o_proj"
 
 def _drop_o_proj_lora(model, stack: ExitStack) -> None:
     """Turn off the LoRA of every o_proj for the rest of ``stack`` (a peft layer has ``enable_adapters``)."""
-    for layer in model.model.layers:
-        o_proj = layer.self_attn.o_proj
+    for layer in range(len(_layers(model))):
+        o_proj = _module(model, layer, "head_out")
         if hasattr(o_proj, "enable_adapters") and not getattr(o_proj, "disable_adapters", True):
             o_proj.enable_adapters(False)
             stack.callback(o_proj.enable_adapters, True)
@@ -213,7 +218,7 @@ def hooked(model, patches: Sequence[HeadPatch] = (), read: Read | None = None, s
     runs are patched: under ``paper_compat_o_proj`` both must drop the o_proj LoRA alike).
     """
     d = head_dim(model)
-    n_layers = len(model.model.layers)
+    n_layers = len(_layers(model))
     by_site: dict[tuple[int, str], list[HeadPatch]] = {}
     for p in patches:
         by_site.setdefault((p.layer, p.component), []).append(p)
@@ -308,7 +313,7 @@ def capture_prefix(model_or_handle, input_ids: torch.Tensor, base: Sequence[Head
     ids = input_ids.to(next(model.parameters()).device)
     with hooked(model, base, intervened=True):
         out = model(input_ids=ids, use_cache=True, output_hidden_states=True, logits_to_keep=1)
-    n_layers = len(model.model.layers)
+    n_layers = len(_layers(model))
     cache = out["cache"] if "cache" in out else out.past_key_values  # renamed in transformers 5.24
     return Prefix(ids, list(out.hidden_states[:n_layers]), [cache.layers[l].keys for l in range(n_layers)],
                   [cache.layers[l].values for l in range(n_layers)], out.logits[:, -1].float().cpu(), tuple(base))
@@ -351,7 +356,7 @@ def _cache_keyword_of(layer_type: type) -> str:
 def _run_from_prefix(model, prefix: Prefix, patches, read: Read | None, knockouts, grad: bool = False) -> RunOutput:
     from transformers import DynamicCache
 
-    n_layers = len(model.model.layers)
+    n_layers = len(_layers(model))
     first_layer, first_pos = _start(patches, knockouts, n_layers)
     if read is not None:
         layers = range(n_layers) if read.layers is None else read.layers
@@ -368,7 +373,7 @@ def _run_from_prefix(model, prefix: Prefix, patches, read: Read | None, knockout
         for layer in range(n_layers):
             cache.update(prefix.keys[layer][:, :, :first_pos], prefix.values[layer][:, :, :first_pos], layer)
     position_ids = torch.arange(first_pos, seq, device=hidden.device)[None]
-    position_embeddings = model.model.rotary_emb(hidden, position_ids=position_ids)
+    position_embeddings = sites(model).rotary_of(model)(hidden, position_ids=position_ids)
     store: dict = {}
     # the prefix's own patches, where the recomputed layers and positions meet them
     base = [q for p in prefix.base if p.layer >= first_layer for q in [p.from_position(first_pos)] if q is not None]
@@ -379,10 +384,10 @@ def _run_from_prefix(model, prefix: Prefix, patches, read: Read | None, knockout
         for layer in range(first_layer, n_layers):
             active = [k for k in knockouts if k.from_layer <= layer]
             mask = _attention_mask(active, batch, seq, hidden.dtype, hidden.device, q_start=first_pos)
-            hidden = model.model.layers[layer](hidden, attention_mask=mask, position_ids=position_ids,
-                                               use_cache=cache is not None, position_embeddings=position_embeddings,
-                                               **{_cache_keyword(model.model.layers[layer]): cache})
-        logits = model.lm_head(model.model.norm(hidden[:, -1:]))[:, -1]
+            decoder_layer = _layers(model)[layer]
+            hidden = decoder_layer(hidden, attention_mask=mask, position_ids=position_ids, use_cache=cache is not None,
+                                   position_embeddings=position_embeddings, **{_cache_keyword(decoder_layer): cache})
+        logits = sites(model).logits(model, hidden[:, -1:])[:, -1]
     return RunOutput(logits.float() if grad else logits.float().cpu(),
                      {layer: torch.cat(chunks) for layer, chunks in store.items()})
 
@@ -402,7 +407,7 @@ def run_frozen_attention(model_or_handle, hidden: torch.Tensor, position_ids: to
     whole prompt reduces to this one token's residual stream (tested against the full forward).
     """
     model = _model(model_or_handle)
-    n_layers = len(model.model.layers)
+    n_layers = len(_layers(model))
     first = min(head_values)
     if sorted(head_values) != list(range(first, n_layers)):
         raise ValueError(f"head_values must give every layer from {first} to {n_layers - 1}: attention is frozen")
@@ -414,14 +419,14 @@ def run_frozen_attention(model_or_handle, hidden: torch.Tensor, position_ids: to
     n_heads = n_units(model, "head_out")
     zero = torch.zeros(rows, 1, dtype=torch.long)
     patches = [HeadPatch(layer, torch.arange(n_heads), zero, values[:, None]) for layer, values in head_values.items()]
-    position_embeddings = model.model.rotary_emb(x, position_ids=position_ids)
+    position_embeddings = sites(model).rotary_of(model)(x, position_ids=position_ids)
     store: dict = {}
     last = max(read.layers) if read is not None and read.layers is not None and not logits else n_layers - 1
     with hooked(model, patches, read, store):
         for layer in range(first, last + 1):
-            x = model.model.layers[layer](x, attention_mask=None, position_ids=position_ids,
-                                          position_embeddings=position_embeddings)
-        out = model.lm_head(model.model.norm(x))[:, -1].float().cpu() if logits else torch.empty(0)
+            x = _layers(model)[layer](x, attention_mask=None, position_ids=position_ids,
+                                      position_embeddings=position_embeddings)
+        out = sites(model).logits(model, x)[:, -1].float().cpu() if logits else torch.empty(0)
     return RunOutput(out, {layer: torch.cat(chunks) for layer, chunks in store.items()})
 
 

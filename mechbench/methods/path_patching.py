@@ -26,6 +26,7 @@ from mechbench.circuits import Head
 from mechbench.data.counterfactuals import CounterfactualDataset
 from mechbench.intervene import HeadPatch, Read, capture_prefix, run
 from mechbench.intervene.engine import default_batch_size, n_units, run_frozen_attention
+from mechbench.intervene.sites import sites
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def path_patching_scores(
     """
     torch_model = model if isinstance(model, torch.nn.Module) else model.model
     device = next(torch_model.parameters()).device
-    n_layers, n_heads = len(torch_model.model.layers), torch_model.config.num_attention_heads
+    n_layers, n_heads = len(sites(torch_model).layer_list(torch_model)), torch_model.config.num_attention_heads
     clean, corrupt = pairs.base, pairs.source
     sender_pos = clean.positions(sender_role)
     corrupt_pos = corrupt.positions(sender_role) if corrupt_positions is None else corrupt_positions

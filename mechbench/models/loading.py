@@ -22,10 +22,11 @@ import torch
 
 from mechbench.data.dataset import BOS_ATTRIBUTE, BOS_CHOICES, DROP_ATTRIBUTE
 from mechbench.errors import ModelLoadError, UnsupportedArchitectureError
+from mechbench.intervene.sites import FAMILIES, sites
 from mechbench.models.registry import ModelSpec, resolve
 
-# Head outputs are read at the input of self_attn.o_proj; these architectures share that layout.
-SUPPORTED_ARCHITECTURES = ("llama", "mistral")
+#: The families whose sites the engine knows (mechbench.intervene.sites.FAMILIES: one map per model_type).
+SUPPORTED_ARCHITECTURES = tuple(FAMILIES)
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -56,7 +57,7 @@ class ModelHandle:
 
     @property
     def layers(self):
-        return self.model.model.layers
+        return sites(self.model).layer_list(self.model)
 
     def __repr__(self) -> str:
         s = self.shape
@@ -204,8 +205,9 @@ def _check_architecture(config, ref: str) -> None:
     if getattr(config, "model_type", None) not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedArchitectureError(
             f"{ref!r} is a {getattr(config, 'model_type', 'unknown')!r} model; mechbench's head-level "
-            f"interventions support the Llama family ({', '.join(SUPPORTED_ARCHITECTURES)}: per-head outputs "
-            f"at the input of self_attn.o_proj, grouped-query attention included)."
+            f"interventions support the families whose layout they know ({', '.join(SUPPORTED_ARCHITECTURES)}: "
+            f"per-head outputs at the input of the attention's output projection, grouped-query attention "
+            f"included; mechbench.intervene.sites.FAMILIES maps each)."
         )
 
 

@@ -138,7 +138,7 @@ DATA_TEXT = {
 
 
 def write_cards(models_dir: Path | str, names: list[str] | None = None) -> dict[str, float]:
-    from mechbench.zoo.train import ZOO
+    from mechbench.zoo import ZOO
 
     models_dir = Path(models_dir)
     accs = {}

@@ -23,7 +23,7 @@ def _record(folder: Path) -> dict | None:
 
 def compare_zoos(shipped_dir: Path | str, retrained_dir: Path | str, names=None) -> list[dict]:
     """One row per model found in both folders: identical digests or not, with steps and accuracies of each."""
-    from mechbench.zoo.train import ZOO
+    from mechbench.zoo import ZOO
 
     rows = []
     for name in names or ZOO:

@@ -32,11 +32,10 @@ from typing import Callable
 
 import torch
 
+from mechbench.zoo import MODELS_DIR, ZOO
 from mechbench.zoo import data as zdata
 from mechbench.zoo.tokenizer import build_tokenizer
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
-ZOO = ("toy-llama", "toy-vicuna", "toy-goat", "toy-float")
 NUM_THREADS = 2
 
 # Seeds: model init, and one RNG stream per data source. The held-out evaluation (seed 0) and the
