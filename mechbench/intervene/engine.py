@@ -120,8 +120,9 @@ class Knockout:
 
 @dataclass
 class RunOutput:
-    last_logits: torch.Tensor  # [N, vocab] float32
+    last_logits: torch.Tensor  # [N, vocab] float32 (empty where run_many kept a score instead)
     reads: dict[int, torch.Tensor]  # layer -> [N, P or S, heads, head_dim]
+    scores: torch.Tensor | None = None  # run_many's ``score`` of each batch's logits, concatenated
 
 
 def _attention(model, layer: int):
@@ -456,12 +457,14 @@ class Interventions:
 
 
 def run_many(model_or_handle, input_ids: torch.Tensor, runs: Sequence[Interventions], batch_size: int | None = None,
-             fast: bool = True, base: Sequence[HeadPatch] = ()) -> list[RunOutput]:
+             fast: bool = True, base: Sequence[HeadPatch] = (), score=None) -> list[RunOutput]:
     """Every set of ``runs`` on the same ``input_ids``, batch by batch: each batch's clean run (or its run under
     ``base`` patches, which every set then adds to) is captured once (:func:`capture_prefix`) and serves every
     set, then is let go, so the device holds one batch's prefix at a time however many prompts and runs there
     are. The same numbers as one :func:`run` per set (with ``base`` + its patches), to float tolerance
-    (``fast=False`` makes it exactly that)."""
+    (``fast=False`` makes it exactly that). ``score(logits, rows)``: what to keep of each batch's logits (say
+    top-1 correctness against the targets of ``rows``) instead of the logits themselves, which for thousands of
+    runs (minimality's pairs of a 100-head group) of a 32k vocabulary would not fit in memory."""
     model = _model(model_or_handle)
     if any(r.knockouts for r in runs):
         require_mask_honouring(model)
@@ -478,12 +481,13 @@ def run_many(model_or_handle, input_ids: torch.Tensor, runs: Sequence[Interventi
             out = run(model, ids, patches if fast else base_rows + patches,
                       None if r.read is None else r.read.rows(rows), [k.rows(rows) for k in r.knockouts],
                       batch_size=len(ids), prefix=prefix)
-            logits[i].append(out.last_logits)
+            logits[i].append(out.last_logits if score is None else score(out.last_logits, rows))
             for layer, values in out.reads.items():
                 stores[i].setdefault(layer, []).append(values)
         del prefix
-    return [RunOutput(torch.cat(l) if l else torch.empty(0), {layer: torch.cat(v) for layer, v in s.items()})
-            for l, s in zip(logits, stores)]
+    kept = [torch.cat(l) if l else torch.empty(0) for l in logits]
+    return [RunOutput(k, {layer: torch.cat(v) for layer, v in s.items()}) if score is None else
+            RunOutput(torch.empty(0), {layer: torch.cat(v) for layer, v in s.items()}, k) for k, s in zip(kept, stores)]
 
 
 def run(

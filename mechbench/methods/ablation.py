@@ -104,16 +104,16 @@ def circuit_minus_correct(model, circuit: Circuit, dataset: EntityTrackingDatase
     circuit.check_fits(n_layers, n_heads)
     base = mean_ablation_patches(means, ~circuit_keep_mask(circuit, dataset, n_layers, n_heads))
     outs = run_many(model, dataset.input_ids, [Interventions(role_ablation_patches(means, k, dataset)) for k in removals],
-                    batch_size, base=base)
-    return [top1_correct(out.last_logits, dataset.answer_ids) for out in outs]
+                    batch_size, base=base, score=lambda logits, rows: top1_correct(logits, dataset.answer_ids[rows]))
+    return [out.scores for out in outs]
 
 
 def model_minus_many(model, removals: list[dict[str, set[Head]]], dataset: EntityTrackingDataset, means: torch.Tensor,
                      batch_size: int | None = None) -> list[torch.Tensor]:
     """Bool [N] per removal K: F(M \\ K) (:func:`model_minus_correct`), every K on each batch's clean run."""
     outs = run_many(model, dataset.input_ids, [Interventions(role_ablation_patches(means, k, dataset)) for k in removals],
-                    batch_size)
-    return [top1_correct(out.last_logits, dataset.answer_ids) for out in outs]
+                    batch_size, score=lambda logits, rows: top1_correct(logits, dataset.answer_ids[rows]))
+    return [out.scores for out in outs]
 
 
 def circuit_accuracy(model, circuit: Circuit, dataset: EntityTrackingDataset, means: torch.Tensor,

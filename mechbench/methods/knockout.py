@@ -58,8 +58,9 @@ def knockout_curve_correct(model, dataset: EntityTrackingDataset, edge: str, lay
     queries, keys = edge_positions(dataset, edge, seed)
     layers = list(layers)
     outs = run_many(model, dataset.input_ids, [Interventions(knockouts=[Knockout(layer, queries, keys)])
-                                               for layer in layers], batch_size)
-    return {layer: top1_correct(out.last_logits, dataset.answer_ids) for layer, out in zip(layers, outs)}
+                                               for layer in layers], batch_size,
+                    score=lambda logits, rows: top1_correct(logits, dataset.answer_ids[rows]))
+    return {layer: out.scores for layer, out in zip(layers, outs)}
 
 
 def knockout_accuracy(model, dataset: EntityTrackingDataset, edge: str, from_layer: int, seed: int = 0,
