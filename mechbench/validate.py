@@ -1,5 +1,5 @@
 """Inputs checked when a run starts, in one place, before any model loads: each check raises a
-:class:`MechbenchError` that names the input, what is wrong and the fix. The pytest plugin (conftest.py) and the
+:class:`MechbenchError` that names the input, what is wrong and the fix. The pytest plugin (mechbench/pytest_plugin.py) and the
 command line both call these, so an option means the same and fails the same way everywhere.
 """
 

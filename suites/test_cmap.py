@@ -13,7 +13,6 @@ fails on the models alone (the lower ends of both 95% intervals, from resampling
 
 import pytest
 
-from conftest import load_circuit, load_or_skip, settle
 from mechbench.baselines import BINOMIAL_RULE, SAME_SAMPLE_RULE, binomial_tolerance
 from mechbench.data.dataset import build_dataset
 from mechbench.errors import MechbenchError
@@ -21,6 +20,7 @@ from mechbench.evaluate import correct_on
 from mechbench.methods.cmap import cmap_correct, cmap_head_sets
 from mechbench.stats import cluster_bootstrap
 from mechbench.models.registry import REGISTRY
+from mechbench.pytest_plugin import load_circuit, load_or_skip, settle
 
 pytestmark = pytest.mark.claim
 N_EXAMPLES = 500

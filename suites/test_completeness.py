@@ -14,9 +14,9 @@ import statistics
 
 import pytest
 
-from conftest import ablation_means, load_circuit, settle
 from mechbench.data.dataset import build_dataset
 from mechbench.methods.ablation import completeness
+from mechbench.pytest_plugin import ablation_means, load_circuit, settle
 from mechbench.stats import design_effect
 
 pytestmark = pytest.mark.claim

@@ -14,11 +14,11 @@ import math
 
 import pytest
 
-from conftest import load_circuit, settle
 from mechbench import baselines
 from mechbench.data.counterfactuals import desiderata_pairs
 from mechbench.errors import MechbenchError
 from mechbench.methods.dcm import train_dcm_groups
+from mechbench.pytest_plugin import load_circuit, settle
 
 pytestmark = pytest.mark.claim
 SPLIT = (1000, 500, 500)  # the paper's train / validation / test pairs

@@ -15,12 +15,12 @@ import statistics
 import pytest
 import torch
 
-from conftest import load_circuit, settle
 from mechbench import baselines
 from mechbench.circuits import HeadGroup
 from mechbench.data.counterfactuals import desiderata_pairs
 from mechbench.errors import MechbenchError
 from mechbench.methods.dcm import patched_correct, source_values_at
+from mechbench.pytest_plugin import load_circuit, settle
 
 pytestmark = pytest.mark.claim
 N_PAIRS, N_RUNS = 500, 10  # the paper's

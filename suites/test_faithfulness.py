@@ -13,11 +13,11 @@ interval of the difference, from resampling whole contexts, must be above 0).
 
 import pytest
 
-from conftest import ablation_means, load_circuit
 from mechbench.baselines import BINOMIAL_RULE, SAME_SAMPLE_RULE, binomial_tolerance
 from mechbench.data.dataset import build_dataset
 from mechbench.evaluate import accuracy_on
 from mechbench.methods.ablation import faithfulness
+from mechbench.pytest_plugin import ablation_means, load_circuit
 from mechbench.stats import cluster_bootstrap
 
 pytestmark = pytest.mark.claim

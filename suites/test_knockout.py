@@ -10,10 +10,10 @@ examples). The toy zoo's fetch runs through the queried label, so its curves add
 
 import pytest
 
-from conftest import settle
 from mechbench.baselines import BINOMIAL_RULE, SAME_SAMPLE_RULE, binomial_tolerance
 from mechbench.data.dataset import build_dataset
 from mechbench.methods.knockout import EDGES, knockout_curve_correct
+from mechbench.pytest_plugin import settle
 
 pytestmark = pytest.mark.claim
 N_EXAMPLES = 500  # the paper's

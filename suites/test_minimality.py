@@ -18,12 +18,12 @@ The discovery runs once per model, settings and weights: it is saved step by ste
 import numpy as np
 import pytest
 
-from conftest import ablation_means, load_circuit, settle
 from mechbench import baselines
 from mechbench.data.dataset import build_dataset
 from mechbench.errors import MechbenchError
 from mechbench.methods.discovery import DISCOVERY, discovery_of_claims
 from mechbench.methods.minimality import group_minimality
+from mechbench.pytest_plugin import ablation_means, load_circuit, settle
 
 pytestmark = pytest.mark.claim
 RULE = ("3*sqrt(2*0.25/n): the widest binomial bound of two independent n-example accuracies; "

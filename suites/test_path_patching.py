@@ -14,8 +14,8 @@ The discovery runs once per model, settings and weights: it is saved step by ste
 
 import pytest
 
-from conftest import load_circuit, settle
 from mechbench.methods.discovery import DISCOVERY, discovery_of_claims
+from mechbench.pytest_plugin import load_circuit, settle
 
 pytestmark = pytest.mark.claim
 #: A stored head counts as recovered unless the re-run scores it worse than the cut by more than Z of its

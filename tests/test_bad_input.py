@@ -11,7 +11,7 @@ import types
 
 import pytest
 
-import conftest
+from mechbench import pytest_plugin as conftest
 from mechbench.cli import main
 from mechbench.errors import MechbenchError, ModelLoadError, TokenizationError
 from tests.helpers import save_random_llama

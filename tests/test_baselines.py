@@ -157,7 +157,7 @@ def test_object_valued_records_compare_one_field_and_update_whole(tmp_path):
 def test_the_plugin_writes_a_runs_updates_at_its_end_unless_interrupted(bdir, exitstatus, written):
     import types
 
-    import conftest
+    from mechbench import pytest_plugin as conftest
 
     staging = baselines.Staging()
     check_claim("accuracy", {"model": "toy-x"}, 0.5, n=100, baselines_dir=bdir, update=True, tolerance=0.2,
