@@ -306,7 +306,7 @@ def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = P
                      fast=3 * (16 + 1) * 500 * sum(group_share(g) for g in roles),
                      train=3 * 2 * 1000 * sum(group_share(g) for g in roles), train_batch=32, host_prefix=500,
                      note="4 groups x 3 desiderata; validation every 4 of 32-pair steps"),
-            Workload("path_patching", forwards=steps * pairs * 3, fast=path_patching_fast(shape, config, stored, seq, batch_size),
+            Workload("path_patching", forwards=steps * pairs * 2, fast=path_patching_fast(shape, config, stored, seq, batch_size),
                      prefix=True, host_reads=-1,
                      note=f"{steps} steps x {pairs} pairs x {heads} senders (one token each); discovery shared with "
                           f"minimality"),

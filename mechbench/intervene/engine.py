@@ -30,7 +30,7 @@ paper's code recomputed o_proj from the base weight and dropped Goat's o_proj Lo
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterator, Sequence
 
@@ -84,8 +84,12 @@ class HeadPatch:
             return None
         if keep.all():
             return self
-        alpha = self.alpha[:, keep] if isinstance(self.alpha, torch.Tensor) and self.alpha.dim() == 3 else self.alpha
-        return HeadPatch(self.layer, self.heads, self.positions[:, keep], self.values[:, keep], alpha, self.component)
+        columns = keep.nonzero().flatten()
+        if int(columns[-1] - columns[0]) + 1 == len(columns):  # a run of columns (mean ablation's): views, no copy
+            columns = slice(int(columns[0]), int(columns[-1]) + 1)
+        alpha = self.alpha[:, columns] if isinstance(self.alpha, torch.Tensor) and self.alpha.dim() == 3 else self.alpha
+        return HeadPatch(self.layer, self.heads, self.positions[:, columns], self.values[:, columns], alpha,
+                         self.component)
 
 
 @dataclass(frozen=True)
@@ -300,24 +304,38 @@ class Prefix:
     values: list[torch.Tensor]
     last_logits: torch.Tensor
     base: Sequence[HeadPatch] = ()
+    reads: dict[int, torch.Tensor] = field(default_factory=dict)  # what the capture was asked to read (host)
+    _base_from: dict[int, list[HeadPatch]] = field(default_factory=dict, repr=False)
 
     def to(self, device) -> "Prefix":
         """The same prefix on ``device`` (a prefix reused many times can wait on the host between uses)."""
         return Prefix(self.input_ids.to(device), [h.to(device) for h in self.hidden], [k.to(device) for k in self.keys],
-                      [v.to(device) for v in self.values], self.last_logits, self.base)
+                      [v.to(device) for v in self.values], self.last_logits, self.base, self.reads)
+
+    def base_from(self, layer: int, position: int) -> list[HeadPatch]:
+        """The base patches a run recomputing layers >= ``layer`` from ``position`` on applies again: sliced once
+        per position and kept (minimality serves thousands of sets from one prefix)."""
+        if position not in self._base_from:
+            self._base_from[position] = [(p.layer, q) for p in self.base for q in [p.from_position(position)]
+                                         if q is not None]
+        return [q for l, q in self._base_from[position] if l >= layer]
 
 
 @torch.no_grad()
-def capture_prefix(model_or_handle, input_ids: torch.Tensor, base: Sequence[HeadPatch] = ()) -> Prefix:
-    """One forward of a batch (under ``base`` patches, rows as ``input_ids``), keeping what the fast path needs."""
+def capture_prefix(model_or_handle, input_ids: torch.Tensor, base: Sequence[HeadPatch] = (),
+                   read: Read | None = None) -> Prefix:
+    """One forward of a batch (under ``base`` patches, rows as ``input_ids``), keeping what the fast path needs,
+    and what ``read`` asks for in ``Prefix.reads`` (path patching's clean head outputs: no second clean run)."""
     model = _model(model_or_handle)
     ids = input_ids.to(next(model.parameters()).device)
-    with hooked(model, base, intervened=True):
+    store: dict = {}
+    with hooked(model, base, read, store, intervened=True):
         out = model(input_ids=ids, use_cache=True, output_hidden_states=True, logits_to_keep=1)
     n_layers = len(_layers(model))
     cache = out["cache"] if "cache" in out else out.past_key_values  # renamed in transformers 5.24
     return Prefix(ids, list(out.hidden_states[:n_layers]), [cache.layers[l].keys for l in range(n_layers)],
-                  [cache.layers[l].values for l in range(n_layers)], out.logits[:, -1].float().cpu(), tuple(base))
+                  [cache.layers[l].values for l in range(n_layers)], out.logits[:, -1].float().cpu(), tuple(base),
+                  {layer: torch.cat(chunks) for layer, chunks in store.items()})
 
 
 def capture_prefixes(model_or_handle, input_ids: torch.Tensor, batch_size: int | None = None,
@@ -377,7 +395,7 @@ def _run_from_prefix(model, prefix: Prefix, patches, read: Read | None, knockout
     position_embeddings = sites(model).rotary_of(model)(hidden, position_ids=position_ids)
     store: dict = {}
     # the prefix's own patches, where the recomputed layers and positions meet them
-    base = [q for p in prefix.base if p.layer >= first_layer for q in [p.from_position(first_pos)] if q is not None]
+    base = prefix.base_from(first_layer, first_pos)
     # with grad (DCM's training step) the prefix is a constant: the gradient reaches the patches' alphas through the
     # recomputed suffix only, which is all that depends on them
     with torch.set_grad_enabled(grad), hooked(model, base + list(patches), read, store, offset=first_pos,

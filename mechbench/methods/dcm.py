@@ -139,6 +139,7 @@ def train_dcm_groups(
     for p in frozen:
         p.requires_grad_(False)
     best = [(-1.0, -1, m.detach().clone()) for m in masks]
+    base_positions = [train.base.positions(g.role) for g in groups]
     try:
         step = 0
         for _ in range(epochs):
@@ -148,11 +149,10 @@ def train_dcm_groups(
                 ids = train.base.input_ids[rows]
                 prefix = capture_prefix(torch_model, ids)
                 targets = train.target_ids[rows]
-                for group, mask, optimizer in zip(groups, masks, optimizers):
+                for group, mask, optimizer, positions in zip(groups, masks, optimizers, base_positions):
                     with torch.no_grad():
                         mask.clamp_(0, 1)
-                    patches = _patches(group, 1 - mask, train.base.positions(group.role),
-                                       reads[group.role]["train"], rows)
+                    patches = _patches(group, 1 - mask, positions, reads[group.role]["train"], rows)
                     logits = run(torch_model, ids, patches, grad=True, prefix=prefix).last_logits
                     target_logit = logits[torch.arange(len(rows)), targets.to(logits.device)]
                     loss = -target_logit.mean() + lam * (1 - mask).sum()

@@ -115,10 +115,11 @@ def path_patching_scores(
     for batch_index, start in enumerate(range(0, len(pairs), batch_size)):
         rows = order[start:start + batch_size]
         ids, n = clean.input_ids[rows], len(clean.input_ids[rows])
-        clean_run = run(torch_model, ids, read=Read(), batch_size=n)
-        p_clean = _answer_prob(clean_run.last_logits, answers[rows])
         use_prefix = fast and (receivers is None or bool((receiver_pos[rows, 0] >= sender_pos[rows]).all()))
-        prefix = capture_prefix(torch_model, ids) if use_prefix else None
+        # the clean run: the fast path's prefix reads every head output as it is captured
+        prefix = capture_prefix(torch_model, ids, read=Read()) if use_prefix else None
+        clean_run = prefix if prefix is not None else run(torch_model, ids, read=Read(), batch_size=n)
+        p_clean = _answer_prob(clean_run.last_logits, answers[rows])
         corrupt_vals = run(torch_model, corrupt.input_ids[rows], read=Read(positions=corrupt_pos[rows, None]),
                            batch_size=n).reads
         s = ids.shape[1]
