@@ -171,8 +171,12 @@ def parse(data: Any, path: Path) -> Baseline:
     return Baseline(path, data["claim"], data["description"], data["unit"], data["source"], records)
 
 
-def load(claim: str, baselines_dir: str | Path | None = None) -> Baseline:
+def load(claim: str, baselines_dir: str | Path | None = None, new: tuple[str, str] | None = None) -> Baseline:
+    """The baseline file of ``claim``. ``new`` (description, unit): where the file does not exist yet, an empty
+    baseline that the first update writes (a new claim has no file until its first ``--update-baselines``)."""
     path = Path(baselines_dir or DEFAULT_DIR) / f"{claim}.json"
+    if not path.exists() and new is not None and path.parent.is_dir():
+        return Baseline(path, claim, new[0], new[1], "measured by mechbench", [])
     if not path.is_file():
         raise BaselineError(f"no baseline file for claim {claim!r}: {path} does not exist. Check --baselines-dir, "
                             f"or restore the file from git.")
@@ -252,10 +256,10 @@ class Staging:
         self._changed: set[Path] = set()
         self.diffs: list[str] = []
 
-    def load(self, claim: str, baselines_dir=None) -> Baseline:
+    def load(self, claim: str, baselines_dir=None, new: tuple[str, str] | None = None) -> Baseline:
         path = (Path(baselines_dir or DEFAULT_DIR) / f"{claim}.json").resolve()
         if path not in self._files:
-            self._files[path] = load(claim, baselines_dir)
+            self._files[path] = load(claim, baselines_dir, new)
         return self._files[path]
 
     def update(self, baseline: Baseline, keys: dict, value: Any, **fields) -> str:

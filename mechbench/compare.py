@@ -40,6 +40,7 @@ import torch
 
 from mechbench import baselines
 from mechbench.circuits import Circuit, HeadGroup
+from mechbench.claims import derived_seed, get
 from mechbench.errors import MechbenchError
 from mechbench.stats import Estimate, chance_check, cluster_bootstrap
 
@@ -63,7 +64,17 @@ class Lane:
     n_boot: int  # bootstrap resamples
 
 
-FULL = Lane("full", 500, 500, 10, 10, (1000, 500, 500), True, 500, 10, 300, 100, None, 2000)
+def _full_lane() -> Lane:
+    """The claims' own sample sizes and repeats (mechbench.claims), the paper's."""
+    accuracy, faithfulness, dcm, patching = get("accuracy"), get("faithfulness"), get("dcm"), get("dcm_patching")
+    return Lane("full", faithfulness.size("prompts"), accuracy.size("prompts"), faithfulness.repeat("random_circuits"),
+                get("completeness").repeat("draws_of_k"),
+                tuple(dcm.size(s) for s in ("train_pairs", "validation_pairs", "test_pairs")), True,
+                patching.size("pairs"), patching.repeat("runs"), get("path_patching").size("pairs"),
+                get("minimality").size("prompts"), None, 2000)
+
+
+FULL = _full_lane()
 # The quick lane keeps 500 prompts for accuracy and CMAP (cheap, and the share of the gain is a ratio of
 # differences: at 140 prompts its interval spans about +-0.4, too wide to tell 0.5 from 0.7).
 QUICK = Lane("quick", 140, 500, 5, 5, (200, 100, 140), False, 140, 3, 100, 70, 5, 1000)
@@ -541,7 +552,7 @@ def _dcm_patching(c: Comparison):
             model = c.models[who].model
             for run in range(c.lane.patching_runs):
                 pairs = c.side("base", ("pairs", desideratum, run), lambda run=run: desiderata_pairs(
-                    c.base.tokenizer, desideratum, n_pairs=c.lane.patching_pairs, seed=1000 * (c.seed + 1) + run))
+                    c.base.tokenizer, desideratum, n_pairs=c.lane.patching_pairs, seed=derived_seed(c.seed, draw=run)))
                 heads = [HeadGroup(g, c.circuit.groups[g].role, tuple(tuple(h) for h in value["heads"]))
                          for g, value in groups]
                 for (g, _), correct in zip(groups, patched_correct(

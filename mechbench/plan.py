@@ -259,12 +259,16 @@ def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = P
     ``forwards`` counts full forwards (a fast path's clean or ablated prefix is one), ``fast`` the prompt-equivalents
     of the runs served by a prefix, from where each intervention starts (layers and tokens, from the stored
     circuit's heads; half the layers where there is none)."""
+    from mechbench.claims import get
     from mechbench.methods.discovery import DISCOVERY, DiscoveryConfig
     from mechbench.models.registry import BASE_OF
 
     circuit = circuit or default_circuit(model)
     own = circuit == model
-    n = 500
+    n = get("accuracy").size("prompts")  # the claims' prompts (each claim's spec, mechbench.claims)
+    n_random = get("faithfulness").repeat("random_circuits")
+    patching_pairs, patching_runs = get("dcm_patching").size("pairs"), get("dcm_patching").repeat("runs")
+    train, validation, test = (get("dcm").size(s) for s in ("train_pairs", "validation_pairs", "test_pairs"))
     heads = shape.n_layers * shape.n_heads
     config = DISCOVERY.get(circuit, DiscoveryConfig())
     k = dict(config.circuit_k or config.receiver_k)
@@ -285,15 +289,17 @@ def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = P
                         for r in KNOCKOUT_QUERY_ROLES)
     out = [
         Workload("accuracy", forwards=n),
-        Workload("faithfulness", forwards=n * (2 + 10) + n, host_reads=n, note="means over 500 prompts, circuit, 10 random circuits"),
+        Workload("faithfulness", forwards=n * (2 + n_random) + n, host_reads=n,
+                 note=f"means over {n} prompts, circuit, {n_random} random circuits"),
         # K drawn from every group: the structure readers' early role makes each run nearly whole
         Workload("completeness", forwards=n * (2 + 2 * len(roles)) + n, host_reads=n, prefix=True,
                  fast=n * 2 * draws * random_k_share(stored, shape.n_layers, seq) + n * 2 * sum(group_share(g) for g in roles),
                  note=f"{draws} draws of K and 4 groups, C \\ K on the circuit's run, M \\ K on the clean run"),
         Workload("attention_knockout", forwards=n * len(KNOCKOUT_QUERY_ROLES), fast=knockout_fast, prefix=True,
                  note="7 edges x every layer, each layer from the query token on"),
-        Workload("dcm_patching", forwards=3 * 10 * 500 * 2, fast=3 * 10 * 500 * sum(group_share(g) for g in roles),
-                 prefix=True, note="3 desiderata x 10 draws of 500 pairs"),
+        Workload("dcm_patching", forwards=3 * patching_runs * patching_pairs * 2,
+                 fast=3 * patching_runs * patching_pairs * sum(group_share(g) for g in roles),
+                 prefix=True, note=f"3 desiderata x {patching_runs} draws of {patching_pairs} pairs"),
     ]
     if model in BASE_OF:
         out.append(Workload("cmap", models=2, forwards=2 * n * (len(groups) + 2), note="fine-tune and base held at once"))
@@ -302,9 +308,9 @@ def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = P
             # per desideratum (its four groups train together): one read of the 2000 source prompts, the clean runs
             # of the validation pairs (once, kept on the host), of each training batch (both epochs) and of the test
             # pairs; per group 16 validations and the test from those, and each batch's fast forward + backward
-            Workload("dcm", forwards=3 * 2000 + 3 * (500 + 2 * 1000 + 500),
-                     fast=3 * (16 + 1) * 500 * sum(group_share(g) for g in roles),
-                     train=3 * 2 * 1000 * sum(group_share(g) for g in roles), train_batch=32, host_prefix=500,
+            Workload("dcm", forwards=3 * (train + validation + test) + 3 * (validation + 2 * train + test),
+                     fast=3 * (16 + 1) * validation * sum(group_share(g) for g in roles),
+                     train=3 * 2 * train * sum(group_share(g) for g in roles), train_batch=32, host_prefix=validation,
                      note="4 groups x 3 desiderata; validation every 4 of 32-pair steps"),
             Workload("path_patching", forwards=steps * pairs * 2, fast=path_patching_fast(shape, config, stored, seq, batch_size),
                      prefix=True, host_reads=-1,

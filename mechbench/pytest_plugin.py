@@ -1,6 +1,7 @@
 """mechbench's pytest plugin: the options, parametrisation, fixtures and helpers of the claim suites (suites/), also
 used by the library tests (tests/). The checkout's root conftest.py only loads it; suites import their helpers
-(``load_circuit``, ``settle``, ``ablation_means``, ``load_or_skip``) from here.
+(``load_circuit``, ``settle``, ``ablation_means``, ``load_or_skip``, ``stored_baseline``, ``once``) from here; their
+sizes, seeds, keys and tolerances come from the claims' specs (mechbench.claims).
 
     pytest suites/                      # every claim on the embedded toy zoo (CPU)
     pytest suites/ --model=goat7b       # on a paper model (needs its weights; skips with the reason if absent)
@@ -39,7 +40,8 @@ def pytest_addoption(parser):
     g.addoption("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     g.addoption("--dtype", default="float32", help="float32 (the paper's), bfloat16 or float16")
     g.addoption("--limit", type=int, default=None, metavar="N",
-                help="examples per claim (default: the paper's count, e.g. 500)")
+                help="each claim's main sample (prompts or pairs) is N; its other samples scale alike "
+                     "(default: the paper's sizes, e.g. 500 prompts)")
     g.addoption("--seed", type=int, default=0, help="seed of every dataset and sampler (default 0)")
     g.addoption("--batch-size", default="auto", metavar="N|auto",
                 help="prompts per forward (results do not depend on it). auto (default): 50 on the CPU; on a GPU the "
@@ -103,8 +105,16 @@ class Settings:
     staging: object = None  # mechbench.baselines.Staging of an --update-baselines run
     batch_size: int = 50
 
-    def n_examples(self, default: int) -> int:
-        return default if self.limit is None else self.limit
+    def size(self, claim, name: str, default: int | None = None) -> int:
+        """Sample size ``name`` of ``claim`` (a :class:`mechbench.claims.Claim`) under --limit: the claim's spec
+        says how (its main size becomes the limit, the others scale with it)."""
+        return claim.size(name, self.limit, default)
+
+    def derived_seed(self, offset: int = 0, draw: int | None = None) -> int:
+        """A sampler's seed under --seed (:func:`mechbench.claims.derived_seed`, the one rule)."""
+        from mechbench.claims import derived_seed
+
+        return derived_seed(self.seed, offset, draw)
 
     def base_of(self, model: str) -> str | None:
         if self.base_model:
@@ -310,11 +320,13 @@ def results(settings):
 
 @pytest.fixture
 def claim_check(settings, results, request):
-    """``claim_check(claim, keys, measured, n=..., model=handle, **tolerances)``: compare with the stored
-    baseline (fail outside tolerance), or store it with --update-baselines. Always records the result."""
+    """``claim_check(claim, keys, measured, n=..., model=handle, tolerance=Tolerance)``: compare with the stored
+    baseline (fail outside tolerance), or store it with --update-baselines. Always records the result. ``claim``:
+    its spec (mechbench.claims) or name; the tolerance comes from a rule of mechbench.claims.tolerance."""
     from mechbench.claims import check_claim
 
     def check(claim, keys, measured, *, n=None, model=None, soft=False, correct=None, clusters=None, **tolerances):
+        claim = getattr(claim, "name", claim)  # a Claim spec or its name
         """``soft``: return the outcome instead of failing or skipping (a test checking many points reports
         every point out of tolerance at once). ``correct`` and ``clusters`` (per example): the accuracy's
         examples and their contexts, whose design effect widens a binomial tolerance (prompts of one context
@@ -367,7 +379,28 @@ def record_check(settings, results, request):
     return write
 
 
-_TASK: dict[tuple, object] = {}
+_SESSION: dict[tuple, object] = {}
+
+
+def once(key: tuple, compute):
+    """``compute()`` once per session for ``key`` (a measurement that several tests of a claim check, the
+    ablation means several claims share), then the stored result."""
+    if key not in _SESSION:
+        _SESSION[key] = compute()
+    return _SESSION[key]
+
+
+def stored_baseline(claim, settings: Settings):
+    """The baseline file of ``claim`` (a spec or name), or the test fails naming what is wrong with it."""
+    from mechbench import baselines
+    from mechbench.claims import CLAIMS
+
+    name = getattr(claim, "name", claim)
+    spec = CLAIMS.get(name)
+    try:  # a registered claim whose file does not exist yet has no records (the first --update-baselines writes it)
+        return baselines.load(name, settings.baselines_dir, None if spec is None else (spec.description, spec.unit))
+    except MechbenchError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture
@@ -387,14 +420,20 @@ def _chance_guard(model, settings, record_check):
     from mechbench.evaluate import correct_on
     from mechbench.stats import chance_check
 
-    key = (model.name, settings.n_examples(500), settings.seed)
-    if key not in _TASK:
-        dataset = build_dataset(model.tokenizer, n_examples=key[1], seed=settings.seed)
-        _TASK[key] = chance_check(correct_on(model, dataset).numpy(), dataset.clusters().numpy(), dataset.num_boxes)
-        record_check("accuracy", "does the task", {"model": model.name}, round(_TASK[key].accuracy, 6),
-                     _TASK[key].passed, _TASK[key].message(model.name))
-    if not _TASK[key].passed:
-        pytest.fail(_TASK[key].message(model.name) + ": no circuit claim applies to it", pytrace=False)
+    from mechbench.claims import get
+
+    n = settings.size(get("accuracy"), "prompts")  # the accuracy claim's prompts
+
+    def check():
+        dataset = build_dataset(model.tokenizer, n_examples=n, seed=settings.seed)
+        task = chance_check(correct_on(model, dataset).numpy(), dataset.clusters().numpy(), dataset.num_boxes)
+        record_check("accuracy", "does the task", {"model": model.name}, round(task.accuracy, 6), task.passed,
+                     task.message(model.name))
+        return task
+
+    task = once(("does the task", model.name, n, settings.seed), check)
+    if not task.passed:
+        pytest.fail(task.message(model.name) + ": no circuit claim applies to it", pytrace=False)
 
 
 def load_circuit(name: str, model, settings: Settings):
@@ -410,19 +449,15 @@ def load_circuit(name: str, model, settings: Settings):
     return circuit
 
 
-ABLATION_PROMPTS = 500  # prompts behind the position-specific means (the paper's)
-_MEANS: dict[tuple, object] = {}
-
-
-def ablation_means(model, settings: Settings):
-    """Mean head output per (layer, position, head) over the ablation prompts, once per model and seed."""
+def ablation_means(model, settings: Settings, claim):
+    """Mean head output per (layer, position, head) over ``claim``'s ablation prompts (its spec's
+    ``ablation_prompts``, the paper's 500), once per model, size and seed: the claims share them."""
     from mechbench.data.counterfactuals import ablation_prompts
     from mechbench.methods.ablation import position_means
 
-    key = (model.name, settings.seed)
-    if key not in _MEANS:
-        _MEANS[key] = position_means(model.model, ablation_prompts(model.tokenizer, ABLATION_PROMPTS, seed=settings.seed))
-    return _MEANS[key]
+    n = settings.size(claim, "ablation_prompts")
+    return once(("ablation means", model.name, n, settings.seed), lambda: position_means(
+        model, ablation_prompts(model.tokenizer, n, seed=settings.seed)))
 
 
 def settle(outcomes, what: str = "numbers") -> None:

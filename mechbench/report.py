@@ -22,17 +22,13 @@ DETAIL_FIELDS = ("value", "field", "std", "n", "seed", "fingerprint", "baseline"
                  "message", "statistic", "lo", "hi", "base_value", "fine_tune_value", "references", "note",
                  "base_fingerprint", "reasons")
 
-#: claim -> (row keys, column key) of its paper-style table; other keys are rows too.
-PIVOTS = {
-    "accuracy": (["model"], None),
-    "faithfulness": (["circuit", "model"], "metric"),
-    "completeness": (["circuit", "model", "k_method", "group"], "metric"),
-    "cmap": (["target_model", "group"], "source_model"),
-    "attention_knockout": (["model", "edge"], "layer"),
-    "dcm": (["circuit", "model", "group"], "desideratum"),
-    "path_patching": (["circuit", "model"], "group"),
-    "minimality": (["circuit", "group", "layer", "head"], "field"),
-}
+def _layout(claim: str) -> tuple[list[str], str | None]:
+    """(row keys, column key) of a claim's paper-style table, from its spec (mechbench.claims); a claim the registry
+    does not know (a results file from another version) gets every key as a row."""
+    from mechbench.claims import CLAIMS
+
+    spec = CLAIMS.get(claim)
+    return (list(spec.rows), spec.column) if spec else ([], None)
 
 
 def load_results(path: Path | str) -> list[dict]:
@@ -80,7 +76,7 @@ def _frame(rows: list[dict]):
 
 
 def _table(claim: str, frame) -> str:
-    index, column = PIVOTS.get(claim, ([], None))
+    index, column = _layout(claim)
     keys = [k for k in frame.columns if k not in DETAIL_FIELDS and k != "claim"] + (["field"] if "field" in frame else [])
     index = [k for k in index if k in keys] + [k for k in keys if k not in index and k != column]
     if column in frame and index:
@@ -136,7 +132,11 @@ def write_report(results: Path | str, out: Path | str, figures: bool = True) -> 
     by_claim: dict[str, list[dict]] = {}
     for row in rows:
         by_claim.setdefault(row["claim"], []).append(row)
-    frames = {claim: _frame(claim_rows) for claim, claim_rows in sorted(by_claim.items())}
+    from mechbench.claims import CLAIMS
+
+    order = {name: i for i, name in enumerate(CLAIMS)}  # the registry's order, then checks and unknown claims by name
+    frames = {claim: _frame(claim_rows)
+              for claim, claim_rows in sorted(by_claim.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))}
     failed = [r for r in rows if r.get("passed") is False]
     commits = sorted({(r.get("meta") or {}).get("git", {}).get("commit") or "unknown" for r in rows})
     lines = ["# mechbench report", "",

@@ -9,11 +9,12 @@ circuit evaluated (--circuit; default the base's). Each accuracy is checked agai
 the accuracy claim's binomial bound; and where the donor beats the base, the patched full circuit must carry
 a gain over the base as well, the paper's point, which holds or
 fails on the models alone (the lower ends of both 95% intervals, from resampling whole contexts, above 0).
+Spec: mechbench/claims/specs/cmap.py.
 """
 
 import pytest
 
-from mechbench.baselines import BINOMIAL_RULE, SAME_SAMPLE_RULE, binomial_tolerance
+from mechbench.claims import get, tolerance
 from mechbench.data.dataset import build_dataset
 from mechbench.errors import MechbenchError
 from mechbench.evaluate import correct_on
@@ -23,7 +24,7 @@ from mechbench.models.registry import REGISTRY
 from mechbench.pytest_plugin import load_circuit, load_or_skip, settle
 
 pytestmark = pytest.mark.claim
-N_EXAMPLES = 500
+CLAIM = get("cmap")
 
 
 def _setup(model, circuit_name, settings):
@@ -36,7 +37,7 @@ def _setup(model, circuit_name, settings):
         sets = cmap_head_sets(circuit, settings.baselines_dir)
     except MechbenchError as e:
         pytest.fail(str(e), pytrace=False)
-    n = settings.n_examples(N_EXAMPLES)
+    n = settings.size(CLAIM, "prompts")
     return base, sets, build_dataset(base.tokenizer, n_examples=n, seed=settings.seed), n
 
 
@@ -50,14 +51,12 @@ def _keys(model, base, group, head_set=None):
 
 def test_cmap(model, circuit_name, settings, claim_check):
     base, sets, dataset, n = _setup(model, circuit_name, settings)
-    measured = {"full_circuit": (cmap_correct(base.model, model.model, list(sets.values()), dataset), None)}
-    measured |= {g: (cmap_correct(base.model, model.model, [hs], dataset), hs) for g, hs in sets.items()}
+    measured = {"full_circuit": (cmap_correct(base, model, list(sets.values()), dataset), None)}
+    measured |= {g: (cmap_correct(base, model, [hs], dataset), hs) for g, hs in sets.items()}
     clusters = dataset.clusters()
-    outcomes = [claim_check("cmap", _keys(model, base, group, hs), correct.float().mean().item(), n=n, model=model,
+    outcomes = [claim_check(CLAIM, _keys(model, base, group, hs), correct.float().mean().item(), n=n, model=model,
                             soft=True, correct=correct, clusters=clusters,
-                            tolerance=binomial_tolerance(correct.float().mean().item(), n, n),
-                            tolerance_same_sample=round(3 / n, 4),
-                            tolerance_rule=BINOMIAL_RULE.format(rounding="") + "; " + SAME_SAMPLE_RULE)
+                            tolerance=tolerance.binomial(correct.float().mean().item(), n))
                 for group, (correct, hs) in measured.items()]
     settle(outcomes, "CMAP accuracies")
 
@@ -65,7 +64,7 @@ def test_cmap(model, circuit_name, settings, claim_check):
 def test_cmap_carries_the_finetune_gain(model, circuit_name, settings, record_check):
     base, sets, dataset, n = _setup(model, circuit_name, settings)
     q = {"base": correct_on(base, dataset).numpy(), "donor": correct_on(model, dataset).numpy(),
-         "patched": cmap_correct(base.model, model.model, list(sets.values()), dataset).numpy()}
+         "patched": cmap_correct(base, model, list(sets.values()), dataset).numpy()}
     clusters = dataset.clusters().numpy()
     gain = cluster_bootstrap(lambda m: m["donor"] - m["base"], q, clusters, seed=settings.seed)
     keys = {"circuit": circuit_name, "source_model": model.name, "target_model": base.name}

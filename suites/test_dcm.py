@@ -7,23 +7,19 @@ desideratum on the circuit's own model; the test accuracy of the rounded mask is
 baseline. Published records are compared with the paper's pairing (``paper_compat=True``: its query-position
 and box-label-target bugs, docs/paper.md §1), measured ones with mechbench's corrected pairs. Tolerance on
 the baseline's own pairs (same seed, CPU): 3/n; otherwise the binomial bound plus 0.05 for the mask's
-training path (stated in each record).
+training path (stated in each record). Spec: mechbench/claims/specs/dcm.py; --limit N sets the test pairs to N
+and scales the training and validation pairs alike.
 """
-
-import math
 
 import pytest
 
-from mechbench import baselines
+from mechbench.claims import get, tolerance
 from mechbench.data.counterfactuals import desiderata_pairs
-from mechbench.errors import MechbenchError
 from mechbench.methods.dcm import train_dcm_groups
-from mechbench.pytest_plugin import load_circuit, settle
+from mechbench.pytest_plugin import load_circuit, settle, stored_baseline
 
 pytestmark = pytest.mark.claim
-SPLIT = (1000, 500, 500)  # the paper's train / validation / test pairs
-TRAINING_RULE = ("3*sqrt(p(1-p)/n + p(1-p)/n) on the test pairs + 0.05 for the mask's training path; "
-                 "on the baseline's own pairs (same seed and n, deterministic CPU run): 3/n")
+CLAIM = get("dcm")
 
 
 @pytest.mark.parametrize("desideratum", ["object_value", "positional", "box_label_value"])
@@ -32,11 +28,9 @@ def test_dcm(model, circuit_name, desideratum, settings, claim_check):
         pytest.skip(f"DCM runs on the circuit's own model (the paper: Llama circuit on Llama, Goat on Goat); "
                     f"{circuit_name!r} is not {model.name!r}")
     circuit = load_circuit(circuit_name, model, settings)
-    try:
-        stored = baselines.load("dcm", settings.baselines_dir)
-    except MechbenchError as e:
-        pytest.fail(str(e), pytrace=False)
-    n_test = settings.n_examples(SPLIT[2])
+    stored = stored_baseline(CLAIM, settings)
+    split = [settings.size(CLAIM, name) for name in ("train_pairs", "validation_pairs", "test_pairs")]
+    n_test = split[2]
     # published records are compared on the paper's pairing, measured ones on mechbench's: the groups of each
     # pairing train together (each its own mask; they share the batches' clean runs)
     by_compat: dict[bool, list] = {}
@@ -47,16 +41,15 @@ def test_dcm(model, circuit_name, desideratum, settings, claim_check):
         by_compat.setdefault(record is not None and not record.measured, []).append((keys, group))
     outcomes = []
     for paper_compat, chosen in by_compat.items():
-        pairs = desiderata_pairs(model.tokenizer, desideratum, n_pairs=SPLIT[0] + SPLIT[1] + n_test,
-                                 seed=settings.seed, paper_compat=paper_compat)
-        train, val, test = pairs.split([SPLIT[0], SPLIT[1], n_test])
+        pairs = desiderata_pairs(model.tokenizer, desideratum, n_pairs=sum(split), seed=settings.seed,
+                                 paper_compat=paper_compat)
+        train, val, test = pairs.split(split)
         results = train_dcm_groups(model, [g for _, g in chosen], train, val, test, seed=settings.seed)
         for (keys, _), result in zip(chosen, results):
             acc = result.test_accuracy
             outcomes.append(claim_check(
-                "dcm", keys, acc, n=n_test, model=model, soft=True, field="test_accuracy",
+                CLAIM, keys, acc, n=n_test, model=model, soft=True, field="test_accuracy",
                 stored_value={"n_heads": len(result.heads), "heads": [list(h) for h in result.heads],
                               "test_accuracy": round(acc, 6)},
-                tolerance=round(3 * math.sqrt(2 * acc * (1 - acc) / n_test) + 0.05, 4),
-                tolerance_same_sample=round(3 / n_test, 4), tolerance_rule=TRAINING_RULE))
+                tolerance=tolerance.binomial(acc, n_test, rounding=0.05, why_rounding="the mask's training path")))
     settle(outcomes, "groups")

@@ -1,6 +1,7 @@
 """Claim: attention knockout (paper, docs/paper.md §8.8, Llama-7B): blocking the last token's attention to the
 correct object from any layer up to ~16 leaves 0.04-0.07 accuracy and only blocking it from layer 20 on lets
 the answer through, while blocking an edge to a random context token changes nothing (0.63-0.66).
+Spec: mechbench/claims/specs/attention_knockout.py.
 
 Each edge is blocked for every head of every layer from L on, for each L of the model, and each point of the
 curve is checked against the stored baseline (the accuracy claim's binomial bound; 3/n on the baseline's own
@@ -10,26 +11,23 @@ examples). The toy zoo's fetch runs through the queried label, so its curves add
 
 import pytest
 
-from mechbench.baselines import BINOMIAL_RULE, SAME_SAMPLE_RULE, binomial_tolerance
+from mechbench.claims import get, tolerance
 from mechbench.data.dataset import build_dataset
 from mechbench.methods.knockout import EDGES, knockout_curve_correct
 from mechbench.pytest_plugin import settle
 
 pytestmark = pytest.mark.claim
-N_EXAMPLES = 500  # the paper's
+CLAIM = get("attention_knockout")
 
 
 # ids without "->", which a shell reads as a redirect (`--deselect 'suites/...[last-to-query_label-toy-llama]'`)
 @pytest.mark.parametrize("edge", list(EDGES), ids=[e.replace("->", "-to-") for e in EDGES])
 def test_knockout_curve(model, edge, settings, claim_check):
-    n = settings.n_examples(N_EXAMPLES)
-    dataset = build_dataset(model.tokenizer, n_examples=n, seed=settings.seed)
-    clusters = dataset.clusters()
-    curve = knockout_curve_correct(model.model, dataset, edge, range(model.shape.n_layers), seed=settings.seed)
-    outcomes = [claim_check("attention_knockout", {"edge": edge, "layer": layer, "model": model.name},
-                            correct.float().mean().item(), n=n, model=model, soft=True, correct=correct,
-                            clusters=clusters, tolerance=binomial_tolerance(correct.float().mean().item(), n, n),
-                            tolerance_same_sample=round(3 / n, 4),
-                            tolerance_rule=BINOMIAL_RULE.format(rounding="") + "; " + SAME_SAMPLE_RULE)
+    dataset = build_dataset(model.tokenizer, n_examples=settings.size(CLAIM, "prompts"), seed=settings.seed)
+    n, clusters = len(dataset), dataset.clusters()
+    curve = knockout_curve_correct(model, dataset, edge, range(model.shape.n_layers), seed=settings.seed)
+    outcomes = [claim_check(CLAIM, {"edge": edge, "layer": layer, "model": model.name}, correct.float().mean().item(),
+                            n=n, model=model, soft=True, correct=correct, clusters=clusters,
+                            tolerance=tolerance.binomial(correct.float().mean().item(), n))
                 for layer, correct in curve.items()]
     settle(outcomes, "layers")

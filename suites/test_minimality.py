@@ -12,34 +12,26 @@ error three times too small (seeds 4 and 7 of ten failed an unchanged toy-llama)
 one by one: a head's "before" moves by 0.3 between two draws of 100 prompts while its group's drop stays put.
 
 The discovery runs once per model, settings and weights: it is saved step by step under the results directory
-(``results/discovery``) and read back by the other claim that needs it.
+(``results/discovery``) and read back by the other claim that needs it. Spec: mechbench/claims/specs/minimality.py.
 """
 
 import numpy as np
 import pytest
 
-from mechbench import baselines
+from mechbench.claims import get, tolerance
 from mechbench.data.dataset import build_dataset
-from mechbench.errors import MechbenchError
 from mechbench.methods.discovery import DISCOVERY, discovery_of_claims
 from mechbench.methods.minimality import group_minimality
-from mechbench.pytest_plugin import ablation_means, load_circuit, settle
+from mechbench.pytest_plugin import ablation_means, load_circuit, settle, stored_baseline
 
 pytestmark = pytest.mark.claim
-RULE = ("3*sqrt(2*0.25/n): the widest binomial bound of two independent n-example accuracies; "
-        "on the baseline's own examples (same seed and n, CPU): 3/n")
-#: A group's mean drop is judged against the stored one within Z of the measured standard error (from resampling
-#: whole contexts) times sqrt(2), the stored estimate having as much error again.
-Z = 3.0
+CLAIM = get("minimality")
 
 
 def test_minimality(model, circuit_name, settings, claim_check, record_check, results):
     if circuit_name not in DISCOVERY or model.name != circuit_name:
         pytest.skip(f"minimality re-runs the discovery of {circuit_name!r} on its own model ({', '.join(DISCOVERY)})")
-    try:
-        stored = baselines.load("minimality", settings.baselines_dir)
-    except MechbenchError as e:
-        pytest.fail(str(e), pytrace=False)
+    stored = stored_baseline(CLAIM, settings)
     # the candidates are the stored run's (seed 0's discovery, shared with the path-patching claim at --seed 0 and
     # read back from the results directory): the stored numbers are per candidate head, so a fresh discovery under
     # --seed S would judge other heads (measured: 10/10 seeds failed for heads with no record). --seed S draws
@@ -47,14 +39,14 @@ def test_minimality(model, circuit_name, settings, claim_check, record_check, re
     config, found = discovery_of_claims(model, circuit_name, 0, settings.results_dir / "discovery",
                                         load_circuit(circuit_name, model, settings))
     candidates = found.circuit
-    n = settings.n_examples(config.minimality_examples)
-    dataset = build_dataset(model.tokenizer, n_examples=n, seed=config.minimality_seed + settings.seed)
-    means = ablation_means(model, settings)
+    n = settings.size(CLAIM, "prompts", default=config.minimality_examples)
+    dataset = build_dataset(model.tokenizer, n_examples=n, seed=settings.derived_seed(offset=config.minimality_seed))
+    means = ablation_means(model, settings, CLAIM)
     records = {(r.keys["group"], r.keys["layer"], r.keys["head"]): r for r in stored.records
                if r.keys.get("circuit") == circuit_name and r.keys.get("kind") == "head"}
     outcomes, off = [], []
     for group in candidates.groups:
-        measured = group_minimality(model.model, candidates, group, dataset, means, n_boot=config.minimality_boot,
+        measured = group_minimality(model, candidates, group, dataset, means, n_boot=config.minimality_boot,
                                     seed=settings.seed)
         significance = measured.heads
         for rank, s in enumerate(significance):
@@ -67,9 +59,8 @@ def test_minimality(model, circuit_name, settings, claim_check, record_check, re
             if settings.update_baselines:  # the per-head numbers are what is stored; groups are judged from them
                 for field in ("before", "after"):
                     outcomes.append(claim_check(
-                        "minimality", keys, getattr(s, field), n=n, model=model, soft=True, field=field,
-                        stored_value=value, tolerance=round(3 * (0.5 / n) ** 0.5, 4),
-                        tolerance_same_sample=round(3 / n, 4), tolerance_rule=RULE))
+                        CLAIM, keys, getattr(s, field), n=n, model=model, soft=True, field=field,
+                        stored_value=value, tolerance=tolerance.widest_binomial(n)))
             else:  # recorded for the report, judged per group below
                 results.write("minimality", keys, value, n=n, seed=settings.seed,
                               baseline=record.value if record else None, passed=None)
@@ -82,12 +73,13 @@ def test_minimality(model, circuit_name, settings, claim_check, record_check, re
         stored_drop = float(np.mean([r.value["before"] - r.value["after"] for r in stored_heads]))
         drop, k = measured.drop, len(significance)
         same_sample = all(r.get("n") == n and r.get("seed") == settings.seed for r in stored_heads)
-        tolerance = 3 / n if same_sample else Z * 2 ** 0.5 * measured.se
-        passed = abs(drop.value - stored_drop) <= tolerance + 1e-9
+        bound = tolerance.resampled(measured.se, n)
+        allowed = bound.same_sample if same_sample else bound.value
+        passed = abs(drop.value - stored_drop) <= allowed + 1e-9
         message = (f"{group}: mean accuracy drop when a candidate head goes after its entangled peers "
                    f"{drop.value:+.3f} [{drop.lo:+.3f}, {drop.hi:+.3f}] over {k} heads vs stored {stored_drop:+.3f}: "
-                   f"{'within' if passed else 'OUTSIDE'} tolerance {tolerance:.3f} "
-                   f"({'same examples: 3/n' if same_sample else f'{Z} x sqrt(2) x its standard error, K re-chosen in each of {measured.n_boot} resamples'})")
+                   f"{'within' if passed else 'OUTSIDE'} tolerance {allowed:.3f} "
+                   f"({'same examples: 3/n' if same_sample else f'{bound.rule}; K re-chosen in each of {measured.n_boot} resamples'})")
         record_check("minimality", "group mean drop", {"circuit": circuit_name, "model": model.name, "group": group},
                      drop.value, passed, message)
         if not passed:

@@ -1,6 +1,7 @@
 """Claim: iterated path patching finds the stored circuit (paper, docs/paper.md §4: value fetchers from the
 logits, position transmitters through the fetchers' queries, position detectors and structure readers
-through values; the published circuits are pruned from these candidates).
+through values; the published circuits are pruned from these candidates). Spec:
+mechbench/claims/specs/path_patching.py.
 
 Re-runs the discovery of :data:`mechbench.methods.discovery.DISCOVERY` on the circuit's own model and checks,
 per group, the fraction of the stored heads that the re-run selects, or scores within sampling error of its cut
@@ -14,10 +15,12 @@ The discovery runs once per model, settings and weights: it is saved step by ste
 
 import pytest
 
+from mechbench.claims import get, tolerance
 from mechbench.methods.discovery import DISCOVERY, discovery_of_claims
 from mechbench.pytest_plugin import load_circuit, settle
 
 pytestmark = pytest.mark.claim
+CLAIM = get("path_patching")
 #: A stored head counts as recovered unless the re-run scores it worse than the cut by more than Z of its
 #: cluster-robust standard errors: heads within sampling error of the cut are near ties, and fresh pairs reorder
 #: near ties at random (the toy's value fetchers overlap 46% between two draws of 100 pairs when recall is
@@ -39,6 +42,6 @@ def test_path_patching_recovers_the_circuit(model, circuit_name, settings, claim
     for group, g in stored.groups.items():
         recall = found.recall(g.heads, group, circuit_k[group], config.min_effect, z=Z)
         outcomes.append(claim_check(
-            "path_patching", {"circuit": circuit_name, "model": model.name, "group": group, "metric": "recall"},
-            recall, model=model, soft=True, tolerance=0.05, tolerance_rule=MARGIN_RULE))
+            CLAIM, {"circuit": circuit_name, "model": model.name, "group": group, "metric": "recall"},
+            recall, model=model, soft=True, tolerance=tolerance.fixed(0.05, MARGIN_RULE)))
     settle(outcomes, "groups' recalls")

@@ -89,8 +89,11 @@ def test_a_wrong_pytest_option_is_a_usage_error_naming_it(tmp_path, options, mes
 
 
 def test_the_defaults_and_a_good_limit_pass(tmp_path):
+    from mechbench.claims import get
+
     settings = configure(tmp_path, limit=5)
-    assert settings.n_examples(500) == 5 and configure(tmp_path).n_examples(500) == 500
+    accuracy = get("accuracy")
+    assert settings.size(accuracy, "prompts") == 5 and configure(tmp_path).size(accuracy, "prompts") == 500
 
 
 COMMANDS = [  # (argv, what stderr must say)

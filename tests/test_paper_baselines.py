@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mechbench.baselines import RECORD_FIELDS
+from mechbench.claims import CLAIMS
 from mechbench.models.registry import TOY_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +19,7 @@ BASELINES = ROOT / "baselines"
 # The result files of the paper's public code, copied into the repository (docs/paper/data/README.md says what each is)
 PAPER_DATA = Path(os.environ.get("MECHBENCH_PAPER_DATA", ROOT / "docs/paper/data"))
 
-FILES = ["accuracy", "circuits", "faithfulness", "completeness", "minimality", "dcm", "dcm_patching", "cmap", "path_patching",
-         "attention_knockout"]
+FILES = [*CLAIMS, "circuits"]  # every claim's file, and the circuits the claims read
 TOP_KEYS = {"schema_version", "claim", "description", "unit", "source", "records"}
 UNITS = {"fraction", "percent", "heads", "count"}
 OPTIONAL = set(RECORD_FIELDS) - {"value", "source"}

@@ -15,9 +15,14 @@ def test_the_plugin_adds_its_options_outside_the_checkout(pytester):
 
 def test_the_settings_fixture_holds_the_options_given(pytester):
     pytester.makepyfile(test_settings="""
+        from mechbench.claims import get
+
         def test_settings(settings):
             assert settings.seed == 3
-            assert settings.n_examples(500) == 20
+            # --limit sets each claim's main sample and scales its others alike
+            assert settings.size(get("accuracy"), "prompts") == 20
+            assert [settings.size(get("dcm"), s) for s in ("test_pairs", "train_pairs", "validation_pairs")] == [20, 40, 20]
+            assert settings.derived_seed(offset=10) == 13 and settings.derived_seed(draw=2) == 4002
     """)
     result = pytester.runpytest_subprocess("-p", "mechbench.pytest_plugin", "--seed=3", "--limit=20",
                                            "-p", "no:cacheprovider")

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mechbench import baselines
+from mechbench.claims.registry import CLAIMS
+from mechbench.claims.tolerance import Tolerance
 from mechbench.results import ResultsWriter, git_state
 
 
@@ -48,7 +50,7 @@ def check_claim(
     update: bool = False,
     fingerprint: dict | None = None,
     results: ResultsWriter | None = None,
-    tolerance: float | None = None,
+    tolerance=None,
     tolerance_same_sample: float | None = None,
     tolerance_rule: str | None = None,
     field: str | None = None,
@@ -62,7 +64,8 @@ def check_claim(
 ) -> ClaimOutcome:
     """Compare ``measured`` with the baseline record ``keys`` of ``claim`` (or store it with ``update``).
 
-    ``tolerance``/``tolerance_same_sample``/``tolerance_rule`` are written with an updated record. With
+    ``tolerance`` (a :class:`mechbench.claims.tolerance.Tolerance`, or a number with ``tolerance_same_sample`` and
+    ``tolerance_rule``) is written with an updated record. With
     ``field``, ``measured`` is compared with that entry of an object-valued record, and an update stores
     ``stored_value`` (the whole object, e.g. a DCM run's heads and accuracy). ``std``: the spread behind a
     mean over draws, stored with the record. ``lookup_keys``: the record to compare with when it is another
@@ -71,9 +74,17 @@ def check_claim(
     :func:`mechbench.baselines.degradations` finds worse than the one it replaces. ``design_effect``: widens a
     binomial tolerance for prompts that share a context (:func:`mechbench.baselines.compare`).
     """
+    if isinstance(tolerance, Tolerance):  # a rule of mechbench.claims.tolerance: its bound, same-sample bound, words
+        tolerance, tolerance_same_sample, tolerance_rule = (tolerance.value, tolerance.same_sample, tolerance.rule)
     if update and lookup_keys is not None:
         raise ValueError("a measurement checked against another model's baseline is never stored as one")
-    baseline = staging.load(claim, baselines_dir) if staging else baselines.load(claim, baselines_dir)
+    spec = CLAIMS.get(claim)
+    if spec is not None:
+        spec.check_keys(keys)
+    # a registered claim with no baseline file yet gets an empty one: the claim skips offering to store its
+    # measurement, and --update-baselines writes the file
+    new = (spec.description, spec.unit) if spec is not None else None
+    baseline = staging.load(claim, baselines_dir, new) if staging else baselines.load(claim, baselines_dir, new)
     record = baseline.find(**(lookup_keys or keys))
     outcome = ClaimOutcome(claim, dict(keys), float(measured))
     if update and record is not None and not record.measured:
@@ -89,7 +100,9 @@ def check_claim(
             std=None if std is None else round(float(std), 6), force=force,
         )
     elif record is None:
-        outcome.missing = (f"no baseline record in {baseline.path} for {lookup_keys or keys}; run with "
+        where = (f"in {baseline.path}" if baseline.path.exists()
+                 else f"({baseline.path} does not exist yet: the claim has never been stored)")
+        outcome.missing = (f"no baseline record {where} for {lookup_keys or keys}; run with "
                            f"--update-baselines to store this measurement as the baseline")
     else:
         outcome.comparison = baselines.compare(measured, record, n=n, seed=seed, field=field,
