@@ -16,12 +16,12 @@ import pytest
 
 from mechbench.data.dataset import build_dataset
 from mechbench.methods.ablation import completeness
+from mechbench.models.registry import CIRCUITS, COMPLETENESS_ITERATIONS
 from mechbench.pytest_plugin import ablation_means, load_circuit, settle
 from mechbench.stats import design_effect
 
 pytestmark = pytest.mark.claim
 N_EXAMPLES = 500
-ITERATIONS = {"goat7b": 20, "float7b": 20}  # random draws of K per circuit as the paper ran them; else 10
 F_RULE = "3*sqrt(p(1-p)/n + p(1-p)/n): two independent binomial estimates, z=3"
 MEAN_RULE = "3*sqrt(2)*std/sqrt(n_iterations): the difference of two means over random draws of K, z=3"
 INC_RULE = "the sum of the tolerances of F(C\\K) and F(M\\K): incompleteness is their difference"
@@ -41,7 +41,8 @@ def _setup(model, circuit_name, settings):
 
 def test_completeness_random_k(model, circuit_name, settings, claim_check):
     circuit, dataset, means, n = _setup(model, circuit_name, settings)
-    iterations = ITERATIONS.get(circuit_name, 10)
+    # random draws of K as the paper ran them for this circuit: the spec of the model it was found on
+    iterations = CIRCUITS[circuit_name].completeness_iterations if circuit_name in CIRCUITS else COMPLETENESS_ITERATIONS
     result = completeness(model.model, circuit, dataset, means, "random_sampling", iterations, seed=settings.seed)
     outcomes = []
     for metric, values in (("F_C_minus_K", result.circuit_minus_k), ("F_M_minus_K", result.model_minus_k),

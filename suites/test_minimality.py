@@ -21,8 +21,9 @@ import pytest
 from mechbench import baselines
 from mechbench.data.dataset import build_dataset
 from mechbench.errors import MechbenchError
-from mechbench.methods.discovery import DISCOVERY, discovery_of_claims
+from mechbench.methods.discovery import discovery_of_claims
 from mechbench.methods.minimality import group_minimality
+from mechbench.models.registry import CIRCUITS
 from mechbench.pytest_plugin import ablation_means, load_circuit, settle
 
 pytestmark = pytest.mark.claim
@@ -34,8 +35,8 @@ Z = 3.0
 
 
 def test_minimality(model, circuit_name, settings, claim_check, record_check, results):
-    if circuit_name not in DISCOVERY or model.name != circuit_name:
-        pytest.skip(f"minimality re-runs the discovery of {circuit_name!r} on its own model ({', '.join(DISCOVERY)})")
+    if circuit_name not in CIRCUITS or model.name != circuit_name:
+        pytest.skip(f"minimality re-runs the discovery of {circuit_name!r} on its own model ({', '.join(CIRCUITS)})")
     try:
         stored = baselines.load("minimality", settings.baselines_dir)
     except MechbenchError as e:
