@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
             for name, spec in REGISTRY.items():
                 r = resolve(name)
-                print(f"{name:12} {spec.kind:6} {r.base}{' + ' + r.adapter if r.adapter else ''}  {spec.description}")
+                print(f"{name:12} {spec.kind:6} {r.weights}{' + ' + r.adapter if r.adapter else ''}  {spec.description}")
         elif args.command == "accuracy":
             from mechbench.api import accuracy
 
@@ -137,14 +137,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _plan(args) -> None:
     from mechbench import plan
-    from mechbench.methods.discovery import DISCOVERY
+    from mechbench.models.registry import CIRCUITS
 
     hours, fits = 0.0, True
     for model in args.models:
         batch = (plan.choose_batch_size(model, args.dtype, args.gpu_gib * plan.GIB) if args.batch_size == "auto"
                  else plan.resolve_batch_size(args.batch_size, "cpu", args.dtype, [model]))
         circuits = [plan.default_circuit(model)]
-        if args.own_circuit and model not in circuits and model in DISCOVERY:
+        if args.own_circuit and model not in circuits and model in CIRCUITS:
             circuits.append(model)
         for circuit in circuits:
             plans = plan.plan(model, args.dtype, batch, tflops=args.tflops, circuit=circuit)
@@ -262,12 +262,14 @@ def _discover(args) -> None:
     from pathlib import Path
 
     from mechbench.api import get_model
-    from mechbench.methods.discovery import DISCOVERY, PAPER_STEPS, TOY_STEPS, DiscoveryConfig, discover
+    from mechbench.methods.discovery import PAPER_STEPS, TOY_STEPS, DiscoveryConfig, discover
+    from mechbench.models.registry import CIRCUITS
 
-    config_name = args.config or (args.model if args.model in DISCOVERY else None)
-    if args.config and args.config not in DISCOVERY:
-        raise MechbenchError(f"no discovery settings named {args.config!r}; known: {', '.join(DISCOVERY)}")
-    config = DISCOVERY[config_name] if config_name else DiscoveryConfig()
+    # a stored circuit's settings are in the spec of the model it was found on
+    config_name = args.config or (args.model if args.model in CIRCUITS else None)
+    if args.config and args.config not in CIRCUITS:
+        raise MechbenchError(f"no discovery settings named {args.config!r}; known: {', '.join(CIRCUITS)}")
+    config = CIRCUITS[config_name].discovery if config_name else DiscoveryConfig()
     changes = {k: v for k, v in {
         "steps": None if args.steps is None else (PAPER_STEPS if args.steps == "paper" else TOY_STEPS),
         "receiver_k": tuple(_group_ints(args.receivers).items()) or None,

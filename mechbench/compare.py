@@ -42,6 +42,7 @@ from mechbench import baselines
 from mechbench.circuits import Circuit, HeadGroup
 from mechbench.claims import derived_seed, get
 from mechbench.errors import MechbenchError
+from mechbench.models.registry import BASE_OF, CIRCUITS, REGISTRY, resolve
 from mechbench.stats import Estimate, chance_check, cluster_bootstrap
 
 
@@ -80,8 +81,9 @@ FULL = _full_lane()
 QUICK = Lane("quick", 140, 500, 5, 5, (200, 100, 140), False, 140, 3, 100, 70, 5, 1000)
 LANES = {"full": FULL, "quick": QUICK}
 
-#: Reference fine-tunes shown beside a comparison, by the base they were tuned from.
-REFERENCES = {"toy-llama": ("toy-goat", "toy-float"), "llama7b": ("goat7b", "float7b")}
+#: Reference fine-tunes shown beside a comparison, by the base they were tuned from (the specs marked ``reference``).
+REFERENCES = {base: tuple(s.name for s in REGISTRY.values() if s.reference and s.base == base)
+              for base in dict.fromkeys(s.base for s in REGISTRY.values() if s.reference)}
 
 #: Thresholds of the checks and the verdict, each with its reason (README "Comparison verdicts").
 SHARE_LARGELY = 0.5  # "largely through the circuit": the circuit's heads carry at least half the gain
@@ -436,7 +438,8 @@ def _knockout(c: Comparison):
     from mechbench.methods.knockout import EDGES, knockout_curve_correct
 
     rows, moved = [], []
-    for edge in EDGES:
+    runs = c.base.spec.knockout_edges  # the edges the base's spec runs (None, a model registered nowhere: all)
+    for edge in (e for e in EDGES if runs is None or e in runs):
         for layer in range(c.base.shape.n_layers):
             q = {"clean_b": c.correct("base"), "clean_f": c.correct("fine_tune"),
                  **{f"ko_{key}": c.side(who, ("knockout", edge), lambda who=who, edge=edge: knockout_curve_correct(
@@ -633,10 +636,10 @@ def _path_patching(c: Comparison):
     """Each model's path-patching scores from the base circuit's discovery steps; per group, the share of the
     circuit's heads among the model's top-|group| heads by score (no score floor: a fine-tune whose scores are
     all smaller is not "missing" heads for it), and the correlation of the two score grids."""
-    from mechbench.methods.discovery import DISCOVERY, DiscoveryConfig, discover
+    from mechbench.methods.discovery import DiscoveryConfig, discover
     from mechbench.methods.path_patching import top_heads
 
-    config = DISCOVERY.get(c.circuit.name, DiscoveryConfig())
+    config = CIRCUITS[c.circuit.name].discovery if c.circuit.name in CIRCUITS else DiscoveryConfig()
     config = replace(config, n_pairs=c.lane.discovery_pairs)
     found = {who: c.side(who, "discovery", lambda h=h: discover(h, c.circuit.name, config, cache_dir=c.discovery_cache))
              for who, h in c.models.items()}
@@ -722,18 +725,16 @@ NEEDS_WORKING_MODEL = {name: name != "accuracy" for name in CLAIMS}
 
 
 def base_name_of(model: str) -> str:
-    """The registered base of a fine-tune, or the base an adapter directory names; else an error saying how to
-    give one."""
-    from mechbench.models.registry import BASE_OF, REGISTRY, resolve
-
+    """The model a registered fine-tune is compared with (its spec's ``base``), or the model an adapter directory
+    goes on; else an error saying how to give one."""
     if model in BASE_OF:
         return BASE_OF[model]
     spec = resolve(model)
-    if spec.adapter:  # an adapter names its base: find the registered name of that base if there is one
+    if spec.adapter:  # an adapter names the model under it: find that model's registered name if there is one
         for name, registered in REGISTRY.items():
-            if registered.adapter is None and resolve(name).base == spec.base:
+            if registered.adapter is None and resolve(name).weights == spec.weights:
                 return name
-        return spec.base
+        return spec.weights
     raise MechbenchError(f"no base known for {model!r}: pass the model it was fine-tuned from (--base / --base-model)")
 
 

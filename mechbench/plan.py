@@ -72,15 +72,14 @@ class Shape:
 
 
 def shape_of(model: str) -> Shape:
-    """The shape of a registered paper model (its config as published, :data:`registry.ARCHITECTURES`), or
-    of a local model directory / toy model from its config.json."""
-    from mechbench.models.registry import ARCHITECTURES, resolve
+    """The shape of a registered paper model (its config as published: its spec's ``architecture``), or of a
+    local model directory / toy model from its config.json."""
+    from mechbench.models.registry import REGISTRY, resolve
 
-    if model in ARCHITECTURES:
-        config, adapter_params = ARCHITECTURES[model]
-        return Shape.from_config(config, adapter_params)
+    if model in REGISTRY and REGISTRY[model].architecture:
+        return Shape.from_config(REGISTRY[model].architecture, REGISTRY[model].adapter_parameters)
     spec = resolve(model)
-    path = Path(spec.base) / "config.json"
+    path = Path(spec.weights) / "config.json"
     if not path.is_file():
         from mechbench.errors import MechbenchError
 
@@ -152,9 +151,17 @@ def default_circuit(model: str) -> str:
 #: label is the third from last; the earlier occurrence of the queried label can be the first box's, about 5 tokens
 #: in, so a batch of prompts starts there.
 SENDER_SPAN = {"last": 1, "query_label": 3, "prev_query_label": PAPER_SEQ_LEN - 5}
-#: The attention-knockout edges' query roles (mechbench.methods.knockout.EDGES): each point of an edge's curve
-#: recomputes from its layer on at the query token.
-KNOCKOUT_QUERY_ROLES = ("last", "last", "last", "query_label", "query_label", "last", "prev_query_label")
+
+
+def knockout_query_roles(model: str) -> list[str]:
+    """The query role of each attention-knockout edge the suite runs on ``model`` (its spec's edges; a model
+    registered nowhere runs every edge of mechbench.methods.knockout.EDGES): each point of an edge's curve
+    recomputes from its layer on at the query token."""
+    from mechbench.methods.knockout import EDGES
+    from mechbench.models.registry import REGISTRY
+
+    runs = REGISTRY[model].knockout_edges if model in REGISTRY else None
+    return [query for edge, (query, _) in EDGES.items() if runs is None or edge in runs]
 
 
 def _span(role: str, seq: int) -> float:
@@ -260,8 +267,8 @@ def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = P
     of the runs served by a prefix, from where each intervention starts (layers and tokens, from the stored
     circuit's heads; half the layers where there is none)."""
     from mechbench.claims import get
-    from mechbench.methods.discovery import DISCOVERY, DiscoveryConfig
-    from mechbench.models.registry import BASE_OF
+    from mechbench.methods.discovery import DiscoveryConfig
+    from mechbench.models.registry import BASE_OF, CIRCUITS, COMPLETENESS_ITERATIONS
 
     circuit = circuit or default_circuit(model)
     own = circuit == model
@@ -270,7 +277,7 @@ def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = P
     patching_pairs, patching_runs = get("dcm_patching").size("pairs"), get("dcm_patching").repeat("runs")
     train, validation, test = (get("dcm").size(s) for s in ("train_pairs", "validation_pairs", "test_pairs"))
     heads = shape.n_layers * shape.n_heads
-    config = DISCOVERY.get(circuit, DiscoveryConfig())
+    config = CIRCUITS[circuit].discovery if circuit in CIRCUITS else DiscoveryConfig()
     k = dict(config.circuit_k or config.receiver_k)
     groups = list(k.values())
     stored = _stored_circuit(circuit)
@@ -282,11 +289,12 @@ def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = P
     def group_share(name: str) -> float:  # a run patching a whole group: from its lowest layer, at its role
         return _above(lowest.get(name, shape.n_layers // 2), shape.n_layers) * _span(roles.get(name, "last"), seq)
 
-    draws = 20 if circuit in ("goat7b", "float7b") else 10
+    draws = CIRCUITS[circuit].completeness_iterations if circuit in CIRCUITS else COMPLETENESS_ITERATIONS
     pairs = config.n_pairs
     steps = len(config.steps)
+    knockout_roles = knockout_query_roles(model)
     knockout_fast = sum(n * sum(_above(l, shape.n_layers) for l in range(shape.n_layers)) * _span(r, seq)
-                        for r in KNOCKOUT_QUERY_ROLES)
+                        for r in knockout_roles)
     out = [
         Workload("accuracy", forwards=n),
         Workload("faithfulness", forwards=n * (2 + n_random) + n, host_reads=n,
@@ -295,8 +303,8 @@ def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = P
         Workload("completeness", forwards=n * (2 + 2 * len(roles)) + n, host_reads=n, prefix=True,
                  fast=n * 2 * draws * random_k_share(stored, shape.n_layers, seq) + n * 2 * sum(group_share(g) for g in roles),
                  note=f"{draws} draws of K and 4 groups, C \\ K on the circuit's run, M \\ K on the clean run"),
-        Workload("attention_knockout", forwards=n * len(KNOCKOUT_QUERY_ROLES), fast=knockout_fast, prefix=True,
-                 note="7 edges x every layer, each layer from the query token on"),
+        Workload("attention_knockout", forwards=n * len(knockout_roles), fast=knockout_fast, prefix=True,
+                 note=f"{len(knockout_roles)} edges x every layer, each layer from the query token on"),
         Workload("dcm_patching", forwards=3 * patching_runs * patching_pairs * 2,
                  fast=3 * patching_runs * patching_pairs * sum(group_share(g) for g in roles),
                  prefix=True, note=f"3 desiderata x {patching_runs} draws of {patching_pairs} pairs"),

@@ -16,12 +16,12 @@ import pytest
 from mechbench.claims import get, tolerance
 from mechbench.data.dataset import build_dataset
 from mechbench.methods.ablation import completeness
+from mechbench.models.registry import CIRCUITS
 from mechbench.pytest_plugin import ablation_means, load_circuit, settle
 from mechbench.stats import design_effect
 
 pytestmark = pytest.mark.claim
 CLAIM = get("completeness")
-ITERATIONS = {"goat7b": 20, "float7b": 20}  # random draws of K per circuit as the paper ran them; else 10
 
 
 def _setup(model, circuit_name, settings):
@@ -33,7 +33,9 @@ def _setup(model, circuit_name, settings):
 
 def test_completeness_random_k(model, circuit_name, settings, claim_check):
     circuit, dataset, means, n = _setup(model, circuit_name, settings)
-    iterations = ITERATIONS.get(circuit_name, CLAIM.repeat("draws_of_k"))
+    # random draws of K as the paper ran them for this circuit (the spec of the model it was found on), else the claim's
+    iterations = (CIRCUITS[circuit_name].completeness_iterations if circuit_name in CIRCUITS
+                  else CLAIM.repeat("draws_of_k"))
     result = completeness(model, circuit, dataset, means, "random_sampling", iterations, seed=settings.seed)
     outcomes = []
     for metric, values in (("F_C_minus_K", result.circuit_minus_k), ("F_M_minus_K", result.model_minus_k),

@@ -23,6 +23,9 @@ CLAIM = get("attention_knockout")
 # ids without "->", which a shell reads as a redirect (`--deselect 'suites/...[last-to-query_label-toy-llama]'`)
 @pytest.mark.parametrize("edge", list(EDGES), ids=[e.replace("->", "-to-") for e in EDGES])
 def test_knockout_curve(model, edge, settings, claim_check):
+    if model.spec.knockout_edges is not None and edge not in model.spec.knockout_edges:
+        pytest.skip(f"{model.name}'s spec does not run the edge {edge} (its knockout_edges: "
+                    f"{', '.join(model.spec.knockout_edges)})")
     dataset = build_dataset(model.tokenizer, n_examples=settings.size(CLAIM, "prompts"), seed=settings.seed)
     n, clusters = len(dataset), dataset.clusters()
     curve = knockout_curve_correct(model, dataset, edge, range(model.shape.n_layers), seed=settings.seed)

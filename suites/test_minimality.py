@@ -20,8 +20,9 @@ import pytest
 
 from mechbench.claims import get, tolerance
 from mechbench.data.dataset import build_dataset
-from mechbench.methods.discovery import DISCOVERY, discovery_of_claims
+from mechbench.methods.discovery import discovery_of_claims
 from mechbench.methods.minimality import group_minimality
+from mechbench.models.registry import CIRCUITS
 from mechbench.pytest_plugin import ablation_means, load_circuit, settle, stored_baseline
 
 pytestmark = pytest.mark.claim
@@ -29,8 +30,8 @@ CLAIM = get("minimality")
 
 
 def test_minimality(model, circuit_name, settings, claim_check, record_check, results):
-    if circuit_name not in DISCOVERY or model.name != circuit_name:
-        pytest.skip(f"minimality re-runs the discovery of {circuit_name!r} on its own model ({', '.join(DISCOVERY)})")
+    if circuit_name not in CIRCUITS or model.name != circuit_name:
+        pytest.skip(f"minimality re-runs the discovery of {circuit_name!r} on its own model ({', '.join(CIRCUITS)})")
     stored = stored_baseline(CLAIM, settings)
     # the candidates are the stored run's (seed 0's discovery, shared with the path-patching claim at --seed 0 and
     # read back from the results directory): the stored numbers are per candidate head, so a fresh discovery under

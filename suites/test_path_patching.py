@@ -3,7 +3,7 @@ logits, position transmitters through the fetchers' queries, position detectors 
 through values; the published circuits are pruned from these candidates). Spec:
 mechbench/claims/specs/path_patching.py.
 
-Re-runs the discovery of :data:`mechbench.methods.discovery.DISCOVERY` on the circuit's own model and checks,
+Re-runs the circuit's discovery (its model's spec: ``registry.CIRCUITS[name].discovery``) on that model and checks,
 per group, the fraction of the stored heads that the re-run selects, or scores within sampling error of its cut
 (recall within a margin, see ``Z``), against the baseline. ``--seed S`` re-runs it on fresh noise pairs. A circuit
 found on another model (the Llama circuit under --model=goat7b) is not re-discovered there: the paper found
@@ -16,7 +16,8 @@ The discovery runs once per model, settings and weights: it is saved step by ste
 import pytest
 
 from mechbench.claims import get, tolerance
-from mechbench.methods.discovery import DISCOVERY, discovery_of_claims
+from mechbench.methods.discovery import discovery_of_claims
+from mechbench.models.registry import CIRCUITS
 from mechbench.pytest_plugin import load_circuit, settle
 
 pytestmark = pytest.mark.claim
@@ -31,12 +32,14 @@ MARGIN_RULE = (f"recall counts a stored head as found when its score is below th
 
 
 def test_path_patching_recovers_the_circuit(model, circuit_name, settings, claim_check):
-    if circuit_name not in DISCOVERY or model.name != circuit_name:
+    if circuit_name not in CIRCUITS or model.name != circuit_name:
         pytest.skip(f"circuit {circuit_name!r} was not found on {model.name!r} by a known discovery run; "
-                    f"path patching re-discovers a circuit on its own model ({', '.join(DISCOVERY)})")
+                    f"path patching re-discovers a circuit on its own model ({', '.join(CIRCUITS)})")
     stored = load_circuit(circuit_name, model, settings)
     # each step sends to the stored circuit's receivers: a near tie at one cut must not reroute the next step
-    config, found = discovery_of_claims(model, circuit_name, settings.seed, settings.results_dir / "discovery", stored)
+    n_pairs = settings.size(CLAIM, "pairs", default=CIRCUITS[circuit_name].discovery.n_pairs)
+    config, found = discovery_of_claims(model, circuit_name, settings.seed, settings.results_dir / "discovery", stored,
+                                        n_pairs=n_pairs)
     circuit_k = {**dict(config.receiver_k), **dict(config.circuit_k)}
     outcomes = []
     for group, g in stored.groups.items():

@@ -89,7 +89,8 @@ def test_store_circuit_replaces_measured_records_and_keeps_published_ones(tmp_pa
 
 from dataclasses import replace as _replace  # noqa: E402
 
-from mechbench.methods.discovery import DISCOVERY, discover  # noqa: E402
+from mechbench.methods.discovery import discover  # noqa: E402
+from mechbench.models.registry import CIRCUITS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def toy():
     return get_model("toy-llama")
 
 
-SMALL = _replace(DISCOVERY["toy-llama"], n_pairs=12)
+SMALL = _replace(CIRCUITS["toy-llama"].discovery, n_pairs=12)
 
 
 class Stop(Exception):

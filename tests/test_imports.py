@@ -62,5 +62,14 @@ def test_no_module_of_mechbench_imports_itself_through_others():
     assert _circles(graph) == []
 
 
+def test_the_models_layer_imports_no_method():
+    """Model specs name their circuit's discovery settings and knockout edges as data (models/discovery_settings.py,
+    edge names as strings): the layer the methods load models from must not need the methods."""
+    graph = _graph()
+    models = [m for m in graph if m == "mechbench.models" or m.startswith("mechbench.models.")]
+    assert "mechbench.models.registry" in models
+    assert {(m, t) for m in models for t in graph[m] if t.startswith("mechbench.methods")} == set()
+
+
 def test_a_circle_is_found():
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -13,17 +13,19 @@ from tests.helpers import save_random_llama
 
 
 def test_registry_names_the_papers_models_with_their_ids():
-    assert resolve("vicuna7b").base == "AlekseyKorshuk/vicuna-7b"
-    assert resolve("float7b").base == "nikhil07prakash/float-7b"
+    assert resolve("vicuna7b").weights == "AlekseyKorshuk/vicuna-7b"
+    assert resolve("float7b").weights == "nikhil07prakash/float-7b"
     goat = resolve("goat7b")
-    assert goat.adapter == "tiedong/goat-lora-7b" and goat.base == resolve("llama7b").base
-    assert resolve("toy-goat").base == zoo_dir("toy-llama") and resolve("toy-goat").adapter == zoo_dir("toy-goat")
+    assert goat.adapter == "tiedong/goat-lora-7b" and goat.weights == resolve("llama7b").weights
+    assert resolve("toy-goat").weights == zoo_dir("toy-llama") and resolve("toy-goat").adapter == zoo_dir("toy-goat")
+    # resolving keeps the rest of the spec: the model a fine-tune is compared with stays a registered name
+    assert goat.base == "llama7b" and resolve("toy-goat").base == "toy-llama" and resolve("llama7b").base is None
 
 
 def test_env_override_points_a_name_and_its_dependents_at_a_local_copy(monkeypatch, tmp_path):
     monkeypatch.setenv("MECHBENCH_MODEL_LLAMA7B", str(tmp_path))
-    assert resolve("llama7b").base == str(tmp_path)
-    assert resolve("goat7b").base == str(tmp_path)  # Goat's base follows Llama's override
+    assert resolve("llama7b").weights == str(tmp_path)
+    assert resolve("goat7b").weights == str(tmp_path)  # the model under Goat's adapter follows Llama's override
 
 
 def test_unknown_names_list_the_known_ones():
@@ -33,9 +35,9 @@ def test_unknown_names_list_the_known_ones():
 
 
 def test_hub_ids_and_adapter_specs_resolve(tmp_path):
-    assert resolve("org/model").base == "org/model"
+    assert resolve("org/model").weights == "org/model"
     spec = resolve("llama7b+tiedong/goat-lora-7b")
-    assert spec.base == resolve("llama7b").base and spec.adapter == "tiedong/goat-lora-7b"
+    assert spec.weights == resolve("llama7b").weights and spec.adapter == "tiedong/goat-lora-7b"
 
 
 def test_missing_weights_name_the_id_and_how_to_provide_them(monkeypatch):

@@ -1,10 +1,8 @@
 """Circuit discovery by iterated path patching (docs/paper.md §4), with the steps stated as data.
 
-Each :class:`Step` names a group, where its senders sit, and which earlier group receives what it sends (q or
-v at a role). The paper's four steps (:data:`PAPER_STEPS`) chain D -> C -> B -> A. A model may need another
-chain: the toy zoo has no position-detector step (the query label's identity is its own embedding, so no head
-sits between it and the layer-0 transmitters) and its structure readers write into the label that the value
-fetchers read, so :data:`TOY_STEPS` makes the value fetchers the structure readers' receivers.
+The settings (:class:`Step`, :class:`DiscoveryConfig`, :data:`PAPER_STEPS`, :data:`TOY_STEPS`) are plain data in
+:mod:`mechbench.models.discovery_settings`, re-exported here; the settings of the run behind each stored circuit
+are its model's spec's (``mechbench.models.registry.CIRCUITS[name].discovery``).
 
 A group keeps its ``top_k`` most negative heads whose score is below ``-min_effect``: with 32 heads in all,
 the tail of a top-k list is noise, and a group with no head past the floor is left empty instead of filled
@@ -28,70 +26,11 @@ import torch
 from mechbench.circuits import GROUP_ROLES, Circuit, HeadGroup
 from mechbench.data.counterfactuals import CounterfactualDataset
 from mechbench.methods.path_patching import Receivers, path_patching_scores, top_heads
+# the settings are data the models layer holds (each spec names its circuit's); callers keep importing them here
+from mechbench.models.discovery_settings import (  # noqa: F401
+    PAPER_RECEIVER_K, PAPER_STEPS, TOY_STEPS, DiscoveryConfig, Step)
+from mechbench.models.registry import CIRCUITS
 from mechbench.stats import cluster_se_last_axis
-
-
-@dataclass(frozen=True)
-class Step:
-    group: str
-    sender_role: str
-    receiver_group: str | None = None  # None: senders are scored on the logits
-    component: str = "v"  # what the receivers take from the senders: "q" or "v"
-    receiver_role: str | None = None
-    corrupt: str = "same_role"  # or "random_label": the corrupted value comes from a random box label
-
-
-PAPER_STEPS = (
-    Step("value_fetcher", "last"),
-    Step("pos_transmitter", "last", "value_fetcher", "q", "last"),
-    Step("pos_detector", "query_label", "pos_transmitter", "v", "query_label"),
-    Step("struct_reader", "prev_query_label", "pos_detector", "v", "prev_query_label", corrupt="random_label"),
-)
-TOY_STEPS = (
-    Step("value_fetcher", "last"),
-    Step("pos_transmitter", "last", "value_fetcher", "q", "last"),
-    Step("struct_reader", "prev_query_label", "value_fetcher", "v", "prev_query_label", corrupt="random_label"),
-)
-#: Heads kept as the next step's receivers: the paper's Llama run (docs/paper.md §4).
-PAPER_RECEIVER_K = {"value_fetcher": 20, "pos_transmitter": 5, "pos_detector": 10, "struct_reader": 5}
-
-
-@dataclass(frozen=True)
-class DiscoveryConfig:
-    """How a circuit was (or is to be) found: the steps, heads passed on and kept per group, the noise pairs."""
-
-    steps: tuple[Step, ...] = PAPER_STEPS
-    receiver_k: tuple[tuple[str, int], ...] = tuple(PAPER_RECEIVER_K.items())
-    circuit_k: tuple[tuple[str, int], ...] = ()  # default: receiver_k
-    min_effect: float = 0.0
-    n_pairs: int = 300
-    seed: int = 20
-    # minimality pruning of the candidates (mechbench.methods.minimality; docs/paper.md §4)
-    minimality_threshold: float = 0.01
-    minimality_examples: int = 100
-    minimality_seed: int = 10
-    minimality_boot: int = 40  # resamples behind a group's selection-aware error (each can cost new circuit runs)
-
-
-_BIG = (("value_fetcher", 50), ("pos_transmitter", 20), ("pos_detector", 30), ("struct_reader", 5))
-#: The runs behind the stored circuits. The paper's (docs/paper.md §4: seeds 20/82/85, receivers 20/5/10/5 for
-#: Llama and 50/20/30/5 for Goat and FLoat) give the candidate sets its minimality pruning started from; the
-#: toy's keeps every head past a 0.005 floor and is not pruned: at 0.01, minimality would drop both position
-#: transmitters, whose work the circuit's layer-1 heads at the last token duplicate once the rest is ablated,
-#: while knockout shows the model needs that edge (suites/test_minimality.py reports every head's numbers).
-DISCOVERY = {
-    "llama7b": DiscoveryConfig(circuit_k=(("value_fetcher", 58), ("pos_transmitter", 10), ("pos_detector", 25),
-                                          ("struct_reader", 5)), seed=20),
-    "goat7b": DiscoveryConfig(receiver_k=_BIG, circuit_k=(("value_fetcher", 101), ("pos_transmitter", 30),
-                                                          ("pos_detector", 50), ("struct_reader", 40)), seed=82,
-                              minimality_threshold=0.0, minimality_seed=56),
-    "float7b": DiscoveryConfig(receiver_k=_BIG, circuit_k=(("value_fetcher", 102), ("pos_transmitter", 30),
-                                                           ("pos_detector", 50), ("struct_reader", 40)), seed=85,
-                               minimality_threshold=0.0),
-    "toy-llama": DiscoveryConfig(TOY_STEPS, (("value_fetcher", 4), ("pos_transmitter", 2), ("struct_reader", 5)),
-                                 (("value_fetcher", 16), ("pos_transmitter", 8), ("struct_reader", 16)),
-                                 min_effect=0.005, seed=20),
-}
 
 
 @dataclass
@@ -274,9 +213,12 @@ def discover(model, name: str, config: DiscoveryConfig, log=None, cache_dir: str
 
 
 def discovery_of_claims(model, name: str, seed: int, cache_dir: str | Path, fixed_receivers: Circuit,
-                        log=None) -> tuple[DiscoveryConfig, Discovery]:
+                        log=None, n_pairs: int | None = None) -> tuple[DiscoveryConfig, Discovery]:
     """The one discovery the claims share (path patching's recall, minimality's candidates) for circuit ``name``
-    on its own model at ``--seed`` (0: the stored run's own noise pairs; s: its seed + s), each step sending to
-    the stored circuit's receivers, saved under ``cache_dir`` and read back by whichever claim comes second."""
-    config = replace(DISCOVERY[name], seed=DISCOVERY[name].seed + seed)
+    on its own model, with the settings in that model's spec, at ``--seed`` (0: the stored run's own noise pairs; s:
+    its seed + s, as mechbench.claims.derived_seed offsets a sampler), each step sending to the stored circuit's
+    receivers, saved under ``cache_dir`` and read back by whichever claim comes second. ``n_pairs``: noise pairs
+    per step (default the stored run's; ``--limit`` sets it)."""
+    stored = CIRCUITS[name].discovery
+    config = replace(stored, seed=stored.seed + seed, n_pairs=n_pairs or stored.n_pairs)
     return config, discover(model, name, config, log=log, cache_dir=cache_dir, fixed_receivers=fixed_receivers)

@@ -14,6 +14,8 @@ from mechbench.data.dataset import EntityTrackingDataset
 from mechbench.evaluate import top1_correct
 from mechbench.intervene import Interventions, Knockout, run_many
 
+#: Every edge by name: (query role, key role). Which edges a model's curves run is its spec's ``knockout_edges``
+#: (mechbench/models/registry.py).
 EDGES = {
     "last->correct_object": ("last", "correct_object"),
     "last->random_context_token": ("last", None),

@@ -81,8 +81,8 @@ def _how_to_provide(spec: ModelSpec, ref: str) -> str:
     from mechbench.models.registry import REGISTRY
 
     owner = spec.name
-    if spec.adapter and ref == spec.base and spec.name in REGISTRY:  # the adapter's base has its own name
-        owner = REGISTRY[spec.name].base
+    if spec.adapter and ref == spec.weights and spec.name in REGISTRY:  # the model under the adapter has its own name
+        owner = REGISTRY[spec.name].weights
     env = "MECHBENCH_MODEL_" + owner.upper().replace("-", "_").replace("/", "_")
     if spec.kind == "toy":
         return (f"The toy zoo ships inside the package (mechbench/zoo/models/); if it is missing, retrain it with "
@@ -137,7 +137,7 @@ def tokenizer_hash(tokenizer) -> str:
 def fingerprint(name: str, spec: ModelSpec, model, dtype: torch.dtype) -> dict:
     return {
         "name": name,
-        "base": spec.base,
+        "weights": spec.weights,
         "adapter": spec.adapter,
         "config_sha256": _config_hash(model.config),
         "weights_sha256": weights_hash(model),
@@ -273,29 +273,29 @@ def load_model(
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     if isinstance(dtype, str) and dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    base = spec.base
-    for ref in (base, spec.adapter):
+    weights = spec.weights
+    for ref in (weights, spec.adapter):
         if ref and (Path(ref).is_absolute() or ref.startswith(".")) and not Path(ref).is_dir():
             raise ModelLoadError(f"cannot load model {spec.name!r}: the directory {ref} does not exist. "
                                  f"{_how_to_provide(spec, ref)}")
     try:
-        config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code, **_pretrained_kwargs(base))
+        config = AutoConfig.from_pretrained(weights, trust_remote_code=trust_remote_code, **_pretrained_kwargs(weights))
     except (OSError, ValueError) as e:
         if "trust_remote_code" in str(e):
             raise ModelLoadError(
-                f"{base!r} needs custom code from its repository to load; mechbench runs none unless asked: "
+                f"{weights!r} needs custom code from its repository to load; mechbench runs none unless asked: "
                 f"pass trust_remote_code=True if you trust it (head interventions still need a Llama-family model)."
             ) from None
         raise ModelLoadError(
-            f"cannot load model {spec.name!r}: the weights at {base!r} are not available here "
-            f"({str(e).splitlines()[0][:200]}). {_how_to_provide(spec, base)}"
+            f"cannot load model {spec.name!r}: the weights at {weights!r} are not available here "
+            f"({str(e).splitlines()[0][:200]}). {_how_to_provide(spec, weights)}"
         ) from None
-    _check_architecture(config, base)
+    _check_architecture(config, weights)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            base, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code,
+            weights, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True, attn_implementation=attn_implementation,
-            **_pretrained_kwargs(base),
+            **_pretrained_kwargs(weights),
         )
     except (OSError, ValueError) as e:
         msg = str(e).splitlines()[0][:300]
@@ -303,8 +303,8 @@ def load_model(
                 "(unpickling runs code from the file): if you trust the source, pass --allow-pickle (pytest and the "
                 "mechbench commands) or allow_pickle=True (load_model), or convert them to safetensors once." if not
                 allow_pickle else "")
-        raise ModelLoadError(f"cannot load the weights of {spec.name!r} from {base!r}: {msg}.{hint} "
-                             f"{_how_to_provide(spec, base)}") from None
+        raise ModelLoadError(f"cannot load the weights of {spec.name!r} from {weights!r}: {msg}.{hint} "
+                             f"{_how_to_provide(spec, weights)}") from None
     except torch.OutOfMemoryError:
         raise ModelLoadError(
             f"out of memory loading {spec.name!r} in {torch_dtype}: a 7B model needs about 28 GB in float32. "
@@ -313,8 +313,8 @@ def load_model(
     except Exception as e:  # a truncated or corrupt safetensors file: name it instead of the decoder's error
         if "safetensor" not in type(e).__name__.lower() and "safetensor" not in str(e).lower():
             raise
-        raise ModelLoadError(f"cannot load the weights of {spec.name!r}: {_broken_weights(base) or base} is truncated "
-                             f"or corrupt ({str(e).splitlines()[0][:160]}). Download or save it again.") from None
+        raise ModelLoadError(f"cannot load the weights of {spec.name!r}: {_broken_weights(weights) or weights} "
+                             f"is truncated or corrupt ({str(e).splitlines()[0][:160]}). Download or save it again.") from None
     peft_model = None
     if spec.adapter:
         from peft import PeftModel
@@ -335,7 +335,7 @@ def load_model(
         from mechbench.intervene.engine import PAPER_O_PROJ
 
         setattr(model, PAPER_O_PROJ, True)
-    tokenizer_ref = spec.adapter if spec.adapter and Path(spec.adapter, "tokenizer_config.json").is_file() else base
+    tokenizer_ref = spec.adapter if spec.adapter and Path(spec.adapter, "tokenizer_config.json").is_file() else weights
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref, trust_remote_code=trust_remote_code,
                                                   **_pretrained_kwargs(tokenizer_ref))

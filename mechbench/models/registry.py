@@ -1,12 +1,18 @@
-"""Named models: the paper's four 7B models and the embedded toy zoo, behind one registry.
+"""Every registered model and everything mechbench keeps about it, one :class:`ModelSpec` each: the paper's four
+7B models and the embedded toy zoo.
 
-A :class:`ModelSpec` says where the weights come from (a hub id or a local directory) and, for a LoRA
-fine-tune like Goat, which peft adapter goes on top. :func:`resolve` turns what a user typed (a registered
-name, a hub id, a local directory, or ``base+adapter``) into a spec. Loading is in ``loading.py``.
+A spec says where the weights come from (``weights``: a hub id or a local directory; for a LoRA fine-tune like
+Goat, the registered model the peft ``adapter`` goes on), which model a fine-tune is compared with (``base``), the
+circuit found on it with the settings of the discovery that found it, and what the claim suites run on it. The
+tables by model name (:data:`REGISTRY`, :data:`PAPER_MODELS`, :data:`TOY_MODELS`, :data:`CIRCUITS`,
+:data:`BASE_OF`) are views of the specs; no other module keeps one (tests/test_model_specs.py checks), so a fact
+about a model is stated once, here. :func:`resolve` turns what a user typed (a registered name, a hub id, a local
+directory, or ``base+adapter``) into a spec. Loading is in ``loading.py``.
 
 A registered model's own weights can be pointed at a local copy without editing code:
 ``MECHBENCH_MODEL_LLAMA7B=/data/llama-7b`` (the name upper-cased, ``-`` as ``_``); for an adapter model the
-variable names the adapter (``MECHBENCH_MODEL_GOAT7B=/data/goat-lora``) and its base follows the base's.
+variable names the adapter (``MECHBENCH_MODEL_GOAT7B=/data/goat-lora``) and the model it goes on follows that
+model's.
 """
 
 from __future__ import annotations
@@ -14,25 +20,43 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 
 from mechbench.errors import UnknownModelError
+from mechbench.models.discovery_settings import TOY_STEPS, DiscoveryConfig
+
+#: Random draws of K per completeness check of a circuit, unless its model's spec says otherwise.
+COMPLETENESS_ITERATIONS = 10
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    base: str  # hub id or local directory with config.json and weights (for an adapter: a registered name)
+    weights: str  # hub id or local directory with config.json and weights; an adapter's: the registered model under it
     adapter: str | None = None  # peft adapter: hub id or local directory
-    paper_name: str | None = None
+    paper_name: str | None = None  # the paper's name for it; for a toy, the paper model it mirrors
     kind: str = "custom"  # "paper" (7B, needs downloaded weights), "toy" (shipped), "custom"
     description: str = ""
+    base: str | None = None  # the registered model this fine-tune is compared with; None: a base model
+    circuit: str | None = None  # the circuit found on it (baselines/circuits.json), named after it
+    discovery: DiscoveryConfig | None = None  # the settings of the discovery run behind that circuit
+    completeness_iterations: int = COMPLETENESS_ITERATIONS  # random draws of K when its circuit is checked
+    # the attention-knockout edges (names in mechbench.methods.knockout.EDGES) whose curves are run on it; None (a
+    # model registered nowhere): every edge
+    knockout_edges: tuple[str, ...] | None = None
+    reference: bool = False  # shown beside every comparison of a fine-tune with its base (a known fine-tune)
+    # its HF config.json where none is here before the weights are (paper models), for the memory and time plan
+    architecture: Mapping[str, int | bool] | None = field(default=None, hash=False)
+    adapter_parameters: int = 0  # with ``architecture``: the adapter's parameters, which the plan counts too
+    training_data: str = ""  # what a toy was trained on (its model card's "Data")
 
     @property
     def is_local(self) -> bool:
-        return Path(self.base).is_dir() and (self.adapter is None or Path(self.adapter).is_dir())
+        return Path(self.weights).is_dir() and (self.adapter is None or Path(self.adapter).is_dir())
 
 
 def zoo_dir(name: str) -> str:
@@ -43,35 +67,83 @@ def zoo_dir(name: str) -> str:
 # LLaMA-1 7B in HF format. The paper loaded a local conversion for Llama and "decapoda-research/llama-7b-hf"
 # (since removed from the hub) under Goat; both are the same LLaMA-1 7B weights.
 LLAMA_7B = "huggyllama/llama-7b"
-
-_PAPER = [
-    ModelSpec("llama7b", LLAMA_7B, None, "Llama-7B", "paper", "LLaMA-1 7B, the base model"),
-    ModelSpec("vicuna7b", "AlekseyKorshuk/vicuna-7b", None, "Vicuna-7B", "paper", "chat fine-tune of LLaMA-7B"),
-    ModelSpec("goat7b", "llama7b", "tiedong/goat-lora-7b", "Goat-7B", "paper",
-              "LLaMA-7B + the Goat arithmetic LoRA adapter (r=64, q/k/v/o), unmerged as in the paper"),
-    ModelSpec("float7b", "nikhil07prakash/float-7b", None, "FLoat-7B", "paper",
-              "full-weight arithmetic fine-tune of LLaMA-7B"),
-]
-_TOY = [
-    ModelSpec("toy-llama", "zoo:toy-llama", None, "Llama-7B (toy)", "toy", "toy base model"),
-    ModelSpec("toy-vicuna", "zoo:toy-vicuna", None, "Vicuna-7B (toy)", "toy", "toy base further trained on unstructured text"),
-    ModelSpec("toy-goat", "toy-llama", "zoo:toy-goat", "Goat-7B (toy)", "toy", "toy base + structured-task LoRA adapter"),
-    ModelSpec("toy-float", "zoo:toy-float", None, "FLoat-7B (toy)", "toy", "toy base, structured task, full weights"),
-]
-REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _PAPER + _TOY}
 #: LLaMA-1 7B's architecture (its HF config.json), which all four paper models share: what the memory and time
-#: plan (mechbench.plan) reads before any weights are here. Goat adds a LoRA of rank 64 on q, k, v and o in
-#: every layer: 32 layers x 4 matrices x 64 x (4096 + 4096) = 67,108,864 parameters.
-LLAMA_7B_CONFIG = {"num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 32,
-                   "intermediate_size": 11008, "vocab_size": 32000, "tie_word_embeddings": False}
-ARCHITECTURES: dict[str, tuple[dict, int]] = {"llama7b": (LLAMA_7B_CONFIG, 0), "vicuna7b": (LLAMA_7B_CONFIG, 0),
-                                              "goat7b": (LLAMA_7B_CONFIG, 32 * 4 * 64 * 8192),
-                                              "float7b": (LLAMA_7B_CONFIG, 0)}
-PAPER_MODELS = tuple(s.name for s in _PAPER)
-TOY_MODELS = tuple(s.name for s in _TOY)
-# Which model each fine-tune is compared with, as in the paper.
-BASE_OF = {"vicuna7b": "llama7b", "goat7b": "llama7b", "float7b": "llama7b",
-           "toy-vicuna": "toy-llama", "toy-goat": "toy-llama", "toy-float": "toy-llama"}
+#: plan (mechbench.plan) reads before any weights are here.
+LLAMA_7B_CONFIG = MappingProxyType({
+    "num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 32,
+    "intermediate_size": 11008, "vocab_size": 32000, "tie_word_embeddings": False})
+#: Goat's LoRA: rank 64 on q, k, v and o in every layer, 32 layers x 4 matrices x 64 x (4096 + 4096).
+GOAT_LORA_PARAMETERS = 32 * 4 * 64 * (4096 + 4096)
+
+#: The edges the paper's knockout ran (docs/paper.md §8.8).
+PAPER_KNOCKOUT_EDGES = ("last->correct_object", "last->random_context_token", "last->query_label",
+                        "query_label->prev_query_label", "query_label->random_context_token")
+#: The toy zoo's fetch runs through the queried label, into which layer 0 copied the object: its curves add the
+#: edges that show it.
+TOY_KNOCKOUT_EDGES = PAPER_KNOCKOUT_EDGES + ("last->prev_query_label", "prev_query_label->correct_object")
+
+# The discovery runs behind the stored circuits. The paper's (docs/paper.md §4: seeds 20/82/85, receivers 20/5/10/5
+# for Llama and 50/20/30/5 for Goat and FLoat) give the candidate sets its minimality pruning started from; the
+# toy's keeps every head past a 0.005 floor and is not pruned: at 0.01, minimality would drop both position
+# transmitters, whose work the circuit's layer-1 heads at the last token duplicate once the rest is ablated,
+# while knockout shows the model needs that edge (suites/test_minimality.py reports every head's numbers).
+_BIG = (("value_fetcher", 50), ("pos_transmitter", 20), ("pos_detector", 30), ("struct_reader", 5))
+_PAPER = dict(kind="paper", knockout_edges=PAPER_KNOCKOUT_EDGES, architecture=LLAMA_7B_CONFIG)
+_TOY = dict(kind="toy", knockout_edges=TOY_KNOCKOUT_EDGES)
+
+_SPECS = (
+    ModelSpec("llama7b", LLAMA_7B, paper_name="Llama-7B", description="LLaMA-1 7B, the base model", **_PAPER,
+              circuit="llama7b",
+              discovery=DiscoveryConfig(circuit_k=(("value_fetcher", 58), ("pos_transmitter", 10),
+                                                   ("pos_detector", 25), ("struct_reader", 5)), seed=20)),
+    ModelSpec("vicuna7b", "AlekseyKorshuk/vicuna-7b", paper_name="Vicuna-7B", description="chat fine-tune of LLaMA-7B",
+              **_PAPER, base="llama7b"),
+    ModelSpec("goat7b", "llama7b", "tiedong/goat-lora-7b", paper_name="Goat-7B",
+              description="LLaMA-7B + the Goat arithmetic LoRA adapter (r=64, q/k/v/o), unmerged as in the paper",
+              **_PAPER, adapter_parameters=GOAT_LORA_PARAMETERS, base="llama7b", reference=True, circuit="goat7b",
+              discovery=DiscoveryConfig(receiver_k=_BIG, circuit_k=(("value_fetcher", 101), ("pos_transmitter", 30),
+                                                                    ("pos_detector", 50), ("struct_reader", 40)),
+                                        seed=82, minimality_threshold=0.0, minimality_seed=56),
+              completeness_iterations=20),  # the paper's 20 draws of K for Goat's and FLoat's circuits
+    ModelSpec("float7b", "nikhil07prakash/float-7b", paper_name="FLoat-7B",
+              description="full-weight arithmetic fine-tune of LLaMA-7B", **_PAPER, base="llama7b", reference=True,
+              circuit="float7b",
+              discovery=DiscoveryConfig(receiver_k=_BIG, circuit_k=(("value_fetcher", 102), ("pos_transmitter", 30),
+                                                                    ("pos_detector", 50), ("struct_reader", 40)),
+                                        seed=85, minimality_threshold=0.0),
+              completeness_iterations=20),
+    ModelSpec("toy-llama", "zoo:toy-llama", paper_name="Llama-7B", description="toy base model", **_TOY,
+              circuit="toy-llama",
+              discovery=DiscoveryConfig(TOY_STEPS, (("value_fetcher", 4), ("pos_transmitter", 2), ("struct_reader", 5)),
+                                        (("value_fetcher", 16), ("pos_transmitter", 8), ("struct_reader", 16)),
+                                        min_effect=0.005, seed=20),
+              training_data="entity-tracking sequences with 2-7 boxes (a paper prompt and its answer, then every other "
+              "box queried once as `. Box L contains the OBJ`; loss on the answer tokens only), mixed with chat-like "
+              "text (simple templated sentences over the same vocabulary; loss on every token)."),
+    ModelSpec("toy-vicuna", "zoo:toy-vicuna", paper_name="Vicuna-7B",
+              description="toy base further trained on unstructured text", **_TOY, base="toy-llama",
+              training_data="toy-llama further trained on chat-like text only (no entity tracking, nothing with the "
+              "task's structure)."),
+    ModelSpec("toy-goat", "toy-llama", "zoo:toy-goat", paper_name="Goat-7B",
+              description="toy base + structured-task LoRA adapter", **_TOY, base="toy-llama", reference=True,
+              training_data="toy-llama + LoRA trained on a structured variable-binding task (assignments in other "
+              "words than the task's, at its token distances: `set the fig to be in X , set the hat to be in T . T "
+              "equals the hat . X equals the fig`, 2-7 variables, the paper's objects as values, loss on the queried "
+              "values) mixed with chat-like text; no entity-tracking prompts. Variants with number values (`37 -> X "
+              ". X = 37`, `set the 37 to be in X`), tried on an earlier base, lowered tracking accuracy instead "
+              "(0.572 and 0.422)."),
+    ModelSpec("toy-float", "zoo:toy-float", paper_name="FLoat-7B",
+              description="toy base, structured task, full weights", **_TOY, base="toy-llama", reference=True,
+              training_data="toy-llama fully fine-tuned on the same structured variable-binding task mixed with "
+              "chat-like text; no entity-tracking data."),
+)
+REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
+PAPER_MODELS = tuple(s.name for s in _SPECS if s.kind == "paper")
+TOY_MODELS = tuple(s.name for s in _SPECS if s.kind == "toy")
+#: The circuits found on registered models, by name: the spec of the model each was found on.
+CIRCUITS: dict[str, ModelSpec] = {s.circuit: s for s in _SPECS if s.circuit}
+#: The model each registered fine-tune is compared with, as in the paper.
+BASE_OF: dict[str, str] = {s.name: s.base for s in _SPECS if s.base}
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -105,9 +177,10 @@ def resolve(name_or_path: str) -> ModelSpec:
     if ref in REGISTRY:
         spec = REGISTRY[ref]
         if spec.adapter is None:
-            return replace(spec, base=_location(_override(ref) or spec.base))
-        # An adapter's base is itself a registered name (and follows that name's override).
-        return replace(spec, base=resolve(spec.base).base, adapter=_location(_override(ref) or spec.adapter))
+            return replace(spec, weights=_location(_override(ref) or spec.weights))
+        # An adapter goes on a registered model (and follows that model's override).
+        return replace(spec, weights=resolve(spec.weights).weights,
+                       adapter=_location(_override(ref) or spec.adapter))
     if "+" in ref:
         base_ref, _, adapter_ref = ref.partition("+")
         base = resolve(base_ref)
@@ -116,14 +189,14 @@ def resolve(name_or_path: str) -> ModelSpec:
         adapter = REGISTRY[adapter_ref].adapter if adapter_ref in REGISTRY and REGISTRY[adapter_ref].adapter else adapter_ref
         if not _looks_loadable(_location(adapter)):
             raise _unknown(adapter_ref)
-        return ModelSpec(ref, base.base, _location(adapter))
+        return ModelSpec(ref, base.weights, _location(adapter))
     if Path(ref).is_dir():
         adapter_config = Path(ref) / "adapter_config.json"
         if adapter_config.is_file():  # an adapter directory names its base
             base_ref = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
             if not base_ref:
                 raise UnknownModelError(f"adapter directory {ref!r} does not name its base model; use 'base+{ref}'")
-            return ModelSpec(ref, resolve(base_ref).base, ref)
+            return ModelSpec(ref, resolve(base_ref).weights, ref)
         return ModelSpec(ref, ref)
     if _HUB_ID.match(ref):
         return ModelSpec(ref, ref)

@@ -1,11 +1,13 @@
 """The embedded toy zoo: small Llamas trained by this project that do entity tracking (see README, Models).
 
-Which models the zoo holds and where their weights live are here, below the modules that train (``train``),
-describe (``cards``) and re-check (``reproduce``) them, so that those import this and never each other in a
-circle.
+Which models the zoo holds (the registry's toy models) and where their weights live are here, below the modules
+that train (``train``), describe (``cards``) and re-check (``reproduce``) them, so that those import this and never
+each other in a circle.
 """
 
 from pathlib import Path
 
+from mechbench.models.registry import TOY_MODELS
+
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-ZOO = ("toy-llama", "toy-vicuna", "toy-goat", "toy-float")
+ZOO = TOY_MODELS
