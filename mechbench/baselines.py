@@ -162,6 +162,9 @@ def parse(data: Any, path: Path) -> Baseline:
                 raise _fail(path, f"{where}.{name} must be a number >= 0, got {raw[name]!r}")
         if "tolerance" in raw and "tolerance_rule" not in raw:
             raise _fail(path, f"{where} has a tolerance but no 'tolerance_rule' saying how it was derived")
+        if "position" in raw and "role" not in raw:
+            # files written before the key was named for what it holds (a role: last, query_label, ...)
+            raw = {("role" if k == "position" else k): v for k, v in raw.items()}
         keys = {k: v for k, v in raw.items() if k not in RECORD_FIELDS}
         for k, v in keys.items():
             if not isinstance(v, (str, int)):

@@ -106,7 +106,7 @@ class Circuit:
         groups = {}
         for r in table.records:
             if r.keys.get("circuit") == name_or_path:
-                groups[r.keys["group"]] = HeadGroup(r.keys["group"], r.keys["position"], tuple(tuple(h) for h in r.value))
+                groups[r.keys["group"]] = HeadGroup(r.keys["group"], r.keys["role"], tuple(tuple(h) for h in r.value))
         if not groups:
             names = sorted({r.keys.get("circuit") for r in table.records})
             raise MechbenchError(f"no circuit {name_or_path!r} in {table.path}; known: {', '.join(names)}")
@@ -132,9 +132,9 @@ def store_circuit(circuit: Circuit, how: str, baselines_dir=None, fingerprint: s
     table.records = [r for r in table.records if r.keys.get("circuit") != circuit.name]
     diffs = [f"- circuits {r.keys}: {r.value}" for g, r in old.items() if g not in circuit.groups]
     for name, g in circuit.groups.items():
-        if name in old and old[name].keys.get("position") == g.role:  # replaced: the diff shows old -> new
+        if name in old and old[name].keys.get("role") == g.role:  # replaced: the diff shows old -> new
             table.records.append(old[name])
-        diffs.append(baselines.update(table, {"circuit": circuit.name, "group": name, "position": g.role},
+        diffs.append(baselines.update(table, {"circuit": circuit.name, "group": name, "role": g.role},
                                       [list(h) for h in g.heads], source=f"measured by mechbench at commit {commit}: {how}",
                                       fingerprint=fingerprint))
     return "\n".join(diffs)

@@ -45,7 +45,7 @@ def _keys(model, base, group, head_set=None):
     keys = {"kind": "output_cmap", "source_model": model.name, "target_model": base.name,
             "checkpoint": "release" if model.name in REGISTRY else "local", "group": group}
     if head_set is not None:
-        keys |= {"position": head_set.role, "n_heads": len(head_set)}
+        keys |= {"role": head_set.role, "n_heads": len(head_set)}
     return keys
 
 

@@ -35,7 +35,7 @@ def test_dcm(model, circuit_name, desideratum, settings, claim_check):
     # pairing train together (each its own mask; they share the batches' clean runs)
     by_compat: dict[bool, list] = {}
     for group in circuit.groups.values():
-        keys = {"circuit": circuit_name, "model": model.name, "group": group.name, "position": group.role,
+        keys = {"circuit": circuit_name, "model": model.name, "group": group.name, "role": group.role,
                 "desideratum": desideratum}
         record = stored.find(**keys)
         by_compat.setdefault(record is not None and not record.measured, []).append((keys, group))

@@ -40,11 +40,11 @@ def test_dcm_heads_patched(model, circuit_name, desideratum, settings, claim_che
     layers = list(range(model.shape.n_layers))
     patched = []  # (keys, heads, role, paper_compat) of every group DCM found heads for
     for group in circuit.groups.values():
-        found = dcm.find(circuit=circuit_name, model=circuit_name, group=group.name, position=group.role,
+        found = dcm.find(circuit=circuit_name, model=circuit_name, group=group.name, role=group.role,
                          desideratum=desideratum)
         if found is None:
             continue
-        keys = {"circuit": circuit_name, "model": model.name, "group": group.name, "position": group.role,
+        keys = {"circuit": circuit_name, "model": model.name, "group": group.name, "role": group.role,
                 "desideratum": desideratum}
         record = stored.find(**keys)
         patched.append((keys, HeadGroup(group.name, group.role, tuple(tuple(h) for h in found.value["heads"])),

@@ -138,7 +138,7 @@ def test_staged_updates_are_written_together_or_not_at_all(bdir):
 
 def test_object_valued_records_compare_one_field_and_update_whole(tmp_path):
     shutil.copy(ROOT / "baselines" / "dcm.json", tmp_path / "dcm.json")
-    keys = {"circuit": "llama7b", "model": "llama7b", "group": "pos_transmitter", "position": "last",
+    keys = {"circuit": "llama7b", "model": "llama7b", "group": "pos_transmitter", "role": "last",
             "desideratum": "positional"}
     out = check_claim("dcm", keys, 0.40, n=500, seed=0, baselines_dir=tmp_path, field="test_accuracy")
     assert out.comparison.expected == 0.362 and out.passed  # within the paper record's stated tolerance
@@ -173,3 +173,11 @@ def test_an_observed_zero_or_one_still_gets_a_tolerance():
     """At p = 0 the plain binomial bound is 0: one example of 500 would fail it (found by the false-alarm audit)."""
     assert baselines.binomial_tolerance(0.0, 500, 500) == baselines.binomial_tolerance(1.0, 500, 500) > 0.01
     assert baselines.binomial_tolerance(0.5, 500, 500) == pytest.approx(3 * (2 * 0.25 / 500) ** 0.5, abs=1e-4)
+
+
+def test_a_file_written_before_role_was_named_loads_with_role(tmp_path):
+    """Records once keyed the role a group's heads sit at as ``position``; such a file still matches lookups."""
+    old = {"schema_version": 1, "claim": "dcm", "description": "d", "unit": "fraction", "source": "s",
+           "records": [{"circuit": "c", "group": "g", "position": "last", "value": 0.5, "source": "measured"}]}
+    (tmp_path / "dcm.json").write_text(json.dumps(old))
+    assert baselines.load("dcm", tmp_path).find(circuit="c", group="g", role="last").value == 0.5

@@ -26,7 +26,7 @@ OPTIONAL = set(RECORD_FIELDS) - {"value", "source"}
 MODELS = {"llama7b", "vicuna7b", "goat7b", "float7b"} | set(TOY_MODELS)  # toy records are measured ones
 CIRCUITS = {"llama7b", "goat7b", "float7b"} | {"toy-llama"}  # the toy circuit is a measured one
 GROUPS = ["value_fetcher", "pos_transmitter", "pos_detector", "struct_reader"]
-POSITION = {"value_fetcher": "last", "pos_transmitter": "last", "pos_detector": "query_label",
+ROLE = {"value_fetcher": "last", "pos_transmitter": "last", "pos_detector": "query_label",
             "struct_reader": "prev_query_label"}
 SHORT = {"llama7b": "llama", "vicuna7b": "vicuna", "goat7b": "goat", "float7b": "float"}
 KNOCKOUT_FILES = {"last->correct_object": "from_last_to_correct_obj_pos",
@@ -102,8 +102,8 @@ def test_schema(name):
         for k in ("model", "circuit"):
             if k in rec:
                 assert rec[k] in (MODELS if k == "model" else CIRCUITS), rec
-        if "group" in rec and rec["group"] in GROUPS and "position" in rec:
-            assert rec["position"] == POSITION[rec["group"]], rec
+        if "group" in rec and rec["group"] in GROUPS and "role" in rec:
+            assert rec["role"] == ROLE[rec["group"]], rec
         if d["unit"] == "fraction" and is_num(v) and rec.get("metric") != "faithfulness":  # a ratio: can pass 1
             assert 0.0 <= v <= 1.0, rec
         if d["unit"] == "percent" and is_num(v):

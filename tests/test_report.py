@@ -17,7 +17,7 @@ def _results(tmp_path):
         w.write("attention_knockout", {"edge": "last->query_label", "layer": layer, "model": "a"}, acc, passed=True)
     w.write("cmap", {"kind": "output_cmap", "source_model": "g", "target_model": "a", "group": "full_circuit"}, 0.7)
     w.write("cmap", {"kind": "output_cmap", "source_model": "g", "target_model": "a", "group": "value_fetcher",
-                     "position": "last", "n_heads": 3}, 0.65)
+                     "role": "last", "n_heads": 3}, 0.65)
     for field, v in (("before", 0.4), ("after", 0.3)):
         w.write("minimality", {"circuit": "c", "group": "value_fetcher", "kind": "head", "rank": 0, "layer": 1,
                                "head": 2}, v, field=field)
@@ -40,7 +40,7 @@ def test_report_tables_failures_and_figures(tmp_path):
     failures = text.split("## Failed: 1")[1].split("## accuracy")[0]
     assert "| b " in failures and "| a " not in failures
     cmap = text.split("## cmap")[1].split("##")[0]
-    assert "full_circuit" in cmap and "value_fetcher" in cmap  # a row without position is kept
+    assert "full_circuit" in cmap and "value_fetcher" in cmap  # a row without role is kept
     assert (tmp_path / "out" / "knockout.png").stat().st_size > 0 and (tmp_path / "out" / "cmap.png").is_file()
 
 

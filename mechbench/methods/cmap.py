@@ -60,7 +60,7 @@ def cmap_head_sets(circuit: Circuit, baselines_dir=None) -> dict[str, HeadGroup]
     sets = {}
     for name, group in circuit.groups.items():
         desideratum = PAPER_CMAP_DESIDERATUM.get(name)
-        record = dcm.find(circuit=circuit.name, model=circuit.name, group=name, position=group.role,
+        record = dcm.find(circuit=circuit.name, model=circuit.name, group=name, role=group.role,
                           desideratum=desideratum) if desideratum else None
         heads = tuple(tuple(h) for h in record.value["heads"]) if record is not None else group.heads
         sets[name] = HeadGroup(name, group.role, heads)

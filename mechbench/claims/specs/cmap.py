@@ -6,7 +6,7 @@ CLAIM = Claim(
     description=("Cross-model activation patching: per-head o_proj inputs of a fine-tuned model on the same input "
                  "replace its base's for the given head set at its position, then the base's own W_O; top-1 "
                  "accuracy of the base."),
-    unit="fraction", keys=("kind", "source_model", "target_model", "checkpoint", "group", "position", "n_heads"),
+    unit="fraction", keys=("kind", "source_model", "target_model", "checkpoint", "group", "role", "n_heads"),
     rows=("target_model", "group"), column="source_model",
     sizes=(("prompts", 500),),
     tolerance="binomial; the gain carried: 95% intervals over contexts > 0",

@@ -6,7 +6,7 @@ CLAIM = Claim(
     description=("Desiderata-based component masking (lambda 0.01, Adam lr 0.1, 2 epochs): heads of a circuit group "
                  "whose patching from the counterfactual makes the model output the desideratum target, and the "
                  "test accuracy with the rounded mask; run per circuit on the model it was discovered on."),
-    unit="fraction", keys=("circuit", "model", "group", "position", "desideratum"),
+    unit="fraction", keys=("circuit", "model", "group", "role", "desideratum"),
     rows=("circuit", "model", "group"), column="desideratum",
     # the paper's test / train / validation pairs (the test pairs are the main size: --limit sets them)
     sizes=(("test_pairs", 500), ("train_pairs", 1000), ("validation_pairs", 500)),

@@ -6,7 +6,7 @@ CLAIM = Claim(
     description=("Accuracy (%) of producing the desideratum target when a circuit's DCM-selected heads of a group "
                  "are patched from the counterfactual run into each model at the group's position; mean and std "
                  "over runs of fresh pairs."),
-    unit="percent", keys=("circuit", "model", "group", "position", "desideratum"),
+    unit="percent", keys=("circuit", "model", "group", "role", "desideratum"),
     rows=("circuit", "model", "group"), column="desideratum",
     sizes=(("pairs", 500),), repeats=(("runs", 10),),  # the paper's
     tolerance="3*sqrt(2)*std/sqrt(10) + 0.05 (rounding) + 100/n",
