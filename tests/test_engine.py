@@ -217,22 +217,22 @@ def test_run_many_in_small_batches_equals_one_full_run_per_set(model, data):
 
 @settings(max_examples=10, deadline=None)
 @given(data=st.data())
-def test_a_prefix_under_base_patches_serves_runs_that_add_to_them(model, data):
+def test_a_prefix_under_common_patches_serves_runs_that_add_to_them(model, data):
     """A prefix captured under an ablation of every position (mean ablation's shape) serves runs that add patches
-    and knockouts: base + additions as one full forward, whatever batch size."""
+    and knockouts: common + additions as one full forward, whatever batch size."""
     from mechbench.intervene import Interventions, run_many
 
     seed, patches, knockouts = data.draw(patch_sets(model))
     g = torch.Generator().manual_seed(seed + 1)
     everywhere = torch.arange(S).repeat(N, 1)
-    base = [HeadPatch(layer, torch.arange(4), everywhere, torch.randn(N, S, 4, D, generator=g),
-                      (torch.rand(N, S, 4, generator=g) > 0.5).float())
-            for layer in data.draw(st.lists(st.integers(0, LAYERS - 1), min_size=1, max_size=3, unique=True))]
+    common = [HeadPatch(layer, torch.arange(4), everywhere, torch.randn(N, S, 4, D, generator=g),
+                        (torch.rand(N, S, 4, generator=g) > 0.5).float())
+              for layer in data.draw(st.lists(st.integers(0, LAYERS - 1), min_size=1, max_size=3, unique=True))]
     ids = ids_for(seed)
     sets = [Interventions(patches, knockouts=knockouts), Interventions()]
-    outs = run_many(model, ids, sets, batch_size=data.draw(st.integers(1, N)), base=base)
+    outs = run_many(model, ids, sets, batch_size=data.draw(st.integers(1, N)), common=common)
     for s, out in zip(sets, outs):
-        full = run(model, ids, base + list(s.patches), knockouts=s.knockouts, batch_size=N)
+        full = run(model, ids, common + list(s.patches), knockouts=s.knockouts, batch_size=N)
         torch.testing.assert_close(out.last_logits, full.last_logits, rtol=1e-5, atol=1e-5)
 
 

@@ -294,7 +294,7 @@ class Prefix:
     A patch at layer L and positions >= P cannot change anything below layer L or before position P (causal
     attention), so a patched run can start from the residual at layer L, recompute positions P.. only, and
     attend to the keys and values of the positions before P. The run is the clean one, or the one under
-    ``base`` patches (say every head outside a circuit mean-ablated): a run served by it applies ``base`` plus
+    ``common`` patches (say every head outside a circuit mean-ablated): a run served by it applies ``common`` plus
     its own patches, and only its own decide where the recomputation starts.
     """
 
@@ -303,38 +303,38 @@ class Prefix:
     keys: list[torch.Tensor]  # [B, kv_heads, S, head_dim]
     values: list[torch.Tensor]
     last_logits: torch.Tensor
-    base: Sequence[HeadPatch] = ()
+    common: Sequence[HeadPatch] = ()
     reads: dict[int, torch.Tensor] = field(default_factory=dict)  # what the capture was asked to read (host)
-    _base_from: dict[int, list[HeadPatch]] = field(default_factory=dict, repr=False)
+    _common_from: dict[int, list[HeadPatch]] = field(default_factory=dict, repr=False)
 
     def to(self, device) -> "Prefix":
         """The same prefix on ``device`` (a prefix reused many times can wait on the host between uses)."""
         return Prefix(self.input_ids.to(device), [h.to(device) for h in self.hidden], [k.to(device) for k in self.keys],
-                      [v.to(device) for v in self.values], self.last_logits, self.base, self.reads)
+                      [v.to(device) for v in self.values], self.last_logits, self.common, self.reads)
 
-    def base_from(self, layer: int, position: int) -> list[HeadPatch]:
-        """The base patches a run recomputing layers >= ``layer`` from ``position`` on applies again: sliced once
+    def common_from(self, layer: int, position: int) -> list[HeadPatch]:
+        """The common patches a run recomputing layers >= ``layer`` from ``position`` on applies again: sliced once
         per position and kept (minimality serves thousands of sets from one prefix)."""
-        if position not in self._base_from:
-            self._base_from[position] = [(p.layer, q) for p in self.base for q in [p.from_position(position)]
+        if position not in self._common_from:
+            self._common_from[position] = [(p.layer, q) for p in self.common for q in [p.from_position(position)]
                                          if q is not None]
-        return [q for l, q in self._base_from[position] if l >= layer]
+        return [q for l, q in self._common_from[position] if l >= layer]
 
 
 @torch.no_grad()
-def capture_prefix(model_or_handle, input_ids: torch.Tensor, base: Sequence[HeadPatch] = (),
+def capture_prefix(model_or_handle, input_ids: torch.Tensor, common: Sequence[HeadPatch] = (),
                    read: Read | None = None) -> Prefix:
-    """One forward of a batch (under ``base`` patches, rows as ``input_ids``), keeping what the fast path needs,
+    """One forward of a batch (under ``common`` patches, rows as ``input_ids``), keeping what the fast path needs,
     and what ``read`` asks for in ``Prefix.reads`` (path patching's clean head outputs: no second clean run)."""
     model = _model(model_or_handle)
     ids = input_ids.to(next(model.parameters()).device)
     store: dict = {}
-    with hooked(model, base, read, store, intervened=True):
+    with hooked(model, common, read, store, intervened=True):
         out = model(input_ids=ids, use_cache=True, output_hidden_states=True, logits_to_keep=1)
     n_layers = len(_layers(model))
     cache = out["cache"] if "cache" in out else out.past_key_values  # renamed in transformers 5.24
     return Prefix(ids, list(out.hidden_states[:n_layers]), [cache.layers[l].keys for l in range(n_layers)],
-                  [cache.layers[l].values for l in range(n_layers)], out.logits[:, -1].float().cpu(), tuple(base),
+                  [cache.layers[l].values for l in range(n_layers)], out.logits[:, -1].float().cpu(), tuple(common),
                   {layer: torch.cat(chunks) for layer, chunks in store.items()})
 
 
@@ -395,10 +395,10 @@ def _run_from_prefix(model, prefix: Prefix, patches, read: Read | None, knockout
     position_embeddings = sites(model).rotary_of(model)(hidden, position_ids=position_ids)
     store: dict = {}
     # the prefix's own patches, where the recomputed layers and positions meet them
-    base = prefix.base_from(first_layer, first_pos)
+    common = prefix.common_from(first_layer, first_pos)
     # with grad (DCM's training step) the prefix is a constant: the gradient reaches the patches' alphas through the
     # recomputed suffix only, which is all that depends on them
-    with torch.set_grad_enabled(grad), hooked(model, base + list(patches), read, store, offset=first_pos,
+    with torch.set_grad_enabled(grad), hooked(model, common + list(patches), read, store, offset=first_pos,
                                               intervened=True):
         for layer in range(first_layer, n_layers):
             active = [k for k in knockouts if k.from_layer <= layer]
@@ -475,11 +475,11 @@ class Interventions:
 
 
 def run_many(model_or_handle, input_ids: torch.Tensor, runs: Sequence[Interventions], batch_size: int | None = None,
-             fast: bool = True, base: Sequence[HeadPatch] = (), score=None) -> list[RunOutput]:
+             fast: bool = True, common: Sequence[HeadPatch] = (), score=None) -> list[RunOutput]:
     """Every set of ``runs`` on the same ``input_ids``, batch by batch: each batch's clean run (or its run under
-    ``base`` patches, which every set then adds to) is captured once (:func:`capture_prefix`) and serves every
+    ``common`` patches, which every set then adds to) is captured once (:func:`capture_prefix`) and serves every
     set, then is let go, so the device holds one batch's prefix at a time however many prompts and runs there
-    are. The same numbers as one :func:`run` per set (with ``base`` + its patches), to float tolerance
+    are. The same numbers as one :func:`run` per set (with ``common`` + its patches), to float tolerance
     (``fast=False`` makes it exactly that). ``score(logits, rows)``: what to keep of each batch's logits (say
     top-1 correctness against the targets of ``rows``) instead of the logits themselves, which for thousands of
     runs (minimality's pairs of a 100-head group) of a 32k vocabulary would not fit in memory."""
@@ -492,11 +492,11 @@ def run_many(model_or_handle, input_ids: torch.Tensor, runs: Sequence[Interventi
     for start in range(0, len(input_ids), batch_size):
         rows = slice(start, start + batch_size)
         ids = input_ids[rows]
-        base_rows = [p.rows(rows) for p in base]
-        prefix = capture_prefix(model, ids, base_rows) if fast else None
+        common_rows = [p.rows(rows) for p in common]
+        prefix = capture_prefix(model, ids, common_rows) if fast else None
         for i, r in enumerate(runs):
             patches = [p.rows(rows) for p in r.patches]
-            out = run(model, ids, patches if fast else base_rows + patches,
+            out = run(model, ids, patches if fast else common_rows + patches,
                       None if r.read is None else r.read.rows(rows), [k.rows(rows) for k in r.knockouts],
                       batch_size=len(ids), prefix=prefix)
             logits[i].append(out.last_logits if score is None else score(out.last_logits, rows))
@@ -525,7 +525,7 @@ def run(
     device; with or without ``grad``) only the layers and
     positions the interventions can change are recomputed: the same numbers to float tolerance, for a
     fraction of the work when patches sit late in the prompt or deep in the model. A prefix captured under
-    ``base`` patches applies them too: ``patches`` add to them.
+    ``common`` patches applies them too: ``patches`` add to them.
     """
     model = _model(model_or_handle)
     if knockouts:

@@ -102,9 +102,9 @@ def circuit_minus_correct(model, circuit: Circuit, dataset: EntityTrackingDatase
     those patches), so each recomputes only from its first removed head's layer and position on."""
     n_layers, _, n_heads, _ = means.shape
     circuit.check_fits(n_layers, n_heads)
-    base = mean_ablation_patches(means, ~circuit_keep_mask(circuit, dataset, n_layers, n_heads))
+    outside = mean_ablation_patches(means, ~circuit_keep_mask(circuit, dataset, n_layers, n_heads))
     outs = run_many(model, dataset.input_ids, [Interventions(role_ablation_patches(means, k, dataset)) for k in removals],
-                    batch_size, base=base, score=lambda logits, rows: top1_correct(logits, dataset.answer_ids[rows]))
+                    batch_size, common=outside, score=lambda logits, rows: top1_correct(logits, dataset.answer_ids[rows]))
     return [out.scores for out in outs]
 
 
