@@ -33,9 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     base.add_argument("--dir", default=None)
     disc = sub.add_parser("discover", help="find a model's circuit by iterated path patching (docs/paper.md §4)")
     disc.add_argument("model")
+    from mechbench.models.registry import CIRCUITS  # plain data: no torch behind it
+
     disc.add_argument("--config", default=None,
-                      help="discovery settings of a stored circuit (llama7b, goat7b, float7b, toy-llama; default: the "
-                           "model's own if it has one, else the paper's Llama settings)")
+                      help=f"discovery settings of a stored circuit ({', '.join(CIRCUITS)}; default: the model's own if "
+                           f"it has one, else the paper's Llama settings)")
     disc.add_argument("--steps", choices=("paper", "toy"), default=None,
                       help="paper: D->C->B->A; toy: no position-detector step, readers feed the value fetchers")
     disc.add_argument("--pairs", type=int, default=None, help="noise pairs (the paper: 300)")

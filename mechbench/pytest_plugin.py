@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from mechbench.errors import MechbenchError, ModelLoadError, UnknownModelError
-from mechbench.models.registry import BASE_OF, PAPER_MODELS, REGISTRY, TOY_MODELS, resolve
+from mechbench.models.registry import PAPER_MODELS, REGISTRY, TOY_MODELS, resolve
 
 #: The checkout mechbench lives in (its baselines/ and the default results/ sit there).
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,8 +131,8 @@ class Settings:
         evaluates the Llama-7B circuit on all four models)."""
         if self.circuits:
             return self.circuits
-        base = self.base_of(model) or model
-        return (base,) if base in PAPER_MODELS + TOY_MODELS else ()
+        base = REGISTRY.get(self.base_of(model) or model)
+        return (base.circuit,) if base is not None and base.circuit else ()
 
 
 def _models(config) -> tuple[str, ...]:
