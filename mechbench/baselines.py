@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mechbench.errors import BaselineError
+from mechbench.stats import few_clusters_factor
 
 SCHEMA_VERSION = 1
 UNITS = ("fraction", "percent", "heads", "count")
@@ -72,17 +73,32 @@ class Record:
         return (n is not None and seed is not None and self.get("n") == n and self.get("seed") == seed
                 and self.get("tolerance_same_sample") is not None)
 
-    def tolerance_for(self, n: int | None = None, seed: int | None = None) -> float:
-        """The tolerance that applies to a measurement on ``n`` examples drawn with ``seed``."""
+    def tolerance_for(self, n: int | None = None, seed: int | None = None, value: float | None = None,
+                      std: float | None = None) -> float:
+        """The tolerance that applies to a measurement on ``n`` examples drawn with ``seed``. ``value``: the number
+        the tolerance bounds where the record's value is an object (DCM's ``test_accuracy``). ``std``: the measured
+        spread of a mean over draws, which on fewer examples than the record's says how much wider its error is."""
         if self.same_sample(n, seed):
             return float(self.get("tolerance_same_sample"))
         if self.get("tolerance") is None:
             raise BaselineError(f"baseline record {self.keys} has no tolerance to compare against")
-        if n is not None and self.get("n") and n != self.get("n") and isinstance(self.value, (int, float)):
-            # (an object-valued record keeps its tolerance: which field it bounds is the claim's business)
-            # Fewer (or more) examples than the baseline: the binomial bound widens (or narrows) with them.
-            rounding = float(self.get("tolerance")) - binomial_tolerance(self.value, self.get("n"), self.get("n"))
-            return binomial_tolerance(self.value, n, self.get("n"), rounding=max(rounding, 0.0))
+        value = self.value if value is None else value
+        if n is not None and self.get("n") and n != self.get("n") and isinstance(value, (int, float)):
+            if self.get("std") is not None or not 0 <= value <= 1:
+                # a mean over draws (or a percent): the bound covers the stored mean's error and the new one's, so
+                # it widens by sqrt((1 + (new spread / stored spread)^2) / 2): the measured spread where there is
+                # one, else each draw's spread grown as 1/sqrt(n) (measured: a percent over runs of 40 pairs spread
+                # 3-6x more than over 500, past the 1/sqrt(n) guess); on more examples it stays
+                ratio = self.get("n") / n
+                if std is not None and self.get("std"):
+                    ratio = max(ratio, (std / self.get("std")) ** 2)
+                return float(self.get("tolerance")) * max(1.0, math.sqrt((1 + ratio) / 2))
+            # Fewer (or more) examples than the baseline: the binomial bound widens (or narrows) with them, and
+            # never allows fewer than three examples of the new sample: near 0 or 1 the count of misses is skewed
+            # (Poisson-like) and 3 normal standard errors cover it too little (measured: 2 misses in 40 where the
+            # record has 0.4% failed a 0.044 bound at --limit 40)
+            rounding = float(self.get("tolerance")) - binomial_tolerance(value, self.get("n"), self.get("n"))
+            return max(binomial_tolerance(value, n, self.get("n"), rounding=max(rounding, 0.0)), round(3 / n, 4))
         return float(self.get("tolerance"))
 
     def to_json(self) -> dict:
@@ -299,18 +315,21 @@ class Comparison:
 
     def __str__(self) -> str:
         verdict = "within" if self.passed else "OUTSIDE"
-        widened = (f" (the binomial bound x {self.widened:.2f}: prompts that share a context miss together)"
-                   if self.widened > 1 else "")
+        widened = (f" (the binomial bound x {self.widened:.2f}: prompts that share a context miss together, and "
+                   f"the contexts behind that estimate are counted)" if self.widened > 1 else "")
         return (f"measured {self.measured:.4f} vs baseline {self.expected:.4f} ({self.record.source}): "
                 f"difference {self.difference:+.4f}, {verdict} tolerance {self.tolerance:.4f}{widened}")
 
 
 def compare(measured: float, record: Record, n: int | None = None, seed: int | None = None,
-            field: str | None = None, design_effect: float = 1.0) -> Comparison:
+            field: str | None = None, design_effect: float = 1.0, n_clusters: int | None = None,
+            std: float | None = None) -> Comparison:
     """``field``: compare with that entry of a record whose value is an object (DCM: ``test_accuracy``).
     ``design_effect``: the measured variance of the accuracy over its binomial variance when prompts come in
     blocks that share a context (:func:`mechbench.stats.design_effect`); a binomial tolerance is widened by its
-    square root where it is larger than 1, except on the record's own examples."""
+    square root where it is larger than 1, except on the record's own examples. ``n_clusters``: the contexts that
+    estimate rests on; few of them make it uncertain, and the bound takes Student's t for z
+    (:func:`mechbench.stats.few_clusters_factor`)."""
     expected = record.value
     if field is not None:
         if not isinstance(expected, dict) or field not in expected:
@@ -318,5 +337,8 @@ def compare(measured: float, record: Record, n: int | None = None, seed: int | N
         expected = expected[field]
     if not isinstance(expected, (int, float)):
         raise BaselineError(f"baseline record {record.keys} holds {type(expected).__name__}, not a number")
-    widen = 1.0 if record.same_sample(n, seed) else max(1.0, float(design_effect)) ** 0.5
-    return Comparison(float(measured), float(expected), record.tolerance_for(n, seed) * widen, record, widen)
+    widen = 1.0
+    if not record.same_sample(n, seed):
+        widen = max(1.0, float(design_effect)) ** 0.5 * (few_clusters_factor(n_clusters) if n_clusters else 1.0)
+    return Comparison(float(measured), float(expected), record.tolerance_for(n, seed, float(expected), std) * widen,
+                      record, widen)

@@ -333,6 +333,8 @@ def claim_check(settings, results, request):
         are not independent)."""
         from mechbench.stats import design_effect
 
+        if clusters is not None:
+            tolerances["n_clusters"] = len(np.unique(np.asarray(clusters)))
         if correct is not None:
             tolerances["design_effect"] = design_effect(np.asarray(correct, dtype=float), np.asarray(clusters))
         seed, lookup = settings.seed, None
@@ -458,6 +460,16 @@ def ablation_means(model, settings: Settings, claim):
     n = settings.size(claim, "ablation_prompts")
     return once(("ablation means", model.name, n, settings.seed), lambda: position_means(
         model, ablation_prompts(model.tokenizer, n, seed=settings.seed)))
+
+
+def underpowered(settings: Settings, claim, estimate) -> bool:
+    """A check that an effect is above 0 (circuit beats random circuits, the gain carried) whose 95% interval
+    includes 0 on a sample that --limit made smaller than the claim's: too few prompts to tell, not evidence of a
+    change (at --limit 40, about 6 contexts, such intervals span +-0.2). Only an interval wholly at or below 0 then
+    fails; at the claim's own size an interval that includes 0 fails as before."""
+    main, default = claim.sizes[0]
+    return (settings.limit is not None and settings.limit < default and estimate.hi is not None
+            and estimate.hi > 0)
 
 
 def settle(outcomes, what: str = "numbers") -> None:

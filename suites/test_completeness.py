@@ -66,5 +66,5 @@ def test_completeness_entire_group(model, circuit_name, settings, claim_check):
                 ("incompleteness", abs(f_m - f_c),
                  tolerance.difference(c_tolerance, m_tolerance, "F(C\\K) and F(M\\K)"), max(c_effect, m_effect))):
             outcomes.append(claim_check(CLAIM, {**keys, "metric": metric}, value, n=n, model=model, soft=True,
-                                        design_effect=effect, tolerance=bound))
+                                        design_effect=effect, clusters=clusters, tolerance=bound))
     settle(outcomes)

@@ -8,7 +8,7 @@ baseline. Published records are compared with the paper's pairing (``paper_compa
 and box-label-target bugs, docs/paper.md §1), measured ones with mechbench's corrected pairs. Tolerance on
 the baseline's own pairs (same seed, CPU): 3/n; otherwise the binomial bound plus 0.05 for the mask's
 training path (stated in each record). Spec: mechbench/claims/specs/dcm.py; --limit N sets the test pairs to N
-and scales the training and validation pairs alike.
+(the masks train on the paper's 1000 pairs and validate on its 500 whatever the limit).
 """
 
 import pytest

@@ -181,3 +181,36 @@ def test_a_file_written_before_role_was_named_loads_with_role(tmp_path):
            "records": [{"circuit": "c", "group": "g", "position": "last", "value": 0.5, "source": "measured"}]}
     (tmp_path / "dcm.json").write_text(json.dumps(old))
     assert baselines.load("dcm", tmp_path).find(circuit="c", group="g", role="last").value == 0.5
+
+
+def test_a_mean_over_draws_on_fewer_examples_widens_its_bound_by_its_spread_not_a_binomial():
+    """A mean over runs of n pairs (DCM patching, in percent) measured on fewer pairs: each run's spread grows as
+    1/sqrt(n), so the bound widens by sqrt((1 + n_stored / n) / 2); it never reads a percent as a probability."""
+    record = baselines.Record({"model": "m"}, 26.92, "measured", {"tolerance": 1.8844, "tolerance_rule": "r",
+                                                                  "n": 500, "std": 1.2})
+    assert record.tolerance_for(500) == 1.8844
+    assert record.tolerance_for(40) == pytest.approx(1.8844 * ((1 + 500 / 40) / 2) ** 0.5)
+    assert record.tolerance_for(1000) == 1.8844  # more examples: the stored mean's own error stays
+
+
+def test_an_object_valued_record_widens_the_bound_of_its_field_on_fewer_examples():
+    """DCM's record holds the mask's heads and test accuracy; a check on fewer test pairs widens the accuracy's
+    binomial bound as a plain accuracy's would (it kept the 500-pair bound, a false alarm at --limit 40)."""
+    record = baselines.Record({"model": "m"}, {"heads": [[0, 1]], "test_accuracy": 0.522}, "measured",
+                              {"tolerance": 0.1448, "tolerance_rule": "r", "n": 500})
+    wide = baselines.compare(0.675, record, n=40, seed=1, field="test_accuracy")
+    assert wide.tolerance > 0.25 and wide.passed
+    assert baselines.compare(0.675, record, n=500, seed=1, field="test_accuracy").tolerance == 0.1448
+
+
+def test_a_rare_miss_rate_on_few_examples_allows_three_examples():
+    record = baselines.Record({"model": "m"}, 0.004, "measured", {"tolerance": 0.0143, "tolerance_rule": "r", "n": 500})
+    assert record.tolerance_for(40) == 0.075
+
+
+def test_a_mean_over_draws_on_fewer_examples_widens_by_its_measured_spread():
+    record = baselines.Record({"model": "m"}, 35.46, "measured", {"tolerance": 1.88, "tolerance_rule": "r",
+                                                                  "n": 500, "std": 1.2})
+    assert record.tolerance_for(40, std=7.0) == pytest.approx(1.88 * ((1 + (7.0 / 1.2) ** 2) / 2) ** 0.5)
+    assert record.tolerance_for(40, std=1.0) == record.tolerance_for(40)  # never below the 1/sqrt(n) guess
+    assert record.tolerance_for(500, std=7.0) == 1.88  # on the record's own size: its bound

@@ -87,13 +87,18 @@ def test_a_new_spec_shows_in_the_readme_table_the_report_and_the_baseline_check(
     assert [c.strip() for c in table[0]] == ["model", "0", "1"] and [c.strip() for c in table[2]] == ["m", "0.5", "0.25"]
 
 
-def test_limit_sets_the_main_size_and_scales_the_others():
-    dcm = get("dcm")
+def test_limit_sets_the_main_size_scales_the_other_samples_and_leaves_the_methods_settings():
+    dcm = get("dcm")  # the masks train on the paper's pairs whatever the limit: fewer change what is measured
     assert [dcm.size(s) for s in ("test_pairs", "train_pairs", "validation_pairs")] == [500, 1000, 500]
-    assert [dcm.size(s, 50) for s in ("test_pairs", "train_pairs", "validation_pairs")] == [50, 100, 50]
+    assert [dcm.size(s, 50) for s in ("test_pairs", "train_pairs", "validation_pairs")] == [50, 1000, 500]
     minimality = get("minimality")  # its prompts come from the model's discovery settings
     assert minimality.size("prompts", None, default=100) == 100 and minimality.size("prompts", 30, default=100) == 30
-    assert minimality.size("ablation_prompts", 50) == 250
+    assert minimality.size("ablation_prompts", 50) == 500
+    two = Claim(name="two", title="t", sections="", measures="", description="", unit="fraction", keys=(), rows=(),
+                column=None, suite="", sizes=(("prompts", 500), ("context_prompts", 100)), fixed=(("train", 64),))
+    assert [two.size(s, 50) for s in ("prompts", "context_prompts", "train")] == [50, 10, 64]
+    with pytest.raises(KeyError, match="prompts, context_prompts, train"):
+        two.size("pairs")
     for claim in CLAIMS.values():  # every claim has a main size, and a limit sets it
         main = claim.sizes[0][0]
         assert claim.size(main, 7) == 7

@@ -19,9 +19,9 @@ def test_the_settings_fixture_holds_the_options_given(pytester):
 
         def test_settings(settings):
             assert settings.seed == 3
-            # --limit sets each claim's main sample and scales its others alike
+            # --limit sets each claim's main sample; the method's settings (DCM's training pairs) stay
             assert settings.size(get("accuracy"), "prompts") == 20
-            assert [settings.size(get("dcm"), s) for s in ("test_pairs", "train_pairs", "validation_pairs")] == [20, 40, 20]
+            assert [settings.size(get("dcm"), s) for s in ("test_pairs", "train_pairs", "validation_pairs")] == [20, 1000, 500]
             assert settings.derived_seed(offset=10) == 13 and settings.derived_seed(draw=2) == 4002
     """)
     result = pytester.runpytest_subprocess("-p", "mechbench.pytest_plugin", "--seed=3", "--limit=20",

@@ -113,3 +113,24 @@ def test_a_binomial_tolerance_widens_by_the_design_effect_except_on_the_records_
     assert compare(0.5, record, n=500, seed=0, design_effect=4.0).tolerance == pytest.approx(0.006)
     assert compare(0.69, record, n=500, seed=1, design_effect=4.0).passed
     assert not compare(0.69, record, n=500, seed=1).passed
+
+
+def test_few_contexts_widen_a_bound_by_students_t():
+    from mechbench.stats import _t_cdf, few_clusters_factor
+
+    assert abs(_t_cdf(2.015048, 5) - 0.95) < 1e-5  # the t table's 95% quantile at 5 degrees of freedom
+    assert abs(_t_cdf(3.0, 1000) - 0.99865) < 1e-4  # many degrees of freedom: the normal
+    factors = [few_clusters_factor(c) for c in (3, 6, 20, 72, 500)]
+    assert factors == sorted(factors, reverse=True) and 1 < factors[-1] < 1.01 and factors[1] > 1.5
+    assert few_clusters_factor(1) == float("inf")
+
+
+def test_a_bound_from_few_contexts_is_wider_but_not_on_the_records_own_examples():
+    from mechbench import baselines
+
+    record = baselines.Record({"model": "m"}, 0.82, "measured", {"tolerance": 0.07, "tolerance_same_sample": 0.006,
+                                                                 "tolerance_rule": "r", "n": 500, "seed": 0})
+    many = baselines.compare(0.7, record, n=40, seed=2, design_effect=1.0, n_clusters=200)
+    few = baselines.compare(0.7, record, n=40, seed=2, design_effect=1.0, n_clusters=6)
+    assert few.tolerance > 1.5 * many.tolerance
+    assert baselines.compare(0.82, record, n=500, seed=0, n_clusters=3).tolerance == 0.006

@@ -61,6 +61,7 @@ def check_claim(
     staging: baselines.Staging | None = None,
     force: bool = False,
     design_effect: float = 1.0,
+    n_clusters: int | None = None,
 ) -> ClaimOutcome:
     """Compare ``measured`` with the baseline record ``keys`` of ``claim`` (or store it with ``update``).
 
@@ -72,7 +73,8 @@ def check_claim(
     model's (``baseline_model``); the results line keeps ``keys``, the measured model's own. ``staging``: hold an
     update until the run ends (:class:`mechbench.baselines.Staging`); ``force``: store even a record that
     :func:`mechbench.baselines.degradations` finds worse than the one it replaces. ``design_effect``: widens a
-    binomial tolerance for prompts that share a context (:func:`mechbench.baselines.compare`).
+    binomial tolerance for prompts that share a context, and ``n_clusters`` (how many contexts) for the uncertainty of
+    that estimate (:func:`mechbench.baselines.compare`).
     """
     if isinstance(tolerance, Tolerance):  # a rule of mechbench.claims.tolerance: its bound, same-sample bound, words
         tolerance, tolerance_same_sample, tolerance_rule = (tolerance.value, tolerance.same_sample, tolerance.rule)
@@ -106,7 +108,7 @@ def check_claim(
                            f"--update-baselines to store this measurement as the baseline")
     else:
         outcome.comparison = baselines.compare(measured, record, n=n, seed=seed, field=field,
-                                               design_effect=design_effect)
+                                               design_effect=design_effect, n_clusters=n_clusters, std=std)
         if baseline_model:
             outcome.note += f" (checked against {baseline_model}'s baseline)"
         recorded = record.get("fingerprint")

@@ -8,7 +8,7 @@ CLAIM = Claim(
                  "per head) or a whole group."),
     unit="fraction", keys=("circuit", "model", "k_method", "metric", "group"),
     rows=("circuit", "model", "k_method", "group"), column="metric",
-    sizes=(("prompts", 500), ("ablation_prompts", 500)),
+    sizes=(("prompts", 500),), fixed=(("ablation_prompts", 500),),
     # random draws of K: 10, or the circuit's model's completeness_iterations (the paper ran 20 for Goat and FLoat)
     repeats=(("draws_of_k", 10),),
     tolerance="random K: 3*sqrt(2)*std/sqrt(draws); a whole group: binomial; incompleteness: their sum",

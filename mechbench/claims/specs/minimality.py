@@ -10,6 +10,6 @@ CLAIM = Claim(
     unit="fraction", keys=("circuit", "group", "kind", "rank", "layer", "head"),
     rows=("circuit", "group", "layer", "head"), column="field",
     # prompts: the model's discovery settings give them (minimality_examples, the paper's 100)
-    sizes=(("prompts", 100), ("ablation_prompts", 500)),
+    sizes=(("prompts", 100),), fixed=(("ablation_prompts", 500),),
     tolerance="a group's mean drop within 3 x sqrt(2) x its SE, K re-chosen in every resample; 3/n on the same prompts",
 )
