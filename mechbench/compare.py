@@ -42,7 +42,7 @@ from mechbench import baselines
 from mechbench.circuits import Circuit, HeadGroup
 from mechbench.claims import derived_seed, get
 from mechbench.errors import MechbenchError
-from mechbench.models.registry import BASE_OF, CIRCUITS, REGISTRY, resolve
+from mechbench.models.registry import BASE_OF, REGISTRY, discovery_settings, resolve
 from mechbench.stats import Estimate, chance_check, cluster_bootstrap
 
 
@@ -636,10 +636,10 @@ def _path_patching(c: Comparison):
     """Each model's path-patching scores from the base circuit's discovery steps; per group, the share of the
     circuit's heads among the model's top-|group| heads by score (no score floor: a fine-tune whose scores are
     all smaller is not "missing" heads for it), and the correlation of the two score grids."""
-    from mechbench.methods.discovery import DiscoveryConfig, discover
+    from mechbench.methods.discovery import discover
     from mechbench.methods.path_patching import top_heads
 
-    config = CIRCUITS[c.circuit.name].discovery if c.circuit.name in CIRCUITS else DiscoveryConfig()
+    config = discovery_settings(c.circuit.name)
     config = replace(config, n_pairs=c.lane.discovery_pairs)
     found = {who: c.side(who, "discovery", lambda h=h: discover(h, c.circuit.name, config, cache_dir=c.discovery_cache))
              for who, h in c.models.items()}

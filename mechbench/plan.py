@@ -267,8 +267,7 @@ def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = P
     of the runs served by a prefix, from where each intervention starts (layers and tokens, from the stored
     circuit's heads; half the layers where there is none)."""
     from mechbench.claims import get
-    from mechbench.methods.discovery import DiscoveryConfig
-    from mechbench.models.registry import BASE_OF, CIRCUITS, COMPLETENESS_ITERATIONS
+    from mechbench.models.registry import BASE_OF, completeness_draws, discovery_settings
 
     circuit = circuit or default_circuit(model)
     own = circuit == model
@@ -277,7 +276,7 @@ def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = P
     patching_pairs, patching_runs = get("dcm_patching").size("pairs"), get("dcm_patching").repeat("runs")
     train, validation, test = (get("dcm").size(s) for s in ("train_pairs", "validation_pairs", "test_pairs"))
     heads = shape.n_layers * shape.n_heads
-    config = CIRCUITS[circuit].discovery if circuit in CIRCUITS else DiscoveryConfig()
+    config = discovery_settings(circuit)
     k = dict(config.circuit_k or config.receiver_k)
     groups = list(k.values())
     stored = _stored_circuit(circuit)
@@ -289,7 +288,7 @@ def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = P
     def group_share(name: str) -> float:  # a run patching a whole group: from its lowest layer, at its role
         return _above(lowest.get(name, shape.n_layers // 2), shape.n_layers) * _span(roles.get(name, "last"), seq)
 
-    draws = CIRCUITS[circuit].completeness_iterations if circuit in CIRCUITS else COMPLETENESS_ITERATIONS
+    draws = completeness_draws(circuit)
     pairs = config.n_pairs
     steps = len(config.steps)
     knockout_roles = knockout_query_roles(model)

@@ -40,8 +40,9 @@ def pytest_addoption(parser):
     g.addoption("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     g.addoption("--dtype", default="float32", help="float32 (the paper's), bfloat16 or float16")
     g.addoption("--limit", type=int, default=None, metavar="N",
-                help="each claim's main sample (prompts or pairs) is N; its other samples scale alike "
-                     "(default: the paper's sizes, e.g. 500 prompts)")
+                help="each claim's main sample (the prompts or pairs it is measured on) is N, its tolerances widen to "
+                     "match; repeats and the method's own settings (DCM's training pairs) stay (default: the paper's "
+                     "sizes, e.g. 500 prompts)")
     g.addoption("--seed", type=int, default=0, help="seed of every dataset and sampler (default 0)")
     g.addoption("--batch-size", default="auto", metavar="N|auto",
                 help="prompts per forward (results do not depend on it). auto (default): 50 on the CPU; on a GPU the "
@@ -467,7 +468,7 @@ def underpowered(settings: Settings, claim, estimate) -> bool:
     includes 0 on a sample that --limit made smaller than the claim's: too few prompts to tell, not evidence of a
     change (at --limit 40, about 6 contexts, such intervals span +-0.2). Only an interval wholly at or below 0 then
     fails; at the claim's own size an interval that includes 0 fails as before."""
-    main, default = claim.sizes[0]
+    _, default = claim.sizes[0]
     return (settings.limit is not None and settings.limit < default and estimate.hi is not None
             and estimate.hi > 0)
 

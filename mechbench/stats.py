@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Mapping
 
 import numpy as np
@@ -156,6 +157,7 @@ def _t_cdf(x: float, dof: int) -> float:
     return 0.5 + h / 3 * (density[0] + density[-1] + 4 * sum(density[1:-1:2]) + 2 * sum(density[2:-1:2]))
 
 
+@lru_cache(maxsize=None)  # every accuracy check asks, for a handful of context counts
 def few_clusters_factor(n_clusters: int, z: float = 3.0) -> float:
     """How much a z-standard-error bound must widen when its standard error is cluster-robust from ``n_clusters``
     contexts: that estimate has n_clusters - 1 degrees of freedom, so the bound takes Student's t quantile at the

@@ -16,7 +16,7 @@ import pytest
 from mechbench.claims import get, tolerance
 from mechbench.data.dataset import build_dataset
 from mechbench.methods.ablation import completeness
-from mechbench.models.registry import CIRCUITS
+from mechbench.models.registry import completeness_draws
 from mechbench.pytest_plugin import ablation_means, load_circuit, settle
 from mechbench.stats import design_effect
 
@@ -33,9 +33,7 @@ def _setup(model, circuit_name, settings):
 
 def test_completeness_random_k(model, circuit_name, settings, claim_check):
     circuit, dataset, means, n = _setup(model, circuit_name, settings)
-    # random draws of K as the paper ran them for this circuit (the spec of the model it was found on), else the claim's
-    iterations = (CIRCUITS[circuit_name].completeness_iterations if circuit_name in CIRCUITS
-                  else CLAIM.repeat("draws_of_k"))
+    iterations = completeness_draws(circuit_name)  # as the paper ran them for this circuit (its model's spec)
     result = completeness(model, circuit, dataset, means, "random_sampling", iterations, seed=settings.seed)
     outcomes = []
     for metric, values in (("F_C_minus_K", result.circuit_minus_k), ("F_M_minus_K", result.model_minus_k),

@@ -22,10 +22,6 @@ class Tolerance:
     rule: str
     same_sample: float | None = None  # the bound on the baseline's own examples, where it has one
 
-    def fields(self) -> dict:
-        """As :func:`mechbench.claims.check_claim` takes (and a baseline record stores) it."""
-        return {"tolerance": self.value, "tolerance_same_sample": self.same_sample, "tolerance_rule": self.rule}
-
 
 def same_sample(n: int, unit: float = 1.0) -> float:
     return round(3 * unit / n, 4)

@@ -145,6 +145,17 @@ CIRCUITS: dict[str, ModelSpec] = {s.circuit: s for s in _SPECS if s.circuit}
 #: The model each registered fine-tune is compared with, as in the paper.
 BASE_OF: dict[str, str] = {s.name: s.base for s in _SPECS if s.base}
 
+
+def discovery_settings(circuit: str) -> DiscoveryConfig:
+    """The settings of the discovery run behind ``circuit`` (its model's spec's); the paper's Llama settings for a
+    circuit no spec names."""
+    return CIRCUITS[circuit].discovery if circuit in CIRCUITS else DiscoveryConfig()
+
+
+def completeness_draws(circuit: str) -> int:
+    """Random draws of K when ``circuit`` is checked for completeness, as the paper ran them for it."""
+    return CIRCUITS[circuit].completeness_iterations if circuit in CIRCUITS else COMPLETENESS_ITERATIONS
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -1,4 +1,5 @@
 from mechbench.claims.spec import Claim
+from mechbench.models.discovery_settings import DiscoveryConfig
 
 CLAIM = Claim(
     order=8, name="minimality", title="minimality", sections="4, 8.4", suite="test_minimality.py",
@@ -9,7 +10,7 @@ CLAIM = Claim(
                  "drop are kept."),
     unit="fraction", keys=("circuit", "group", "kind", "rank", "layer", "head"),
     rows=("circuit", "group", "layer", "head"), column="field",
-    # prompts: the model's discovery settings give them (minimality_examples, the paper's 100)
-    sizes=(("prompts", 100),), fixed=(("ablation_prompts", 500),),
+    # prompts: the circuit's discovery settings give them (minimality_examples, the paper's 100)
+    sizes=(("prompts", DiscoveryConfig.minimality_examples),), fixed=(("ablation_prompts", 500),),
     tolerance="a group's mean drop within 3 x sqrt(2) x its SE, K re-chosen in every resample; 3/n on the same prompts",
 )
