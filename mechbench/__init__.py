@@ -2,7 +2,8 @@
 benchmark and regression suite.
 
 The pipeline, one way through: ``data`` (prompts, counterfactuals) -> ``models`` (registry, loading) ->
-methods -> claims (``suites/``) -> results and baselines.
+methods -> claims (``mechbench/claims``: one spec module per claim, run by pytest as ``suites/``) -> results and
+baselines.
 """
 
 from mechbench.api import accuracy, dataset_for, get_model

@@ -42,7 +42,7 @@ from mechbench import baselines
 from mechbench.circuits import Circuit, HeadGroup
 from mechbench.claims import derived_seed, get
 from mechbench.errors import MechbenchError
-from mechbench.models.registry import BASE_OF, REGISTRY, discovery_settings, resolve
+from mechbench.models.registry import BASE_OF, REGISTRY, base_name_of, discovery_settings, resolve
 from mechbench.stats import Estimate, chance_check, cluster_bootstrap
 
 
@@ -287,7 +287,7 @@ class Comparison:
             start = time.perf_counter()
             self.log(f"{self.fine_tune.name} vs {self.base.name}: {name} ...")
             rows, checks = CLAIMS[name](self)
-            if name != "accuracy" and NEEDS_WORKING_MODEL[name]:
+            if get(name).needs_working_model:  # the chance guard, as the claim's spec says
                 checks = self.task_checks() + checks
             self._claims[name] = ClaimComparison(name, rows, checks, time.perf_counter() - start)
             self.log(f"{self.fine_tune.name} vs {self.base.name}: {name} done in {self._claims[name].seconds:.1f} s")
@@ -721,21 +721,6 @@ CLAIMS: dict[str, Callable[[Comparison], tuple[list[Row], list[Check]]]] = {
     "path_patching": _path_patching,
     "minimality": _minimality,
 }
-NEEDS_WORKING_MODEL = {name: name != "accuracy" for name in CLAIMS}
-
-
-def base_name_of(model: str) -> str:
-    """The model a registered fine-tune is compared with (its spec's ``base``), or the model an adapter directory
-    goes on; else an error saying how to give one."""
-    if model in BASE_OF:
-        return BASE_OF[model]
-    spec = resolve(model)
-    if spec.adapter:  # an adapter names the model under it: find that model's registered name if there is one
-        for name, registered in REGISTRY.items():
-            if registered.adapter is None and resolve(name).weights == spec.weights:
-                return name
-        return spec.weights
-    raise MechbenchError(f"no base known for {model!r}: pass the model it was fine-tuned from (--base / --base-model)")
 
 
 def base_circuit_name(base: str, baselines_dir=None) -> str:

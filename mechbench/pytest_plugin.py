@@ -1,7 +1,9 @@
-"""mechbench's pytest plugin: the options, parametrisation, fixtures and helpers of the claim suites (suites/), also
-used by the library tests (tests/). The checkout's root conftest.py only loads it; suites import their helpers
-(``load_circuit``, ``settle``, ``ablation_means``, ``load_or_skip``, ``stored_baseline``, ``once``) from here; their
-sizes, seeds, keys and tolerances come from the claims' specs (mechbench.claims).
+"""mechbench's pytest plugin: the options, the parametrisation over models and circuits, and the pytest tests of every
+claim. A claim is one module of ``mechbench/claims/specs/`` (its facts and its measurements, each a function of a
+:class:`mechbench.claims.run.Run`); :func:`claim_tests` turns its measurements into pytest tests, and a suite under
+``suites/`` is that call. The checkout's root conftest.py only loads this plugin; another repository opts in with
+``-p mechbench.pytest_plugin`` (not a ``pytest11`` entry point: every pytest session of the environment would then
+check these options and create the results directory).
 
     pytest suites/                      # every claim on the embedded toy zoo (CPU)
     pytest suites/ --model=goat7b       # on a paper model (needs its weights; skips with the reason if absent)
@@ -11,13 +13,15 @@ sizes, seeds, keys and tolerances come from the claims' specs (mechbench.claims)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import inspect
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from mechbench.errors import MechbenchError, ModelLoadError, UnknownModelError
+from mechbench.claims.run import ClaimFailed, ClaimSkipped, load_model
+from mechbench.claims.settings import Settings
+from mechbench.errors import MechbenchError, UnknownModelError
 from mechbench.models.registry import PAPER_MODELS, REGISTRY, TOY_MODELS, resolve
 
 #: The checkout mechbench lives in (its baselines/ and the default results/ sit there).
@@ -80,62 +84,6 @@ def pytest_addoption(parser):
                 help="stored fine-tunes shown beside a comparison (default: toy-goat, toy-float / goat7b, float7b)")
 
 
-@dataclass(frozen=True)
-class Settings:
-    models: tuple[str, ...]
-    base_model: str | None
-    baseline_model: str | None
-    circuits: tuple[str, ...] | None
-    device: str
-    dtype: str
-    limit: int | None
-    seed: int
-    baselines_dir: Path
-    update_baselines: bool
-    results_dir: Path
-    require_models: bool
-    compared: tuple[str, ...] = ()  # models in comparison mode (mechbench.compare)
-    quick: bool = False
-    references: tuple[str, ...] | None = None
-    circuit_files: dict = None  # circuit name -> the JSON file it was loaded from (--circuit FILE)
-    allow_pickle: bool = False
-    paper_compat_o_proj: bool = False
-    force_baselines: bool = False
-    bos: str = "auto"
-    drop_multi_token: bool = False
-    staging: object = None  # mechbench.baselines.Staging of an --update-baselines run
-    batch_size: int = 50
-
-    def size(self, claim, name: str, default: int | None = None) -> int:
-        """Sample size ``name`` of ``claim`` (a :class:`mechbench.claims.Claim`) under --limit: the claim's spec
-        says how (its main size becomes the limit, the others scale with it)."""
-        return claim.size(name, self.limit, default)
-
-    def derived_seed(self, offset: int = 0, draw: int | None = None) -> int:
-        """A sampler's seed under --seed (:func:`mechbench.claims.derived_seed`, the one rule)."""
-        from mechbench.claims import derived_seed
-
-        return derived_seed(self.seed, offset, draw)
-
-    def base_of(self, model: str) -> str | None:
-        if self.base_model:
-            return self.base_model
-        from mechbench.compare import base_name_of
-
-        try:
-            return base_name_of(model)
-        except MechbenchError:
-            return None
-
-    def circuits_for(self, model: str) -> tuple[str, ...]:
-        """The circuits evaluated on ``model``: --circuit, else the one discovered on its base (the paper
-        evaluates the Llama-7B circuit on all four models)."""
-        if self.circuits:
-            return self.circuits
-        base = REGISTRY.get(self.base_of(model) or model)
-        return (base.circuit,) if base is not None and base.circuit else ()
-
-
 def _models(config) -> tuple[str, ...]:
     raw = config.getoption("--model") or [",".join(TOY_MODELS)]
     names = tuple(dict.fromkeys(n.strip() for item in raw for n in item.split(",") if n.strip()))
@@ -173,6 +121,13 @@ def _has_own_baselines(model: str, baselines_dir: Path) -> bool:
         return baselines.load("accuracy", baselines_dir).find(model=model) is not None
     except MechbenchError:
         return False
+
+
+MARKERS = (
+    "claim: a claim of the paper checked against a stored baseline",
+    "paper: needs the paper's 7B weights (skips with the reason when they cannot be loaded)",
+    "gpu: needs a CUDA GPU (skips without one)",
+)
 
 
 def pytest_configure(config):
@@ -227,6 +182,8 @@ def pytest_configure(config):
         staging=Staging() if config.getoption("--update-baselines") else None,
         batch_size=batch_size,
     )
+    for marker in MARKERS:  # the marks this plugin sets, known in any repository that loads it
+        config.addinivalue_line("markers", marker)
     s = config._mechbench
     if not s.baseline_model and not s.update_baselines:
         # comparison mode: a fine-tune with a known base and no baselines of its own (or --compare) is measured
@@ -290,28 +247,6 @@ def settings(request) -> Settings:
     return request.config._mechbench
 
 
-def load_or_skip(name: str, settings: Settings, keep=()):
-    """The model's handle; a model that cannot be loaded skips the test with the reason. On a GPU the other
-    models loaded there are let go first, except those in ``keep``."""
-    from mechbench.api import get_model
-    from mechbench.models.loading import chosen_options
-
-    try:
-        return get_model(name, device=settings.device, dtype=settings.dtype, keep=keep, **chosen_options(
-            allow_pickle=settings.allow_pickle, paper_compat_o_proj=settings.paper_compat_o_proj, bos=settings.bos,
-            drop_multi_token=settings.drop_multi_token))
-    except ModelLoadError as e:  # weights not here: a skip that says why
-        if Path(name.partition("+")[0]).exists() or Path(name.partition("+")[2] or "-/-").exists():
-            pytest.fail(f"model {name!r} is a path that exists but cannot be loaded: {e}", pytrace=False)
-        if settings.require_models:
-            pytest.fail(f"--require-models: {e}", pytrace=False)
-        pytest.skip(f"model {name!r} cannot be loaded here: {e}")
-    except MechbenchError as e:  # loadable but unusable (e.g. not a Llama): the user must change --model
-        pytest.fail(str(e), pytrace=False)
-
-
-
-
 @pytest.fixture(scope="session")
 def results(settings):
     from mechbench.results import ResultsWriter
@@ -320,167 +255,84 @@ def results(settings):
 
 
 @pytest.fixture
-def claim_check(settings, results, request):
-    """``claim_check(claim, keys, measured, n=..., model=handle, tolerance=Tolerance)``: compare with the stored
-    baseline (fail outside tolerance), or store it with --update-baselines. Always records the result. ``claim``:
-    its spec (mechbench.claims) or name; the tolerance comes from a rule of mechbench.claims.tolerance."""
-    from mechbench.claims import check_claim
-
-    def check(claim, keys, measured, *, n=None, model=None, soft=False, correct=None, clusters=None, **tolerances):
-        claim = getattr(claim, "name", claim)  # a Claim spec or its name
-        """``soft``: return the outcome instead of failing or skipping (a test checking many points reports
-        every point out of tolerance at once). ``correct`` and ``clusters`` (per example): the accuracy's
-        examples and their contexts, whose design effect widens a binomial tolerance (prompts of one context
-        are not independent)."""
-        from mechbench.stats import design_effect
-
-        if clusters is not None:
-            tolerances["n_clusters"] = len(np.unique(np.asarray(clusters)))
-        if correct is not None:
-            tolerances["design_effect"] = design_effect(np.asarray(correct, dtype=float), np.asarray(clusters))
-        seed, lookup = settings.seed, None
-        if settings.baseline_model and model is not None:
-            # the record of the model this one is checked against; another model's numbers on the same
-            # examples are not the same-sample case, so the seed is withheld from the tolerance rule. The
-            # measurement keeps the measured model's name (the baseline's name goes with it as its own field).
-            lookup = {k: (settings.baseline_model if v == model.name else v) for k, v in keys.items()}
-            lookup = {k: ("release" if k == "checkpoint" and v == "local" else v) for k, v in lookup.items()}
-            seed = None
-        try:
-            outcome = check_claim(
-                claim, keys, measured, n=n, seed=seed, baselines_dir=settings.baselines_dir, lookup_keys=lookup,
-                baseline_model=settings.baseline_model if lookup else None,
-                update=settings.update_baselines and (model is None or model.spec.kind != "paper"),
-                fingerprint=getattr(model, "fingerprint", None), results=results, staging=settings.staging,
-                force=settings.force_baselines, **tolerances,
-            )
-        except MechbenchError as e:
-            pytest.fail(str(e), pytrace=False)
-        if settings.update_baselines and model is not None and model.spec.kind == "paper" and not outcome.note:
-            outcome.note = " (a paper model: --update-baselines left its published records unchanged)"
-        request.node.user_properties.append(("claim", outcome.message()))
-        if soft:
-            return outcome
-        if outcome.missing:
-            pytest.skip(outcome.message())
-        if outcome.passed is False:
-            pytest.fail(outcome.message(), pytrace=False)
-        return outcome
-
-    return check
+def model(model_name, settings):
+    """The handle of each model under test (``model_name`` is parametrised over --model); a model whose weights
+    are not here skips with the reason."""
+    return _outcome_of(load_model, model_name, settings)
 
 
-@pytest.fixture
-def record_check(settings, results, request):
-    """``record_check(claim, check, keys, value, passed, message)``: a check with no stored number (circuit beats
-    random, the fine-tune's gain carried, the chance guard) goes to the results file like every measurement."""
-    def write(claim: str, check: str, keys: dict, value, passed: bool | None, message: str):
-        results.write(f"check:{claim}", {**keys, "check": check}, value, passed=passed, message=message,
-                      seed=settings.seed, n=None)
-        request.node.user_properties.append(("claim", f"check:{claim} [{check}] {message}"))
-
-    return write
-
-
-_SESSION: dict[tuple, object] = {}
-
-
-def once(key: tuple, compute):
-    """``compute()`` once per session for ``key`` (a measurement that several tests of a claim check, the
-    ablation means several claims share), then the stored result."""
-    if key not in _SESSION:
-        _SESSION[key] = compute()
-    return _SESSION[key]
+def _outcome_of(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, a claim's :class:`ClaimSkipped` / :class:`ClaimFailed` turned into pytest's skip and
+    failure: the reason, with no traceback and no chained exception. A skip is reported at the test's location (for
+    a claim's test, its measurement in the claim's spec), not at this line."""
+    try:
+        return fn(*args, **kwargs)
+    except ClaimSkipped as e:
+        skipped, failed = str(e), None
+    except ClaimFailed as e:
+        skipped, failed = None, str(e)
+    if failed is not None:
+        pytest.fail(failed, pytrace=False)
+    try:
+        raise pytest.skip.Exception(skipped, _use_item_location=True)
+    except TypeError:  # a pytest without that keyword: the skip shows this line as its location
+        pytest.skip(skipped)
 
 
-def stored_baseline(claim, settings: Settings):
-    """The baseline file of ``claim`` (a spec or name), or the test fails naming what is wrong with it."""
-    from mechbench import baselines
-    from mechbench.claims import CLAIMS
+def claim_tests(*claims) -> dict[str, object]:
+    """pytest test functions of each of ``claims`` (registered names or :class:`mechbench.claims.Claim` specs): one
+    ``test_<name>`` per measurement its spec registers (``@CLAIM.test``), parametrised over the models under test
+    (and the circuits evaluated on each, and the test's own parameters). A suite module is
 
-    name = getattr(claim, "name", claim)
-    spec = CLAIMS.get(name)
-    try:  # a registered claim whose file does not exist yet has no records (the first --update-baselines writes it)
-        return baselines.load(name, settings.baselines_dir, None if spec is None else (spec.description, spec.unit))
-    except MechbenchError as e:
-        pytest.fail(str(e), pytrace=False)
-
-
-@pytest.fixture
-def model(model_name, settings, request):
-    """The model's handle. In a claim suite whose module does not set ``NEEDS_WORKING_MODEL = False`` (only
-    the accuracy claim does), the chance guard runs first: a model whose accuracy is not above chance (1/boxes)
-    by 3 cluster-robust standard errors does not do the task, and a circuit claim about it would assert
-    nothing, so the test fails saying so (and the check is written to the results file)."""
-    handle = load_or_skip(model_name, settings)
-    if request.node.get_closest_marker("claim") and getattr(request.module, "NEEDS_WORKING_MODEL", True):
-        _chance_guard(handle, settings, request.getfixturevalue("record_check"))
-    return handle
-
-
-def _chance_guard(model, settings, record_check):
-    from mechbench.data.dataset import build_dataset
-    from mechbench.evaluate import correct_on
-    from mechbench.stats import chance_check
-
+        globals().update(claim_tests("dcm"))
+    """
     from mechbench.claims import get
 
-    n = settings.size(get("accuracy"), "prompts")  # the accuracy claim's prompts
-
-    def check():
-        dataset = build_dataset(model.tokenizer, n_examples=n, seed=settings.seed)
-        task = chance_check(correct_on(model, dataset).numpy(), dataset.clusters().numpy(), dataset.num_boxes)
-        record_check("accuracy", "does the task", {"model": model.name}, round(task.accuracy, 6), task.passed,
-                     task.message(model.name))
-        return task
-
-    task = once(("does the task", model.name, n, settings.seed), check)
-    if not task.passed:
-        pytest.fail(task.message(model.name) + ": no circuit claim applies to it", pytrace=False)
-
-
-def load_circuit(name: str, model, settings: Settings):
-    """Circuit ``name`` from the baselines (or the --circuit file that holds it), checked to fit ``model``; a
-    mismatch fails the test with the reason."""
-    from mechbench.circuits import Circuit
-
-    try:
-        circuit = Circuit.load((settings.circuit_files or {}).get(name, name), settings.baselines_dir)
-        circuit.check_fits(model.shape.n_layers, model.shape.n_heads)
-    except MechbenchError as e:
-        pytest.fail(str(e), pytrace=False)
-    return circuit
+    tests = {}
+    for claim in claims:
+        spec = get(claim) if isinstance(claim, str) else claim
+        if not spec.tests:
+            raise ValueError(f"claim {spec.name!r} registers no measurement (@CLAIM.test) in its spec")
+        for test in spec.tests:
+            name = f"test_{test.name}"
+            if name in tests:
+                raise ValueError(f"two claims measure {test.name!r}: name one of them otherwise")
+            tests[name] = _pytest_function(spec, test)
+    return tests
 
 
-def ablation_means(model, settings: Settings, claim):
-    """Mean head output per (layer, position, head) over ``claim``'s ablation prompts (its spec's
-    ``ablation_prompts``, the paper's 500), once per model, size and seed: the claims share them."""
-    from mechbench.data.counterfactuals import ablation_prompts
-    from mechbench.methods.ablation import position_means
+def _pytest_function(claim, test):
+    """The pytest function of one measurement: it loads the model, runs the chance guard where the claim needs a
+    model that does the task, runs ``test.measure`` and reports each check in the session's summary."""
+    from mechbench.claims.run import Run
 
-    n = settings.size(claim, "ablation_prompts")
-    return once(("ablation means", model.name, n, settings.seed), lambda: position_means(
-        model, ablation_prompts(model.tokenizer, n, seed=settings.seed)))
+    arguments = ["model_name"] + (["circuit_name"] if test.per == "circuit" else []) + [k for k, _ in test.params]
 
+    def run_claim(settings, results, request, **given):
+        run = Run(claim, settings, circuit_name=given.get("circuit_name"), results=results,
+                  params={k: given[k] for k, _ in test.params})
 
-def underpowered(settings: Settings, claim, estimate) -> bool:
-    """A check that an effect is above 0 (circuit beats random circuits, the gain carried) whose 95% interval
-    includes 0 on a sample that --limit made smaller than the claim's: too few prompts to tell, not evidence of a
-    change (at --limit 40, about 6 contexts, such intervals span +-0.2). Only an interval wholly at or below 0 then
-    fails; at the claim's own size an interval that includes 0 fails as before."""
-    _, default = claim.sizes[0]
-    return (settings.limit is not None and settings.limit < default and estimate.hi is not None
-            and estimate.hi > 0)
+        def measure():
+            run.model = load_model(given["model_name"], settings)
+            if claim.needs_working_model:
+                run.require_working_model()
+            test.measure(run)
 
+        try:
+            _outcome_of(measure)
+        finally:
+            request.node.user_properties.extend(("claim", line) for line in run.lines)
 
-def settle(outcomes, what: str = "numbers") -> None:
-    """End a test that checked many numbers softly: fail listing every one out of tolerance, or skip (with
-    how to store them) when none had a baseline."""
-    failed = [o.message() for o in outcomes if o.passed is False]
-    if failed:
-        pytest.fail(f"{len(failed)} of {len(outcomes)} {what} out of tolerance:\n" + "\n".join(failed), pytrace=False)
-    if outcomes and all(o.missing for o in outcomes):
-        pytest.skip(outcomes[0].message())
+    run_claim.__name__ = run_claim.__qualname__ = f"test_{test.name}"
+    run_claim.__doc__ = test.measure.__doc__ or f"{claim.title} (docs/paper.md §{claim.sections})"
+    run_claim.__wrapped__ = test.measure  # pytest reports the test at its measurement (file and line of the spec)
+    run_claim.__signature__ = inspect.Signature(
+        [inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+         for a in arguments + ["settings", "results", "request"]])
+    ids = dict(test.ids)
+    run_claim.pytestmark = [pytest.mark.claim] + [pytest.mark.parametrize(k, list(values), ids=ids.get(k))
+                                                  for k, values in test.params]
+    return run_claim
 
 
 _COMPARISONS: dict[str, object] = {}
@@ -500,8 +352,8 @@ def comparison(compared_model, settings):
             circuit = Circuit.load((settings.circuit_files or {}).get(circuit_ref, circuit_ref), settings.baselines_dir)
         except MechbenchError as e:
             pytest.fail(str(e), pytrace=False)
-        fine_tune = load_or_skip(compared_model, settings)
-        base = load_or_skip(base_name, settings, keep=(compared_model,))
+        fine_tune = _outcome_of(load_model, compared_model, settings)
+        base = _outcome_of(load_model, base_name, settings, keep=(compared_model,))
         try:
             _COMPARISONS[compared_model] = Comparison(
                 fine_tune, base, circuit, LANES["quick" if settings.quick else "full"], settings.seed,

@@ -26,7 +26,7 @@ DEFAULTS = {"--model": None, "--base-model": None, "--baseline-model": None, "--
 def configure(tmp_path, **options):
     values = dict(DEFAULTS, **{"--results-dir": str(tmp_path / "results")})
     values.update({"--" + k.replace("_", "-"): v for k, v in options.items()})
-    config = types.SimpleNamespace(getoption=lambda name: values[name])
+    config = types.SimpleNamespace(getoption=lambda name: values[name], addinivalue_line=lambda name, line: None)
     conftest.pytest_configure(config)
     return config._mechbench
 

@@ -1,8 +1,8 @@
-"""The claim registry: each claim declared once (mechbench/claims/specs), read by its suite, the report, the README
-table and the baseline check; --limit and --seed act on every claim by one rule."""
+"""The claim registry: each claim declared once, data and measurement (mechbench/claims/specs), made into tests by the
+plugin and read by the report, the README table and the baseline check; --limit and --seed act on every claim by
+one rule."""
 
 import ast
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,29 +20,51 @@ ROOT = Path(__file__).resolve().parent.parent
 SUITES = ROOT / "suites"
 
 
-def _suite_claim(path: Path):
-    spec = importlib.util.spec_from_file_location(f"suite_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, "CLAIM", None)
+SPECS = ROOT / "mechbench" / "claims" / "specs"
 
 
-def test_every_claim_has_its_suite_and_every_suite_its_claim():
+def _suite_call(path: Path) -> str | None:
+    """The claim a suite file makes tests of, when the file is nothing but a docstring, the import and the call
+    ``globals().update(claim_tests("name"))``; else None."""
+    body = ast.parse(path.read_text()).body
+    if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # the docstring
+    if len(body) != 2 or ast.unparse(body[0]) != "from mechbench.pytest_plugin import claim_tests":
+        return None
+    call = ast.unparse(body[1])
+    prefix, suffix = "globals().update(claim_tests('", "'))"
+    return call[len(prefix):-len(suffix)] if call.startswith(prefix) and call.endswith(suffix) else None
+
+
+def test_every_suite_is_a_claims_spec_and_a_call():
+    """A suite file holds no measurement: it is the call that makes the tests of one claim's spec, and each claim
+    that names a suite file has it."""
     for claim in CLAIMS.values():
-        path = SUITES / claim.suite
-        assert path.is_file(), f"claim {claim.name!r}: no suite {path}"
-        assert _suite_claim(path) is claim, f"{path} does not measure the claim {claim.name!r} (CLAIM = get(...))"
+        if claim.suite is not None:
+            assert _suite_call(SUITES / claim.suite) == claim.name, (
+                f"{claim.suite}: not the call claim_tests({claim.name!r}) (the measurement lives in its spec)")
     declared = {c.suite for c in CLAIMS.values()}
     for path in SUITES.glob("test_*.py"):
-        if path.name != "test_compare.py":  # comparison mode: every claim side by side, not one claim
+        # comparison mode (every claim side by side) and the claims with no suite file of their own
+        if path.name not in ("test_compare.py", "test_registered_claims.py"):
             assert path.name in declared, f"{path} is a suite with no spec in mechbench/claims/specs"
 
 
-def test_the_suites_take_sizes_seeds_and_tolerances_from_the_specs():
-    """No suite writes a sample size, a seed rule or a tolerance formula of its own, nor reads a baseline file but
-    through the plugin: those live in the specs and mechbench.claims.tolerance."""
-    for path in SUITES.glob("test_*.py"):
+def test_every_claim_has_a_measurement_and_each_test_its_own_name():
+    for claim in CLAIMS.values():
+        assert claim.tests, f"claim {claim.name!r} registers no measurement"
+        assert all(t.per in ("model", "circuit") for t in claim.tests)
+    names = [t.name for c in CLAIMS.values() for t in c.tests]
+    assert len(names) == len(set(names))
+
+
+def test_the_measurements_take_sizes_seeds_and_tolerances_from_the_spec_and_need_no_pytest():
+    """No measurement writes a sample size, a seed rule or a tolerance formula of its own, nor reads a baseline file
+    but through its run, nor imports pytest (a claim runs under any runner): the sizes live in its ``Claim``, the
+    rules in mechbench.claims.tolerance."""
+    for path in SPECS.glob("*.py"):
         tree = ast.parse(path.read_text())
+
         def number(node):
             return isinstance(node, ast.Constant) and type(node.value) in (int, float)
 
@@ -51,8 +73,42 @@ def test_the_suites_take_sizes_seeds_and_tolerances_from_the_specs():
                      isinstance(node.value, ast.Tuple) and all(number(e) for e in node.value.elts)))]
         assert not sizes, f"{path.name} declares sizes of its own: {sizes}"
         text = path.read_text()
-        for banned in ("tolerance_rule=", "binomial_tolerance", "import math", "baselines.load(", "1000 * ("):
-            assert banned not in text, f"{path.name}: {banned!r} (the specs and mechbench.claims.tolerance say it)"
+        for banned in ("tolerance_rule=", "binomial_tolerance", "import math", "baselines.load(", "1000 * (",
+                       "import pytest", "n_examples=500", "settings.seed"):
+            assert banned not in text, f"{path.name}: {banned!r} (the spec, its run and mechbench.claims.tolerance say it)"
+
+
+def test_a_spec_alone_is_collected_skips_without_a_baseline_stores_one_and_then_passes(pytester, tmp_path,
+                                                                                        monkeypatch):
+    """A claim added as one spec (here at run time) runs in ``pytest suites/`` with no suite file of its own."""
+    from mechbench.evaluate import correct_on
+
+    new = Claim(name="new_claim", title="a new claim", sections="9.9", measures="a number", description="A number.",
+                unit="fraction", keys=("model",), rows=("model",), column=None, sizes=(("prompts", 40),),
+                tolerance="binomial", needs_working_model=False)
+
+    @new.test()
+    def new_claim_accuracy(run):
+        dataset = run.prompts()
+        correct = correct_on(run.model, dataset)
+        value = correct.float().mean().item()
+        run.check({"model": run.model.name}, value, n=len(dataset), correct=correct, clusters=dataset.clusters(),
+                  tolerance=tolerance.binomial(value, len(dataset)))
+
+    monkeypatch.setitem(registry.CLAIMS, "new_claim", new)
+    baselines_dir = tmp_path / "baselines"
+    baselines_dir.mkdir()
+    args = [str(SUITES), "--model=toy-llama", f"--baselines-dir={baselines_dir}", f"--results-dir={tmp_path / 'r'}",
+            "-p", "no:cacheprovider", "-rA"]
+    listed = pytester.runpytest_inprocess(*args, "--collect-only", "-q")
+    listed.stdout.fnmatch_lines(["*suites/test_registered_claims.py::test_new_claim_accuracy[[]toy-llama[]]"])
+    selected = [*args, "-k", "new_claim"]
+    first = pytester.runpytest_inprocess(*selected)
+    first.assert_outcomes(skipped=1)
+    first.stdout.fnmatch_lines(["*new_claim*does not exist yet*--update-baselines*"])
+    pytester.runpytest_inprocess(*selected, "--update-baselines").assert_outcomes(passed=1)
+    assert baselines.load("new_claim", baselines_dir).description == "A number."
+    pytester.runpytest_inprocess(*selected).assert_outcomes(passed=1)
 
 
 def test_the_readme_table_is_the_registrys():
@@ -62,10 +118,10 @@ def test_the_readme_table_is_the_registrys():
 
 def test_a_new_spec_shows_in_the_readme_table_the_report_and_the_baseline_check(tmp_path, monkeypatch):
     new = Claim(name="new_claim", title="a new claim", sections="9.9", measures="a number", description="A number.",
-                unit="fraction", keys=("model", "layer"), rows=("model",), column="layer", suite="test_new_claim.py",
+                unit="fraction", keys=("model", "layer"), rows=("model",), column="layer",
                 sizes=(("prompts", 100),), tolerance="binomial")
     monkeypatch.setitem(registry.CLAIMS, "new_claim", new)
-    assert "| a new claim (9.9) | `suites/test_new_claim.py` | a number |" in claims_table()
+    assert "| a new claim (9.9) | `suites/test_registered_claims.py` | a number |" in claims_table()
     # no baseline file yet: the check offers to store one, and storing writes the file from the spec
     outcome = check_claim("new_claim", {"model": "m", "layer": 0}, 0.5, n=100, seed=0, baselines_dir=tmp_path)
     assert outcome.missing and "does not exist yet" in outcome.missing and "--update-baselines" in outcome.missing
@@ -120,3 +176,30 @@ def test_the_tolerance_rules():
     assert tolerance.mean_of_draws(0.0, 10, n=500).value == 0.002  # a zero spread still allows one example
     both = tolerance.difference(tolerance.binomial(0.2, 500), tolerance.binomial(0.3, 500), "a and b")
     assert both.value == round(tolerance.binomial(0.2, 500).value + tolerance.binomial(0.3, 500).value, 4)
+
+
+def test_an_effect_above_zero_fails_at_full_size_and_is_inconclusive_on_a_reduced_sample(tmp_path):
+    from types import SimpleNamespace
+
+    from mechbench.claims import ClaimFailed, ClaimSkipped, Run, Settings
+
+    def run(limit):
+        settings = Settings(models=("m",), base_model=None, baseline_model=None, circuits=None, device="cpu",
+                            dtype="float32", limit=limit, seed=0, baselines_dir=tmp_path, update_baselines=False,
+                            results_dir=tmp_path, require_models=False)
+        return Run(get("faithfulness"), settings)
+
+    def estimate(value, lo, hi):
+        return SimpleNamespace(value=value, lo=lo, hi=hi)
+
+    describe = lambda passed: f"passed={passed}"  # noqa: E731
+    full, reduced = run(None), run(40)
+    full.effect_above_zero("beats", {}, estimate(0.3, 0.1, 0.5), describe)  # above 0: holds at any size
+    reduced.effect_above_zero("beats", {}, estimate(0.3, 0.1, 0.5), describe)
+    with pytest.raises(ClaimFailed, match="passed=False"):  # an interval that includes 0 at the claim's own size
+        full.effect_above_zero("beats", {}, estimate(0.1, -0.1, 0.3), describe)
+    with pytest.raises(ClaimSkipped, match="inconclusive at --limit 40"):  # the same on 40 prompts: too few to tell
+        reduced.effect_above_zero("beats", {}, estimate(0.1, -0.1, 0.3), describe)
+    with pytest.raises(ClaimFailed):  # wholly at or below 0 fails even then
+        reduced.effect_above_zero("beats", {}, estimate(-0.2, -0.4, -0.01), describe)
+    assert [line.split("] ")[1] for line in reduced.lines] == ["passed=True", "passed=False", "passed=False"]

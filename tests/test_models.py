@@ -132,7 +132,7 @@ def test_suite_rejects_an_unknown_model_name_with_a_message():
 
 def test_a_bin_only_directory_loads_through_the_stated_opt_in(tmp_path, capsys):
     """The error names the flag exactly as typed, and the flag works (CLI; pytest's --allow-pickle takes the same
-    path through pytest_plugin.load_or_skip -> get_model)."""
+    path through mechbench.claims.run.load_model -> get_model)."""
     from mechbench.cli import main
 
     path = save_random_llama(tmp_path / "bin-only", safe=False)

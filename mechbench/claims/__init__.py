@@ -1,11 +1,15 @@
-"""The claims mechbench checks, each declared once as data (:class:`Claim`, one module per claim in
-``mechbench/claims/specs/``), and the check of a measured number against its stored baseline
-(:func:`check_claim`). The suites under ``suites/`` measure; their sizes, seeds, key fields and tolerance rules come
-from here (:mod:`mechbench.claims.tolerance` holds the rules), and so do the report's tables and the README's
-claims table (``python -m mechbench.claims`` prints it)."""
+"""The claims mechbench checks, each declared once, in one module of ``mechbench/claims/specs/``: its facts as data
+(:class:`Claim`: baseline file and key fields, sample sizes, tolerance rule in words, report table, README row) and
+its measurements (functions of a :class:`Run`, which hands them the model, the claim's samples under
+``--limit``/``--seed`` and :meth:`Run.check`, the one comparison with a stored baseline, :func:`check_claim`).
+:mod:`mechbench.claims.tolerance` holds the tolerance rules. The pytest plugin makes the suites' tests from the
+registry, and the report's tables and the README's claims table come from it (``python -m mechbench.claims``)."""
 
 from mechbench.claims.check import ClaimOutcome, check_claim
 from mechbench.claims.registry import CLAIMS, get
-from mechbench.claims.spec import Claim, derived_seed
+from mechbench.claims.run import ClaimFailed, ClaimSkipped, Run
+from mechbench.claims.settings import Settings
+from mechbench.claims.spec import Claim, ClaimTest, derived_seed
 
-__all__ = ["CLAIMS", "Claim", "ClaimOutcome", "check_claim", "derived_seed", "get"]
+__all__ = ["CLAIMS", "Claim", "ClaimFailed", "ClaimOutcome", "ClaimSkipped", "ClaimTest", "Run", "Settings",
+           "check_claim", "derived_seed", "get"]

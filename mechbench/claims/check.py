@@ -1,9 +1,9 @@
 """Checking a measured number against its stored baseline, recording it, or updating the baseline.
 
-The suites call :func:`check_claim` after computing a number from the model; it looks the claim's record up
-in ``baselines/<claim>.json``, compares within the record's tolerance, appends the measurement to the
-results file, and with ``update=True`` stores the measurement instead (for models mechbench measures, never
-over a published number).
+A claim's measurement calls it (through :meth:`mechbench.claims.run.Run.check`) after computing a number from the
+model; it looks the claim's record up in ``baselines/<claim>.json``, compares within the record's tolerance,
+appends the measurement to the results file, and with ``update=True`` stores the measurement instead (for models
+mechbench measures, never over a published number).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from mechbench import baselines
 from mechbench.claims.registry import CLAIMS
+from mechbench.claims.spec import Claim
 from mechbench.claims.tolerance import Tolerance
 from mechbench.results import ResultsWriter, git_state
 
@@ -40,7 +41,7 @@ class ClaimOutcome:
 
 
 def check_claim(
-    claim: str,
+    claim: str | Claim,
     keys: dict,
     measured: float,
     *,
@@ -80,7 +81,8 @@ def check_claim(
         tolerance, tolerance_same_sample, tolerance_rule = (tolerance.value, tolerance.same_sample, tolerance.rule)
     if update and lookup_keys is not None:
         raise ValueError("a measurement checked against another model's baseline is never stored as one")
-    spec = CLAIMS.get(claim)
+    spec = claim if isinstance(claim, Claim) else CLAIMS.get(claim)  # a spec, or a registered claim's name
+    claim = getattr(claim, "name", claim)
     if spec is not None:
         spec.check_keys(keys)
     # a registered claim with no baseline file yet gets an empty one: the claim skips offering to store its

@@ -1,4 +1,5 @@
-"""The registry of claims: every ``CLAIM`` of a module in :mod:`mechbench.claims.specs`, by name."""
+"""The registry of claims: every ``CLAIM`` of a module in :mod:`mechbench.claims.specs`, by name, each with the
+measurements its module registers (``@CLAIM.test``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,14 @@ def _load() -> dict[str, Claim]:
             raise TypeError(f"mechbench/claims/specs/{module}.py defines no CLAIM (a mechbench.claims.spec.Claim)")
         if claim.name in found:
             raise ValueError(f"two claim specs are named {claim.name!r}")
+        if not claim.tests:
+            raise TypeError(f"mechbench/claims/specs/{module}.py registers no measurement of {claim.name!r} "
+                            f"(a function decorated with @CLAIM.test(...))")
         found[claim.name] = claim
+    tests = [t.name for claim in found.values() for t in claim.tests]
+    twice = sorted({t for t in tests if tests.count(t) > 1})
+    if twice:  # pytest names a claim's test after its measurement: one name, one test
+        raise ValueError(f"measurements of two claims share a name: {', '.join(twice)}")
     return found
 
 

@@ -1,5 +1,7 @@
-"""What a claim is, as data: :class:`Claim`. One instance per claim, each in its own module of
-``mechbench/claims/specs/`` (the registry finds them there); its suite under ``suites/`` reads every fact from it.
+"""What a claim is: :class:`Claim`, its facts as data, and its measurements (:class:`ClaimTest`, each a function of
+a :class:`mechbench.claims.run.Run` registered with ``@CLAIM.test(...)``). One claim per module of
+``mechbench/claims/specs/``, data and measurement together (the registry finds them there); the pytest plugin turns
+each measurement into a test (``suites/``), the report and the README read the data.
 
 How ``--limit`` and ``--seed`` act is written here once, for every claim:
 
@@ -14,7 +16,8 @@ How ``--limit`` and ``--seed`` act is written here once, for every claim:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 
 def derived_seed(seed: int, offset: int = 0, draw: int | None = None) -> int:
@@ -30,6 +33,20 @@ def derived_seed(seed: int, offset: int = 0, draw: int | None = None) -> int:
 
 
 @dataclass(frozen=True)
+class ClaimTest:
+    """One test of a claim: ``measure(run)`` computes the claim's numbers on ``run.model`` and checks them
+    (``run.check``), or skips or fails saying why (``run.skip``, ``run.fail``). It runs once per model under test
+    (``per="model"``) or per model and circuit evaluated on it (``per="circuit"``), and once per value of each of
+    ``params`` (``run.params[name]``; ``ids`` names a value in the test's id)."""
+
+    name: str  # the test's name in pytest (test_<name>)
+    measure: Callable
+    per: str = "model"
+    params: tuple[tuple[str, tuple], ...] = ()
+    ids: tuple[tuple[str, Callable], ...] = ()
+
+
+@dataclass(frozen=True)
 class Claim:
     """One claim of the paper as mechbench checks it."""
 
@@ -42,7 +59,9 @@ class Claim:
     keys: tuple[str, ...]  # the key fields of the records it measures
     rows: tuple[str, ...]  # the report table's rows (other keys are rows too, after these)
     column: str | None  # the report table's column key
-    suite: str  # its test module under suites/
+    # its own test module under suites/ (a thin file: the call that makes pytest tests of the spec); a claim
+    # without one runs from suites/test_registered_claims.py
+    suite: str | None = None
     sizes: tuple[tuple[str, int], ...] = ()  # sample sizes at the paper's settings; the first is the main one
     repeats: tuple[tuple[str, int], ...] = ()  # repeated draws (not scaled by --limit)
     # sizes that are the method's settings, not a sample whose error a tolerance covers (DCM's training pairs, the
@@ -51,6 +70,26 @@ class Claim:
     tolerance: str = ""  # its tolerance rule in words (the README's table; the numbers come from claims.tolerance)
     reads: tuple[str, ...] = ()  # other baseline files it reads (circuits, DCM heads)
     order: int = 100  # its place in the README's table and the report (a new claim goes last)
+    # whether its tests first check that the model does the task (the chance guard): a circuit claim about a model
+    # at chance asserts nothing; the accuracy claim is where such a model shows as such
+    needs_working_model: bool = True
+    # its measurements, registered by ``@CLAIM.test(...)`` in its module (not data: left out of ==, hash and repr)
+    tests: list = field(default_factory=list, compare=False, hash=False, repr=False)
+
+    def test(self, per: str = "model", params: dict | None = None, ids: dict | None = None):
+        """Register the decorated ``measure(run)`` as a test of this claim, named after the function."""
+        if per not in ("model", "circuit"):
+            raise ValueError(f"per={per!r}: a claim's test runs per 'model' or per 'circuit'")
+
+        def register(measure):
+            if any(t.name == measure.__name__ for t in self.tests):
+                raise ValueError(f"claim {self.name!r} has two tests named {measure.__name__!r}")
+            self.tests.append(ClaimTest(measure.__name__, measure, per,
+                                        tuple((k, tuple(v)) for k, v in (params or {}).items()),
+                                        tuple((ids or {}).items())))
+            return measure
+
+        return register
 
     def size(self, name: str, limit: int | None = None, default: int | None = None) -> int:
         """Sample size ``name`` under ``--limit limit``: the paper's (or ``default``, where the model's settings

@@ -39,7 +39,9 @@ MAX_TRIES = 10_000
 
 @dataclass
 class CounterfactualDataset:
-    """Aligned base and source datasets (row i of each forms pair i) and the target token per pair."""
+    """Aligned base and source datasets (row i of each forms pair i) and the target token per pair. ``base`` and
+    ``source`` are DCM's names, the paper's: the run patched into and the run patched from (path patching's clean and
+    corrupted runs); nothing to do with the base model a fine-tune is compared with."""
 
     name: str
     base: EntityTrackingDataset
@@ -205,7 +207,10 @@ DESIDERATA: dict[str, Desideratum] = {
                     groups=("pos_transmitter",), description="an extra comma after each object"),
     ]
 }
-ADDITIONAL_DESIDERATA = tuple(n for n in DESIDERATA if n not in ("object_value", "positional", "box_label_value"))
+#: The three desiderata the paper's DCM claims are about (docs/paper.md §8.5, §8.6); the rest are its position
+#: transmitters' additional ones (§8.5's table of alterations).
+MAIN_DESIDERATA = ("object_value", "positional", "box_label_value")
+ADDITIONAL_DESIDERATA = tuple(n for n in DESIDERATA if n not in MAIN_DESIDERATA)
 
 
 def _paper_target_id(tokenizer, word: str) -> int:

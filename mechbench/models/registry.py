@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 
-from mechbench.errors import UnknownModelError
+from mechbench.errors import MechbenchError, UnknownModelError
 from mechbench.models.discovery_settings import TOY_STEPS, DiscoveryConfig
 
 #: Random draws of K per completeness check of a circuit, unless its model's spec says otherwise.
@@ -212,3 +212,17 @@ def resolve(name_or_path: str) -> ModelSpec:
     if _HUB_ID.match(ref):
         return ModelSpec(ref, ref)
     raise _unknown(ref)
+
+
+def base_name_of(model: str) -> str:
+    """The model a registered fine-tune is compared with (its spec's ``base``), or the model an adapter directory
+    goes on; else an error saying how to give one."""
+    if model in BASE_OF:
+        return BASE_OF[model]
+    spec = resolve(model)
+    if spec.adapter:  # an adapter names the model under it: find that model's registered name if there is one
+        for name, registered in REGISTRY.items():
+            if registered.adapter is None and resolve(name).weights == spec.weights:
+                return name
+        return spec.weights
+    raise MechbenchError(f"no base known for {model!r}: pass the model it was fine-tuned from (--base / --base-model)")

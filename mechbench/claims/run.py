@@ -1,0 +1,260 @@
+"""One run of one claim's measurement on one model: :class:`Run`, what a ``measure(run)`` of a claim spec
+(mechbench/claims/specs) is handed. It gives the model and circuit under test, the claim's sample sizes and seeds
+under ``--limit``/``--seed``, the shared inputs (prompts, the circuit, the ablation means, stored baselines), and the
+one way to judge a number (:meth:`Run.check`: against its stored baseline, recorded in the results file).
+
+A run ends by returning (every check passed), or by raising :class:`ClaimSkipped` or :class:`ClaimFailed` with the
+reason; a runner turns those into its own outcomes (the pytest plugin into a skip or a failure without a traceback).
+Nothing here imports pytest, so a claim can run under any runner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mechbench.claims.check import ClaimOutcome, check_claim
+from mechbench.claims.registry import CLAIMS
+from mechbench.claims.settings import Settings
+from mechbench.claims.spec import Claim
+from mechbench.errors import MechbenchError, ModelLoadError
+
+
+class ClaimSkipped(Exception):
+    """The claim cannot be judged here (no weights, no stored baseline, not applicable to this model): the reason."""
+
+
+class ClaimFailed(Exception):
+    """The claim does not hold, or its input is wrong: the reason, with the numbers."""
+
+
+#: Results computed once per session and shared by the tests that need them (a measurement several tests of a
+#: claim check, the ablation means several claims share, the chance guard of a model).
+_SESSION: dict[tuple, object] = {}
+
+
+def once(key: tuple, compute):
+    """``compute()`` once per session for ``key``, then the stored result."""
+    if key not in _SESSION:
+        _SESSION[key] = compute()
+    return _SESSION[key]
+
+
+def load_model(name: str, settings: Settings, keep=()):
+    """The model's handle; a model whose weights are not here skips (:class:`ClaimSkipped`) with the reason, one
+    that exists but cannot be used fails. On a GPU the other models loaded there are let go first, except ``keep``."""
+    from mechbench.api import get_model
+    from mechbench.models.loading import chosen_options
+
+    try:
+        return get_model(name, device=settings.device, dtype=settings.dtype, keep=keep, **chosen_options(
+            allow_pickle=settings.allow_pickle, paper_compat_o_proj=settings.paper_compat_o_proj, bos=settings.bos,
+            drop_multi_token=settings.drop_multi_token))
+    except ModelLoadError as e:  # weights not here: a skip that says why
+        if Path(name.partition("+")[0]).exists() or Path(name.partition("+")[2] or "-/-").exists():
+            raise ClaimFailed(f"model {name!r} is a path that exists but cannot be loaded: {e}") from None
+        if settings.require_models:
+            raise ClaimFailed(f"--require-models: {e}") from None
+        raise ClaimSkipped(f"model {name!r} cannot be loaded here: {e}") from None
+    except MechbenchError as e:  # loadable but unusable (e.g. not a Llama): the user must change --model
+        raise ClaimFailed(str(e)) from None
+
+
+def settle(outcomes: list[ClaimOutcome], what: str = "numbers") -> None:
+    """End a measurement that checked many numbers softly: fail listing every one out of tolerance, or skip (with
+    how to store them) when none had a baseline."""
+    failed = [o.message() for o in outcomes if o.passed is False]
+    if failed:
+        raise ClaimFailed(f"{len(failed)} of {len(outcomes)} {what} out of tolerance:\n" + "\n".join(failed))
+    if outcomes and all(o.missing for o in outcomes):
+        raise ClaimSkipped(outcomes[0].message())
+
+
+@dataclass
+class Run:
+    """One measurement of ``claim`` on ``model`` (its handle), evaluating ``circuit_name`` where the claim's test
+    runs per circuit, with ``params`` (the test's own parameters, e.g. a desideratum). ``lines``: one line per check,
+    for the runner's summary."""
+
+    claim: Claim
+    settings: Settings
+    model: object = None
+    circuit_name: str | None = None
+    params: dict = field(default_factory=dict)
+    results: object = None  # a mechbench.results.ResultsWriter: every check is appended to it
+    lines: list[str] = field(default_factory=list)
+
+    # --- outcomes -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def skip(reason: str):
+        raise ClaimSkipped(reason)
+
+    @staticmethod
+    def fail(reason: str):
+        raise ClaimFailed(reason)
+
+    settle = staticmethod(settle)
+
+    # --- the claim's samples under --limit and --seed ---------------------------------------------------------
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed
+
+    def size(self, name: str, default: int | None = None) -> int:
+        return self.claim.size(name, self.settings.limit, default)
+
+    def repeat(self, name: str) -> int:
+        return self.claim.repeat(name)
+
+    def derived_seed(self, offset: int = 0, draw: int | None = None) -> int:
+        return self.settings.derived_seed(offset, draw)
+
+    def prompts(self, name: str = "prompts", tokenizer=None):
+        """The claim's sample ``name`` of task prompts (its size under --limit, the run's seed) for the model's
+        tokenizer (or ``tokenizer``): every claim measured on prompts draws them this one way."""
+        from mechbench.data.dataset import build_dataset
+
+        return build_dataset(tokenizer or self.model.tokenizer, n_examples=self.size(name), seed=self.seed)
+
+    def effect_above_zero(self, check: str, keys: dict, estimate, describe) -> None:
+        """A check with no stored number that an effect is above 0 (the circuit beats random circuits, the gain is
+        carried): it holds when the lower end of ``estimate``'s 95% interval is above 0. ``describe(passed)``: the
+        message. Recorded, then failed when it does not hold, except that an interval that includes 0 on a sample
+        that --limit made smaller than the claim's skips as inconclusive: too few prompts to tell, not evidence of
+        a change (at --limit 40, about 6 contexts, such intervals span +-0.2); only an interval wholly at or below
+        0 then fails. At the claim's own size an interval that includes 0 fails."""
+        passed = estimate.lo is not None and estimate.lo > 0
+        message = describe(passed)
+        _, default = self.claim.sizes[0]
+        limit = self.settings.limit
+        underpowered = limit is not None and limit < default and estimate.hi is not None and estimate.hi > 0
+        if not passed and underpowered:
+            self.record(check, keys, round(estimate.value, 6), None, message)
+            raise ClaimSkipped(f"inconclusive at --limit {limit}: {message}")
+        self.record(check, keys, round(estimate.value, 6), passed, message)
+        if not passed:
+            raise ClaimFailed(message)
+
+    # --- shared inputs ----------------------------------------------------------------------------------------
+
+    once = staticmethod(once)
+
+    def load(self, name: str, keep=()):
+        """Another model's handle (a fine-tune's base), skipping when its weights are not here."""
+        return load_model(name, self.settings, keep)
+
+    def circuit(self, name: str | None = None, model=None):
+        """Circuit ``name`` (default: the run's) from the baselines or the --circuit file that holds it, checked
+        to fit ``model`` (default: the run's)."""
+        from mechbench.circuits import Circuit
+
+        name, model = name or self.circuit_name, model or self.model
+        try:
+            circuit = Circuit.load((self.settings.circuit_files or {}).get(name, name), self.settings.baselines_dir)
+            circuit.check_fits(model.shape.n_layers, model.shape.n_heads)
+        except MechbenchError as e:
+            raise ClaimFailed(str(e)) from None
+        return circuit
+
+    def stored(self, claim: str | None = None):
+        """The baseline file of ``claim`` (default: this run's), or a failure naming what is wrong with it."""
+        from mechbench import baselines
+
+        name = claim or self.claim.name
+        spec = CLAIMS.get(name, self.claim if name == self.claim.name else None)
+        try:  # a registered claim whose file does not exist yet has no records (--update-baselines writes it)
+            return baselines.load(name, self.settings.baselines_dir,
+                                  None if spec is None else (spec.description, spec.unit))
+        except MechbenchError as e:
+            raise ClaimFailed(str(e)) from None
+
+    def ablation_means(self):
+        """Mean head output per (layer, position, head) over the claim's ablation prompts (its spec's
+        ``ablation_prompts``, the paper's 500), once per model, size and seed: the claims share them."""
+        from mechbench.data.counterfactuals import ablation_prompts
+        from mechbench.methods.ablation import position_means
+
+        n, model = self.size("ablation_prompts"), self.model
+        return once(("ablation means", model.name, n, self.seed), lambda: position_means(
+            model, ablation_prompts(model.tokenizer, n, seed=self.seed)))
+
+    # --- judging ----------------------------------------------------------------------------------------------
+
+    def check(self, keys: dict, measured: float, *, n: int | None = None, model=None, soft: bool = False,
+              correct=None, clusters=None, **tolerances) -> ClaimOutcome:
+        """Compare ``measured`` with the stored baseline record ``keys`` of the claim (or store it under
+        --update-baselines), within ``tolerance`` (a rule of :mod:`mechbench.claims.tolerance`), and record it.
+        ``soft``: return the outcome instead of failing or skipping (a measurement checking many points reports
+        every point out of tolerance at once, :meth:`settle`). ``correct`` and ``clusters`` (per example): the
+        accuracy's examples and their contexts, whose design effect widens a binomial tolerance (prompts of one
+        context are not independent). ``model``: the model measured (default: the run's)."""
+        from mechbench.stats import design_effect
+
+        settings, model = self.settings, model or self.model
+        if clusters is not None:
+            tolerances["n_clusters"] = len(np.unique(np.asarray(clusters)))
+        if correct is not None:
+            tolerances["design_effect"] = design_effect(np.asarray(correct, dtype=float), np.asarray(clusters))
+        seed, lookup = settings.seed, None
+        if settings.baseline_model and model is not None:
+            # the record of the model this one is checked against; another model's numbers on the same examples
+            # are not the same-sample case, so the seed is withheld from the tolerance rule. The measurement keeps
+            # the measured model's name (the baseline's name goes with it as its own field).
+            lookup = {k: (settings.baseline_model if v == model.name else v) for k, v in keys.items()}
+            lookup = {k: ("release" if k == "checkpoint" and v == "local" else v) for k, v in lookup.items()}
+            seed = None
+        paper_model = model is not None and model.spec.kind == "paper"
+        try:
+            outcome = check_claim(
+                self.claim, keys, measured, n=n, seed=seed, baselines_dir=settings.baselines_dir,
+                lookup_keys=lookup, baseline_model=settings.baseline_model if lookup else None,
+                update=settings.update_baselines and not paper_model,
+                fingerprint=getattr(model, "fingerprint", None), results=self.results, staging=settings.staging,
+                force=settings.force_baselines, **tolerances,
+            )
+        except MechbenchError as e:
+            raise ClaimFailed(str(e)) from None
+        if settings.update_baselines and paper_model and not outcome.note:
+            outcome.note = " (a paper model: --update-baselines left its published records unchanged)"
+        self.lines.append(outcome.message())
+        if soft:
+            return outcome
+        if outcome.missing:
+            raise ClaimSkipped(outcome.message())
+        if outcome.passed is False:
+            raise ClaimFailed(outcome.message())
+        return outcome
+
+    def record(self, check: str, keys: dict, value, passed: bool | None, message: str, claim: str | None = None):
+        """A check with no stored number (circuit beats random, the fine-tune's gain carried, the chance guard):
+        written to the results file like every measurement."""
+        claim = claim or self.claim.name
+        if self.results is not None:
+            self.results.write(f"check:{claim}", {**keys, "check": check}, value, passed=passed, message=message,
+                               seed=self.seed, n=None)
+        self.lines.append(f"check:{claim} [{check}] {message}")
+
+    def require_working_model(self) -> None:
+        """The chance guard: a model whose accuracy is not above chance (1/boxes) by 3 cluster-robust standard
+        errors does not do the task, and a circuit claim about it would assert nothing: the run fails saying so
+        (on the accuracy claim's prompts, once per model; the check is written to the results file)."""
+        from mechbench.evaluate import correct_on
+        from mechbench.stats import chance_check
+
+        model, accuracy = self.model, CLAIMS["accuracy"]
+        n = accuracy.size("prompts", self.settings.limit)
+
+        def check():  # recorded once per model, not once per test
+            dataset = Run(accuracy, self.settings, model).prompts()
+            task = chance_check(correct_on(model, dataset).numpy(), dataset.clusters().numpy(), dataset.num_boxes)
+            self.record("does the task", {"model": model.name}, round(task.accuracy, 6), task.passed,
+                        task.message(model.name), claim="accuracy")
+            return task
+
+        task = once(("does the task", model.name, n, self.seed), check)
+        if not task.passed:
+            raise ClaimFailed(task.message(model.name) + ": no circuit claim applies to it")
