@@ -203,3 +203,12 @@ def test_an_effect_above_zero_fails_at_full_size_and_is_inconclusive_on_a_reduce
     with pytest.raises(ClaimFailed):  # wholly at or below 0 fails even then
         reduced.effect_above_zero("beats", {}, estimate(-0.2, -0.4, -0.01), describe)
     assert [line.split("] ")[1] for line in reduced.lines] == ["passed=True", "passed=False", "passed=False"]
+
+
+def test_the_spread_of_fresh_draws_is_at_least_the_binomials():
+    # ten runs of 40 pairs that happen to agree closely: the bound takes the binomial spread of one run
+    values = [41.0, 38.0, 45.0, 40.0, 42.0, 37.5, 44.0, 40.0, 41.5, 41.0]
+    binomial_spread = 100 * (0.41 * 0.59 / 40) ** 0.5
+    assert tolerance.spread_of_fresh_draws(values, 40, unit=100) == pytest.approx(binomial_spread, rel=1e-2)
+    wide = [10.0, 70.0, 20.0, 60.0]  # a spread above the binomial's is kept
+    assert tolerance.spread_of_fresh_draws(wide, 40, unit=100) == pytest.approx(650 ** 0.5)

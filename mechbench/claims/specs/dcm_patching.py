@@ -13,7 +13,7 @@ import statistics
 
 from mechbench.circuits import HeadGroup
 from mechbench.claims.spec import Claim
-from mechbench.claims.tolerance import mean_of_draws
+from mechbench.claims.tolerance import mean_of_draws, spread_of_fresh_draws
 from mechbench.data.counterfactuals import MAIN_DESIDERATA, desiderata_pairs
 from mechbench.methods.dcm import patched_correct, source_values_at
 
@@ -70,7 +70,7 @@ def dcm_heads_patched(run):
                 runs[i].append(100 * c.float().mean().item())
     outcomes = []
     for (keys, heads, role, compat), values in zip(patched, runs):
-        std = statistics.pstdev(values)
+        std = spread_of_fresh_draws(values, n, unit=100)  # each run draws fresh pairs: at least a binomial spread
         outcomes.append(run.check(keys, statistics.fmean(values), n=n, soft=True, std=std,
                                   tolerance=mean_of_draws(std, n_runs, n=n, unit=100, rounding=0.05,
                                                           what="runs of pairs")))
