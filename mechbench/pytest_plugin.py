@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from mechbench.claims.run import ClaimFailed, ClaimSkipped, load_model
+from mechbench.claims import get
+from mechbench.claims.run import ClaimFailed, ClaimSkipped, Run, load_model
 from mechbench.claims.settings import Settings
 from mechbench.errors import MechbenchError, UnknownModelError
 from mechbench.models.registry import PAPER_MODELS, REGISTRY, TOY_MODELS, resolve
@@ -286,8 +287,6 @@ def claim_tests(*claims) -> dict[str, object]:
 
         globals().update(claim_tests("dcm"))
     """
-    from mechbench.claims import get
-
     tests = {}
     for claim in claims:
         spec = get(claim) if isinstance(claim, str) else claim
@@ -304,8 +303,6 @@ def claim_tests(*claims) -> dict[str, object]:
 def _pytest_function(claim, test):
     """The pytest function of one measurement: it loads the model, runs the chance guard where the claim needs a
     model that does the task, runs ``test.measure`` and reports each check in the session's summary."""
-    from mechbench.claims.run import Run
-
     arguments = ["model_name"] + (["circuit_name"] if test.per == "circuit" else []) + [k for k, _ in test.params]
 
     def run_claim(settings, results, request, **given):
