@@ -77,14 +77,15 @@ class Record:
                       std: float | None = None) -> float:
         """The tolerance that applies to a measurement on ``n`` examples drawn with ``seed``. ``value``: the number
         the tolerance bounds where the record's value is an object (DCM's ``test_accuracy``). ``std``: the measured
-        spread of a mean over draws, which on fewer examples than the record's says how much wider its error is."""
+        spread of a mean over draws, which says how much wider its error is than the stored one's."""
         if self.same_sample(n, seed):
             return float(self.get("tolerance_same_sample"))
         if self.get("tolerance") is None:
             raise BaselineError(f"baseline record {self.keys} has no tolerance to compare against")
         value = self.value if value is None else value
         mean_of_draws = isinstance(value, (int, float)) and (self.get("std") is not None or not 0 <= value <= 1)
-        if mean_of_draws and (n is not None and self.get("n") and n != self.get("n") or std is not None):
+        other_n = n is not None and self.get("n") and n != self.get("n")
+        if mean_of_draws and (other_n or std is not None):
             # a mean over draws (or a percent): the bound covers the stored mean's error and the new one's, so it
             # widens by sqrt((1 + (new spread / stored spread)^2) / 2): the measured spread where there is one, else
             # each draw's spread grown as 1/sqrt(n) (measured: a percent over runs of 40 pairs spread 3-6x more than
@@ -96,7 +97,7 @@ class Record:
             if std is not None and self.get("std"):
                 ratio = max(ratio, (std / self.get("std")) ** 2)
             return float(self.get("tolerance")) * max(1.0, math.sqrt((1 + ratio) / 2))
-        if n is not None and self.get("n") and n != self.get("n") and isinstance(value, (int, float)):
+        if other_n and isinstance(value, (int, float)):
             # Fewer (or more) examples than the baseline: the binomial bound widens (or narrows) with them, and
             # never allows fewer than three examples of the new sample: near 0 or 1 the count of misses is skewed
             # (Poisson-like) and 3 normal standard errors cover it too little (measured: 2 misses in 40 where the

@@ -19,6 +19,7 @@ from mechbench.claims.check import ClaimOutcome, check_claim
 from mechbench.claims.registry import CLAIMS
 from mechbench.claims.settings import Settings
 from mechbench.claims.spec import Claim
+from mechbench.data.dataset import tokenizer_key
 from mechbench.errors import MechbenchError, ModelLoadError
 
 
@@ -115,10 +116,24 @@ class Run:
 
     def prompts(self, name: str = "prompts", tokenizer=None):
         """The claim's sample ``name`` of task prompts (its size under --limit, the run's seed) for the model's
-        tokenizer (or ``tokenizer``): every claim measured on prompts draws them this one way."""
+        tokenizer (or ``tokenizer``): every claim measured on prompts draws them this one way, once per session."""
         from mechbench.data.dataset import build_dataset
 
-        return build_dataset(tokenizer or self.model.tokenizer, n_examples=self.size(name), seed=self.seed)
+        tokenizer, n = tokenizer or self.model.tokenizer, self.size(name)
+        return once(("prompts", tokenizer_key(tokenizer), n, self.seed),
+                    lambda: build_dataset(tokenizer, n_examples=n, seed=self.seed))
+
+    def correct(self, model=None, tokenizer=None):
+        """Which of the claim's prompts (:meth:`prompts`, for ``tokenizer``) the whole ``model`` (default: the
+        run's) answers correctly, once per session: the accuracy claim, the chance guard, faithfulness's full
+        accuracy and CMAP's gain read the same forward pass."""
+        from mechbench.evaluate import correct_on
+
+        model = model or self.model
+        tokenizer = tokenizer or model.tokenizer
+        dataset = self.prompts(tokenizer=tokenizer)
+        return once(("correct", model.name, tokenizer_key(tokenizer), len(dataset), self.seed),
+                    lambda: correct_on(model, dataset))
 
     def effect_above_zero(self, check: str, keys: dict, estimate, describe) -> None:
         """A check with no stored number that an effect is above 0 (the circuit beats random circuits, the gain is
@@ -242,15 +257,14 @@ class Run:
         """The chance guard: a model whose accuracy is not above chance (1/boxes) by 3 cluster-robust standard
         errors does not do the task, and a circuit claim about it would assert nothing: the run fails saying so
         (on the accuracy claim's prompts, once per model; the check is written to the results file)."""
-        from mechbench.evaluate import correct_on
         from mechbench.stats import chance_check
 
-        model, accuracy = self.model, CLAIMS["accuracy"]
-        n = accuracy.size("prompts", self.settings.limit)
+        model, accuracy = self.model, Run(CLAIMS["accuracy"], self.settings, self.model)
+        n = accuracy.size("prompts")
 
         def check():  # recorded once per model, not once per test
-            dataset = Run(accuracy, self.settings, model).prompts()
-            task = chance_check(correct_on(model, dataset).numpy(), dataset.clusters().numpy(), dataset.num_boxes)
+            dataset = accuracy.prompts()
+            task = chance_check(accuracy.correct().numpy(), dataset.clusters().numpy(), dataset.num_boxes)
             self.record("does the task", {"model": model.name}, round(task.accuracy, 6), task.passed,
                         task.message(model.name), claim="accuracy")
             return task

@@ -9,6 +9,7 @@ On the baseline's own examples (same seed and n, a deterministic CPU run) sampli
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 from mechbench.baselines import BINOMIAL_RULE, SAME_SAMPLE_RULE, binomial_tolerance
@@ -59,10 +60,8 @@ def spread_of_fresh_draws(values, n: int, unit: float = 1.0) -> float:
     itself uncertain (about 22%), and under the binomial's it narrows the bound with no reason: runs of 40 pairs
     spread 4.4 points where the binomial says 7.8, and the mean then failed an unchanged model at --limit 40
     (seed 5). Not for draws on the same examples (random K, random circuits), whose sampling error is shared."""
-    mean = sum(values) / len(values)
-    measured = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-    p = min(max(mean / unit, 0.0), 1.0)
-    return max(measured, unit * math.sqrt(p * (1 - p) / n))
+    p = min(max(statistics.fmean(values) / unit, 0.0), 1.0)
+    return max(statistics.pstdev(values), unit * math.sqrt(p * (1 - p) / n))
 
 
 def difference(a: Tolerance, b: Tolerance, what: str) -> Tolerance:

@@ -41,6 +41,14 @@ def tokenizer_name(tokenizer) -> str:
     return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
 
 
+def tokenizer_key(tokenizer) -> int:
+    """What the prompts built for ``tokenizer`` depend on (its vocabulary and the loader's BOS and multi-token
+    choices), as a cache key: not the object, since the toy zoo's models share one tokenizer (so do the paper's) and
+    an id() could be reused by another tokenizer once the first is freed."""
+    return hash((tuple(sorted(tokenizer.get_vocab().items())), starts_with_bos(tokenizer),
+                 bool(getattr(tokenizer, DROP_ATTRIBUTE, False))))
+
+
 def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 

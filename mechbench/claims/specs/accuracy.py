@@ -9,7 +9,6 @@ the examples differ (another --seed or --limit) and 3/n on the baseline's own ex
 
 from mechbench.claims.spec import Claim
 from mechbench.claims.tolerance import binomial
-from mechbench.evaluate import correct_on
 
 CLAIM = Claim(
     order=1, name="accuracy", title="accuracy", sections="8.1", suite="test_accuracy.py",
@@ -25,8 +24,7 @@ CLAIM = Claim(
 
 @CLAIM.test()
 def accuracy(run):
-    dataset = run.prompts()
-    correct = correct_on(run.model, dataset)
+    dataset, correct = run.prompts(), run.correct()
     measured, n = correct.float().mean().item(), len(dataset)
     run.check({"model": run.model.name}, measured, n=n, correct=correct, clusters=dataset.clusters(),
               tolerance=binomial(measured, n))

@@ -14,7 +14,6 @@ both 95% intervals, from resampling whole contexts, above 0).
 from mechbench.claims.spec import Claim
 from mechbench.claims.tolerance import binomial
 from mechbench.errors import MechbenchError
-from mechbench.evaluate import correct_on
 from mechbench.methods.cmap import cmap_correct, cmap_head_sets
 from mechbench.models.registry import REGISTRY
 from mechbench.stats import cluster_bootstrap
@@ -73,7 +72,7 @@ def cmap(run):
 def cmap_carries_the_finetune_gain(run):
     model = run.model
     base, sets, dataset = _setup(run)
-    q = {"base": correct_on(base, dataset).numpy(), "donor": correct_on(model, dataset).numpy(),
+    q = {"base": run.correct(base).numpy(), "donor": run.correct(model, tokenizer=base.tokenizer).numpy(),
          "patched": cmap_correct(base, model, list(sets.values()), dataset).numpy()}
     clusters = dataset.clusters().numpy()
     gain = cluster_bootstrap(lambda m: m["donor"] - m["base"], q, clusters, seed=run.seed)

@@ -15,6 +15,7 @@ from mechbench.circuits import HeadGroup
 from mechbench.claims.spec import Claim
 from mechbench.claims.tolerance import mean_of_draws, spread_of_fresh_draws
 from mechbench.data.counterfactuals import MAIN_DESIDERATA, desiderata_pairs
+from mechbench.data.dataset import tokenizer_key
 from mechbench.methods.dcm import patched_correct, source_values_at
 
 CLAIM = Claim(
@@ -32,11 +33,8 @@ CLAIM = Claim(
 
 
 def _pairs(run, tokenizer, desideratum, n, seed, paper_compat):
-    # keyed by the vocabulary, not the tokenizer object: the toy zoo's models share one (so do the paper's), and an
-    # id() could be reused by another tokenizer once the first is freed
-    vocab = hash(tuple(sorted(tokenizer.get_vocab().items())))
-    return run.once(("desiderata pairs", vocab, desideratum, n, seed, paper_compat), lambda: desiderata_pairs(
-        tokenizer, desideratum, n_pairs=n, seed=seed, paper_compat=paper_compat))
+    return run.once(("desiderata pairs", tokenizer_key(tokenizer), desideratum, n, seed, paper_compat),
+                    lambda: desiderata_pairs(tokenizer, desideratum, n_pairs=n, seed=seed, paper_compat=paper_compat))
 
 
 @CLAIM.test(per="circuit", params={"desideratum": MAIN_DESIDERATA})

@@ -12,7 +12,6 @@ must beat the random circuits, the paper's contrast, which holds or fails on the
 
 from mechbench.claims.spec import Claim
 from mechbench.claims.tolerance import binomial, mean_of_draws
-from mechbench.evaluate import accuracy_on
 from mechbench.methods.ablation import faithfulness
 from mechbench.stats import cluster_bootstrap
 
@@ -35,7 +34,7 @@ def _measured(run):
 
     def compute():
         dataset = run.prompts()
-        full = accuracy_on(model, dataset)
+        full = run.correct().float().mean().item()
         return (faithfulness(model, run.circuit(), dataset, run.ablation_means(), full,
                              n_random=run.repeat("random_circuits"), seed=run.seed),
                 dataset.clusters().numpy(), len(dataset))
