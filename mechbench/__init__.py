@@ -6,6 +6,11 @@ methods -> claims (``mechbench/claims``: one spec module per claim, run by pytes
 baselines.
 """
 
+# MECHBENCH_SIMULATED_GPU_GIB=<size> turns on the simulated CUDA device before anything else touches torch.cuda
+from mechbench.testing.device import activate_from_environment as _simulate_if_asked
+
+_simulate_if_asked()
+
 from mechbench.api import accuracy, dataset_for, get_model
 from mechbench.data.counterfactuals import DESIDERATA, CounterfactualDataset, desiderata_pairs, noise_pairs
 from mechbench.data.dataset import EntityTrackingDataset, build_dataset

@@ -194,6 +194,13 @@ def pytest_configure(config):
         config._mechbench = replace(s, compared=compared)
 
 
+def pytest_report_header(config):
+    """A run on the simulated GPU says so in the session's header too (its first line, on stderr, says so first)."""
+    from mechbench.testing.device import banner
+
+    return banner()
+
+
 def pytest_generate_tests(metafunc):
     """Tests that take ``model_name`` run once per model under test; paper models carry the paper mark."""
     settings = metafunc.config._mechbench
@@ -315,10 +322,18 @@ def _pytest_function(claim, test):
                 run.require_working_model()
             test.measure(run)
 
+        from mechbench.results import DevicePeak
+
+        peak = DevicePeak(settings.device)
         try:
-            _outcome_of(measure)
+            with peak:
+                _outcome_of(measure)
         finally:
             request.node.user_properties.extend(("claim", line) for line in run.lines)
+            if peak.bytes is not None:  # what the test held on the device at its peak, beside the plan's prediction
+                results.write(f"memory:{claim.name}", {"test": test.name, "model": given["model_name"],
+                                                        "circuit": given.get("circuit_name"), **run.params},
+                              peak.bytes, unit="bytes", device=settings.device)
 
     run_claim.__name__ = run_claim.__qualname__ = f"test_{test.name}"
     run_claim.__doc__ = test.measure.__doc__ or f"{claim.title} (docs/paper.md §{claim.sections})"

@@ -42,11 +42,14 @@ def versions() -> dict:
 
 
 def run_metadata() -> dict:
+    from mechbench.testing.device import device_metadata
+
     return {
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "git": git_state(),
         "versions": versions(),
         "platform": platform.platform(),
+        "device": device_metadata(),  # a simulated GPU says so in every row: never mistaken for a GPU measurement
     }
 
 
@@ -70,3 +73,32 @@ class ResultsWriter:
         if not self.path.is_file():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+class DevicePeak:
+    """``with DevicePeak(device) as peak:`` the peak of the device's allocated memory within the block
+    (``peak.bytes``; None off a CUDA device), read from torch's allocator statistics: on a GPU the real peak, on the
+    simulated GPU (mechbench.testing.device) the peak of the storages alive on it. The plugin records each claim
+    test's peak as a ``memory:<claim>`` row, beside the plan's prediction (``mechbench plan``)."""
+
+    def __init__(self, device):
+        self.device, self.bytes = str(device), None
+
+    def __enter__(self) -> "DevicePeak":
+        import torch
+
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._cuda = True
+        else:
+            self._cuda = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._cuda:
+            import torch
+
+            torch.cuda.synchronize(self.device)
+            self.bytes = int(torch.cuda.max_memory_allocated(self.device))
+

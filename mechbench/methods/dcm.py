@@ -154,7 +154,7 @@ def train_dcm_groups(
                         mask.clamp_(0, 1)
                     patches = _patches(group, 1 - mask, positions, reads[group.role]["train"], rows)
                     logits = run(torch_model, ids, patches, grad=True, prefix=prefix).last_logits
-                    target_logit = logits[torch.arange(len(rows)), targets.to(logits.device)]
+                    target_logit = logits[torch.arange(len(rows), device=logits.device), targets.to(logits.device)]
                     loss = -target_logit.mean() + lam * (1 - mask).sum()
                     optimizer.zero_grad()
                     loss.backward()
@@ -177,10 +177,10 @@ def train_dcm_groups(
     test_prefixes = capture_prefixes(torch_model, test.base.input_ids, on_host=on_host) if len(groups) > 1 else None
     out = []
     for group, mask, (acc, _, kept) in zip(groups, masks, best):
-        final = kept if acc >= 0 else mask.detach().clamp(0, 1)
+        final = (kept if acc >= 0 else mask.detach().clamp(0, 1)).cpu()
         test_correct = masked_correct(torch_model, group, test, final, reads=reads[group.role]["test"],
                                       prefixes=test_prefixes)
         heads = tuple(h for h, m in zip(group.heads, final.round().tolist()) if m == 0)
-        out.append(DCMResult(group.name, train.name, heads, final.cpu(), max(acc, 0.0),
+        out.append(DCMResult(group.name, train.name, heads, final, max(acc, 0.0),
                              test_correct.float().mean().item(), test_correct))
     return out

@@ -65,11 +65,11 @@ def _one_token_senders(model, layer: int, hidden: torch.Tensor, positions: torch
     per_chunk = max(1, ONE_TOKEN_ROWS // n)
     logits, reads = [], []
     for first in range(0, n_heads, per_chunk):
-        senders = torch.arange(first, min(first + per_chunk, n_heads))
+        senders = torch.arange(first, min(first + per_chunk, n_heads), device=corrupt.device)
         k = len(senders)
         values = {l: clean[l].repeat(k, 1, 1) for l in range(layer, len(clean))}
         own = values[layer].view(k, n, n_heads, -1)
-        own[torch.arange(k), :, senders] = corrupt[:, senders].transpose(0, 1)
+        own[torch.arange(k, device=own.device), :, senders] = corrupt[:, senders].transpose(0, 1)
         out = run_frozen_attention(model, hidden.repeat(k, 1), positions.repeat(k), values, read, logits=read is None)
         logits += list(out.last_logits.view(k, n, -1)) if read is None else [None] * k
         reads += [{l: r.view(k, n, *r.shape[1:])[i] for l, r in out.reads.items()} for i in range(k)]
