@@ -8,9 +8,14 @@
 # Weights come from the hub cache or from MECHBENCH_MODEL_<NAME>=/path (see README, Models); a model that
 # cannot be loaded fails the run (--require-models) instead of skipping, so a green GPU run means every claim
 # was checked. Results go to $RESULTS (default results-gpu/): results.jsonl line by line, then report.md.
+#
+# A rehearsal without a GPU (the same script, plan and pytest runs, on the CPU under the simulated device):
+#   MECHBENCH_SIMULATED_GPU_GIB=80 MODELS=toy-llama,toy-goat bash ci/run-gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+if [ -n "${MECHBENCH_SIMULATED_GPU_GIB:-}" ]; then
+  echo "ci/run-gpu.sh: REHEARSAL on the simulated GPU (MECHBENCH_SIMULATED_GPU_GIB=$MECHBENCH_SIMULATED_GPU_GIB): CPU numerics, not a GPU run" >&2
+elif ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
   echo "ci/run-gpu.sh: no NVIDIA GPU visible (nvidia-smi fails); CPU CI is .ci/run" >&2
   exit 2
 fi
@@ -21,7 +26,8 @@ DTYPE="${DTYPE:-float32}"
 bash scripts/setup-venv.sh
 # The memory and time plan of every claim on every model, from the models' shapes, before anything loads
 # (mechbench/plan.py); it stops here if a claim would not fit this GPU.
-gpu_gib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1 | awk '{printf "%.0f", $1 / 1024}')
+# the size torch reports for cuda:0 (the simulated one's under the rehearsal)
+gpu_gib=$(.venv/bin/python -c 'import mechbench, torch; print(round(torch.cuda.get_device_properties(0).total_memory / 2**30))' 2>/dev/null)
 .venv/bin/mechbench plan ${MODELS//,/ } --own-circuit --dtype "$DTYPE" --batch-size auto --gpu-gib "$gpu_gib"
 status=0
 # One pytest per model: a failure on one model still lets the others run and report.

@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                           "checked against MODEL's baselines): it should fail")
     cal.add_argument("--out", default="results/calibrate")
     cal.add_argument("-k", dest="select", default=None, help="pytest -k expression: a subset of the claims")
+    cal.add_argument("--device", default="cpu", help="each seed's pytest runs here (cpu, cuda, cuda:N)")
+    cal.add_argument("--dtype", default="float32")
     pln = sub.add_parser("plan", help="peak GPU memory, host memory and GPU time of every claim, before loading")
     pln.add_argument("models", nargs="+", help="registered paper models, or local model directories")
     pln.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
@@ -208,6 +210,7 @@ def _calibrate(args) -> None:
 
     out = Path(args.out) / (args.model + (f"-{args.plant}" if args.plant else ""))
     model, extra = args.model, ["-k", args.select] if args.select else []
+    extra += [f"--device={args.device}", f"--dtype={args.dtype}"]
     if args.plant:
         model = str(plant(args.model, args.plant, out))
         from mechbench.models.registry import BASE_OF

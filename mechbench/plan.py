@@ -368,20 +368,45 @@ def plan(model: str, dtype: str = "float32", batch_size: int = 50, seq: int = PA
     return out
 
 
+def _plans_for(model: str, dtype: str, batch: int, seq: int, shape: Shape) -> list[ClaimPlan]:
+    """Every claim of ``model`` under its default circuit and its own (the suites run both where it has one)."""
+    return [p for c in {default_circuit(model), model} for p in plan(model, dtype, batch, seq, shape=shape, circuit=c)]
+
+
+def never_fit(model: str, dtype: str, free_bytes: float, seq: int = PAPER_SEQ_LEN) -> list[ClaimPlan]:
+    """The claims of ``model`` that do not fit ``free_bytes`` (with the headroom) at their smallest batch (one
+    prompt; DCM trains on its fixed 32-pair batches)."""
+    return [p for p in _plans_for(model, dtype, 1, seq, shape_of(model)) if not p.fits(free_bytes)]
+
+
 def choose_batch_size(model: str, dtype: str, free_bytes: float, seq: int = PAPER_SEQ_LEN, largest: int = 100) -> int:
-    """The largest batch (up to ``largest``) at which every claim (its own circuit's included) fits
-    ``free_bytes`` with the headroom."""
+    """The largest batch (up to ``largest``) at which every claim (its own circuit's included) that fits at all fits
+    ``free_bytes`` with the headroom; the claims that never fit are :func:`never_fit`'s. A model whose weights and
+    one forward do not fit is an error that says what would."""
+    from mechbench.errors import MechbenchError
+
     shape = shape_of(model)
+    never = {p.claim for p in never_fit(model, dtype, free_bytes, seq)}
+    if "accuracy" in never:
+        need = {p.claim: p for p in _plans_for(model, dtype, 1, seq, shape)}["accuracy"].device_bytes
+        smaller = [d for d in ("bfloat16",) if d != dtype and DTYPE_BYTES[d] < DTYPE_BYTES[dtype]]
+        raise MechbenchError(
+            f"{model} in {dtype} needs {need / GIB:.1f} GiB on the GPU for its weights and one prompt's forward, and "
+            f"{(1 - HEADROOM) * free_bytes / GIB:.1f} GiB of this GPU's {free_bytes / GIB:.1f} GiB free can be used "
+            f"({HEADROOM:.0%} headroom): "
+            + (f"use --dtype {smaller[0]} (half the bytes; see the README's bfloat16 table for which bounds hold), "
+               if smaller else "")
+            + "a larger GPU, or spread the model over several (device_map)")
     for batch in range(largest, 0, -1):
-        if all(p.fits(free_bytes) for c in {default_circuit(model), model}
-               for p in plan(model, dtype, batch, seq, shape=shape, circuit=c)):
+        if all(p.fits(free_bytes) for p in _plans_for(model, dtype, batch, seq, shape) if p.claim not in never):
             return batch
     return 1
 
 
-def resolve_batch_size(value: str | int, device: str, dtype: str, models) -> int:
+def resolve_batch_size(value: str | int, device: str, dtype: str, models, notes: list | None = None) -> int:
     """``--batch-size``: a positive integer as given; ``auto``: 50 on the CPU, and on a GPU the largest batch at
-    which every claim of every model fits the device's free memory (50 where a model's shape is unknown)."""
+    which every claim of every model that fits at all fits the device's free memory (50 where a model's shape is
+    unknown). ``notes`` collects a line per claim that cannot fit even one prompt at a time."""
     from mechbench.errors import MechbenchError
 
     if str(value) != "auto":
@@ -400,10 +425,49 @@ def resolve_batch_size(value: str | int, device: str, dtype: str, models) -> int
     sizes = []
     for model in models:
         try:
-            sizes.append(choose_batch_size(model, dtype, free))
+            shape_of(model)
         except MechbenchError:  # a model whose shape cannot be read before loading: the CPU default
             sizes.append(50)
+            continue
+        sizes.append(choose_batch_size(model, dtype, free))
+        worst: dict[str, ClaimPlan] = {}
+        for p in never_fit(model, dtype, free) if notes is not None else ():
+            worst[p.claim] = max(worst.get(p.claim, p), p, key=lambda q: q.device_bytes)
+        for p in worst.values():
+            notes.append(f"{model}: {p.claim} needs {p.device_bytes / GIB:.1f} GiB at its smallest batch (mechbench "
+                         f"plan), more than this GPU's {free / GIB:.1f} GiB free allows with {HEADROOM:.0%} headroom: "
+                         f"it will run out of memory; deselect it (-k 'not {p.claim}') or use a larger GPU")
     return min(sizes, default=50)
+
+
+#: How far a claim's measured peak device memory may sit from the plan's: above by at most 1.25x (the plan's 15%
+#: headroom is what a claim may exceed it by before a GPU that the plan says fits runs out), below by at most 2.5x
+#: (the plan counts every term at its worst: DCM's saved activations through every layer where the fast path starts
+#: at the group's lowest one). Measured on the toy zoo and paper-shaped stand-ins under the simulated GPU
+#: (tests/test_plan_memory.py): 0.53-1.09 of the plan.
+MEASURED_OVER_PLAN = (0.4, 1.25)
+
+
+def measured_against_plan(rows: list[dict], shapes: dict[str, Shape] | None = None) -> list[tuple[dict, int, float]]:
+    """(the ``memory:<claim>`` row, the plan's device bytes for it, measured / plan) for every claim test a run
+    measured on a GPU or the simulated one, the largest per (claim, model, circuit); the plan at the row's dtype,
+    batch size and prompt length, for the model's shape (``shapes`` where the registry's is not the model's: a
+    stand-in). Claims the plan does not run on that model (they skipped) are left out."""
+    peaks: dict[tuple, dict] = {}
+    for row in rows:
+        if row["claim"].startswith("memory:") and row.get("seq_len"):
+            key = (row["claim"], row["model"], row.get("circuit"))
+            if key not in peaks or row["value"] > peaks[key]["value"]:
+                peaks[key] = row
+    out = []
+    for (claim, model, circuit), row in sorted(peaks.items()):
+        shape = (shapes or {}).get(model) or shape_of(model)
+        plans = {p.claim: p for p in plan(model, row["dtype"], row["batch_size"], row["seq_len"], shape=shape,
+                                          circuit=circuit)}
+        planned = plans.get(claim.removeprefix("memory:"))
+        if planned is not None:
+            out.append((row, planned.device_bytes, row["value"] / planned.device_bytes))
+    return out
 
 
 def format_plan(model: str, plans: list[ClaimPlan], dtype: str, batch_size: int, gpu_gib: float,

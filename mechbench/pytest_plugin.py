@@ -149,8 +149,9 @@ def pytest_configure(config):
         validate.seed(config.getoption("--seed"))
         validate.dtype(config.getoption("--dtype"))
         validate.device(config.getoption("--device"))
+        config._mechbench_notes = []
         batch_size = resolve_batch_size(config.getoption("--batch-size"), config.getoption("--device"),
-                                        config.getoption("--dtype"), _models(config))
+                                        config.getoption("--dtype"), _models(config), config._mechbench_notes)
         validate.baselines_dir(Path(config.getoption("--baselines-dir")))
         validate.writable_dir("--results-dir", Path(config.getoption("--results-dir")))
         for name in _models(config):
@@ -194,11 +195,19 @@ def pytest_configure(config):
         config._mechbench = replace(s, compared=compared)
 
 
-def pytest_report_header(config):
-    """A run on the simulated GPU says so in the session's header too (its first line, on stderr, says so first)."""
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session):
+    """A run on the simulated GPU says so on its first line, before pytest's header (-q included); so does a claim
+    that the memory plan says cannot fit the GPU."""
     from mechbench.testing.device import banner
 
-    return banner()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    if banner():
+        reporter.write_line(banner(), yellow=True, bold=True)
+    for note in getattr(session.config, "_mechbench_notes", []):  # claims the memory plan says cannot fit
+        reporter.write_line(f"mechbench: {note}", yellow=True)
 
 
 def pytest_generate_tests(metafunc):
@@ -316,15 +325,31 @@ def _pytest_function(claim, test):
         run = Run(claim, settings, circuit_name=given.get("circuit_name"), results=results,
                   params={k: given[k] for k, _ in test.params})
 
-        def measure():
-            run.model = load_model(given["model_name"], settings)
-            if claim.needs_working_model:
-                run.require_working_model()
-            test.measure(run)
-
         from mechbench.results import DevicePeak
 
         peak = DevicePeak(settings.device)
+
+        def measure():
+            import torch
+
+            try:
+                run.model = load_model(given["model_name"], settings)
+                peak.restart()  # the claim's own peak: not the moment before the last test's models were let go
+                if claim.needs_working_model:
+                    run.require_working_model()
+                test.measure(run)
+            except torch.OutOfMemoryError as e:  # what finished is in results.jsonl; the next test gets the memory back
+                import gc
+
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise ClaimFailed(
+                    f"out of memory on {settings.device} at batch {settings.batch_size} ({str(e).splitlines()[0][:200]}). "
+                    f"`mechbench plan {given['model_name']} --dtype {settings.dtype} --batch-size {settings.batch_size}` "
+                    f"shows what each claim needs: pass a smaller --batch-size (or auto, which picks one that fits), "
+                    f"--dtype bfloat16, or deselect this claim (-k 'not {claim.name}')") from None
+
         try:
             with peak:
                 _outcome_of(measure)
@@ -333,7 +358,9 @@ def _pytest_function(claim, test):
             if peak.bytes is not None:  # what the test held on the device at its peak, beside the plan's prediction
                 results.write(f"memory:{claim.name}", {"test": test.name, "model": given["model_name"],
                                                         "circuit": given.get("circuit_name"), **run.params},
-                              peak.bytes, unit="bytes", device=settings.device)
+                              peak.bytes, unit="bytes", device=settings.device, dtype=settings.dtype,
+                              batch_size=settings.batch_size,
+                              seq_len=run.prompt_length() if run.model is not None else None)
 
     run_claim.__name__ = run_claim.__qualname__ = f"test_{test.name}"
     run_claim.__doc__ = test.measure.__doc__ or f"{claim.title} (docs/paper.md §{claim.sections})"

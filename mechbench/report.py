@@ -142,6 +142,7 @@ def write_report(results: Path | str, out: Path | str, figures: bool = True) -> 
     lines = ["# mechbench report", "",
              f"{len(rows)} measurements (latest per claim and keys) from `{results}`; commits: "
              + ", ".join(c[:12] for c in commits) + ".", ""]
+    lines += device_lines(rows)
     lines += [f"## Failed: {len(failed)} (outside tolerance, or a check that did not hold)", ""]
     if failed:
         lines += [_frame(failed).round(4).to_markdown(index=False), ""]
@@ -157,6 +158,21 @@ def write_report(results: Path | str, out: Path | str, figures: bool = True) -> 
 # --- comparison reports (mechbench.compare): a fine-tune beside its base ----------------------------------
 
 
+def device_lines(rows: list[dict]) -> list[str]:
+    """What the numbers ran on (rows' ``meta.device``), and a warning heading when any ran on the simulated GPU: its
+    numbers are CPU numbers and its times are not GPU times."""
+    devices = {json.dumps((r.get("meta") or {}).get("device") or {"name": "unrecorded"}, sort_keys=True) for r in rows}
+    devices = [json.loads(d) for d in sorted(devices)]
+    simulated = [d for d in devices if d.get("simulated")]
+    lines = ["Device: " + "; ".join(f"{d.get('name')}" + (f" ({d['gib']:g} GiB)" if d.get("gib") else "")
+                                    for d in devices) + ".", ""]
+    if simulated:
+        lines = ["**SIMULATED GPU: these numbers ran on the CPU under mechbench's simulated CUDA device "
+                 "(MECHBENCH_SIMULATED_GPU_GIB); they rehearse a GPU run's code path and memory, they are not a GPU "
+                 "measurement.**", ""] + lines
+    return lines
+
+
 def _cell(x, spec: str = ".3f") -> str:
     return "–" if x is None or (isinstance(x, float) and x != x) else format(x, spec)
 
@@ -165,6 +181,7 @@ def comparison_markdown(comparison, results_path: str | None = None) -> str:
     """The side-by-side report of one :class:`mechbench.compare.Comparison` (its claims must be computed)."""
     from mechbench.compare import VERDICT_CLAIMS, VERDICT_RULES
     from mechbench.results import git_state, versions
+    from mechbench.testing.device import device_metadata
 
     c = comparison
     base, ft, lane = c.base.name, c.fine_tune.name, c.lane
@@ -185,6 +202,7 @@ def comparison_markdown(comparison, results_path: str | None = None) -> str:
         f"fine-tune weights {c.fine_tune.fingerprint.get('weights_sha256', '')[:12]}, base "
         f"{c.base.fingerprint.get('weights_sha256', '')[:12]}."
         + (f" Every number is also in `{results_path}`." if results_path else ""), "",
+        *device_lines([{"meta": {"device": device_metadata()}}]),
         f"## Verdict: **{verdict.label if verdict else 'not reached'}**", "",
     ] + ([f"- {r}" for r in verdict.reasons] if verdict else
          [f"- the verdict needs the claims {', '.join(VERDICT_CLAIMS)}; this run computed "

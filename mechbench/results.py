@@ -95,6 +95,13 @@ class DevicePeak:
             self._cuda = False
         return self
 
+    def restart(self) -> None:
+        """Count from here (after a model is loaded and the models it replaces are let go)."""
+        if self._cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self.device)
+
     def __exit__(self, *exc) -> None:
         if self._cuda:
             import torch

@@ -123,6 +123,14 @@ class Run:
         return once(("prompts", tokenizer_key(tokenizer), n, self.seed),
                     lambda: build_dataset(tokenizer, n_examples=n, seed=self.seed))
 
+    def prompt_length(self) -> int:
+        """Tokens per task prompt under the model's tokenizer (7 boxes: 54 with LLaMA's), what the memory plan
+        counts by."""
+        from mechbench.data.dataset import build_dataset
+
+        tokenizer = self.model.tokenizer
+        return once(("prompt length", tokenizer_key(tokenizer)), lambda: build_dataset(tokenizer, n_examples=7).seq_len)
+
     def correct(self, model=None, tokenizer=None):
         """Which of the claim's prompts (:meth:`prompts`, for ``tokenizer``) the whole ``model`` (default: the
         run's) answers correctly, once per session: the accuracy claim, the chance guard, faithfulness's full
@@ -271,4 +279,9 @@ class Run:
 
         task = once(("does the task", model.name, n, self.seed), check)
         if not task.passed:
-            raise ClaimFailed(task.message(model.name) + ": no circuit claim applies to it")
+            raise ClaimFailed(
+                task.message(model.name) + ": no circuit claim applies to it. If it should do the task, check what "
+                f"was loaded: the weights (`mechbench accuracy {model.name}`, and the fingerprint in results.jsonl), "
+                "the tokenizer and the BOS choice (--bos; a chat turn marker as BOS puts a working model near chance), "
+                "the dtype; a model that really lost the task is compared with its base instead (--compare) to see "
+                "where it lost it")

@@ -187,6 +187,36 @@ def check_adapter(adapter: str, config) -> None:
             + ". Load it on the model it was trained on: 'base+adapter' or --base-model.")
 
 
+def adapter_files(adapter: str) -> list[str] | None:
+    """The files of a peft adapter (a local directory, a hub repository in the local cache, or one the hub lists),
+    or None where that cannot be known without downloading."""
+    if Path(adapter).is_dir():
+        return sorted(p.name for p in Path(adapter).iterdir())
+    try:
+        from huggingface_hub import list_repo_files, snapshot_download
+
+        try:  # a cached snapshot answers offline
+            return sorted(p.name for p in Path(snapshot_download(adapter, local_files_only=True)).iterdir())
+        except Exception:  # noqa: BLE001 - not cached: ask the hub if it can be reached
+            return sorted(list_repo_files(adapter)) if _hub_reachable() else None
+    except Exception:  # noqa: BLE001 - no answer: peft's own errors apply
+        return None
+
+
+def _check_adapter_weights(spec: ModelSpec, allow_pickle: bool) -> None:
+    """An adapter that ships only a pickled ``adapter_model.bin`` (Goat's) is unpickled only when allowed, as for
+    a model's weights."""
+    files = adapter_files(spec.adapter)
+    if files is None or allow_pickle or "adapter_model.safetensors" in files:
+        return
+    if any(f.startswith("adapter_model") and f.endswith(".bin") for f in files):
+        raise ModelLoadError(
+            f"the adapter of {spec.name!r} ({spec.adapter}) holds only pickled weights (adapter_model.bin), which "
+            f"mechbench does not load by default (unpickling runs code from the file): if you trust the source, pass "
+            f"--allow-pickle (pytest and the mechbench commands) or allow_pickle=True (load_model), or save it as "
+            f"safetensors once.")
+
+
 def _broken_weights(directory: str) -> str | None:
     """The first safetensors file under ``directory`` whose header or data does not read back."""
     from safetensors import safe_open
@@ -222,6 +252,19 @@ def _shape(config) -> ModelShape:
         d_model=config.hidden_size,
         vocab_size=config.vocab_size,
     )
+
+
+def _check_placement(model: torch.nn.Module, name: str, device) -> None:
+    """Every parameter and buffer (a LoRA adapter's included) on ``device``: one left on the host would make the
+    first forward fail on a GPU, forty minutes into a run, or copy it over on every call."""
+    want = torch.device(device)
+    want = torch.device(want.type, 0 if want.type == "cuda" and want.index is None else want.index)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
+            if t.device.type != want.type or (want.index is not None and t.device.index not in (None, want.index))]
+    if left:
+        raise ModelLoadError(f"loading {name!r} onto {device} left {len(left)} tensor(s) elsewhere ({', '.join(left[:3])}"
+                             f"{', ...' if len(left) > 3 else ''}): a module keeps them out of .to(); load it with "
+                             f"device_map, or report the model's layout")
 
 
 def chosen_options(**options) -> dict:
@@ -320,6 +363,7 @@ def load_model(
         from peft import PeftModel
 
         check_adapter(spec.adapter, config)
+        _check_adapter_weights(spec, allow_pickle)
         try:
             peft_model = PeftModel.from_pretrained(model, spec.adapter, **_pretrained_kwargs(spec.adapter))
         except (OSError, ValueError) as e:
@@ -330,6 +374,7 @@ def load_model(
         model = peft_model.get_base_model()
     if device_map is None:
         model.to(device)
+        _check_placement(model, spec.name, device)
     model.eval()
     if paper_compat_o_proj:
         from mechbench.intervene.engine import PAPER_O_PROJ

@@ -367,6 +367,26 @@ def simulated_gpu(gib: float = 80):
 _SAVED: list = []
 
 
+def _loading_to_device(load):
+    """``torch.load`` with ``map_location`` on cuda (peft loads a pickled adapter so): CUDA storages cannot exist on
+    a CPU build, so the file loads to the host and each tensor becomes a device tensor, as it would arrive on a GPU."""
+    def _cuda_location(location) -> bool:
+        if isinstance(location, dict):
+            return any(_cuda_location(v) for v in location.values())
+        if isinstance(location, (str, torch.device, int)):
+            return _as_device(location).type == "cuda"
+        return False
+
+    def device_load(f, map_location=None, *args, **kwargs):
+        if not _cuda_location(map_location):
+            return load(f, map_location, *args, **kwargs)
+        from torch.utils._pytree import tree_map
+
+        return tree_map(lambda x: _to_device(x) if isinstance(x, torch.Tensor) else x,
+                        load(f, "cpu", *args, **kwargs))
+    return device_load
+
+
 def _swapping_apply(module_apply):
     """``Module._apply`` (behind ``.to``, ``.cuda``, ``.float`` ...) with parameters swapped in place: on a real GPU
     ``model.to("cuda")`` keeps each Parameter object and moves its data; here the device lives in the tensor's type,
@@ -399,11 +419,12 @@ def activate(gib: float) -> SimulatedGPU:
     saved = {name: getattr(torch.cuda, name, None) for name in api}
     for name, fn in api.items():
         setattr(torch.cuda, name, fn)
-    module_apply = torch.nn.Module._apply
+    module_apply, load = torch.nn.Module._apply, torch.load
     torch.nn.Module._apply = _swapping_apply(module_apply)
+    torch.load = torch.serialization.load = _loading_to_device(load)
     mode = _Mode()
     mode.__enter__()
-    _SAVED.append((saved, module_apply, mode))
+    _SAVED.append((saved, module_apply, load, mode))
     _ACTIVE = gpu
     return gpu
 
@@ -412,9 +433,10 @@ def deactivate() -> None:
     global _ACTIVE
     if not _SAVED:
         return
-    saved, module_apply, mode = _SAVED.pop()
+    saved, module_apply, load, mode = _SAVED.pop()
     mode.__exit__(None, None, None)
     torch.nn.Module._apply = module_apply
+    torch.load = torch.serialization.load = load
     for name, fn in saved.items():
         if fn is None:
             delattr(torch.cuda, name)
