@@ -31,7 +31,7 @@ from mechbench.stats import few_clusters_factor
 SCHEMA_VERSION = 1
 UNITS = ("fraction", "percent", "heads", "count")
 TOP_FIELDS = {"schema_version": int, "claim": str, "description": str, "unit": str, "source": str, "records": list}
-RECORD_FIELDS = ("value", "source", "tolerance", "tolerance_same_sample", "tolerance_rule", "n", "seed", "std",
+RECORD_FIELDS = ("value", "source", "tolerance", "tolerance_same_sample", "tolerance_rule", "n", "seed", "std", "dtype",
                  "note", "fingerprint", "measured_at")
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "baselines"
 
@@ -73,13 +73,20 @@ class Record:
         return (n is not None and seed is not None and self.get("n") == n and self.get("seed") == seed
                 and self.get("tolerance_same_sample") is not None)
 
+    @property
+    def dtype(self) -> str:
+        """The dtype the record was measured in (records written before it was stored were all float32)."""
+        return self.get("dtype") or "float32"
+
     def tolerance_for(self, n: int | None = None, seed: int | None = None, value: float | None = None,
-                      std: float | None = None) -> float:
+                      std: float | None = None, dtype: str | None = None) -> float:
         """The tolerance that applies to a measurement on ``n`` examples drawn with ``seed``. ``value``: the number
         the tolerance bounds where the record's value is an object (DCM's ``test_accuracy``). ``std``: the measured
-        spread of a mean over draws, which says how much wider its error is than the stored one's."""
+        spread of a mean over draws, which says how much wider its error is than the stored one's. ``dtype``: the
+        measurement's; on the record's own examples another dtype than the record's widens the bound
+        (:func:`precision_factor`)."""
         if self.same_sample(n, seed):
-            return float(self.get("tolerance_same_sample"))
+            return float(self.get("tolerance_same_sample")) * precision_factor(n, dtype, self.dtype)
         if self.get("tolerance") is None:
             raise BaselineError(f"baseline record {self.keys} has no tolerance to compare against")
         value = self.value if value is None else value
@@ -302,6 +309,27 @@ class Staging:
         return [b.path for b in changed]
 
 
+#: The share of examples whose top-1 answer flips between float32 and bfloat16 weights and activations, rounded up
+#: from the 0.53% measured on the toy zoo (116 sets of 500 prompts: accuracy and every knockout curve point of the
+#: four models, at most 6 flips and a net change of 4 in one set), doubled for wider models and other kernels.
+PRECISION_FLIP_RATE = 0.01
+PRECISION_RULE = ("in another dtype than the baseline's, on its own examples: the same-sample bound x (1 + "
+                  "sqrt(0.01 n)), for the predictions that flip on near-ties when the weights are rounded (0.53% of "
+                  "examples measured float32 -> bfloat16 on the toy zoo, doubled)")
+
+
+def precision_factor(n: int | None, dtype: str | None, baseline_dtype: str) -> float:
+    """How much a same-sample bound widens when the measurement ran in ``dtype`` and the baseline in
+    ``baseline_dtype``: the examples are the same, the model is not quite (every weight rounded), so each example
+    near a tie may flip either way; their net count has a standard deviation of about sqrt(rate n), and the bound
+    allows 3 of them on top of the 3 of the same-sample rule: 3/n x (1 + sqrt(rate n)). 1 in the same dtype."""
+    from mechbench.models.loading import DTYPES
+
+    if not dtype or not n or DTYPES.get(dtype, dtype) == DTYPES.get(baseline_dtype, baseline_dtype):
+        return 1.0
+    return 1.0 + math.sqrt(PRECISION_FLIP_RATE * n)
+
+
 @dataclass
 class Comparison:
     measured: float
@@ -309,6 +337,7 @@ class Comparison:
     tolerance: float
     record: Record
     widened: float = 1.0  # the factor a binomial tolerance was widened by for prompts that share a context
+    precision: float = 1.0  # the factor a same-sample bound was widened by for another dtype than the baseline's
 
     @property
     def difference(self) -> float:
@@ -322,13 +351,16 @@ class Comparison:
         verdict = "within" if self.passed else "OUTSIDE"
         widened = (f" (the binomial bound x {self.widened:.2f}: prompts that share a context miss together, and "
                    f"the contexts behind that estimate are counted)" if self.widened > 1 else "")
+        if self.precision > 1:
+            widened += (f" (the same-sample bound x {self.precision:.2f}: the baseline ran in {self.record.dtype}, "
+                        f"and rounding to another dtype flips predictions near ties)")
         return (f"measured {self.measured:.4f} vs baseline {self.expected:.4f} ({self.record.source}): "
                 f"difference {self.difference:+.4f}, {verdict} tolerance {self.tolerance:.4f}{widened}")
 
 
 def compare(measured: float, record: Record, n: int | None = None, seed: int | None = None,
             field: str | None = None, design_effect: float = 1.0, n_clusters: int | None = None,
-            std: float | None = None) -> Comparison:
+            std: float | None = None, dtype: str | None = None) -> Comparison:
     """``field``: compare with that entry of a record whose value is an object (DCM: ``test_accuracy``).
     ``design_effect``: the measured variance of the accuracy over its binomial variance when prompts come in
     blocks that share a context (:func:`mechbench.stats.design_effect`); a binomial tolerance is widened by its
@@ -342,8 +374,10 @@ def compare(measured: float, record: Record, n: int | None = None, seed: int | N
         expected = expected[field]
     if not isinstance(expected, (int, float)):
         raise BaselineError(f"baseline record {record.keys} holds {type(expected).__name__}, not a number")
-    widen = 1.0
+    widen, precision = 1.0, 1.0
     if not record.same_sample(n, seed):
         widen = max(1.0, float(design_effect)) ** 0.5 * (few_clusters_factor(n_clusters) if n_clusters else 1.0)
-    return Comparison(float(measured), float(expected), record.tolerance_for(n, seed, float(expected), std) * widen,
-                      record, widen)
+    else:
+        precision = precision_factor(n, dtype, record.dtype)
+    return Comparison(float(measured), float(expected),
+                      record.tolerance_for(n, seed, float(expected), std, dtype) * widen, record, widen, precision)

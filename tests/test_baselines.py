@@ -217,3 +217,21 @@ def test_a_mean_over_draws_on_fewer_examples_widens_by_its_measured_spread():
     # draws: toy-float's 1.19 points failed --seed 1 by 1.86 against 1.85); a smaller one keeps its bound
     assert record.tolerance_for(500, std=2.4) == pytest.approx(1.88 * ((1 + 2.0 ** 2) / 2) ** 0.5)
     assert record.tolerance_for(500, std=1.0) == record.tolerance_for(500) == 1.88
+
+
+def test_another_dtype_widens_only_the_same_sample_bound():
+    """bfloat16 against a float32 baseline on its own examples: the model is the same up to rounding, so the 3/n of
+    two float builds grows by the near-tie flips rounding causes (0.53% of examples measured on the toy zoo, 1% in
+    the rule): 3/n x (1 + sqrt(0.01 n)); other samples keep their bound, and a planted change still fails."""
+    from mechbench.baselines import PRECISION_FLIP_RATE, Record, compare, precision_factor
+
+    record = Record({"model": "m"}, 0.642, "measured", {"tolerance": 0.0907, "tolerance_same_sample": 0.006,
+                                                        "n": 500, "seed": 0})
+    assert record.dtype == "float32"  # records from before dtype was stored were all float32
+    assert compare(0.642, record, n=500, seed=0, dtype="float32").tolerance == pytest.approx(0.006)
+    widened = compare(0.650, record, n=500, seed=0, dtype="bfloat16")
+    assert widened.tolerance == pytest.approx(0.006 * (1 + (PRECISION_FLIP_RATE * 500) ** 0.5))
+    assert widened.passed and "baseline ran in float32" in str(widened)  # 4 flips in 500: what bf16 did to toy-float
+    assert not compare(0.592, record, n=500, seed=0, dtype="bfloat16").passed  # a 0.05 change of mechanism
+    assert compare(0.642, record, n=500, seed=3, dtype="bfloat16").tolerance == pytest.approx(0.0907)
+    assert precision_factor(500, "bf16", "bfloat16") == 1.0 and precision_factor(500, None, "float32") == 1.0

@@ -37,14 +37,18 @@ def _checked(results: Path, shapes=None) -> dict[str, float]:
                f"{planned / 2 ** 20:.1f} MiB planned, x{ratio:.2f}" for row, planned, ratio in compared
                if not low <= ratio <= high]
     assert not outside, "\n".join(outside)
+    for row, planned, ratio in compared:  # shown with -s: the README's table
+        print(f"{row['claim']} {row['model']} {row['test']}: x{ratio:.2f}")
     return {row["claim"].removeprefix("memory:"): ratio for row, _, ratio in compared}
 
 
 def test_the_toy_zoo_claims_pass_on_the_simulated_gpu_within_the_plan(tmp_path):
-    # two of DCM's three desiderata and minimality left out for time (each is a minute of CPU at the paper's
-    # DCM sizes, which --limit does not scale); the full suite under the simulation is in the README
+    # for time: one of DCM's three desiderata (each is 40 s of CPU at the paper's DCM sizes, which --limit does not
+    # scale), no minimality, and of toy-goat only CMAP (toy-llama's runs the same code); the full suite under the
+    # simulation is in the README
     done = _suites(tmp_path, "--model=toy-llama,toy-goat", "--limit=40", "--batch-size=20",
-                   "-k", "not minimality and not (test_dcm and positional) and not (test_dcm and box_label)")
+                   "-k", "not minimality and not (test_dcm and positional) and not (test_dcm and box_label) "
+                         "and not (toy-goat and not cmap)")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert done.stdout.splitlines()[0].startswith("mechbench: SIMULATED GPU")
     ratios = _checked(tmp_path)
@@ -61,11 +65,12 @@ def test_paper_shaped_stand_ins_hold_what_the_plan_says(hub_cache, tmp_path):  #
     env = {"PYTHONPATH": str(plugin), "MECHBENCH_MODEL_LLAMA7B": str(snapshot["huggyllama/llama-7b"]),
            "MECHBENCH_MODEL_GOAT7B": str(snapshot["tiedong/goat-lora-7b"])}
     done = _suites(tmp_path / "results", "-p", "standin_no_guard", "--model=goat7b", "--allow-pickle", "--limit=14",
-                   # one claim per term of the plan (weights and a forward; two models; a prefix; the ablated run),
-                   # for time: 32 layers at the paper's 500 ablation prompts are half a minute here
-                   "--batch-size=7", "-k", "accuracy or cmap or completeness_entire or last-to-correct_object", env=env)
+                   # one claim per term of the plan (weights and a forward; two models; a prefix), for time:
+                   # completeness's and faithfulness's ablation means (the paper's 500 prompts through 32 layers) are
+                   # half a minute here; the README's table has them
+                   "--batch-size=7", "-k", "test_accuracy or cmap or last-to-correct_object", env=env)
     assert (tmp_path / "results" / "results.jsonl").is_file(), done.stdout[-4000:] + done.stderr[-2000:]
     lora = STANDIN["num_hidden_layers"] * 4 * 64 * 2 * STANDIN["hidden_size"]  # the stand-in adapter: r 64, q/k/v/o
     ratios = _checked(tmp_path / "results", {"goat7b": plan.Shape.from_config(STANDIN, lora),
                                              "llama7b": plan.Shape.from_config(STANDIN)})
-    assert set(ratios) >= {"accuracy", "completeness", "attention_knockout", "cmap"}
+    assert set(ratios) >= {"accuracy", "attention_knockout", "cmap"}

@@ -207,3 +207,34 @@ def test_every_results_row_says_it_was_simulated(tmp_path, gpu):
     row = ResultsWriter(tmp_path).write("accuracy", {"model": "m"}, 0.5)
     assert row["meta"]["device"] == {"simulated": True, "gib": 1.0, "name": gpu.name}
     assert ResultsWriter(tmp_path).read()[0]["meta"]["device"]["simulated"] is True
+
+
+def test_batch_size_auto_fits_a_simulated_80_and_24_gib_gpu_at_7b_shapes():
+    """The plan only (no 7B weights): the batch --batch-size auto picks from the simulated GPU's free memory."""
+    from mechbench import plan
+    from mechbench.errors import MechbenchError
+
+    with simulated_gpu(80):
+        batch = plan.resolve_batch_size("auto", "cuda", "float32", ["goat7b", "llama7b"], notes := [])
+        assert batch == 100 and not notes
+        assert all(p.fits(80 * plan.GIB) for p in plan.plan("goat7b", "float32", batch))
+    with simulated_gpu(24):
+        notes = []
+        batch = plan.resolve_batch_size("auto", "cuda", "bfloat16", ["goat7b"], notes)
+        assert all(p.fits(24 * plan.GIB) for p in plan.plan("goat7b", "bfloat16", batch) if p.claim != "cmap")
+        assert any("cmap needs" in n and "-k 'not cmap'" in n for n in notes)  # two 7B models never fit 24 GB
+        with pytest.raises(MechbenchError, match="--dtype bfloat16"):  # float32 weights alone are 25 GiB
+            plan.resolve_batch_size("auto", "cuda", "float32", ["goat7b"])
+
+
+def test_running_out_of_memory_fails_the_claim_with_the_fix_and_auto_fits(tmp_path):
+    def accuracy(batch):
+        cmd = [sys.executable, "-m", "pytest", str(ROOT / "suites/test_accuracy.py"), "--model=toy-llama",
+               "--device=cuda", f"--batch-size={batch}", f"--results-dir={tmp_path}", "-q", "-p", "no:cacheprovider"]
+        env = {**os.environ, "MECHBENCH_SIMULATED_GPU_GIB": "0.012"}  # 12 MiB: the toy's weights and a small batch
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    tight = accuracy(50)
+    assert tight.returncode == 1 and "out of memory on cuda at batch 50" in tight.stdout, tight.stdout[-2000:]
+    assert "--batch-size" in tight.stdout and "Traceback" not in tight.stdout
+    assert accuracy("auto").returncode == 0

@@ -101,6 +101,7 @@ def check_claim(
             source=f"measured by mechbench at commit {commit[:12] if commit else 'unknown'}",
             n=n, seed=seed, tolerance=tolerance, tolerance_same_sample=tolerance_same_sample,
             tolerance_rule=tolerance_rule, fingerprint=(fingerprint or {}).get("weights_sha256"),
+            dtype=(fingerprint or {}).get("dtype"),
             std=None if std is None else round(float(std), 6), force=force,
         )
     elif record is None:
@@ -110,7 +111,8 @@ def check_claim(
                            f"--update-baselines to store this measurement as the baseline")
     else:
         outcome.comparison = baselines.compare(measured, record, n=n, seed=seed, field=field,
-                                               design_effect=design_effect, n_clusters=n_clusters, std=std)
+                                               design_effect=design_effect, n_clusters=n_clusters, std=std,
+                                               dtype=(fingerprint or {}).get("dtype"))
         if baseline_model:
             outcome.note += f" (checked against {baseline_model}'s baseline)"
         recorded = record.get("fingerprint")
