@@ -52,7 +52,7 @@ CPU = torch.device("cpu")
 GIB = 1024 ** 3
 _NO_SUBCLASS = torch._C.DisableTorchFunctionSubclass
 #: Frames in these directories are library internals; a violation names the first frame outside them.
-_INTERNAL = tuple(str(Path(m.__file__).resolve().parent) for m in (torch,)) + (str(Path(__file__).resolve()),)
+_INTERNAL = (str(Path(torch.__file__).resolve().parent), str(Path(__file__).resolve()))
 
 
 class SimulatedDeviceError(RuntimeError):
