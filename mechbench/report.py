@@ -164,8 +164,8 @@ def device_lines(rows: list[dict]) -> list[str]:
     devices = {json.dumps((r.get("meta") or {}).get("device") or {"name": "unrecorded"}, sort_keys=True) for r in rows}
     devices = [json.loads(d) for d in sorted(devices)]
     simulated = [d for d in devices if d.get("simulated")]
-    lines = ["Device: " + "; ".join(f"{d.get('name')}" + (f" ({d['gib']:g} GiB)" if d.get("gib") else "")
-                                    for d in devices) + ".", ""]
+    lines = ["Device: " + "; ".join(f"{d.get('name')}" + (f" ({d['gib']:g} GiB)" if d.get("gib") and not d.get("simulated")
+                                                           else "") for d in devices) + ".", ""]
     if simulated:
         lines = ["**SIMULATED GPU: these numbers ran on the CPU under mechbench's simulated CUDA device "
                  "(MECHBENCH_SIMULATED_GPU_GIB); they rehearse a GPU run's code path and memory, they are not a GPU "
