@@ -8,7 +8,7 @@ naming the model and the fix, and nothing may crash. Also under the simulated GP
 
 Build such a cache by hand (say, to rehearse a GPU run's loading on a laptop):
 
-    python -m tests.test_paper_route /tmp/hub-cache     # then HF_HUB_CACHE=/tmp/hub-cache HF_HUB_OFFLINE=1 pytest ...
+    python -m tests.test_paper_route hub-cache     # then HF_HUB_CACHE=hub-cache HF_HUB_OFFLINE=1 pytest ...
 
 The layouts, as the hub repositories ship them (checked against their file lists when the paper's code was read,
 docs/paper.md §2; not re-checked here, where no hub is reachable): ``huggyllama/llama-7b`` sharded safetensors with
