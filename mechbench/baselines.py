@@ -10,8 +10,24 @@ One JSON file per claim in the baselines directory (``baselines/<claim>.json``):
 A record's key fields (``model``, ``circuit``, ``group``, ...) are every field that is not one of
 :data:`RECORD_FIELDS`; a lookup matches them exactly. Records from the paper are never overwritten;
 ``update`` writes records measured by mechbench (their ``source`` starts with ``"measured"``) and returns a
-readable diff. Every file is checked against the schema when loaded: a corrupt or incomplete file is an error
-that names the file and the field.
+readable diff.
+
+Every file is checked against one schema when loaded (:func:`parse`; ``mechbench baselines`` checks a whole
+directory): an error names the file, the record and the field. The schema:
+
+- JSON that says one thing: no key written twice in one object (JSON keeps the last silently), no ``NaN`` or
+  ``Infinity`` (not JSON numbers, though Python reads them);
+- the top-level fields of :data:`TOP_FIELDS` with their types; ``unit`` one of :data:`UNITS`;
+- each record's ``value`` in its unit (:func:`value_problem`): a fraction in [0, 1], a percent in [0, 100], heads and
+  counts non-negative integers (heads also as a list of [layer, head] pairs), never a bool where a number is meant
+  (``true`` is an int in Python); a record of :data:`RECORD_UNITS` in its own unit; an object value's entries in
+  theirs (:data:`VALUE_FIELD_UNITS`);
+- ``tolerance`` and ``tolerance_same_sample`` finite, >= 0 and narrower than the unit allows
+  (:func:`tolerance_limit`), with a ``tolerance_rule`` saying how it was derived; ``std`` finite and >= 0; ``n`` a
+  positive integer, ``seed`` a non-negative integer; the text fields strings; key fields strings or integers;
+- no two records with the same keys.
+
+:func:`update` checks a new record against the same schema before it is stored.
 """
 
 from __future__ import annotations
@@ -33,7 +49,51 @@ UNITS = ("fraction", "percent", "heads", "count")
 TOP_FIELDS = {"schema_version": int, "claim": str, "description": str, "unit": str, "source": str, "records": list}
 RECORD_FIELDS = ("value", "source", "tolerance", "tolerance_same_sample", "tolerance_rule", "n", "seed", "std", "dtype",
                  "note", "fingerprint", "measured_at")
+TEXT_FIELDS = ("tolerance_rule", "dtype", "note", "fingerprint", "measured_at")
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "baselines"
+
+#: Records whose value is not in their file's unit, as (claim, key field, its value): unit. Faithfulness is the
+#: circuit's accuracy over the full model's, a ratio that passes 1 where the circuit beats the model (1.17).
+RECORD_UNITS = {("faithfulness", "metric", "faithfulness"): "ratio"}
+#: The unit of an entry of an object-valued record (DCM's mask, minimality's per-head accuracies and group
+#: summaries) where it is not the file's: an entry named ``n_...`` is a count too. ``percentage`` is minimality's
+#: share of candidates removed first (0.3), ``threshold`` its minimum relative drop (0.01).
+VALUE_FIELD_UNITS = {"heads": "heads", "k_removed": "count", "seed": "count", "in_circuit": "flag",
+                     "percentage": "fraction", "threshold": "ratio"}
+#: Each unit's range of values.
+RANGES = {"fraction": (0.0, 1.0), "percent": (0.0, 100.0), "ratio": (0.0, math.inf)}
+
+
+def tolerance_limit(unit: str, value: float | None = None) -> float:
+    """The range rule: a tolerance in ``unit`` means something only below this. A fraction's (and a ratio's of two
+    fractions): 0.5, half its range, since a bound of 0.5 around any value admits at least half of all possible
+    values (around 0.5, every one of them); a percent's: 50, the same; a count's (heads or another count): the
+    stored count itself (1 at a count of 0), since a bound as wide as the count admits a measurement of none."""
+    if unit in ("heads", "count"):
+        return max(float(value or 0), 1.0)
+    return 50.0 if unit == "percent" else 0.5
+
+
+def too_wide(tolerance: float, unit: str, value: float | None = None) -> str | None:
+    """Why ``tolerance`` means nothing in ``unit`` (not finite, or not below :func:`tolerance_limit`), or None."""
+    limit = tolerance_limit(unit, value)
+    if math.isfinite(tolerance) and 0 <= tolerance < limit:
+        return None
+    return f"the tolerance {tolerance:.4g} is wider than a {unit} allows (it must be below {limit:g})"
+
+
+def smallest_size(bound_at, limit: float, start: int, cap: int = 10 ** 6) -> int | None:
+    """The smallest n > ``start`` at which ``bound_at(n)`` (a bound that does not grow with n) falls below
+    ``limit``, by search: doubling, then bisection. None when not even ``cap`` examples bring it there."""
+    lo, hi = start, max(start + 1, 2 * start)  # bound_at(lo) >= limit (or lo is start), bound_at(hi) < limit
+    while not bound_at(hi) < limit:
+        if hi >= cap:
+            return None
+        lo, hi = hi, min(2 * hi, cap)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if bound_at(mid) < limit else (mid, hi)
+    return hi
 
 
 def binomial_tolerance(p: float, n_measured: int, n_baseline: int, z: float = 3.0, rounding: float = 0.0) -> float:
@@ -60,6 +120,7 @@ class Record:
     source: str
     fields: dict[str, Any] = field(default_factory=dict)  # tolerance, n, std, note, ...
     order: tuple[str, ...] = ()  # the field order of the file it came from, kept when it is written back
+    unit: str = "fraction"  # its value's (its file's, or RECORD_UNITS'): the range its tolerance must be narrower than
 
     @property
     def measured(self) -> bool:
@@ -113,6 +174,21 @@ class Record:
             return max(binomial_tolerance(value, n, self.get("n"), rounding=max(rounding, 0.0)), round(3 / n, 4))
         return float(self.get("tolerance"))
 
+    def binomial(self, value: float, std: float | None = None) -> bool:
+        """Whether this record's tolerance is a binomial bound that rescales with the sample (an accuracy, not a
+        mean over draws: see :meth:`tolerance_for`)."""
+        return (self.get("tolerance") is not None and bool(self.get("n")) and self.get("std") is None
+                and std is None and 0 <= value <= 1)
+
+    def binomial_on(self, n: int, value: float, design_effect: float = 1.0) -> float:
+        """The record's binomial bound for a measurement on ``n`` examples whose prompts share contexts with
+        ``design_effect``: on the effective samples n / design effect and n_record / design effect, with the record's
+        own extra (rounding) kept, never below three examples of the effective sample."""
+        n_record = self.get("n")
+        rounding = max(float(self.get("tolerance")) - binomial_tolerance(value, n_record, n_record), 0.0)
+        return max(binomial_tolerance(value, n / design_effect, n_record / design_effect, rounding=rounding),
+                   round(3 * design_effect / n, 4))
+
     def to_json(self) -> dict:
         out = {**self.keys, "value": self.value, "source": self.source, **self.fields}
         return {**{k: out[k] for k in self.order if k in out}, **out}  # the file's order first, new fields after
@@ -161,50 +237,170 @@ def _fail(path: Path, what: str) -> BaselineError:
     )
 
 
+class _JsonObject(dict):
+    """A JSON object as read, with the keys written in it more than once (JSON keeps the last one silently)."""
+
+    repeated: tuple[str, ...] = ()
+
+
+def _json_object(pairs) -> _JsonObject:
+    obj = _JsonObject(pairs)
+    if len(obj) < len(pairs):
+        seen: set = set()
+        obj.repeated = tuple(dict.fromkeys(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
+class _NotANumber(str):
+    """``NaN``, ``Infinity`` or ``-Infinity`` as read: not JSON numbers (Python's json accepts them), kept as this
+    marker so that :func:`parse` names the field that holds one."""
+
+
+def _unreadable(obj, where: str = "") -> list[str]:
+    """Every place in ``obj`` (as :func:`load` reads JSON) holding a key written twice or a non-finite constant."""
+    here = where or "the top level"
+    if isinstance(obj, _NotANumber) or (isinstance(obj, float) and not math.isfinite(obj)):
+        return [f"{here} is {obj}, which is not a finite number"]
+    problems = []
+    if isinstance(obj, dict):
+        problems += [f"{here} has the key {k!r} twice (JSON keeps only the last)" for k in getattr(obj, "repeated", ())]
+        for k, v in obj.items():
+            problems += _unreadable(v, f"{where}.{k}" if where else k)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            problems += _unreadable(v, f"{where}[{i}]")
+    return problems
+
+
+def _shown(v) -> str:
+    return json.dumps(v, default=str)[:80]  # as the file writes it: true, "500", null
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def value_problem(v, unit: str) -> str | None:
+    """What is wrong with ``v`` as a value in ``unit`` (see :data:`RANGES`; heads and counts non-negative integers,
+    heads also a list of [layer, head] pairs, a flag true or false), or None."""
+    if unit == "heads" and isinstance(v, list):  # a circuit group's heads
+        if all(isinstance(h, list) and len(h) == 2 and all(_is_count(x) for x in h) for h in v):
+            return None
+        return f"must be a list of [layer, head] pairs of non-negative integers, got {_shown(v)}"
+    if unit in ("heads", "count"):
+        return None if _is_count(v) else f"must be a non-negative integer ({unit}), got {_shown(v)}"
+    if unit == "flag":
+        return None if isinstance(v, bool) else f"must be true or false, got {_shown(v)}"
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return f"must be a number ({unit}), got {_shown(v)}"
+    lo, hi = RANGES[unit]
+    if not lo <= v <= hi:
+        return f"is {v!r}, outside a {unit}'s range [{lo:g}, {hi:g}]"
+    return None
+
+
+def entry_unit(name: str, unit: str) -> str:
+    """The unit of the entry ``name`` of an object value in a record of ``unit`` (:data:`VALUE_FIELD_UNITS`)."""
+    return VALUE_FIELD_UNITS.get(name) or ("count" if name.startswith("n_") else unit)
+
+
+def record_unit(claim: str, raw: dict, unit: str) -> str:
+    """The unit of a record of ``claim`` in a file of ``unit``: the file's, except for :data:`RECORD_UNITS`."""
+    return next((u for (c, k, v), u in RECORD_UNITS.items() if c == claim and raw.get(k) == v), unit)
+
+
+def _record_problems(raw: dict, where: str, unit: str) -> list[str]:
+    """Everything wrong with the record ``raw`` (in ``unit``) under the schema, each naming ``where`` and the field."""
+    problems = []
+    for name in ("value", "source"):
+        if name not in raw:
+            problems.append(f"{where} is missing field {name!r}")
+    if "source" in raw and (not isinstance(raw["source"], str) or not raw["source"]):
+        problems.append(f"{where}.source must be a non-empty string")
+    value = raw.get("value")
+    if isinstance(value, dict):  # each entry in its own unit (DCM's n_heads, heads and test accuracy)
+        for k, v in value.items():
+            problem = value_problem(v, entry_unit(k, unit))
+            problems += [f"{where}.value.{k} {problem}"] if problem else []
+    elif "value" in raw:
+        problem = value_problem(value, unit)
+        problems += [f"{where}.value {problem}"] if problem else []
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    for name in ("tolerance", "tolerance_same_sample", "std"):
+        if name not in raw:
+            continue
+        v = raw[name]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            problems.append(f"{where}.{name} must be a finite number >= 0, got {_shown(v)}")
+        elif name != "std" and too_wide(v, unit, number):
+            problems.append(f"{where}.{name}: {too_wide(v, unit, number)}, or any measurement would pass")
+    for name, least in (("n", 1), ("seed", 0)):
+        v = raw.get(name)
+        if name in raw and not (isinstance(v, int) and not isinstance(v, bool) and v >= least):
+            problems.append(f"{where}.{name} must be an integer >= {least}, got {_shown(v)}")
+    for name in TEXT_FIELDS:
+        if name in raw and (not isinstance(raw[name], str) or not raw[name]):
+            problems.append(f"{where}.{name} must be a non-empty string, got {_shown(raw[name])}")
+    if "tolerance" in raw and "tolerance_rule" not in raw:
+        problems.append(f"{where} has a tolerance but no 'tolerance_rule' saying how it was derived")
+    for k, v in raw.items():
+        if k not in RECORD_FIELDS and (not isinstance(v, (str, int)) or isinstance(v, bool)):
+            problems.append(f"{where}.{k} is a key field and must be a string or an integer, got {_shown(v)}")
+    return problems
+
+
 def parse(data: Any, path: Path) -> Baseline:
+    """The baseline in ``data`` (a file's JSON, as :func:`load` reads it), checked against the schema (the module's
+    docstring): every problem of its records is named, with the file."""
+    unreadable = _unreadable(data)
+    if unreadable:
+        raise _fail(path, "; ".join(unreadable))
     if not isinstance(data, dict):
         raise _fail(path, "the top level must be a JSON object")
     for name, kind in TOP_FIELDS.items():
         if name not in data:
             raise _fail(path, f"missing field {name!r}")
-        if not isinstance(data[name], kind):
-            raise _fail(path, f"field {name!r} must be a {kind.__name__}, got {type(data[name]).__name__}")
+        if not isinstance(data[name], kind) or isinstance(data[name], bool):
+            raise _fail(path, f"field {name!r} must be a {kind.__name__}, got {_shown(data[name])}")
     if data["schema_version"] != SCHEMA_VERSION:
         raise _fail(path, f"schema_version {data['schema_version']} is not the supported {SCHEMA_VERSION}")
     if data["claim"] != path.stem:
         raise _fail(path, f"field 'claim' is {data['claim']!r} but the file is named {path.name!r}")
     if data["unit"] not in UNITS:
         raise _fail(path, f"field 'unit' is {data['unit']!r}; expected one of {', '.join(UNITS)}")
-    records = []
+    records, problems, first_with = [], [], {}
     for i, raw in enumerate(data["records"]):
         where = f"records[{i}]"
         if not isinstance(raw, dict):
-            raise _fail(path, f"{where} must be an object")
-        for name in ("value", "source"):
-            if name not in raw:
-                raise _fail(path, f"{where} is missing field {name!r}")
-        if not isinstance(raw["source"], str) or not raw["source"]:
-            raise _fail(path, f"{where}.source must be a non-empty string")
-        for name in ("tolerance", "tolerance_same_sample", "std"):
-            if name in raw and not (isinstance(raw[name], (int, float)) and raw[name] >= 0):
-                raise _fail(path, f"{where}.{name} must be a number >= 0, got {raw[name]!r}")
-        if "tolerance" in raw and "tolerance_rule" not in raw:
-            raise _fail(path, f"{where} has a tolerance but no 'tolerance_rule' saying how it was derived")
+            problems.append(f"{where} must be an object")
+            continue
         if "position" in raw and "role" not in raw:
             # files written before the key was named for what it holds (a role: last, query_label, ...)
             raw = {("role" if k == "position" else k): v for k, v in raw.items()}
+        unit = record_unit(data["claim"], raw, data["unit"])
+        found = _record_problems(raw, where, unit)
+        problems += found
+        if found:
+            continue
         keys = {k: v for k, v in raw.items() if k not in RECORD_FIELDS}
-        for k, v in keys.items():
-            if not isinstance(v, (str, int)):
-                raise _fail(path, f"{where}.{k} is a key field and must be a string or an integer, got {v!r}")
+        key = json.dumps(keys, sort_keys=True)
+        if key in first_with:
+            problems.append(f"{where} has the same keys as records[{first_with[key]}] ({key}): each record's keys "
+                            f"must be unique; remove one")
+            continue
+        first_with[key] = i
         fields = {k: raw[k] for k in RECORD_FIELDS if k in raw and k not in ("value", "source")}
-        records.append(Record(keys, raw["value"], raw["source"], fields, tuple(raw)))
+        records.append(Record(keys, raw["value"], raw["source"], fields, tuple(raw), unit))
+    if problems:
+        shown = problems[:12] + ([f"and {len(problems) - 12} more"] if len(problems) > 12 else [])
+        raise _fail(path, "; ".join(shown))
     return Baseline(path, data["claim"], data["description"], data["unit"], data["source"], records)
 
 
 def load(claim: str, baselines_dir: str | Path | None = None, new: tuple[str, str] | None = None) -> Baseline:
-    """The baseline file of ``claim``. ``new`` (description, unit): where the file does not exist yet, an empty
-    baseline that the first update writes (a new claim has no file until its first ``--update-baselines``)."""
+    """The baseline file of ``claim``, checked against the schema (:func:`parse`). ``new`` (description, unit):
+    where the file does not exist yet, an empty baseline that the first update writes (a new claim has no file
+    until its first ``--update-baselines``)."""
     path = Path(baselines_dir or DEFAULT_DIR) / f"{claim}.json"
     if not path.exists() and new is not None and path.parent.is_dir():
         return Baseline(path, claim, new[0], new[1], "measured by mechbench", [])
@@ -212,11 +408,40 @@ def load(claim: str, baselines_dir: str | Path | None = None, new: tuple[str, st
         raise BaselineError(f"no baseline file for claim {claim!r}: {path} does not exist. Check --baselines-dir, "
                             f"or restore the file from git.")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_NotANumber,
+                          object_pairs_hook=_json_object)
     except json.JSONDecodeError as e:
         raise _fail(path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}; a truncated or "
                           f"hand-edited file?)") from None
+    except UnicodeDecodeError:
+        raise _fail(path, "not UTF-8 text (a binary file?)") from None
+    except OSError as e:
+        raise BaselineError(f"baseline file {path} cannot be read ({e.strerror or e}): check its permissions") from None
     return parse(data, path)
+
+
+def check_directory(directory: str | Path | None = None) -> tuple[list[str], BaselineError | None]:
+    """Every baseline file (``*.json``) of ``directory`` checked against the schema, as ``mechbench baselines`` does:
+    a line per valid file, and an error naming every invalid one (None when all are valid). A directory that is
+    not one, or holds no baseline file, is an error raised."""
+    directory = Path(directory or DEFAULT_DIR)
+    if not directory.is_dir():
+        raise BaselineError(f"baselines directory {directory} is not a directory: give --dir a directory of "
+                            f"baseline files (default: the checkout's baselines/)")
+    paths = sorted(p for p in directory.glob("*.json") if p.is_file())
+    if not paths:
+        raise BaselineError(f"baselines directory {directory} holds no baseline files (<claim>.json): give --dir "
+                            f"the directory that holds them (default: the checkout's baselines/)")
+    ok, bad = [], []
+    for path in paths:
+        try:
+            ok.append(f"{path.name}: {len(load(path.stem, directory).records)} records ok")
+        except BaselineError as e:
+            bad.append(str(e))
+    if not bad:
+        return ok, None
+    return ok, BaselineError(f"{len(bad)} of {len(paths)} baseline files in {directory} are invalid:\n"
+                             + "\n".join(bad))
 
 
 def _write_atomic(path: Path, data: dict) -> None:
@@ -266,7 +491,14 @@ def update(baseline: Baseline, keys: dict, value: Any, *, write: bool = True, fo
         raise BaselineError(f"not storing {baseline.claim} {keys} = {value!r} in {baseline.path}: "
                             f"{'; '.join(problems)}. Rerun with the claim's full sample (no --limit), or {FORCE_HINT}.")
     source = fields.pop("source", "measured by mechbench")
-    new = Record(dict(keys), value, source, fields, old.order if old else ())
+    unit = record_unit(baseline.claim, {**keys, "value": value}, baseline.unit)
+    new = Record(dict(keys), value, source, fields, old.order if old else (), unit)
+    wrong = _record_problems(new.to_json(), "the new record", unit)
+    if wrong:  # never forced: the loader would refuse the file, or the record would let any measurement pass
+        hint = (" Measure on more examples (a larger --limit, or none) for a tolerance that means something."
+                if any("wider than" in w for w in wrong) else "")
+        raise BaselineError(f"not storing {baseline.claim} {keys} = {value!r} in {baseline.path}: "
+                            f"{'; '.join(wrong)}.{hint}")
     if old is None:
         baseline.records.append(new)
         diff = f"+ {baseline.claim} {keys}: {new.summary()}"
@@ -299,14 +531,16 @@ class Staging:
         self.diffs.append(diff)
         return diff
 
-    def commit(self) -> list[Path]:
-        """Write every changed file (each atomically); returns their paths."""
+    def commit(self, into: Path | None = None) -> list[Path]:
+        """Write every changed file (each atomically); returns the paths written. ``into``: a directory to write
+        them to instead, under their own names (where the baselines directory refused them)."""
         changed = [b for b in self._files.values() if b.path in self._changed]
-        for b in changed:
-            _write_atomic(b.path, b.to_json())
+        paths = [b.path if into is None else Path(into) / b.path.name for b in changed]
+        for b, path in zip(changed, paths):
+            _write_atomic(path, b.to_json())
         self._files.clear()
         self._changed.clear()
-        return [b.path for b in changed]
+        return paths
 
 
 #: The share of examples whose top-1 answer flips between float32 and bfloat16 weights and activations, rounded up
@@ -332,23 +566,54 @@ def precision_factor(n: int | None, dtype: str | None, baseline_dtype: str) -> f
 
 @dataclass
 class Comparison:
+    """A measurement against its baseline record within a tolerance. It passes within the tolerance, fails outside
+    it, and is inconclusive (``passed`` None) within a tolerance too wide to mean anything (:func:`too_wide`: not
+    finite, or as wide as half the unit's range): a sample too small for the rule's bound. A difference beyond even
+    such a bound still fails: the bound is wide, not wrong."""
+
     measured: float
     expected: float
     tolerance: float
     record: Record
     widened: float = 1.0  # the factor a binomial tolerance was widened by for prompts that share a context
     precision: float = 1.0  # the factor a same-sample bound was widened by for another dtype than the baseline's
+    unit: str = "fraction"  # the compared number's, whose range the tolerance must be narrower than
+    n: int | None = None  # the examples measured
+    needs: int | None = None  # the fewest examples at which the rule's bound means something, where it does not here
+    sample: str = "examples"  # what n counts (a claim's sample: prompts, pairs)
+    needs_limit: int | None = None  # the --limit that gives ``needs`` of them, where it is known
 
     @property
     def difference(self) -> float:
         return self.measured - self.expected
 
     @property
-    def passed(self) -> bool:
+    def within(self) -> bool:
         return abs(self.difference) <= self.tolerance + 1e-12
 
+    @property
+    def inconclusive(self) -> str | None:
+        """Why the measurement, within its tolerance, is no evidence either way (None where it is)."""
+        wide = too_wide(self.tolerance, self.unit, self.expected)
+        if wide is None or abs(self.difference) > self.tolerance + 1e-12:  # (a NaN bound is neither)
+            return None
+        at = f" at n={self.n}" if self.n is not None else ""
+        if self.needs is not None:
+            more = f"needs at least {self.needs} {self.sample}" + (
+                f" (--limit {self.needs_limit})" if self.needs_limit is not None else "")
+        elif self.n is None:
+            more = "its rule does not depend on a sample size"
+        else:
+            more = ("no sample size narrows it enough (the stored bound, the measured spread or the design effect "
+                    "is too wide by itself)")
+        return f"inconclusive{at}: {wide}; {more}"
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.inconclusive else self.within
+
     def __str__(self) -> str:
-        verdict = "within" if self.passed else "OUTSIDE"
+        verdict = "within" if self.within else "OUTSIDE"
         widened = (f" (the binomial bound x {self.widened:.2f}: prompts that share a context miss together, and "
                    f"the contexts behind that estimate are counted)" if self.widened > 1 else "")
         if self.precision > 1:
@@ -360,24 +625,52 @@ class Comparison:
 
 def compare(measured: float, record: Record, n: int | None = None, seed: int | None = None,
             field: str | None = None, design_effect: float = 1.0, n_clusters: int | None = None,
-            std: float | None = None, dtype: str | None = None) -> Comparison:
+            std: float | None = None, dtype: str | None = None, per_context: float | None = None) -> Comparison:
     """``field``: compare with that entry of a record whose value is an object (DCM: ``test_accuracy``).
     ``design_effect``: the measured variance of the accuracy over its binomial variance when prompts come in
     blocks that share a context (:func:`mechbench.stats.design_effect`); a binomial tolerance is widened by its
     square root where it is larger than 1, except on the record's own examples. ``n_clusters``: the contexts that
     estimate rests on; few of them make it uncertain, and the bound takes Student's t for z
-    (:func:`mechbench.stats.few_clusters_factor`)."""
+    (:func:`mechbench.stats.few_clusters_factor`).
+
+    Where the tolerance comes out too wide for the unit (:func:`too_wide`), the comparison is inconclusive and
+    carries ``needs``: the fewest examples at which the same rule's bound is narrow enough (:func:`smallest_size`:
+    on another sample than the record's, the design effect as measured, ``per_context`` examples to a context, by
+    default as many as measured)."""
     expected = record.value
     if field is not None:
         if not isinstance(expected, dict) or field not in expected:
             raise BaselineError(f"baseline record {record.keys} has no field {field!r} in its value")
         expected = expected[field]
-    if not isinstance(expected, (int, float)):
+    if not isinstance(expected, (int, float)) or isinstance(expected, bool):
         raise BaselineError(f"baseline record {record.keys} holds {type(expected).__name__}, not a number")
-    widen, precision = 1.0, 1.0
-    if not record.same_sample(n, seed):
-        widen = max(1.0, float(design_effect)) ** 0.5 * (few_clusters_factor(n_clusters) if n_clusters else 1.0)
-    else:
-        precision = precision_factor(n, dtype, record.dtype)
-    return Comparison(float(measured), float(expected),
-                      record.tolerance_for(n, seed, float(expected), std, dtype) * widen, record, widen, precision)
+    expected = float(expected)
+
+    def bound(size: int | None, same: bool) -> tuple[float, float]:
+        """The tolerance on ``size`` examples (on the record's own, where ``same``), and the contexts' widening."""
+        if same:
+            return record.tolerance_for(size, seed, expected, std, dtype), 1.0
+        contexts = n_clusters
+        if n_clusters and n and size != n:  # a larger sample holds more contexts
+            contexts = max(n_clusters, math.ceil(size / (per_context or n / n_clusters)))
+        t = few_clusters_factor(contexts) if contexts else 1.0
+        plain = record.tolerance_for(size, None, expected, std, dtype)
+        deff = max(1.0, float(design_effect))
+        if deff > 1 and record.binomial(expected, std):
+            # the binomial bound on the effective sample, n / design effect (and its floor of three examples of
+            # it), not the bound on n x sqrt(design effect): near 0 or 1 the misses of a context come together,
+            # their count is skewed, and the Agresti-Coull pseudo-counts must weigh as much as the effective
+            # sample makes them (measured, tests/test_stat_promises.py: 1.33% false alarms at 0.98 with
+            # x sqrt(design effect), 0.28% on the effective sample; 0.26% at 0.66)
+            tolerance = record.binomial_on(size or record.get("n"), expected, deff) * t
+            return tolerance, tolerance / plain if plain else 1.0
+        return plain * deff ** 0.5 * t, deff ** 0.5 * t
+
+    same = record.same_sample(n, seed)
+    tolerance, widen = bound(n, same)
+    precision = precision_factor(n, dtype, record.dtype) if same else 1.0
+    unit = record.unit if field is None else entry_unit(field, record.unit)
+    needs = None
+    if n and too_wide(tolerance, unit, expected):  # the fewest examples (another sample) where the rule means something
+        needs = smallest_size(lambda size: bound(size, False)[0], tolerance_limit(unit, expected), n)
+    return Comparison(float(measured), expected, tolerance, record, widen, precision, unit, n, needs)

@@ -23,6 +23,25 @@ PAPER_LETTERS = {"value_fetcher": "A", "pos_transmitter": "B", "pos_detector": "
 Head = tuple[int, int]  # (layer, head)
 
 
+def checked_heads(heads, group: str) -> tuple[Head, ...]:
+    """A group's heads as read from JSON: a non-empty list of distinct [layer, head] pairs of non-negative integers
+    (``true`` is not an integer here, though Python's bool is one). ValueError names ``group`` and the head."""
+    if not isinstance(heads, (list, tuple)) or not heads:
+        raise ValueError(f"{group}: 'heads' must be a non-empty list of [layer, head] pairs, got {json.dumps(heads)}"
+                         f"{' (drop the group instead: a group with no head ablates nothing)' if heads == [] else ''}")
+    for h in heads:
+        if not (isinstance(h, (list, tuple)) and len(h) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in h)):
+            raise ValueError(f"{group}: 'heads' must be [layer, head] pairs of non-negative integers, and "
+                             f"{json.dumps(h)} is not one")
+    pairs = tuple((layer, head) for layer, head in heads)
+    repeated = sorted({h for h in pairs if pairs.count(h) > 1})
+    if repeated:
+        raise ValueError(f"{group}: head(s) {', '.join(f'[{l}, {h}]' for l, h in repeated)} are listed more than "
+                         f"once (each head once per group)")
+    return pairs
+
+
 @dataclass(frozen=True)
 class HeadGroup:
     name: str
@@ -53,7 +72,9 @@ class Circuit:
             bad = [h for h in g.heads if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
             if bad:
                 raise MechbenchError(f"circuit {self.name!r} group {g.name!r} has heads {bad[:5]} outside a model "
-                                     f"of {n_layers} layers x {n_heads} heads: is it the circuit of another model?")
+                                     f"of {n_layers} layers x {n_heads} heads (layers 0-{n_layers - 1}, heads "
+                                     f"0-{n_heads - 1}): is it the circuit of another model? Use the circuit found "
+                                     f"on this model or its base (--circuit)")
 
     def without(self, removed: dict[str, set[Head]]) -> "Circuit":
         return Circuit(self.name, {n: HeadGroup(n, g.role, tuple(h for h in g.heads if h not in removed.get(n, set())))
@@ -84,12 +105,11 @@ class Circuit:
         for n, g in data["groups"].items():
             if not isinstance(g, dict) or g.get("role") not in ROLES:
                 raise bad(f"group {n!r} has role {g.get('role') if isinstance(g, dict) else g!r}, not one of the roles")
-            heads = g.get("heads")
-            if not isinstance(heads, list) or not all(
-                    isinstance(h, (list, tuple)) and len(h) == 2 and all(isinstance(x, int) and x >= 0 for x in h)
-                    for h in heads):
-                raise bad(f"group {n!r}: 'heads' must be a list of [layer, head] pairs of non-negative integers")
-            groups[n] = HeadGroup(n, g["role"], tuple(tuple(h) for h in heads))
+            try:
+                heads = checked_heads(g.get("heads"), f"circuit {data['name']!r} group {n!r}")
+            except ValueError as e:
+                raise bad(str(e)) from None
+            groups[n] = HeadGroup(n, g["role"], heads)
         return cls(data["name"], groups)
 
     @classmethod
@@ -106,11 +126,25 @@ class Circuit:
         groups = {}
         for r in table.records:
             if r.keys.get("circuit") == name_or_path:
-                groups[r.keys["group"]] = HeadGroup(r.keys["group"], r.keys["role"], tuple(tuple(h) for h in r.value))
+                try:
+                    heads = checked_heads(r.value, f"circuit {name_or_path!r} group {r.keys.get('group')!r}")
+                except ValueError as e:
+                    raise MechbenchError(f"{table.path}: {e}; fix the record or store "
+                                         f"the circuit again with mechbench discover --store") from None
+                groups[r.keys["group"]] = HeadGroup(r.keys["group"], r.keys["role"], heads)
         if not groups:
             names = sorted({r.keys.get("circuit") for r in table.records})
             raise MechbenchError(f"no circuit {name_or_path!r} in {table.path}; known: {', '.join(names)}")
         return cls(name_or_path, {g: groups[g] for g in GROUPS if g in groups} | groups)
+
+
+def check_storable(name: str, baselines_dir=None) -> None:
+    """That a circuit named ``name`` can be stored in ``<baselines_dir>/circuits.json``: the file, where there is
+    one, loads, and ``name`` is not a published circuit's. Checked before a discovery, so it cannot fail after it."""
+    path = Path(baselines_dir or baselines.DEFAULT_DIR) / "circuits.json"
+    if path.is_file() and any(not r.measured for r in baselines.load("circuits", baselines_dir).records
+                              if r.keys.get("circuit") == name):
+        raise MechbenchError(f"{path}: circuit {name!r} is published; store under another --name")
 
 
 def store_circuit(circuit: Circuit, how: str, baselines_dir=None, fingerprint: str | None = None) -> str:
@@ -118,6 +152,10 @@ def store_circuit(circuit: Circuit, how: str, baselines_dir=None, fingerprint: s
     groups it had before (a published circuit is never overwritten). Returns the diff, a line per group."""
     from mechbench.results import git_state
 
+    if not circuit.groups:
+        raise MechbenchError(f"circuit {circuit.name!r} has no group: there is nothing to store (storing it would "
+                             f"delete the circuit's records)")
+    check_storable(circuit.name, baselines_dir)
     path = Path(baselines_dir or baselines.DEFAULT_DIR) / "circuits.json"
     if not path.is_file():  # a fresh baselines directory: start a valid, empty circuits file
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,8 +165,6 @@ def store_circuit(circuit: Circuit, how: str, baselines_dir=None, fingerprint: s
     table = baselines.load("circuits", baselines_dir)
     commit = (git_state().get("commit") or "unknown")[:12]
     old = {r.keys["group"]: r for r in table.records if r.keys.get("circuit") == circuit.name}
-    if any(not r.measured for r in old.values()):
-        raise MechbenchError(f"{table.path}: circuit {circuit.name!r} is published; store under another --name")
     table.records = [r for r in table.records if r.keys.get("circuit") != circuit.name]
     diffs = [f"- circuits {r.keys}: {r.value}" for g, r in old.items() if g not in circuit.groups]
     for name, g in circuit.groups.items():

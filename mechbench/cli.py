@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     acc.add_argument("--dtype", default="float32")
     _add_load_options(acc)
     base = sub.add_parser("baselines", help="check every baseline file against the schema")
-    base.add_argument("--dir", default=None)
+    base.add_argument("--dir", default=None, help="the baseline files' directory (default: the checkout's baselines/)")
     disc = sub.add_parser("discover", help="find a model's circuit by iterated path patching (docs/paper.md §4)")
     disc.add_argument("model")
     from mechbench.models.registry import CIRCUITS  # plain data: no torch behind it
@@ -113,18 +113,21 @@ def main(argv: list[str] | None = None) -> int:
                              device=args.device, dtype=args.dtype, **_load_options(args))
             print(f"{args.model}: accuracy {value:.4f} on {args.n} examples (seed {args.seed}, {args.boxes} boxes)")
         elif args.command == "baselines":
-            from pathlib import Path
-
             from mechbench import baselines
 
-            directory = Path(args.dir) if args.dir else baselines.DEFAULT_DIR
-            for path in sorted(directory.glob("*.json")):
-                b = baselines.load(path.stem, directory)
-                print(f"{path.name}: {len(b.records)} records ok")
+            valid, invalid = baselines.check_directory(args.dir)  # every file, then every invalid one named
+            for line in valid:
+                print(line)
+            if invalid:
+                raise invalid
         elif args.command == "report":
             from mechbench.report import write_report
 
-            print(write_report(args.results, args.out, figures=not args.no_figures))
+            try:
+                print(write_report(args.results, args.out, figures=not args.no_figures))
+            except OSError as e:  # the directory was checked: it went read-only or full while writing
+                raise MechbenchError(f"the report could not be written to --out {args.out} ({e.strerror or e}): "
+                                     f"pass a directory you can write") from None
         elif args.command == "discover":
             _discover(args)
         elif args.command == "compare":
@@ -201,14 +204,22 @@ def _validate(args) -> None:
             validate.model_directory(getattr(args, name))
     if getattr(args, "results_dir", None) and args.command == "compare":
         validate.writable_dir("--results-dir", Path(args.results_dir))
+    if getattr(args, "out", None) and args.command in ("compare", "calibrate"):  # report's, once its results are read
+        validate.writable_dir("--out", Path(args.out))
+    for name, hint in (("tflops", " (the GPU's sustained TFLOP/s, e.g. 50)"), ("gpu_gib", " (e.g. 80)")):
+        if getattr(args, name, None) is not None:
+            validate.positive_number("--" + name.replace("_", "-"), getattr(args, name), hint)
 
 
 def _calibrate(args) -> None:
     from pathlib import Path
 
     from mechbench.calibrate import PLANTS, plant, run_seeds, table
+    from mechbench.validate import writable_dir
 
-    out = Path(args.out) / (args.model + (f"-{args.plant}" if args.plant else ""))
+    # a model given as a path gets a directory of its own under --out, not the model's directory itself
+    name = args.model.strip("/").replace("/", "_") + (f"-{args.plant}" if args.plant else "")
+    out = writable_dir("--out", Path(args.out) / name)
     model, extra = args.model, ["-k", args.select] if args.select else []
     extra += [f"--device={args.device}", f"--dtype={args.dtype}"]
     if args.plant:
@@ -224,18 +235,33 @@ def _calibrate(args) -> None:
 def _compare(args) -> None:
     from pathlib import Path
 
+    from mechbench import validate
     from mechbench.api import get_model
     from mechbench.compare import CLAIMS, LANES, Comparison, base_circuit_name, base_name_of, record, record_verdict
     from mechbench.circuits import Circuit
     from mechbench.report import write_comparison_report
     from mechbench.results import ResultsWriter
 
-    claims = [c.strip() for c in args.claims.split(",")] if args.claims else list(CLAIMS)
+    claims = list(CLAIMS) if args.claims is None else list(dict.fromkeys(c.strip() for c in args.claims.split(",")))
     unknown = [c for c in claims if c not in CLAIMS]
+    if "" in claims:  # "" or "a,,b": an empty selection runs nothing the user meant (it ran every claim)
+        raise MechbenchError(f"--claims {args.claims!r} names an empty claim; give a comma-separated list of: "
+                             f"{', '.join(CLAIMS)} (or leave --claims out for all)")
     if unknown:
         raise MechbenchError(f"unknown claim(s) {', '.join(unknown)}; known: {', '.join(CLAIMS)}")
     base_name = args.base or base_name_of(args.model)
     circuit = Circuit.load(args.circuit or base_circuit_name(base_name, args.baselines_dir), args.baselines_dir)
+    try:  # the base's shape from its config, where it can be read without loading: a wrong circuit fails first
+        from mechbench.plan import shape_of
+
+        shape = shape_of(base_name)
+    except MechbenchError:
+        shape = None  # checked once the base has loaded
+    if shape is not None:
+        try:
+            circuit.check_fits(shape.n_layers, shape.n_heads)
+        except MechbenchError as e:
+            raise MechbenchError(f"--circuit {args.circuit or circuit.name} on {base_name}: {e}") from None
     results = ResultsWriter(args.results_dir)  # made before any model loads: a bad directory fails first
     fine_tune = get_model(args.model, device=args.device, dtype=args.dtype, **_load_options(args))
     base = get_model(base_name, device=args.device, dtype=args.dtype, **_load_options(args))
@@ -249,25 +275,39 @@ def _compare(args) -> None:
         verdict = comparison.verdict()
         record_verdict(results, comparison, verdict)
         print(f"{fine_tune.name} against {base.name}: {verdict.label}")
-    print(write_comparison_report(comparison, args.out or args.results_dir, results_path=str(results.path)))
+    print(validate.written_or_kept(
+        f"the comparison report (its measurements are in {results.path})", Path(args.out or args.results_dir),
+        lambda out: write_comparison_report(comparison, out, results_path=str(results.path))))
 
 
-def _group_ints(text: str | None) -> dict[str, int]:
-    if not text:
+def _group_ints(option: str, text: str | None, groups) -> dict[str, int]:
+    """``--receivers``/``--keep``: GROUP=K,... with each GROUP one of the configured steps' and each K at least 1."""
+    if text is None:
         return {}
     try:
-        return {g.strip(): int(k) for g, k in (item.split("=") for item in text.split(","))}
+        pairs = [(g.strip(), int(k)) for g, k in (item.split("=") for item in text.split(","))]
     except ValueError:
-        raise MechbenchError(f"expected GROUP=K,... (e.g. value_fetcher=8,pos_transmitter=3), got {text!r}") from None
+        raise MechbenchError(f"{option} {text!r}: expected GROUP=K,... (e.g. value_fetcher=8,pos_transmitter=3)") from None
+    for group, k in pairs:
+        if group not in groups:  # an unknown group would be ignored: the run would not be the one asked for
+            raise MechbenchError(f"{option} {text!r}: no step finds group {group!r}; the steps find "
+                                 f"{', '.join(groups)} (--steps chooses them)")
+        if k < 1:
+            raise MechbenchError(f"{option} {text!r}: {group}={k}: give each group at least 1 head")
+    if len({g for g, _ in pairs}) < len(pairs):
+        raise MechbenchError(f"{option} {text!r}: a group is given twice; give each group once")
+    return dict(pairs)
 
 
 def _discover(args) -> None:
     import json
+    import math
     from dataclasses import replace
     from pathlib import Path
 
+    from mechbench import validate
     from mechbench.api import get_model
-    from mechbench.methods.discovery import PAPER_STEPS, TOY_STEPS, DiscoveryConfig, discover
+    from mechbench.methods.discovery import PAPER_STEPS, TOY_STEPS, DiscoveryConfig, checkpoint_path, discover
     from mechbench.models.registry import CIRCUITS
 
     # a stored circuit's settings are in the spec of the model it was found on
@@ -275,25 +315,59 @@ def _discover(args) -> None:
     if args.config and args.config not in CIRCUITS:
         raise MechbenchError(f"no discovery settings named {args.config!r}; known: {', '.join(CIRCUITS)}")
     config = CIRCUITS[config_name].discovery if config_name else DiscoveryConfig()
+    if args.min_effect is not None and not (math.isfinite(args.min_effect) and args.min_effect >= 0):
+        raise MechbenchError(f"--min-effect {args.min_effect:g}: give a non-negative number (a head is kept when its "
+                             f"score is below -min-effect; 0 keeps every head that lowers the logit difference)")
+    name = args.name if args.name is not None else args.model
+    if not name.strip():
+        raise MechbenchError("--name '': give the circuit a name (default: the model's)")
+    steps = config.steps if args.steps is None else (PAPER_STEPS if args.steps == "paper" else TOY_STEPS)
+    groups = [step.group for step in steps]
+    receivers, keep = _group_ints("--receivers", args.receivers, groups), _group_ints("--keep", args.keep, groups)
     changes = {k: v for k, v in {
-        "steps": None if args.steps is None else (PAPER_STEPS if args.steps == "paper" else TOY_STEPS),
-        "receiver_k": tuple(_group_ints(args.receivers).items()) or None,
-        "circuit_k": tuple(_group_ints(args.keep).items()) or None,
+        "steps": None if args.steps is None else steps,
+        "receiver_k": tuple({**dict(config.receiver_k), **receivers}.items()) if receivers else None,
+        "circuit_k": tuple({**dict(config.circuit_k), **keep}.items()) if keep else None,
         "min_effect": args.min_effect, "n_pairs": args.pairs, "seed": args.seed}.items() if v is not None}
     config = replace(config, **changes)
+    # every place the finished work goes, checked before the model loads: none can fail after the discovery
+    validate.writable_dir("--work-dir", Path(args.work_dir))
+    if args.scores:
+        validate.writable_file("--scores", Path(args.scores))
+    if args.store:
+        from mechbench import baselines
+        from mechbench.circuits import check_storable, store_circuit
+
+        validate.writable_dir("--baselines-dir", Path(args.baselines_dir or baselines.DEFAULT_DIR))
+        check_storable(name, args.baselines_dir)
     handle = get_model(args.model, device=args.device, dtype=args.dtype, **_load_options(args))
-    found = discover(handle, args.name or args.model, config, log=lambda msg: print(msg, file=sys.stderr, flush=True),
+    found = discover(handle, name, config, log=lambda msg: print(msg, file=sys.stderr, flush=True),
                      cache_dir=args.work_dir)
+    saved = checkpoint_path(handle, name, config, args.work_dir)[1]
+    if not found.circuit.groups:
+        raise MechbenchError(f"the discovery found no head in any group (no score below -{config.min_effect:g}; its "
+                             f"scores are in {saved}): does {args.model} do the task (mechbench accuracy)? Lower "
+                             f"--min-effect if it does")
     for group, g in found.circuit.groups.items():
         print(f"{group} ({g.role}): " + ", ".join(f"L{l}H{h} {found.scores[group][l, h]:+.3f}" for l, h in g.heads))
     if args.scores:
-        Path(args.scores).write_text(json.dumps(found.to_json(), indent=1) + "\n")
+        scores = Path(args.scores)
+        validate.written_or_kept(f"--scores {scores}", scores.parent, lambda d: _write_text(
+            d / scores.name, json.dumps(found.to_json(), indent=1) + "\n"))
     if args.store:
-        from mechbench.circuits import store_circuit
-
         how = f"mechbench discover {args.model} ({config_name or 'paper Llama'} settings{', changed: ' + ', '.join(changes) if changes else ''})"
-        print(store_circuit(found.circuit, how, baselines_dir=args.baselines_dir,
-                            fingerprint=handle.fingerprint.get("weights_sha256")))
+        try:
+            print(store_circuit(found.circuit, how, baselines_dir=args.baselines_dir,
+                                fingerprint=handle.fingerprint.get("weights_sha256")))
+        except OSError as e:  # checked before: the directory went read-only or full since
+            raise MechbenchError(f"the circuit could not be stored ({e.strerror or e}); the discovery is saved in "
+                                 f"{saved}: rerun the same command with a writable --baselines-dir and it is read back "
+                                 f"without recomputing") from None
+
+
+def _write_text(path, text: str):
+    path.write_text(text)
+    return path
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from mechbench import baselines
 from mechbench.circuits import Circuit, HeadGroup
 from mechbench.claims import derived_seed, get
 from mechbench.errors import MechbenchError
+from mechbench.models.loading import tokenizer_difference
 from mechbench.models.registry import BASE_OF, REGISTRY, base_name_of, discovery_settings, resolve
 from mechbench.stats import Estimate, chance_check, cluster_bootstrap
 
@@ -189,6 +190,12 @@ class Comparison:
                 f"{fine_tune.name!r} ({fine_tune.shape.n_layers} layers x {fine_tune.shape.n_heads} heads) and its base "
                 f"{base.name!r} ({base.shape.n_layers} x {base.shape.n_heads}) differ in shape: a fine-tune keeps its "
                 f"base's heads. Pass the model it was tuned from as --base-model.")
+        different = tokenizer_difference(fine_tune.tokenizer, base.tokenizer)
+        if different:  # both are measured on the base's token ids: the fine-tune's own would be other words
+            raise MechbenchError(
+                f"{fine_tune.name!r} and its base {base.name!r} do not share a tokenizer: {different}. A comparison "
+                f"measures both on one set of token ids; compare it with the model whose tokenizer it kept, or check "
+                f"it against stored baselines instead (--baseline-model)")
         self.fine_tune, self.base, self.circuit, self.lane, self.seed = fine_tune, base, circuit, lane, seed
         self.baselines_dir, self.discovery_cache = baselines_dir, discovery_cache
         # the base's own stored numbers come first: the same-run measurement should agree with them

@@ -35,7 +35,6 @@ counts of prompts per claim are the suites' (the paper's sample sizes, docs/pape
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,13 +84,60 @@ def shape_of(model: str) -> Shape:
 
         raise MechbenchError(f"no shape for {model!r}: it is not a registered paper model and {path} does not exist; "
                              f"download it or name a local directory holding its config.json")
+    config = _model_config(path)
     adapter = 0
     if spec.adapter and (Path(spec.adapter) / "adapter_config.json").is_file():
-        cfg = json.loads((Path(spec.adapter) / "adapter_config.json").read_text())
-        config = json.loads(path.read_text())
-        d = config["hidden_size"]
-        adapter = config["num_hidden_layers"] * len(cfg.get("target_modules") or ()) * cfg.get("r", 0) * 2 * d
-    return Shape.from_config(json.loads(path.read_text()), adapter)
+        cfg = _json_object(Path(spec.adapter) / "adapter_config.json")
+        r, targets = cfg.get("r", 0), cfg.get("target_modules") or ()
+        if not isinstance(r, int) or isinstance(r, bool) or r < 0 or not isinstance(targets, (list, str)):
+            from mechbench.errors import MechbenchError
+
+            raise MechbenchError(f"{Path(spec.adapter) / 'adapter_config.json'}: 'r' {r!r} and 'target_modules' "
+                                 f"{targets!r} are not a LoRA adapter's (a non-negative integer and a list of module "
+                                 f"names): save the adapter with peft's save_pretrained")
+        adapter = config["num_hidden_layers"] * (1 if isinstance(targets, str) else len(targets)) * r * 2 * config[
+            "hidden_size"]
+    return Shape.from_config(config, adapter)
+
+
+#: The fields of a config.json the plan reads (positive integers; head_dim and num_key_value_heads are optional).
+CONFIG_FIELDS = ("num_attention_heads", "hidden_size", "intermediate_size", "vocab_size", "num_hidden_layers")
+
+
+def _json_object(path: Path) -> dict:
+    from mechbench.errors import MechbenchError
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MechbenchError(f"{path} cannot be read as JSON ({e}): it is not a config saved with save_pretrained; "
+                             f"save the model again or point at the directory that holds its config") from None
+    if not isinstance(data, dict):
+        raise MechbenchError(f"{path} holds a JSON {type(data).__name__}, not a config object: save the model again "
+                             f"with save_pretrained")
+    return data
+
+
+def _model_config(path: Path) -> dict:
+    """A local model's config.json, checked before the plan reads it: JSON, a family the engine supports, and
+    every field the plan needs a positive integer."""
+    from mechbench.errors import MechbenchError
+    from mechbench.models.loading import SUPPORTED_ARCHITECTURES
+
+    config = _json_object(path)
+    if config.get("model_type") not in SUPPORTED_ARCHITECTURES:
+        raise MechbenchError(f"{path}: model_type {config.get('model_type')!r} is not a family mechbench runs (it "
+                             f"supports {', '.join(SUPPORTED_ARCHITECTURES)}), so there is nothing to plan; plan a "
+                             f"model of one of those families")
+    optional = ("head_dim", "num_key_value_heads")
+    bad = [f for f in CONFIG_FIELDS + optional if (f in CONFIG_FIELDS or config.get(f) is not None)
+           and not (isinstance(config.get(f), int) and not isinstance(config.get(f), bool) and config[f] > 0)]
+    if bad:
+        raise MechbenchError(f"{path}: " + ", ".join(f"{f} {'is missing' if f not in config else repr(config[f])}"
+                                                     for f in bad)
+                             + f" (the plan needs {', '.join(CONFIG_FIELDS)} as positive integers): it is not a "
+                               f"complete transformers config; save the model with save_pretrained")
+    return config
 
 
 def weights_bytes(shape: Shape, b: int) -> int:
@@ -347,6 +393,9 @@ def plan(model: str, dtype: str = "float32", batch_size: int = 50, seq: int = PA
          tflops: float = 50.0, shape: Shape | None = None, circuit: str | None = None) -> list[ClaimPlan]:
     """Peak device memory, host memory and GPU time of every claim ``pytest suites/ --model=MODEL
     [--circuit=CIRCUIT]`` runs."""
+    from mechbench.validate import positive_number
+
+    positive_number("--tflops", tflops)
     shape = shape or shape_of(model)
     b = DTYPE_BYTES[dtype]
     rate = tflops * 1e12 * (0.5 if b == 4 else 1.0)
@@ -379,14 +428,15 @@ def never_fit(model: str, dtype: str, free_bytes: float, seq: int = PAPER_SEQ_LE
     return [p for p in _plans_for(model, dtype, 1, seq, shape_of(model)) if not p.fits(free_bytes)]
 
 
-def choose_batch_size(model: str, dtype: str, free_bytes: float, seq: int = PAPER_SEQ_LEN, largest: int = 100) -> int:
+def choose_batch_size(model: str, dtype: str, free_bytes: float, seq: int = PAPER_SEQ_LEN, largest: int = 100,
+                      never: list[ClaimPlan] | None = None) -> int:
     """The largest batch (up to ``largest``) at which every claim (its own circuit's included) that fits at all fits
     ``free_bytes`` with the headroom; the claims that never fit are :func:`never_fit`'s. A model whose weights and
     one forward do not fit is an error that says what would."""
     from mechbench.errors import MechbenchError
 
     shape = shape_of(model)
-    never = {p.claim for p in never_fit(model, dtype, free_bytes, seq)}
+    never = {p.claim for p in (never_fit(model, dtype, free_bytes, seq) if never is None else never)}
     if "accuracy" in never:
         need = {p.claim: p for p in _plans_for(model, dtype, 1, seq, shape)}["accuracy"].device_bytes
         smaller = [d for d in ("bfloat16",) if d != dtype and DTYPE_BYTES[d] < DTYPE_BYTES[dtype]]
@@ -406,7 +456,7 @@ def choose_batch_size(model: str, dtype: str, free_bytes: float, seq: int = PAPE
 def resolve_batch_size(value: str | int, device: str, dtype: str, models, notes: list | None = None) -> int:
     """``--batch-size``: a positive integer as given; ``auto``: 50 on the CPU, and on a GPU the largest batch at
     which every claim of every model that fits at all fits the device's free memory (50 where a model's shape is
-    unknown). ``notes`` collects a line per claim that cannot fit even one prompt at a time."""
+    unknown). ``notes`` collects a line per claim that cannot fit even at its smallest batch."""
     from mechbench.errors import MechbenchError
 
     if str(value) != "auto":
@@ -429,9 +479,10 @@ def resolve_batch_size(value: str | int, device: str, dtype: str, models, notes:
         except MechbenchError:  # a model whose shape cannot be read before loading: the CPU default
             sizes.append(50)
             continue
-        sizes.append(choose_batch_size(model, dtype, free))
+        never = never_fit(model, dtype, free)
+        sizes.append(choose_batch_size(model, dtype, free, never=never))
         worst: dict[str, ClaimPlan] = {}
-        for p in never_fit(model, dtype, free) if notes is not None else ():
+        for p in never if notes is not None else ():
             worst[p.claim] = max(worst.get(p.claim, p), p, key=lambda q: q.device_bytes)
         for p in worst.values():
             notes.append(f"{model}: {p.claim} needs {p.device_bytes / GIB:.1f} GiB at its smallest batch (mechbench "
@@ -444,7 +495,7 @@ def resolve_batch_size(value: str | int, device: str, dtype: str, models, notes:
 #: headroom is what a claim may exceed it by before a GPU that the plan says fits runs out), below by at most 2.5x
 #: (the plan counts every term at its worst: DCM's saved activations through every layer where the fast path starts
 #: at the group's lowest one). Measured on the toy zoo and paper-shaped stand-ins under the simulated GPU
-#: (tests/test_plan_memory.py): 0.53-1.09 of the plan.
+#: (tests/test_plan_memory.py and the README's table): 0.53-1.17 of the plan.
 MEASURED_OVER_PLAN = (0.4, 1.25)
 
 

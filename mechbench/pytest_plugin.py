@@ -24,6 +24,7 @@ from mechbench.claims.run import ClaimFailed, ClaimSkipped, Run, load_model
 from mechbench.claims.settings import Settings
 from mechbench.errors import MechbenchError, UnknownModelError
 from mechbench.models.registry import PAPER_MODELS, REGISTRY, TOY_MODELS, resolve
+from mechbench.results import DevicePeak
 
 #: The checkout mechbench lives in (its baselines/ and the default results/ sit there).
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +70,9 @@ def pytest_addoption(parser):
     g.addoption("--results-dir", default=str(ROOT / "results"), help="where results.jsonl is appended")
     g.addoption("--require-models", action="store_true",
                 help="fail, instead of skip, when a model cannot be loaded")
+    g.addoption("--allow-skips", action="store_true",
+                help="let a run pass in which a model that loaded had every claim test skipped or deselected (no "
+                     "baseline to compare with, say); by default such a run fails, since it checked nothing")
     g.addoption("--allow-pickle", action="store_true",
                 help="load pickled (.bin) weights where a model has no safetensors (unpickling runs code from the "
                      "file: only for sources you trust)")
@@ -88,12 +92,29 @@ def pytest_addoption(parser):
 def _models(config) -> tuple[str, ...]:
     raw = config.getoption("--model") or [",".join(TOY_MODELS)]
     names = tuple(dict.fromkeys(n.strip() for item in raw for n in item.split(",") if n.strip()))
+    if not names:
+        raise pytest.UsageError(f"--model {' '.join(map(repr, raw))} names no model: give a registered name, a "
+                                f"directory or a hub id (or leave --model out for the toy zoo)")
     for name in names:
         try:
             resolve(name)
         except UnknownModelError as e:
             raise pytest.UsageError(str(e)) from None
     return names
+
+
+def _known_model(option: str, name: str) -> None:
+    """--base-model and --baseline-model name a registered model, a directory or a hub id: a typo would otherwise
+    deselect or skip every claim of the run."""
+    try:
+        resolve(name)
+    except UnknownModelError as e:
+        raise MechbenchError(f"{option} {name}: {e}") from None
+    validate_directory = Path(name).exists()
+    if validate_directory:
+        from mechbench import validate
+
+        validate.model_directory(name)
 
 
 def _circuits(config) -> tuple[tuple[str, ...] | None, dict]:
@@ -122,6 +143,75 @@ def _has_own_baselines(model: str, baselines_dir: Path) -> bool:
         return baselines.load("accuracy", baselines_dir).find(model=model) is not None
     except MechbenchError:
         return False
+
+
+class Tally:
+    """What the run checked, per model: the models that loaded, and the claim tests that reached a verdict (passed
+    or failed) or skipped, by model. A run in which a model loaded and none of its tests reached a verdict checked
+    nothing about it, and is not green (unless --allow-skips)."""
+
+    def __init__(self):
+        self.loaded: set[str] = set()
+        self.model_of: dict[str, str] = {}  # test id -> the model it measures
+        self.verdicts: dict[str, int] = {}
+        self.skips: dict[str, list[str]] = {}
+        self.dropped: dict[str, int] = {}  # a compared model's absolute-claim tests, deselected
+        self.compare_items: set[str] = set()  # compared models with a test in suites/test_compare.py collected
+        self.reports: list[str] = []  # comparison reports written (by this process or its xdist workers)
+        self.baselines: list[str] = []  # what became of the run's baseline updates
+
+    def pytest_runtest_logreport(self, report) -> None:  # registered as a plugin of the session's config
+        model = self.model_of.get(report.nodeid)
+        if model is None:
+            return
+        if report.when == "call" and report.outcome in ("passed", "failed"):
+            self.verdicts[model] = self.verdicts.get(model, 0) + 1
+        elif report.skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            self.skips.setdefault(model, []).append(reason.removeprefix("Skipped: "))
+
+    def to_json(self) -> dict:
+        """What a pytest-xdist worker sends its controller (``workeroutput``), which judges the whole run."""
+        return {"loaded": sorted(self.loaded), "verdicts": self.verdicts, "skips": self.skips, "dropped": self.dropped,
+                "compare_items": sorted(self.compare_items)}
+
+    def merge(self, data: dict) -> None:
+        self.loaded |= set(data["loaded"])
+        self.compare_items |= set(data["compare_items"])
+        for k, v in data["verdicts"].items():  # each worker ran its own tests
+            self.verdicts[k] = self.verdicts.get(k, 0) + v
+        for k, v in data["dropped"].items():  # every worker collects, and deselects, all of them
+            self.dropped[k] = max(self.dropped.get(k, 0), v)
+        for k, v in data["skips"].items():
+            self.skips.setdefault(k, []).extend(v)
+
+    @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, absent without it
+    def pytest_testnodedown(self, node, error) -> None:  # on the controller of pytest -n: a worker's tally
+        output = getattr(node, "workeroutput", {})
+        if "mechbench_tally" in output:
+            self.merge(output["mechbench_tally"])
+        self.reports.extend(output.get("mechbench_reports", []))
+        self.baselines.extend(output.get("mechbench_baselines", []))
+
+    def problems(self, settings) -> list[str]:
+        """Why the run checked nothing about a model, one line per model; empty when every model that loaded has a
+        verdict, or none was asked for that could load."""
+        lines = []
+        for model in sorted(self.dropped.keys() - self.compare_items):
+            lines.append(f"{model} is in comparison mode (a fine-tune of {settings.base_of(model)} with no baselines "
+                         f"of its own, or --compare), so its claims are measured in suites/test_compare.py, which this "
+                         f"run did not collect: its {self.dropped[model]} claim test(s) were deselected. Run "
+                         f"suites/ (or add suites/test_compare.py), or check it against stored baselines with "
+                         f"--baseline-model")
+        for model in sorted(self.loaded):
+            if self.verdicts.get(model):
+                continue
+            reasons = sorted(set(self.skips.get(model, [])))
+            why = f": {reasons[0]}" + (f" (and {len(reasons) - 1} other reason(s))" if len(reasons) > 1 else "") \
+                if reasons else ""
+            lines.append(f"{model} loaded, but none of its claim tests reached a verdict ({len(self.skips.get(model, []))} "
+                         f"skipped){why}")
+        return lines
 
 
 MARKERS = (
@@ -153,6 +243,11 @@ def pytest_configure(config):
         batch_size = resolve_batch_size(config.getoption("--batch-size"), config.getoption("--device"),
                                         config.getoption("--dtype"), _models(config), config._mechbench_notes)
         validate.baselines_dir(Path(config.getoption("--baselines-dir")))
+        if config.getoption("--update-baselines"):  # found now, not when the run ends with its work to store
+            validate.writable_baselines(Path(config.getoption("--baselines-dir")))
+        for option in ("--base-model", "--baseline-model"):
+            if config.getoption(option):
+                _known_model(option, config.getoption(option))
         validate.writable_dir("--results-dir", Path(config.getoption("--results-dir")))
         for name in _models(config):
             validate.model_directory(name)
@@ -193,6 +288,39 @@ def pytest_configure(config):
         compared = tuple(m for m in s.models if s.base_of(m) and s.base_of(m) != m
                          and (config.getoption("--compare") or not _has_own_baselines(m, s.baselines_dir)))
         config._mechbench = replace(s, compared=compared)
+        if compared and s.limit is not None:
+            raise pytest.UsageError(
+                f"--limit {s.limit}: {', '.join(compared)} {'is' if len(compared) == 1 else 'are'} in comparison mode, "
+                f"whose lanes set their own sizes (the full lane: the claims' sizes; --quick: fewer prompts and draws), "
+                f"so --limit would be ignored. Use --quick for a faster comparison, or check the model against "
+                f"stored baselines (--baseline-model) with --limit")
+    config._mechbench_tally = Tally()
+    config.pluginmanager.register(config._mechbench_tally, "mechbench-tally")
+    _configure_workers(config)
+
+
+def _configure_workers(config) -> None:
+    """pytest-xdist (``pytest -n 2``): each model's tests go to one worker (``--dist loadgroup``, grouped by model
+    in :func:`pytest_collection_modifyitems`), so a model is loaded, and its prompts and ablation means computed,
+    once; each worker gets its share of the CPU's cores for torch's threads (two workers of two threads on two
+    cores would wait on each other). The workers append to one results.jsonl (a locked write per line); baseline
+    updates are written by one process at the end, so --update-baselines runs without -n."""
+    option = getattr(config, "option", None)
+    workers = getattr(option, "numprocesses", None)
+    if workers and getattr(option, "dist", "no") == "load":
+        config.option.dist = "loadgroup"  # -n alone: keep a model's tests together (groups of one otherwise)
+    if workers and config.getoption("--update-baselines"):
+        raise pytest.UsageError("--update-baselines with -n: the baseline files are written once, when the run ends, "
+                                "by one process; run the update without -n")
+    if hasattr(config, "workerinput"):
+        import os
+
+        import torch
+
+        share = max(1, (os.cpu_count() or 1) // int(config.workerinput.get("workercount", 1)))
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(share)
+            os.environ["OMP_NUM_THREADS"] = str(share)  # the subprocesses a test starts (tests/) share it too
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -249,6 +377,23 @@ def pytest_collection_modifyitems(config, items):
         return order.get(name, -1)  # items of no model first
 
     items[:] = sorted(keep, key=model_of)  # stable: each model's items keep their order
+    for item in items:  # pytest -n --dist loadgroup: a model's tests in one worker (a fine-tune's with it)
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        name = params.get("model_name", params.get("compared_model"))
+        if name is not None:
+            item.add_marker(pytest.mark.xdist_group(name=name))
+    tally = config._mechbench_tally
+    for item in drop:
+        name = item.callspec.params["model_name"]
+        tally.dropped[name] = tally.dropped.get(name, 0) + 1
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        name = params.get("model_name", params.get("compared_model"))
+        if name is not None and (item.get_closest_marker("claim") or "compared_model" in params):
+            tally.model_of[item.nodeid] = name
+        if "compared_model" in params:
+            tally.compare_items.add(name)
+
 
 
 def pytest_runtest_setup(item):
@@ -325,8 +470,6 @@ def _pytest_function(claim, test):
         run = Run(claim, settings, circuit_name=given.get("circuit_name"), results=results,
                   params={k: given[k] for k, _ in test.params})
 
-        from mechbench.results import DevicePeak
-
         peak = DevicePeak(settings.device)
 
         def measure():
@@ -334,6 +477,7 @@ def _pytest_function(claim, test):
 
             try:
                 run.model = load_model(given["model_name"], settings)
+                request.config._mechbench_tally.loaded.add(given["model_name"])
                 peak.restart()  # the claim's own peak: not the moment before the last test's models were let go
                 if claim.needs_working_model:
                     run.require_working_model()
@@ -349,6 +493,8 @@ def _pytest_function(claim, test):
                     f"`mechbench plan {given['model_name']} --dtype {settings.dtype} --batch-size {settings.batch_size}` "
                     f"shows what each claim needs: pass a smaller --batch-size (or auto, which picks one that fits), "
                     f"--dtype bfloat16, or deselect this claim (-k 'not {claim.name}')") from None
+            except MechbenchError as e:  # bad input found inside the claim (a word the tokenizer splits): its message
+                raise ClaimFailed(str(e)) from None
 
         try:
             with peak:
@@ -378,7 +524,7 @@ _COMPARISONS: dict[str, object] = {}
 
 
 @pytest.fixture
-def comparison(compared_model, settings):
+def comparison(compared_model, settings, request):
     """The :class:`mechbench.compare.Comparison` of a model in comparison mode with its base (built once per
     session; its report is written when the session ends)."""
     from mechbench.compare import LANES, Comparison, base_circuit_name
@@ -392,6 +538,7 @@ def comparison(compared_model, settings):
         except MechbenchError as e:
             pytest.fail(str(e), pytrace=False)
         fine_tune = _outcome_of(load_model, compared_model, settings)
+        request.config._mechbench_tally.loaded.add(compared_model)
         base = _outcome_of(load_model, base_name, settings, keep=(compared_model,))
         try:
             _COMPARISONS[compared_model] = Comparison(
@@ -403,28 +550,64 @@ def comparison(compared_model, settings):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Write the baseline updates of the run (all together, unless it was interrupted) and the comparison report
-    of every fine-tune compared in this session (the same report as ``mechbench compare``)."""
-    staging = getattr(getattr(session.config, "_mechbench", None), "staging", None)
+    """Write the baseline updates of the run (all together, unless it was interrupted), the comparison report of
+    every fine-tune compared in this session (the same report as ``mechbench compare``), and judge whether the run
+    checked anything (:class:`Tally`; under pytest -n the controller judges, from its workers' tallies)."""
+    config = session.config
+    tally = getattr(config, "_mechbench_tally", None)
+    if tally is None:  # the plugin's configure did not finish (a usage error)
+        return
+    staging = config._mechbench.staging
     if staging is not None and staging.diffs:
         if exitstatus == pytest.ExitCode.INTERRUPTED:
-            session.config._mechbench_baselines = (f"interrupted: {len(staging.diffs)} baseline update(s) "
-                                                   f"discarded, every baseline file is as it was")
+            tally.baselines.append(f"interrupted: {len(staging.diffs)} baseline update(s) discarded, every baseline "
+                                   f"file is as it was")
         else:
-            written = staging.commit()
-            session.config._mechbench_baselines = "\n".join(
-                [f"baselines updated ({len(staging.diffs)} record(s) in {', '.join(p.name for p in written)}):"]
-                + staging.diffs)
-    if not _COMPARISONS:
-        return
-    from mechbench.report import write_comparison_report
+            tally.baselines.append(_commit(staging, config._mechbench.results_dir))
+    if _COMPARISONS:
+        from mechbench import validate
+        from mechbench.report import write_comparison_report
 
-    settings = session.config._mechbench
-    for comparison in _COMPARISONS.values():
-        if comparison._claims:
-            path = write_comparison_report(comparison, settings.results_dir,
-                                           results_path=str(settings.results_dir / "results.jsonl"))
-            session.config._mechbench_reports = getattr(session.config, "_mechbench_reports", []) + [str(path)]
+        settings = config._mechbench
+        for comparison in _COMPARISONS.values():
+            if comparison._claims:
+                try:  # a results directory gone read-only since the run began: the report is kept elsewhere, named
+                    path = validate.written_or_kept(
+                        f"the comparison report of {comparison.fine_tune.name}", settings.results_dir,
+                        lambda out: write_comparison_report(comparison, out,
+                                                            results_path=str(settings.results_dir / "results.jsonl")))
+                    tally.reports.append(f"comparison report: {path}")
+                except MechbenchError as e:
+                    tally.reports.append(f"comparison report NOT in the results directory: {e}")
+                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: its controller reports and judges
+        config.workeroutput.update(mechbench_tally=tally.to_json(), mechbench_reports=tally.reports,
+                                   mechbench_baselines=tally.baselines)
+        return
+    if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        problems = tally.problems(config._mechbench)
+        if problems:
+            allowed = config.getoption("--allow-skips")
+            config._mechbench_nothing_checked = (problems, allowed)
+            if not allowed:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _commit(staging, results_dir: Path) -> str:
+    """Write the staged baseline updates; where the baselines directory refuses them at the end (it went read-only
+    since the run was checked), the updated files go to the results directory instead, named, so that a run's
+    measurements are never lost."""
+    try:
+        written = staging.commit()
+    except OSError as e:
+        kept = Path(results_dir) / "baselines-not-written"
+        kept.mkdir(parents=True, exist_ok=True)
+        paths = staging.commit(into=kept)
+        return (f"baselines NOT updated: {e.strerror or e} writing them ({len(staging.diffs)} record(s)); the updated "
+                f"files are in {kept} ({', '.join(p.name for p in paths)}): copy them into the baselines directory\n"
+                + "\n".join(staging.diffs))
+    return "\n".join([f"baselines updated ({len(staging.diffs)} record(s) in {', '.join(p.name for p in written)}):"]
+                     + staging.diffs)
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -434,8 +617,20 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("mechbench claims")
         for line in lines:
             terminalreporter.write_line(line)
-    if getattr(terminalreporter.config, "_mechbench_baselines", None):
+    tally = getattr(terminalreporter.config, "_mechbench_tally", None)
+    if tally is not None and tally.baselines:
         terminalreporter.section("mechbench baselines")
-        terminalreporter.write_line(terminalreporter.config._mechbench_baselines)
-    for path in getattr(terminalreporter.config, "_mechbench_reports", []):
-        terminalreporter.write_line(f"comparison report: {path}")
+        for line in tally.baselines:
+            terminalreporter.write_line(line)
+    for line in tally.reports if tally is not None else ():
+        terminalreporter.write_line(line)
+    nothing = getattr(terminalreporter.config, "_mechbench_nothing_checked", None)
+    if nothing:
+        problems, allowed = nothing
+        terminalreporter.section("mechbench: nothing checked", red=not allowed, yellow=allowed)
+        for line in problems:
+            terminalreporter.write_line(line)
+        terminalreporter.write_line("--allow-skips: the run passes anyway, as asked" if allowed else
+                                    "the run fails: a green run must have checked something. Store baselines "
+                                    "(--update-baselines), fix --baselines-dir, or pass --allow-skips if checking "
+                                    "nothing is what you meant")

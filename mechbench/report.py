@@ -20,7 +20,7 @@ from mechbench.errors import MechbenchError
 DETAIL_FIELDS = ("value", "field", "std", "n", "seed", "fingerprint", "baseline", "tolerance", "passed", "updated", "meta",
                  # comparison mode (mechbench.compare) and checks with no stored number
                  "message", "statistic", "lo", "hi", "base_value", "fine_tune_value", "references", "note",
-                 "base_fingerprint", "reasons")
+                 "base_fingerprint", "reasons", "inconclusive")
 
 def _layout(claim: str) -> tuple[list[str], str | None]:
     """(row keys, column key) of a claim's paper-style table, from its spec (mechbench.claims); a claim the registry
@@ -36,17 +36,25 @@ def load_results(path: Path | str) -> list[dict]:
     if not path.is_file():
         raise MechbenchError(f"no results file at {path}: run the claims first (pytest suites/ writes "
                              f"results/results.jsonl), or pass --results")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise MechbenchError(f"{path} is not a results file (it is not text: a binary file?); pass the results.jsonl "
+                             f"that pytest suites/ writes (--results)") from None
+    except OSError as e:
+        raise MechbenchError(f"{path} cannot be read ({e.strerror}): pass a results file you can read "
+                             f"(--results)") from None
     rows, unreadable = [], []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             row = None
-        if isinstance(row, dict) and "claim" in row:
+        if _is_record(row):
             rows.append(row)
-        else:  # a line cut by a crash mid-write loses that measurement only
+        else:  # a line cut by a crash mid-write (or edited by hand) loses that measurement only
             unreadable.append(i)
     if unreadable and not rows:
         raise MechbenchError(f"{path} holds no measurements ({len(unreadable)} lines, none a results record): it is "
@@ -54,6 +62,17 @@ def load_results(path: Path | str) -> list[dict]:
     if unreadable:
         print(f"mechbench report: skipping {len(unreadable)} unreadable line(s) of {path}: {unreadable[:10]}")
     return rows
+
+
+def _is_record(row) -> bool:
+    """A results line the report can read: an object with a claim name, and its ``meta`` (where there is one) an
+    object whose ``git`` and ``device`` are objects, the device's ``gib`` a number (mechbench.results writes these)."""
+    if not (isinstance(row, dict) and isinstance(row.get("claim"), str)):
+        return False
+    meta = row.get("meta") or {}
+    device = meta.get("device") if isinstance(meta, dict) else None
+    return (isinstance(meta, dict) and all(isinstance(meta.get(k) or {}, dict) for k in ("git", "device"))
+            and isinstance((device or {}).get("gib") or 0, (int, float)))
 
 
 def latest(rows: list[dict]) -> list[dict]:
@@ -94,10 +113,15 @@ def _figures(frame_by_claim: dict, out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
+    import pandas as pd
+
+    def drawable(frame, columns) -> bool:  # rows of another version (or edited by hand) get their table, no figure
+        return (frame is not None and len(frame) and set(columns) <= set(frame.columns)
+                and pd.api.types.is_numeric_dtype(frame["value"]))
 
     made = []
     ko = frame_by_claim.get("attention_knockout")
-    if ko is not None and len(ko):
+    if drawable(ko, ("model", "edge", "layer", "value")):
         models = sorted(ko["model"].unique())
         fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.2), sharey=True, squeeze=False)
         for ax, model in zip(axes[0], models):
@@ -114,7 +138,7 @@ def _figures(frame_by_claim: dict, out: Path) -> list[str]:
         plt.close(fig)
         made.append("knockout.png")
     cmap = frame_by_claim.get("cmap")
-    if cmap is not None and len(cmap):
+    if drawable(cmap, ("group", "source_model", "value")):
         table = cmap.pivot_table(index="group", columns="source_model", values="value", aggfunc="last")
         ax = table.plot.bar(figsize=(6, 3.2), rot=20)
         ax.set_ylabel("base accuracy with the donor's heads")
@@ -126,9 +150,11 @@ def _figures(frame_by_claim: dict, out: Path) -> list[str]:
 
 
 def write_report(results: Path | str, out: Path | str, figures: bool = True) -> Path:
+    """``<out>/report.md`` and its figures (``mechbench report --results RESULTS --out OUT``)."""
+    from mechbench.validate import writable_dir
+
     rows = latest(load_results(results))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir("--out", Path(out))
     by_claim: dict[str, list[dict]] = {}
     for row in rows:
         by_claim.setdefault(row["claim"], []).append(row)
@@ -146,6 +172,11 @@ def write_report(results: Path | str, out: Path | str, figures: bool = True) -> 
     lines += [f"## Failed: {len(failed)} (outside tolerance, or a check that did not hold)", ""]
     if failed:
         lines += [_frame(failed).round(4).to_markdown(index=False), ""]
+    # within a bound as wide as the measure: not a pass (mechbench.baselines.too_wide), the size needed in the row
+    undecided = [r for r in rows if r.get("passed") is None and r.get("inconclusive")]
+    if undecided:
+        lines += [f"## Inconclusive: {len(undecided)} (too few examples for a bound that means something; not passed)",
+                  "", _frame(undecided).round(4).to_markdown(index=False), ""]
     for claim, frame in frames.items():
         lines += [f"## {claim}", "", _table(claim, frame), ""]
     if figures:

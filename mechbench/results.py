@@ -16,6 +16,11 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one writer at a time there
+    fcntl = None
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -63,10 +68,17 @@ class ResultsWriter:
 
     def write(self, claim: str, keys: dict, value, **details) -> dict:
         record = {"claim": claim, **keys, "value": value, **details, "meta": self._meta}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        line = (json.dumps(record, default=str) + "\n").encode()
+        # one write() of the whole line on a descriptor opened for appending, under an exclusive lock: the pytest
+        # workers of one run (pytest -n) append to one file, and a line is never interleaved with another's
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # closing releases the lock
         return record
 
     def read(self) -> list[dict]:

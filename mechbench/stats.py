@@ -8,7 +8,9 @@ Every interval here treats the context as the unit of sampling (a *cluster*):
 - :func:`cluster_bootstrap`: a percentile interval for any statistic of several per-example quantities
   measured on the same examples (a paired difference, a ratio, a share of a gain), by resampling whole
   contexts with replacement. Two models measured on the same prompts are resampled together, so what they
-  have in common cancels.
+  have in common cancels. Resampling few contexts spreads a statistic too little, so the interval is widened
+  for their number (:func:`few_contexts_widening`): a plain percentile interval over the 6 contexts of
+  --limit 40 covers 84% of the time, not 95% (tests/test_stat_promises.py).
 
 Counterfactual pairs (DCM) draw a fresh base context per pair: each pair is its own cluster.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from statistics import NormalDist
 from typing import Callable, Mapping
 
 import numpy as np
@@ -86,8 +89,9 @@ def design_effect(values, clusters) -> float:
 def cluster_bootstrap(statistic: Callable[[Mapping[str, np.ndarray]], np.ndarray], quantities: Mapping[str, np.ndarray],
                       clusters, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Estimate:
     """``statistic`` of the means of ``quantities`` (each [N] on the same examples), with a ``level`` (95%)
-    percentile interval from resampling the clusters. A check made over k numbers at once asks each for level
-    1 - 0.05/k (Bonferroni), so that an unchanged model fails it at most 5% of the time.
+    percentile interval from resampling the clusters, widened for few of them (:func:`percentile_interval`). A
+    check made over k numbers at once asks each for level 1 - 0.05/k (Bonferroni), so that an unchanged model
+    fails it at most 5% of the time.
 
     ``statistic`` takes ``{name: mean}`` and must work elementwise on arrays (it is called once on scalars for
     the point estimate and once on [n_boot] arrays). Resamples where it is not finite (a zero denominator) are
@@ -108,8 +112,24 @@ def cluster_bootstrap(statistic: Callable[[Mapping[str, np.ndarray]], np.ndarray
     draws = draws[np.isfinite(draws)]
     if len(draws) < 0.95 * n_boot or c < 2:
         return Estimate(point)
-    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    return Estimate(point, float(lo), float(hi))
+    return Estimate(point, *percentile_interval(draws, level, c))
+
+
+def percentile_interval(draws: np.ndarray, level: float, n_clusters: int) -> tuple[float, float]:
+    """The ``level`` interval of a statistic from its ``draws`` over resamples of ``n_clusters`` contexts: their
+    central quantiles, spread around their median by :func:`few_contexts_widening`."""
+    lo, mid, hi = np.quantile(draws, [(1 - level) / 2, 0.5, (1 + level) / 2])
+    widen = few_contexts_widening(n_clusters, level)
+    return float(mid - widen * (mid - lo)), float(mid + widen * (hi - mid))
+
+
+def few_contexts_widening(n_clusters: int, level: float = 0.95) -> float:
+    """How much a ``level`` interval from resampling ``n_clusters`` contexts must widen to cover as often as it
+    says: resampling C contexts spreads a mean by sqrt((C - 1) / C) of its standard error (the plug-in variance),
+    and an error estimated from C contexts has C - 1 degrees of freedom (Student's t quantile for the normal's).
+    1.44 at 6 contexts (--limit 40), 1.13 at 15 (100 prompts), 1.02 at 72 (500)."""
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    return math.sqrt(n_clusters / (n_clusters - 1)) * few_clusters_factor(n_clusters, z)
 
 
 def mean_estimate(values, clusters) -> Estimate:

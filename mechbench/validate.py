@@ -5,6 +5,7 @@ command line both call these, so an option means the same and fails the same way
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -50,6 +51,13 @@ def positive(name: str, value: int | None) -> int | None:
     return value
 
 
+def positive_number(name: str, value: float, hint: str = "") -> float:
+    """A finite number above 0 (a rate, a memory size): 0 divides by zero and a negative one plans nonsense."""
+    if not (math.isfinite(value) and value > 0):
+        raise MechbenchError(f"{name} {value:g}: must be a positive finite number{hint}")
+    return value
+
+
 def seed(value: int) -> int:
     if value < 0:
         raise MechbenchError(f"--seed {value}: seeds are non-negative integers")
@@ -69,6 +77,53 @@ def writable_dir(name: str, path: Path) -> Path:
     except OSError as e:
         raise MechbenchError(f"{name} {path} cannot be written to ({e.strerror}): pass a directory you can write") from None
     return path
+
+
+def writable_file(name: str, path: Path) -> Path:
+    """A file a finished result will be written to: checked before the work, so that it cannot fail after it. Its
+    directory must exist and be writable, and the path must not be a directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise MechbenchError(f"{name} {path} is a directory: pass a file name (e.g. {path / 'scores.json'})")
+    if not path.parent.is_dir():
+        raise MechbenchError(f"{name} {path}: the directory {path.parent} does not exist; create it (mkdir -p "
+                             f"{path.parent}) or pass a file in an existing directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".mechbench-write-test-"):
+            pass
+    except OSError as e:
+        raise MechbenchError(f"{name} {path}: the directory {path.parent} cannot be written to ({e.strerror}); pass a "
+                             f"file in a directory you can write") from None
+    return path
+
+
+def written_or_kept(what: str, out: Path, write) -> Path:
+    """``write(out)`` (a directory; it returns the path it wrote). Where that fails at the end of a run (the output
+    went read-only or full since it was checked), the finished work is written to a fresh temporary directory
+    instead, and the error names it: hours of work are not lost to a full disk."""
+    try:
+        return write(Path(out))
+    except OSError as e:
+        error = e
+    kept = write(Path(tempfile.mkdtemp(prefix="mechbench-kept-")))
+    raise MechbenchError(f"{what} could not be written to {out} ({error.strerror or error}); it was written to {kept} "
+                         f"instead: copy it from there, and pass a directory you can write next time")
+
+
+def writable_baselines(path: Path) -> None:
+    """--update-baselines: the baselines directory and its files can be written, found before the run measures what
+    it would store."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".mechbench-write-test-"):
+            pass
+    except OSError as e:
+        raise MechbenchError(f"--update-baselines: the baselines directory {path} cannot be written to "
+                             f"({e.strerror or e}); the run would end with its measurements unstored. Pass a "
+                             f"--baselines-dir you can write (a copy: cp -r baselines/ mine/)") from None
+    read_only = sorted(f.name for f in path.glob("*.json") if not os.access(f, os.W_OK))
+    if read_only:
+        raise MechbenchError(f"--update-baselines: {', '.join(read_only)} in {path} cannot be written to; make "
+                             f"them writable or pass a --baselines-dir you can write")
 
 
 def baselines_dir(path: Path) -> Path:

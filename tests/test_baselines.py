@@ -163,10 +163,22 @@ def test_the_plugin_writes_a_runs_updates_at_its_end_unless_interrupted(bdir, ex
     check_claim("accuracy", {"model": "toy-x"}, 0.5, n=100, baselines_dir=bdir, update=True, tolerance=0.2,
                 tolerance_rule="test", staging=staging)
     before = (bdir / "accuracy.json").read_text()
-    config = types.SimpleNamespace(_mechbench=types.SimpleNamespace(staging=staging))
+    config = types.SimpleNamespace(_mechbench=types.SimpleNamespace(staging=staging, results_dir=bdir / "results"),
+                                   _mechbench_tally=conftest.Tally())
     conftest.pytest_sessionfinish(types.SimpleNamespace(config=config), exitstatus)
     assert ((bdir / "accuracy.json").read_text() != before) == written
-    assert ("discarded" in config._mechbench_baselines) != written
+    assert ("discarded" in "\n".join(config._mechbench_tally.baselines)) != written
+
+
+def test_staged_updates_refused_by_their_directory_can_be_written_elsewhere(bdir, tmp_path):
+    staging = baselines.Staging()
+    check_claim("accuracy", {"model": "toy-x"}, 0.5, n=100, baselines_dir=bdir, update=True, tolerance=0.2,
+                tolerance_rule="test", staging=staging)
+    before = (bdir / "accuracy.json").read_text()
+    (tmp_path / "kept").mkdir()
+    assert staging.commit(into=tmp_path / "kept") == [tmp_path / "kept" / "accuracy.json"]
+    assert (bdir / "accuracy.json").read_text() == before
+    assert baselines.load("accuracy", tmp_path / "kept").get(model="toy-x").value == 0.5
 
 
 def test_an_observed_zero_or_one_still_gets_a_tolerance():
@@ -235,3 +247,76 @@ def test_another_dtype_widens_only_the_same_sample_bound():
     assert not compare(0.592, record, n=500, seed=0, dtype="bfloat16").passed  # a 0.05 change of mechanism
     assert compare(0.642, record, n=500, seed=3, dtype="bfloat16").tolerance == pytest.approx(0.0907)
     assert precision_factor(500, "bf16", "bfloat16") == 1.0 and precision_factor(500, None, "float32") == 1.0
+
+
+def test_a_stored_zero_or_one_is_an_accuracy_not_a_mean_over_draws():
+    """A knockout that leaves no correct answer stores 0.0, a whole recovered group 1.0: on fewer examples their bound
+    is the binomial one, floored at three examples, not a mean over draws widened by sqrt((1 + n_stored / n) / 2)."""
+    zero = next(r for r in baselines.load("attention_knockout").records if r.value == 0.0 and r.get("n") == 500)
+    one = baselines.Record({"model": "m"}, 1.0, "measured", {"tolerance": 0.0119, "tolerance_rule": "r", "n": 500})
+    for record in (zero, one):
+        rounding = max(record.get("tolerance") - baselines.binomial_tolerance(record.value, 500, 500), 0.0)
+        assert record.tolerance_for(40) == max(baselines.binomial_tolerance(record.value, 40, 500, rounding=rounding),
+                                               0.075) == 0.075
+        assert record.tolerance_for(2000) < record.get("tolerance")  # more examples narrow a binomial bound
+
+
+def test_find_matches_a_records_keys_exactly_never_a_subset():
+    """A lookup for {model} is not a record of {model, layer}: a subset match would check an accuracy against a
+    knockout layer's number, or call two records one."""
+    table = baselines.Baseline(Path("t.json"), "t", "d", "fraction", "s", [
+        baselines.Record({"model": "m", "layer": 0}, 0.1, "measured"),
+        baselines.Record({"model": "m"}, 0.6, "measured")])
+    assert table.find(model="m").value == 0.6
+    assert table.find(model="m", layer=0).value == 0.1
+    assert table.find(layer=0) is None and table.find(model="m", layer=1) is None
+    assert baselines.Baseline(Path("t.json"), "t", "d", "fraction", "s", table.records[:1]).find(model="m") is None
+
+
+def test_check_claim_widens_a_mean_over_draws_by_the_measured_spread(tmp_path):
+    """The measured spread reaches the comparison: DCM patching's stored spread is an estimate from 10 draws, and a
+    wider measured one widens the bound (toy-float at --seed 1 failed by 1.86 against 1.85 without it)."""
+    shutil.copy(ROOT / "baselines" / "dcm_patching.json", tmp_path / "dcm_patching.json")
+    record = next(r for r in baselines.load("dcm_patching", tmp_path).records if r.get("seed") == 0)
+    wide = 2 * record.get("std")
+    widened = record.tolerance_for(500, 1, std=wide)
+    assert widened > record.get("tolerance") * 1.5
+    measured = record.value + (record.get("tolerance") + widened) / 2  # outside the stored bound, inside the widened
+    out = check_claim("dcm_patching", record.keys, measured, n=500, seed=1, std=wide, baselines_dir=tmp_path)
+    assert out.comparison.tolerance == pytest.approx(widened) and out.passed
+    assert check_claim("dcm_patching", record.keys, measured, n=500, seed=1, baselines_dir=tmp_path).passed is False
+
+
+def test_mechbench_baselines_checks_every_file_and_names_every_bad_one(tmp_path, capsys):
+    from mechbench.cli import main
+
+    for name in ("accuracy", "circuits", "dcm_patching", "faithfulness"):
+        shutil.copy(ROOT / "baselines" / f"{name}.json", tmp_path / f"{name}.json")
+    assert main(["baselines", "--dir", str(tmp_path)]) == 0
+    assert "circuits.json: 15 records ok" in capsys.readouterr().out  # the circuits file is checked as heads
+    for name, field in (("accuracy", "tolerance"), ("dcm_patching", "n")):
+        data = json.loads((tmp_path / f"{name}.json").read_text())
+        data["records"][3][field] = "wrong"
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    assert main(["baselines", "--dir", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert "2 of 4 baseline files" in err
+    assert f"{tmp_path / 'accuracy.json'} is invalid: records[3].tolerance" in err
+    assert f"{tmp_path / 'dcm_patching.json'} is invalid: records[3].n" in err
+    assert "circuits.json: 15 records ok" in out and "faithfulness.json: 56 records ok" in out
+
+
+def test_the_shipped_baselines_pass_the_command():
+    from mechbench.cli import main
+
+    assert main(["baselines"]) == 0
+
+
+def test_update_never_stores_a_record_the_loader_would_refuse(bdir):
+    """Not even forced: a tolerance too wide for a fraction (a binomial bound on 3 examples), a value out of range."""
+    table = baselines.load("accuracy", bdir)
+    with pytest.raises(BaselineError, match="wider than a fraction allows.*a larger --limit"):
+        baselines.update(table, {"model": "toy-x"}, 0.5, tolerance=1.2247, tolerance_rule="r", n=3, force=True)
+    with pytest.raises(BaselineError, match="outside a fraction's range"):
+        baselines.update(table, {"model": "toy-x"}, 1.5, tolerance=0.1, tolerance_rule="r", n=500)
+    assert baselines.load("accuracy", bdir).find(model="toy-x") is None

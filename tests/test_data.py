@@ -242,3 +242,57 @@ def test_bos_choice_is_stated_and_overridable(llama_tokenizer, toy_tokenizer):
     assert (first != bos).all()
     first, _, bos = first_tokens(chat, "always")
     assert (first == bos).all()
+
+
+# --- the random query letters (planted faults: the real label in their place passed every test here) ---------
+
+
+def _binomial_band(p: float, n: int, ses: float = 5.0) -> tuple[float, float]:
+    """The share of ``n`` independent draws of probability ``p`` lies in this band but once in millions."""
+    se = (p * (1 - p) / n) ** 0.5
+    return p - ses * se, p + ses * se
+
+
+def test_ablation_prompts_query_a_random_letter_not_the_first_boxs_label(toy_tokenizer):
+    """docs/paper.md §1 (pp_utils.load_ablation_data): the mean-ablation prompts query the first box with the query
+    letter replaced by a random A-Z, drawn independently of the context; the prompt shows that letter."""
+    from mechbench.data.counterfactuals import ablation_prompts
+
+    n = 500
+    ds = ablation_prompts(toy_tokenizer, n_examples=n, seed=0)
+    letters = ds.vocabulary.labels
+    examples = ds.examples
+    assert all(e.query_box == 0 for e in examples)
+    as_own_label = sum(e.query_label == e.context.labels[0] for e in examples) / n
+    lo, hi = _binomial_band(1 / len(letters), n)
+    assert lo <= as_own_label <= hi, f"{as_own_label:.1%} of the query letters are the queried box's label"
+    in_context = sum(e.query_label in e.context.labels for e in examples) / n
+    lo, hi = _binomial_band(7 / len(letters), n)
+    assert lo <= in_context <= hi, f"{in_context:.1%} of the query letters name a box of their context"
+    assert {e.query_label for e in examples} == set(letters)  # every letter is drawn, 500 draws of 26
+    shown = tokens(toy_tokenizer, ds.input_ids[torch.arange(n), ds.positions("query_label")].tolist())
+    assert shown == [e.query_label for e in examples]
+
+
+def test_noise_prompts_query_a_random_letter_not_the_clean_prompts_label(toy_tokenizer):
+    """docs/paper.md §1 (data_utils.load_pp_data): the corrupted prompt of clean example j is a fresh context
+    queried at box (j + 1) % boxes whose query label is overwritten with a random letter, independent of the
+    clean prompt's label and of its own box's; the corrupted prompt shows that letter."""
+    n = 500
+    cf = noise_pairs(toy_tokenizer, n_examples=n, seed=2)
+    letters = cf.source.vocabulary.labels
+    pairs = list(zip(cf.base.examples, cf.source.examples))
+    assert all(s.query_box == (b.query_box + 1) % 7 and s.context != b.context for b, s in pairs)
+    lo, hi = _binomial_band(1 / len(letters), n)
+    as_clean_label = sum(s.query_label == b.query_label for b, s in pairs) / n
+    assert lo <= as_clean_label <= hi, f"{as_clean_label:.1%} of the noise prompts query the clean prompt's label"
+    as_own_label = sum(s.query_refers_to_box for _, s in pairs) / n
+    assert lo <= as_own_label <= hi, f"{as_own_label:.1%} of the noise prompts query their own box's label"
+    lo, hi = _binomial_band(7 / len(letters), n)
+    names_a_box = sum(s.query_label in s.context.labels for _, s in pairs) / n
+    assert lo <= names_a_box <= hi, f"{names_a_box:.1%} of the noise query letters name a box of their prompt"
+    rows = torch.arange(n)
+    shown = tokens(toy_tokenizer, cf.source.input_ids[rows, cf.source.positions("query_label")].tolist())
+    assert shown == [s.query_label for _, s in pairs]
+    # the clean prompt is untouched: it queries its own box's label, and the target is its answer
+    assert all(b.query_refers_to_box for b, _ in pairs) and torch.equal(cf.target_ids, cf.base.answer_ids)

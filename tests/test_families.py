@@ -21,10 +21,10 @@ def test_every_family_of_the_site_map_is_tested_here():
     assert set(FAMILIES) == set(CLASSES)
 
 
-def tiny(family: str, seed: int = 0):
+def tiny(family: str, seed: int = 0, vocab: int = VOCAB):
     config_class, model_class = (getattr(transformers, name) for name in CLASSES[family])
     torch.manual_seed(seed)
-    config = config_class(vocab_size=VOCAB, hidden_size=H * D, intermediate_size=64, num_hidden_layers=LAYERS,
+    config = config_class(vocab_size=vocab, hidden_size=H * D, intermediate_size=64, num_hidden_layers=LAYERS,
                           num_attention_heads=H, num_key_value_heads=KV, head_dim=D, max_position_embeddings=64,
                           tie_word_embeddings=False)
     return model_class(config).eval()
@@ -99,7 +99,7 @@ def test_a_frozen_attention_run_equals_the_full_forward(model):
 def test_the_loader_takes_a_saved_model_of_each_family(tmp_path, family):
     from mechbench.zoo.tokenizer import build_tokenizer
 
-    tiny(family).save_pretrained(tmp_path)
+    tiny(family, vocab=len(build_tokenizer())).save_pretrained(tmp_path)  # an embedding row for every token
     build_tokenizer().save_pretrained(tmp_path)
     handle = load_model(str(tmp_path))
     assert (handle.shape.n_layers, handle.shape.n_heads, handle.shape.n_kv_heads) == (LAYERS, H, KV)

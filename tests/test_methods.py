@@ -82,7 +82,7 @@ def test_ablating_nothing_is_the_full_model_and_everything_in_the_circuit_is_kep
         circuit_accuracy(model, Circuit.load("llama7b"), ds, means)
 
 
-def _reference_scores(model, pairs, sender_role, receivers=None):
+def _reference_scores(model, pairs, sender_role, receivers=None, corrupt_positions=None):
     clean, corrupt = pairs.base, pairs.source
     scores = torch.zeros(LAYERS, HEADS)
     for i in range(len(pairs)):
@@ -91,7 +91,8 @@ def _reference_scores(model, pairs, sender_role, receivers=None):
         reference_last_logits(model, corrupt.input_ids[i], record=rec_x)
         target = pairs.target_ids[i]
         p_clean = clean_logits.softmax(-1)[target]
-        sp, cp = int(clean.positions(sender_role)[i]), int(corrupt.positions(sender_role)[i])
+        sp = int(clean.positions(sender_role)[i])
+        cp = int((corrupt.positions(sender_role) if corrupt_positions is None else corrupt_positions)[i])
         S = clean.seq_len
         for layer in range(LAYERS):
             for head in range(HEADS):
@@ -126,6 +127,20 @@ def test_path_patching_with_receivers_equals_reference(model, pairs, component, 
     assert (got[2] == 0).all()  # nothing above the top layer receives
     slow = path_patching_scores(model, pairs, sender_role, receivers, batch_size=2, fast=False)
     torch.testing.assert_close(got, slow, rtol=1e-4, atol=1e-6)
+
+
+def test_structure_readers_send_their_value_from_a_random_label_of_the_corrupted_prompt(model, pairs):
+    """The structure-reader step as discovery runs it: the sender's corrupted value is read in the corrupted prompt
+    at a random box label's position (random_label_positions), not at the clean prompt's position."""
+    from mechbench.methods.discovery import random_label_positions
+
+    corrupt = random_label_positions(pairs, seed=0)
+    for elsewhere in (pairs.base, pairs.source):  # the clean prompt's position, the corrupted prompt's own role's
+        assert (corrupt != elsewhere.positions("prev_query_label")).any()  # else the test could not tell them apart
+    receivers = Receivers(((2, 1), (1, 3)), "v", "prev_query_label")
+    got = path_patching_scores(model, pairs, "prev_query_label", receivers, corrupt_positions=corrupt, batch_size=1)
+    expected = _reference_scores(model, pairs, "prev_query_label", receivers, corrupt_positions=corrupt)
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-5)
 
 
 def test_path_patching_with_the_clean_prompt_as_corruption_scores_zero(model, pairs):

@@ -141,3 +141,21 @@ def test_a_bin_only_directory_loads_through_the_stated_opt_in(tmp_path, capsys):
     assert "--allow-pickle" in err and "allow_pickle=True" in err
     assert main(["accuracy", str(path), "--n", "7", "--allow-pickle"]) == 0
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_the_dtype_asked_for_is_the_dtype_loaded_and_fingerprinted(tmp_path, monkeypatch):
+    """A model asked for in bfloat16 holds bfloat16 parameters and its fingerprint says bfloat16 (a fingerprint that
+    names the dtype asked for over float32 weights hides the fault); the default stays the paper's float32. Both
+    routes: load_model and get_model (the CLI's and the pytest plugin's)."""
+    from mechbench import api
+
+    monkeypatch.setattr(api, "_LOADED", {})  # the process-wide handle cache: this test's models leave with it
+    path = str(save_random_llama(tmp_path))
+    for route, handle, want in [
+        ("load_model bfloat16", load_model(path, dtype="bfloat16"), torch.bfloat16),
+        ("load_model torch.bfloat16", load_model(path, dtype=torch.bfloat16), torch.bfloat16),
+        ("get_model bf16", api.get_model(path, dtype="bf16"), torch.bfloat16),
+        ("get_model default", api.get_model(path), torch.float32),
+    ]:
+        assert {p.dtype for p in handle.model.parameters()} == {want}, route
+        assert handle.fingerprint["dtype"] == str(want).removeprefix("torch."), (route, handle.fingerprint["dtype"])

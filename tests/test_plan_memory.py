@@ -48,7 +48,9 @@ def test_the_toy_zoo_claims_pass_on_the_simulated_gpu_within_the_plan(tmp_path):
     # simulation is in the README
     done = _suites(tmp_path, "--model=toy-llama,toy-goat", "--limit=40", "--batch-size=20",
                    "-k", "not minimality and not (test_dcm and positional) and not (test_dcm and box_label) "
-                         "and not (toy-goat and not cmap)")
+                         "and not (toy-goat and not cmap)", "--allow-skips")
+    # --allow-skips: at --limit 40 most bounds are too wide to judge (inconclusive skips); what is checked here is
+    # that every claim runs on the device, passes or skips, and holds the memory its plan says
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert done.stdout.splitlines()[0].startswith("mechbench: SIMULATED GPU")
     ratios = _checked(tmp_path)

@@ -69,6 +69,9 @@ def test_a_claim_of_another_repository_skips_stores_passes_and_fails_with_the_re
     first.assert_outcomes(skipped=2)
     first.stdout.fnmatch_lines(["*my_accuracy*does not exist yet*--update-baselines*",
                                 "*cannot be loaded here*"])
+    # toy-llama loaded and nothing was judged: not a green run
+    assert first.ret == pytest.ExitCode.TESTS_FAILED
+    first.stdout.fnmatch_lines(["*nothing checked*", "toy-llama loaded, but none of its claim tests reached a verdict*"])
     pytester.runpytest_subprocess(*args, "--update-baselines").assert_outcomes(passed=1, skipped=1)
     assert (baselines / "my_accuracy.json").is_file()
     again = pytester.runpytest_subprocess(*args)

@@ -29,7 +29,15 @@ class ClaimOutcome:
 
     @property
     def passed(self) -> bool | None:
+        """True within tolerance, False outside it; None when nothing was judged: no record, an update, or a
+        tolerance too wide to mean anything on this sample (:attr:`inconclusive`)."""
         return None if self.comparison is None else self.comparison.passed
+
+    @property
+    def inconclusive(self) -> str | None:
+        """Why the comparison judged nothing, with the sample size it needs (see
+        :attr:`mechbench.baselines.Comparison.inconclusive`)."""
+        return None if self.comparison is None else self.comparison.inconclusive
 
     def message(self) -> str:
         keys = ", ".join(f"{k}={v}" for k, v in self.keys.items())
@@ -37,7 +45,21 @@ class ClaimOutcome:
             return f"{self.claim} [{keys}] baseline updated: {self.diff}"
         if self.missing:
             return f"{self.claim} [{keys}] measured {self.measured:.4f}; {self.missing}"
+        if self.inconclusive:
+            return f"{self.claim} [{keys}] {self.inconclusive}: {self.comparison}{self.note}"
         return f"{self.claim} [{keys}] {self.comparison}{self.note}"
+
+
+def _sample_of(spec: Claim | None, n: int | None, limit: int | None, needs: int) -> tuple[str, int | None]:
+    """What ``n`` counts in ``spec`` (the sample whose size under ``--limit limit`` is n: "prompts", "test_pairs")
+    and the smallest --limit that makes it ``needs``; ("examples", None) where no sample of the spec has size n."""
+    for name, _ in spec.sizes if spec is not None else ():
+        if spec.size(name, limit) == n:
+            main = spec.sizes[0][1]
+            scaled = next(L for L in range(max(1, needs * main // dict(spec.sizes)[name] - 2), needs * main + 2)
+                          if spec.size(name, L) >= needs)
+            return name.replace("_", " "), scaled
+    return "examples", None
 
 
 def check_claim(
@@ -63,6 +85,8 @@ def check_claim(
     force: bool = False,
     design_effect: float = 1.0,
     n_clusters: int | None = None,
+    per_context: float | None = None,
+    limit: int | None = None,
 ) -> ClaimOutcome:
     """Compare ``measured`` with the baseline record ``keys`` of ``claim`` (or store it with ``update``).
 
@@ -75,7 +99,9 @@ def check_claim(
     update until the run ends (:class:`mechbench.baselines.Staging`); ``force``: store even a record that
     :func:`mechbench.baselines.degradations` finds worse than the one it replaces. ``design_effect``: widens a
     binomial tolerance for prompts that share a context, and ``n_clusters`` (how many contexts) for the uncertainty of
-    that estimate (:func:`mechbench.baselines.compare`).
+    that estimate (:func:`mechbench.baselines.compare`), ``per_context`` (examples to a context) for the contexts of
+    a larger sample. A comparison whose tolerance is too wide for the sample is inconclusive (``passed`` None, in the
+    results file too) and names the size it needs in the claim's sample and in ``limit`` (the run's --limit).
     """
     if isinstance(tolerance, Tolerance):  # a rule of mechbench.claims.tolerance: its bound, same-sample bound, words
         tolerance, tolerance_same_sample, tolerance_rule = (tolerance.value, tolerance.same_sample, tolerance.rule)
@@ -112,7 +138,10 @@ def check_claim(
     else:
         outcome.comparison = baselines.compare(measured, record, n=n, seed=seed, field=field,
                                                design_effect=design_effect, n_clusters=n_clusters, std=std,
-                                               dtype=(fingerprint or {}).get("dtype"))
+                                               dtype=(fingerprint or {}).get("dtype"), per_context=per_context)
+        if outcome.comparison.needs is not None:  # inconclusive: the sample it needs, in the claim's words
+            outcome.comparison.sample, outcome.comparison.needs_limit = _sample_of(
+                spec, n, limit, outcome.comparison.needs)
         if baseline_model:
             outcome.note += f" (checked against {baseline_model}'s baseline)"
         recorded = record.get("fingerprint")
@@ -124,5 +153,6 @@ def check_claim(
                       baseline=None if outcome.comparison is None else outcome.comparison.expected,
                       tolerance=None if outcome.comparison is None else outcome.comparison.tolerance,
                       passed=outcome.passed, updated=outcome.diff,
+                      **({"inconclusive": outcome.inconclusive} if outcome.inconclusive else {}),
                       **({"baseline_model": baseline_model} if baseline_model else {}))
     return outcome

@@ -54,8 +54,8 @@ def load_model(name: str, settings: Settings, keep=()):
             allow_pickle=settings.allow_pickle, paper_compat_o_proj=settings.paper_compat_o_proj, bos=settings.bos,
             drop_multi_token=settings.drop_multi_token))
     except ModelLoadError as e:  # weights not here: a skip that says why
-        if Path(name.partition("+")[0]).exists() or Path(name.partition("+")[2] or "-/-").exists():
-            raise ClaimFailed(f"model {name!r} is a path that exists but cannot be loaded: {e}") from None
+        if any(Path(ref).exists() for ref in _locations(name)):  # they are here, and broken: the run must not pass
+            raise ClaimFailed(f"model {name!r} is at a path that exists but cannot be loaded: {e}") from None
         if settings.require_models:
             raise ClaimFailed(f"--require-models: {e}") from None
         raise ClaimSkipped(f"model {name!r} cannot be loaded here: {e}") from None
@@ -63,12 +63,30 @@ def load_model(name: str, settings: Settings, keep=()):
         raise ClaimFailed(str(e)) from None
 
 
+def _locations(name: str) -> list[str]:
+    """Where the weights (and adapter) of ``name`` would be: the paths it names, or its registered locations
+    (a toy's directory in the package, an override's)."""
+    from mechbench.models.registry import resolve
+
+    refs = [r for r in name.partition("+")[::2] if r]
+    try:
+        spec = resolve(name)
+        refs += [r for r in (spec.weights, spec.adapter) if r]
+    except MechbenchError:
+        pass
+    return refs
+
+
 def settle(outcomes: list[ClaimOutcome], what: str = "numbers") -> None:
-    """End a measurement that checked many numbers softly: fail listing every one out of tolerance, or skip (with
-    how to store them) when none had a baseline."""
+    """End a measurement that checked many numbers softly: fail listing every one out of tolerance; else skip
+    listing every one inconclusive (a tolerance too wide for the sample, with the size it needs: the measurement
+    is not a pass), or (with how to store them) when none had a baseline."""
     failed = [o.message() for o in outcomes if o.passed is False]
     if failed:
         raise ClaimFailed(f"{len(failed)} of {len(outcomes)} {what} out of tolerance:\n" + "\n".join(failed))
+    inconclusive = [o.message() for o in outcomes if o.inconclusive]
+    if inconclusive:
+        raise ClaimSkipped(f"{len(inconclusive)} of {len(outcomes)} {what} inconclusive:\n" + "\n".join(inconclusive))
     if outcomes and all(o.missing for o in outcomes):
         raise ClaimSkipped(outcomes[0].message())
 
@@ -211,6 +229,8 @@ class Run:
               correct=None, clusters=None, **tolerances) -> ClaimOutcome:
         """Compare ``measured`` with the stored baseline record ``keys`` of the claim (or store it under
         --update-baselines), within ``tolerance`` (a rule of :mod:`mechbench.claims.tolerance`), and record it.
+        Out of tolerance fails; no record, or a tolerance too wide for the sample to mean anything (inconclusive:
+        the message names the sample size and --limit it needs), skips.
         ``soft``: return the outcome instead of failing or skipping (a measurement checking many points reports
         every point out of tolerance at once, :meth:`settle`). ``correct`` and ``clusters`` (per example): the
         accuracy's examples and their contexts, whose design effect widens a binomial tolerance (prompts of one
@@ -219,7 +239,12 @@ class Run:
 
         settings, model = self.settings, model or self.model
         if clusters is not None:
-            tolerances["n_clusters"] = len(np.unique(np.asarray(clusters)))
+            from mechbench.data.prompts import MAX_BOXES
+
+            per_context = np.unique(np.asarray(clusters), return_counts=True)[1]
+            # a context is queried once per box, up to MAX_BOXES times: the contexts a larger sample would hold
+            # (a sample of one context may have cut it short)
+            tolerances.update(n_clusters=len(per_context), per_context=max(int(per_context.max()), MAX_BOXES))
         if correct is not None:
             tolerances["design_effect"] = design_effect(np.asarray(correct, dtype=float), np.asarray(clusters))
         seed, lookup = settings.seed, None
@@ -237,7 +262,7 @@ class Run:
                 lookup_keys=lookup, baseline_model=settings.baseline_model if lookup else None,
                 update=settings.update_baselines and not paper_model,
                 fingerprint=getattr(model, "fingerprint", None), results=self.results, staging=settings.staging,
-                force=settings.force_baselines, **tolerances,
+                force=settings.force_baselines, limit=settings.limit, **tolerances,
             )
         except MechbenchError as e:
             raise ClaimFailed(str(e)) from None
@@ -246,7 +271,7 @@ class Run:
         self.lines.append(outcome.message())
         if soft:
             return outcome
-        if outcome.missing:
+        if outcome.missing or outcome.inconclusive:  # nothing judged: a skip that says why, never a pass
             raise ClaimSkipped(outcome.message())
         if outcome.passed is False:
             raise ClaimFailed(outcome.message())

@@ -163,6 +163,63 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def checkpoint_path(model, name: str, config: DiscoveryConfig, cache_dir: str | Path,
+                    fixed_receivers: Circuit | None = None) -> tuple[dict, Path]:
+    """(key, file) of the saved steps of this discovery under ``cache_dir``: ``<name>-<key hash>.json``."""
+    key = checkpoint_key(model, name, config)
+    if fixed_receivers is not None:
+        key["fixed_receivers"] = fixed_receivers.to_json()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return key, Path(cache_dir) / f"{_safe(name)}-{digest}.json"
+
+
+def saved_steps(data: dict, path: Path, config: DiscoveryConfig, shape=None) -> dict[str, tuple]:
+    """``{group: (scores, se)}`` of a checkpoint whose key matches, each step checked before it is trusted: a step
+    of the configured steps, scores and standard errors finite and of the model's [layers, heads] shape (of one
+    shape across steps where the model's is unknown), and the saved steps selecting some head (a real run on a
+    model that does the task does). A file that fails is refused, not resumed into an empty circuit."""
+    from mechbench.errors import MechbenchError
+
+    def corrupt(what: str) -> MechbenchError:
+        return MechbenchError(f"saved discovery {path}: {what}, so it cannot be resumed; delete it to recompute "
+                              f"the discovery (rm {path})")
+
+    steps = data.get("steps")
+    if not isinstance(steps, dict):
+        raise corrupt(f"'steps' is {type(steps).__name__}, not an object of steps")
+    known = [step.group for step in config.steps]
+    want = (shape.n_layers, shape.n_heads) if shape is not None else None
+    finished = {}
+    for group, step in steps.items():
+        if group not in known:
+            raise corrupt(f"step {group!r} is not one of the configured steps ({', '.join(known)})")
+        tensors = []
+        for field in ("scores", "se"):
+            try:
+                t = torch.tensor(step[field], dtype=torch.float32)
+            except (KeyError, TypeError, ValueError, RuntimeError):
+                raise corrupt(f"step {group!r} has no [layers][heads] table of numbers under {field!r}") from None
+            want = want or (tuple(t.shape) if t.dim() == 2 else None)
+            if tuple(t.shape) != want or not t.numel():
+                raise corrupt(f"the {field} of step {group!r} have shape {list(t.shape)}, not the model's "
+                              f"[layers, heads]{f' = {list(want)}' if want else ''}")
+            if not torch.isfinite(t).all() or (field == "se" and (t < 0).any()):
+                raise corrupt(f"the {field} of step {group!r} hold "
+                              f"{'non-finite' if not torch.isfinite(t).all() else 'negative'} values")
+            tensors.append(t)
+        finished[group] = tuple(tensors)
+    for step in config.steps:  # steps are saved in order: a step's receivers come from the step before it
+        if step.group in finished and step.receiver_group is not None and step.receiver_group not in finished:
+            raise corrupt(f"step {step.group!r} is saved without step {step.receiver_group!r}, whose heads it was "
+                          f"scored on")
+    circuit_k = {**PAPER_RECEIVER_K, **dict(config.receiver_k), **dict(config.circuit_k)}
+    if finished and not any(select_heads(s, circuit_k.get(g, 1), config.min_effect) for g, (s, _) in finished.items()):
+        raise corrupt(f"its {len(finished)} saved step(s) select no head (no score below -{config.min_effect:g}: a run "
+                      f"on a model that does the task finds some; if a fresh run finds none either, the model does "
+                      f"not do the task)")
+    return finished
+
+
 def discover(model, name: str, config: DiscoveryConfig, log=None, cache_dir: str | Path | None = None,
              fixed_receivers: Circuit | None = None) -> Discovery:
     """Run ``config`` on ``model`` (a handle): its noise pairs, steps and head counts.
@@ -170,31 +227,28 @@ def discover(model, name: str, config: DiscoveryConfig, log=None, cache_dir: str
     With ``cache_dir``, each finished step is saved at once to ``<cache_dir>/<name>-<key hash>.json`` (written
     atomically); a later call with the same settings and model resumes after the last saved step, and a
     finished discovery is read back without running anything (the path-patching claim and minimality share
-    one). A file made with other settings or another model has another hash and is never read.
+    one). A file made with other settings or another model has another hash and is never read; one with this
+    discovery's key is checked before it is resumed (:func:`saved_steps`) and refused, naming it, where it is corrupt.
     """
     from mechbench.data.counterfactuals import noise_pairs
 
     finished, on_step, path = {}, None, None
     if cache_dir is not None:
-        key = checkpoint_key(model, name, config)
-        if fixed_receivers is not None:
-            key["fixed_receivers"] = fixed_receivers.to_json()
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        path = Path(cache_dir) / f"{_safe(name)}-{digest}.json"
+        key, path = checkpoint_path(model, name, config, cache_dir, fixed_receivers)
         saved = {"key": key, "steps": {}}
+        data = None
         if path.is_file():
             try:
                 data = json.loads(path.read_text())
-                if data.get("key") == key:
-                    saved = data
-                    finished = {g: (torch.tensor(v["scores"]), torch.tensor(v["se"]))
-                                for g, v in data["steps"].items()}
-                elif log:
-                    log(f"{path} was made with other settings or another model; starting fresh")
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
                 if log:
                     log(f"{path} is unreadable (cut short?); starting fresh")
-        elif log:
+        if isinstance(data, dict) and data.get("key") == key:
+            finished = saved_steps(data, path, config, getattr(model, "shape", None))
+            saved = data
+        elif data is not None and log:
+            log(f"{path} was made with other settings or another model; starting fresh")
+        elif log and not path.is_file():
             others = sorted(Path(cache_dir).glob(f"{_safe(name)}-*.json")) if Path(cache_dir).is_dir() else []
             if others:
                 log(f"no checkpoint matches these settings and this model ({len(others)} for other settings or "

@@ -254,13 +254,109 @@ def _shape(config) -> ModelShape:
     )
 
 
+#: Checkpoint entries a model recomputes instead of loading: LLaMA conversions of 2023 store each layer's rotary
+#: ``inv_freq`` buffer, which transformers now derives from the config.
+_RECOMPUTED = re.compile(r"rotary_emb\.inv_freq$")
+
+
+def _check_coverage(loading_info: dict, name: str, weights: str) -> None:
+    """The checkpoint covers the architecture exactly: a missing tensor would be left at its random
+    initialisation (transformers only prints MISSING and the half-random model scores something), an unexpected one
+    is a checkpoint of another layout, a mismatched shape another size."""
+    missing = sorted(loading_info.get("missing_keys") or ())
+    unexpected = sorted(k for k in loading_info.get("unexpected_keys") or () if not _RECOMPUTED.search(k))
+    # transformers gives (key, checkpoint shape, model shape) for each
+    mismatched = sorted(f"{m[0]} (checkpoint {tuple(m[1])}, model {tuple(m[2])})" if isinstance(m, tuple) else str(m)
+                        for m in loading_info.get("mismatched_keys") or ())
+    problems = [f"{len(keys)} {what}: {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
+                for what, keys in (("missing (they would stay randomly initialised)", missing),
+                                   ("unexpected (not part of this architecture)", unexpected),
+                                   ("of another shape", mismatched)) if keys]
+    if problems:
+        raise ModelLoadError(
+            f"the weights of {name!r} at {weights!r} do not cover its architecture (config.json): tensors "
+            + "; ".join(problems) + ". The checkpoint is incomplete or belongs to another model: download or save it "
+            "again, or point at the directory whose config.json matches it.")
+
+
+def check_adapter_base(spec: ModelSpec) -> None:
+    """An adapter goes on the model it was trained on: the base its ``adapter_config.json`` records
+    (``base_model_name_or_path``) must be the model it is put on, by registered name, location, a name it was loaded
+    by (:data:`mechbench.models.registry.ALIASES`) or directory name. Where both are registered models and differ,
+    the adapter is refused; where either is unknown to mechbench (a directory, a path on the machine it was
+    trained on) it is a warning that says what was checked: only the shapes (:func:`check_adapter`)."""
+    import warnings
+
+    from mechbench.models.registry import REGISTRY, names_of
+
+    config = Path(spec.adapter) / "adapter_config.json"
+    if not config.is_file():
+        return  # a hub adapter not downloaded yet: peft reads its config
+    try:
+        recorded = json.loads(config.read_text()).get("base_model_name_or_path")
+    except (json.JSONDecodeError, AttributeError):
+        raise ModelLoadError(f"the adapter config {config} is not a JSON object: save the adapter again") from None
+    if not recorded:
+        return
+    put_on, trained_on = names_of(spec.weights), names_of(recorded)
+    if put_on & trained_on:
+        return
+    put_on_names, trained_names = sorted(put_on & set(REGISTRY)), sorted(trained_on & set(REGISTRY))
+    if put_on_names and trained_names:
+        raise ModelLoadError(
+            f"the adapter at {spec.adapter} was trained on {recorded!r} (base_model_name_or_path in its "
+            f"adapter_config.json), but {spec.name!r} puts it on {put_on_names[0]!r}: a LoRA adapter's deltas mean "
+            f"nothing on another model. Put it on its own base ('{trained_names[0]}+{spec.adapter}'), or, if the "
+            f"model is that base under another name, write that name into the adapter's config.")
+    warnings.warn(
+        f"the adapter at {spec.adapter} records its base as {recorded!r}, which mechbench cannot match with "
+        f"{(put_on_names or [spec.weights])[0]!r}, the model it is put on; only the shapes were checked (every adapted "
+        f"layer and width fits).", stacklevel=3)
+
+
+def _check_tokenizer(tokenizer, model, name: str, ref: str, bos: str) -> None:
+    """The tokenizer fits the model: every id it can produce has an embedding row (a tokenizer of a larger
+    vocabulary would index past the embedding in the first forward), and ``bos='always'`` has a BOS to add."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ModelLoadError(
+            f"the tokenizer of {name!r} ({ref}) has {len(tokenizer)} tokens but the model's embedding has {rows} rows: "
+            f"ids past {rows - 1} have no embedding. It is another model's tokenizer, or tokens were added without "
+            f"model.resize_token_embeddings: save the model's own tokenizer beside its weights.")
+    if bos == "always" and getattr(tokenizer, "bos_token_id", None) is None:
+        raise ModelLoadError(
+            f"--bos always, but the tokenizer of {name!r} has no BOS token: there is nothing to start prompts with. "
+            f"Use --bos auto or never for this model.")
+
+
+def tokenizer_difference(tokenizer, base_tokenizer) -> str | None:
+    """How ``tokenizer`` (a fine-tune's) differs from its base's where a comparison would notice, or None: a
+    comparison measures both models on one set of token ids (the base's), so every token of the base's vocabulary
+    must have the same id in the fine-tune's (tokens it only adds are fine) and the task's prompts must tokenize
+    the same (objects, box labels, BOS)."""
+    from mechbench.data.dataset import build_dataset
+
+    vocab, base_vocab = tokenizer.get_vocab(), base_tokenizer.get_vocab()
+    moved = [t for t, i in base_vocab.items() if vocab.get(t) != i]
+    if moved:
+        shown = ", ".join(f"{t!r} {base_vocab[t]} -> {vocab.get(t, 'absent')}" for t in sorted(moved)[:4])
+        return (f"{len(moved)} of the base's {len(base_vocab)} tokens have another id or none in the fine-tune's "
+                f"tokenizer ({shown}{', ...' if len(moved) > 4 else ''})")
+    try:
+        mine, theirs = build_dataset(tokenizer, n_examples=7), build_dataset(base_tokenizer, n_examples=7)
+    except Exception as e:  # noqa: BLE001 - a word one of them splits: the dataset's own error says which
+        return f"the task's prompts cannot be built with both ({str(e).splitlines()[0][:200]})"
+    if not (torch.equal(mine.input_ids, theirs.input_ids) and torch.equal(mine.answer_ids, theirs.answer_ids)):
+        return "the task's prompts tokenize differently (the same text gives other ids, or one starts with BOS)"
+    return None
+
+
 def _check_placement(model: torch.nn.Module, name: str, device) -> None:
     """Every parameter and buffer (a LoRA adapter's included) on ``device``: one left on the host would make the
     first forward fail on a GPU, forty minutes into a run, or copy it over on every call."""
     want = torch.device(device)
-    want = torch.device(want.type, 0 if want.type == "cuda" and want.index is None else want.index)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
-            if t.device.type != want.type or (want.index is not None and t.device.index not in (None, want.index))]
+            if t.device.type != want.type or (want.type == "cuda" and (t.device.index or 0) != (want.index or 0))]
     if left:
         raise ModelLoadError(f"loading {name!r} onto {device} left {len(left)} tensor(s) elsewhere ({', '.join(left[:3])}"
                              f"{', ...' if len(left) > 3 else ''}): a module keeps them out of .to(); load it with "
@@ -335,10 +431,10 @@ def load_model(
         ) from None
     _check_architecture(config, weights)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model, loading_info = AutoModelForCausalLM.from_pretrained(
             weights, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True, attn_implementation=attn_implementation,
-            **_pretrained_kwargs(weights),
+            output_loading_info=True, ignore_mismatched_sizes=True, **_pretrained_kwargs(weights),
         )
     except (OSError, ValueError) as e:
         msg = str(e).splitlines()[0][:300]
@@ -358,11 +454,13 @@ def load_model(
             raise
         raise ModelLoadError(f"cannot load the weights of {spec.name!r}: {_broken_weights(weights) or weights} "
                              f"is truncated or corrupt ({str(e).splitlines()[0][:160]}). Download or save it again.") from None
+    _check_coverage(loading_info, spec.name, weights)
     peft_model = None
     if spec.adapter:
         from peft import PeftModel
 
         check_adapter(spec.adapter, config)
+        check_adapter_base(spec)
         _check_adapter_weights(spec, allow_pickle)
         try:
             peft_model = PeftModel.from_pretrained(model, spec.adapter, **_pretrained_kwargs(spec.adapter))
@@ -387,6 +485,7 @@ def load_model(
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load the tokenizer of {spec.name!r} from {tokenizer_ref!r}: "
                              f"{str(e).splitlines()[0][:200]}. {_how_to_provide(spec, tokenizer_ref)}") from None
+    _check_tokenizer(tokenizer, model, spec.name, tokenizer_ref, bos)
     if tokenizer.pad_token_id is None:  # the paper sets pad = eos; prompts of a dataset never need padding
         tokenizer.pad_token = tokenizer.eos_token
     setattr(tokenizer, BOS_ATTRIBUTE, bos)

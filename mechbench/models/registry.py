@@ -144,6 +144,9 @@ TOY_MODELS = tuple(s.name for s in _SPECS if s.kind == "toy")
 CIRCUITS: dict[str, ModelSpec] = {s.circuit: s for s in _SPECS if s.circuit}
 #: The model each registered fine-tune is compared with, as in the paper.
 BASE_OF: dict[str, str] = {s.name: s.base for s in _SPECS if s.base}
+#: Other names a registered model was loaded by (the paper's Goat ran on "decapoda-research/llama-7b-hf", since
+#: removed from the hub, the same LLaMA-1 7B weights): an adapter trained on one records it as its base.
+ALIASES: dict[str, tuple[str, ...]] = {"llama7b": ("decapoda-research/llama-7b-hf",)}
 
 
 def discovery_settings(circuit: str) -> DiscoveryConfig:
@@ -212,6 +215,21 @@ def resolve(name_or_path: str) -> ModelSpec:
     if _HUB_ID.match(ref):
         return ModelSpec(ref, ref)
     raise _unknown(ref)
+
+
+def names_of(ref: str) -> set[str]:
+    """Every name the model at ``ref`` (a registered name, an alias, a hub id or a directory) is known by: the
+    registered models without an adapter that load from it, their locations and aliases, and a directory's name."""
+    ref = ref.strip()
+    names = {ref, Path(ref).name}
+    for name, spec in REGISTRY.items():
+        if spec.adapter is not None:
+            continue
+        where = resolve(name).weights
+        if ref in (name, where, spec.weights, *ALIASES.get(name, ())) or (Path(ref).is_dir() and Path(where).is_dir()
+                                                                         and Path(ref).resolve() == Path(where).resolve()):
+            names |= {name, where, spec.weights, *ALIASES.get(name, ())}
+    return names
 
 
 def base_name_of(model: str) -> str:

@@ -19,7 +19,7 @@ from mechbench.report import DETAIL_FIELDS, latest, load_results
 
 #: Row fields that describe the run, not the measurement: they differ between two runs by design.
 RUN_FIELDS = {"meta", "updated", "fingerprint", "base_fingerprint", "message", "references", "note", "baseline",
-              "tolerance", "reasons", "device_peak_bytes"}
+              "tolerance", "reasons"}
 
 
 def _key(row: dict) -> tuple:
