@@ -330,3 +330,24 @@ def test_readme_states_the_verdict_rules_the_code_applies():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for label, rule in VERDICT_RULES:
         assert f"| {label} | {rule} |" in readme, f"README's verdict table lacks the rule of {label!r}"
+
+
+def test_the_pytest_route_compares_a_fine_tune_deselects_its_own_claims_and_writes_the_report(pytester, tmp_path):
+    """``pytest suites/ --model=toy-goat --compare --quick``, one claim of it for time: toy-goat's absolute-claim
+    tests are deselected, its comparison runs beside toy-llama, the results keep toy-goat's name, and the report
+    is written when the session ends (the route CI once ran in full, 72 s, beside this file's in-process
+    verdicts)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    results = tmp_path / "results"
+    done = pytester.runpytest_subprocess(str(root / "suites"), "--model=toy-goat", "--compare", "--quick",
+                                         "-k", "test_compared_with_base and accuracy", f"--results-dir={results}",
+                                         "-p", "no:cacheprovider", "-rA")
+    done.assert_outcomes(passed=1)
+    assert done.ret == pytest.ExitCode.OK
+    said = done.stdout.str()
+    assert "deselected" in said and "compare:accuracy [toy-goat vs toy-llama]" in said
+    assert (results / "compare-toy-goat.md").is_file()
+    rows = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
+    assert any(r["claim"] == "compare:accuracy" and r.get("model") == "toy-goat" for r in rows)
