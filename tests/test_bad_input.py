@@ -265,11 +265,11 @@ def test_an_adapter_is_refused_on_another_registered_model_and_warned_about_on_a
     adapter = tmp_path / "adapter"
     shutil.copytree(zoo_dir("toy-goat"), adapter)
     config = json.loads((adapter / "adapter_config.json").read_text())
-    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "/home/x/base"}))
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "/data/trainer/base"}))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         load_model(f"toy-llama+{adapter}")
-    assert any("records its base as '/home/x/base'" in str(w.message) and "only the shapes were checked"
+    assert any("records its base as '/data/trainer/base'" in str(w.message) and "only the shapes were checked"
                in str(w.message) for w in caught)
 
 
