@@ -106,15 +106,13 @@ def _models(config) -> tuple[str, ...]:
 def _known_model(option: str, name: str) -> None:
     """--base-model and --baseline-model name a registered model, a directory or a hub id: a typo would otherwise
     deselect or skip every claim of the run."""
+    from mechbench import validate
+
     try:
         resolve(name)
     except UnknownModelError as e:
         raise MechbenchError(f"{option} {name}: {e}") from None
-    validate_directory = Path(name).exists()
-    if validate_directory:
-        from mechbench import validate
-
-        validate.model_directory(name)
+    validate.model_directory(name)  # a path that exists must be a model directory (nothing for a name)
 
 
 def _circuits(config) -> tuple[tuple[str, ...] | None, dict]:
@@ -206,11 +204,11 @@ class Tally:
         for model in sorted(self.loaded):
             if self.verdicts.get(model):
                 continue
-            reasons = sorted(set(self.skips.get(model, [])))
-            why = f": {reasons[0]}" + (f" (and {len(reasons) - 1} other reason(s))" if len(reasons) > 1 else "") \
-                if reasons else ""
-            lines.append(f"{model} loaded, but none of its claim tests reached a verdict ({len(self.skips.get(model, []))} "
-                         f"skipped){why}")
+            skips = self.skips.get(model, [])
+            reasons = sorted(set(skips))
+            why = (f": {reasons[0]}" if reasons else "") + (f" (and {len(reasons) - 1} other reason(s))"
+                                                            if len(reasons) > 1 else "")
+            lines.append(f"{model} loaded, but none of its claim tests reached a verdict ({len(skips)} skipped){why}")
         return lines
 
 
