@@ -20,13 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 SIDES = ("mechbench", "nnsight")
 DEFAULT_HISTORY = Path(__file__).resolve().parent / "history"
-STORE_HINT = ("pytest benchmarks/ --benchmark-enable --benchmark-storage=file://benchmarks/history "
-              "--benchmark-autosave -p no:cacheprovider")
+STORE_HINT = (
+    "pytest benchmarks/ --benchmark-enable --benchmark-storage=file://benchmarks/history "
+    "--benchmark-autosave -p no:cacheprovider"
+)
 
 
 def load_run(path: Path) -> dict:
@@ -51,7 +53,7 @@ def run_time(run: dict) -> datetime:
         when = datetime.fromisoformat(run["datetime"])
     except (KeyError, TypeError, ValueError):
         when = datetime.min
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def setting_of(run: dict) -> tuple:
@@ -134,24 +136,33 @@ def describe(path: Path, run: dict) -> str:
 
 def table(current: dict, previous: dict | None) -> str:
     now, before = side_by_side(current), side_by_side(previous) if previous else {}
-    lines = ["| workload | mechbench s | nnsight s | speedup (nnsight/mechbench) | peak MiB mechbench / nnsight "
-             "| mechbench vs previous run |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| workload | mechbench s | nnsight s | speedup (nnsight/mechbench) | peak MiB mechbench / nnsight "
+        "| mechbench vs previous run |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for workload, sides in now.items():
         mech, nn = seconds(sides.get("mechbench")), seconds(sides.get("nnsight"))
         prev = seconds(before.get(workload, {}).get("mechbench"))
         peaks = f"{_fmt(peak_mib(sides.get('mechbench')), '.1f')} / {_fmt(peak_mib(sides.get('nnsight')), '.1f')}"
-        lines.append(f"| {workload} | {_fmt(mech, '.3f')} | {_fmt(nn, '.3f')} | {_fmt(_ratio(nn, mech), '.2f')} "
-                     f"| {peaks} | {_fmt(_ratio(mech, prev), '.2f')} |")
+        lines.append(
+            f"| {workload} | {_fmt(mech, '.3f')} | {_fmt(nn, '.3f')} | {_fmt(_ratio(nn, mech), '.2f')} "
+            f"| {peaks} | {_fmt(_ratio(mech, prev), '.2f')} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("current", nargs="?", type=Path,
-                        help="a pytest-benchmark JSON file (default: the newest stored run)")
-    parser.add_argument("--history", type=Path, default=DEFAULT_HISTORY,
-                        help="where runs are stored (default: benchmarks/history next to this script)")
+    parser.add_argument(
+        "current", nargs="?", type=Path, help="a pytest-benchmark JSON file (default: the newest stored run)"
+    )
+    parser.add_argument(
+        "--history",
+        type=Path,
+        default=DEFAULT_HISTORY,
+        help="where runs are stored (default: benchmarks/history next to this script)",
+    )
     args = parser.parse_args(argv)
     path, run, previous_path, previous = pick_runs(args.history, args.current)
     print(f"current:  {describe(path, run)}")
@@ -159,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(run, previous))
     print()
-    print("speedup: nnsight's time / mechbench's (above 1: mechbench faster). mechbench vs previous run: this run's "
-          "mechbench time / the previous run's (below 1: faster now).")
+    print(
+        "speedup: nnsight's time / mechbench's (above 1: mechbench faster). mechbench vs previous run: this run's "
+        "mechbench time / the previous run's (below 1: faster now)."
+    )
     return 0
 
 

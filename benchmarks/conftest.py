@@ -45,32 +45,52 @@ class Shape:
 
 
 def _circuit(value_fetchers, pos_transmitters, struct_readers) -> Circuit:
-    groups = (HeadGroup("value_fetcher", "last", value_fetchers),
-              HeadGroup("pos_transmitter", "last", pos_transmitters),
-              HeadGroup("struct_reader", "prev_query_label", struct_readers))
+    groups = (
+        HeadGroup("value_fetcher", "last", value_fetchers),
+        HeadGroup("pos_transmitter", "last", pos_transmitters),
+        HeadGroup("struct_reader", "prev_query_label", struct_readers),
+    )
     return Circuit("bench", {g.name: g for g in groups})
 
 
 SHAPES = {
     "tiny": Shape(
-        n_layers=2, n_heads=4, head_dim=8, intermediate_size=64, vocab_size=None, default_pairs=4,
+        n_layers=2,
+        n_heads=4,
+        head_dim=8,
+        intermediate_size=64,
+        vocab_size=None,
+        default_pairs=4,
         struct_receivers=((1, 0), (1, 2)),
         circuit=_circuit(((1, 1), (1, 3), (0, 2)), ((0, 0),), ((0, 1),)),
     ),
     # the toy zoo's trained models (base toy-llama, donor toy-float) and a part of toy-llama's stored circuit: they do
     # the task, so ablation, knockout and CMAP flip some answers and not others, which random models never do
     "toy": Shape(
-        n_layers=4, n_heads=8, head_dim=16, intermediate_size=384, vocab_size=None, default_pairs=14,
+        n_layers=4,
+        n_heads=8,
+        head_dim=16,
+        intermediate_size=384,
+        vocab_size=None,
+        default_pairs=14,
         struct_receivers=((2, 0), (3, 6)),
-        circuit=_circuit(((2, 0), (2, 5), (2, 6), (2, 1), (1, 6), (1, 5)), ((0, 0), (0, 7)),
-                         ((0, 3), (0, 1), (0, 4), (1, 7))),
-        zoo=("toy-llama", "toy-float"), knockout_edge="last->prev_query_label",  # the edge its value fetchers read
+        circuit=_circuit(
+            ((2, 0), (2, 5), (2, 6), (2, 1), (1, 6), (1, 5)), ((0, 0), (0, 7)), ((0, 3), (0, 1), (0, 4), (1, 7))
+        ),
+        zoo=("toy-llama", "toy-float"),
+        knockout_edge="last->prev_query_label",  # the edge its value fetchers read
     ),
     "12x12": Shape(
-        n_layers=12, n_heads=12, head_dim=64, intermediate_size=3072, vocab_size=32000, default_pairs=25,
+        n_layers=12,
+        n_heads=12,
+        head_dim=64,
+        intermediate_size=3072,
+        vocab_size=32000,
+        default_pairs=25,
         struct_receivers=((8, 1), (9, 4), (10, 2), (11, 7)),
-        circuit=_circuit(((6, 3), (7, 0), (8, 5), (9, 9), (10, 1), (11, 4)), ((4, 6), (5, 10)),
-                         ((2, 7), (3, 1), (4, 11), (5, 5))),
+        circuit=_circuit(
+            ((6, 3), (7, 0), (8, 5), (9, 9), (10, 1), (11, 4)), ((4, 6), (5, 10)), ((2, 7), (3, 1), (4, 11), (5, 5))
+        ),
     ),
 }
 
@@ -92,9 +112,15 @@ def build_llama(shape: Shape, vocab_size: int, seed: int, device: str = "cpu"):
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=shape.n_heads * shape.head_dim, intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.n_layers, num_attention_heads=shape.n_heads, num_key_value_heads=shape.n_heads,
-        head_dim=shape.head_dim, max_position_embeddings=256, tie_word_embeddings=False,
+        vocab_size=vocab_size,
+        hidden_size=shape.n_heads * shape.head_dim,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.n_layers,
+        num_attention_heads=shape.n_heads,
+        num_key_value_heads=shape.n_heads,
+        head_dim=shape.head_dim,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
     )
     return LlamaForCausalLM(config).eval().requires_grad_(False).to(device)
 
@@ -128,8 +154,13 @@ class BenchSetting:
 
     def info(self, seq_len: int) -> dict:
         """The run's description for ``benchmark.extra_info``."""
-        return {"device": self.device, "shape": self.shape_name, "pairs": self.n_pairs, "seq_len": seq_len,
-                "threads": torch.get_num_threads()}
+        return {
+            "device": self.device,
+            "shape": self.shape_name,
+            "pairs": self.n_pairs,
+            "seq_len": seq_len,
+            "threads": torch.get_num_threads(),
+        }
 
 
 def build_setting(shape_name: str = "tiny", n_pairs: int | None = None, device: str = "cpu") -> BenchSetting:
@@ -163,11 +194,18 @@ def build_setting(shape_name: str = "tiny", n_pairs: int | None = None, device: 
         own_answers = model(input_ids=dataset.input_ids.to(device), logits_to_keep=1).logits[:, -1].argmax(-1).cpu()
     dataset = replace(dataset, answer_ids=own_answers)
     return BenchSetting(
-        shape_name=shape_name, shape=shape, device=device, model=model, donor=donor,
-        lm=NNsight(copy.deepcopy(model)), lm_donor=NNsight(copy.deepcopy(donor)), tokenizer=tokenizer,
+        shape_name=shape_name,
+        shape=shape,
+        device=device,
+        model=model,
+        donor=donor,
+        lm=NNsight(copy.deepcopy(model)),
+        lm_donor=NNsight(copy.deepcopy(donor)),
+        tokenizer=tokenizer,
         pairs=noise_pairs(tokenizer, n_pairs, seed=0),
         dcm_pairs=desiderata_pairs(tokenizer, "object_value", n_pairs, seed=0),
-        dataset=dataset, means=position_means(model, dataset, batch_size=n_pairs),
+        dataset=dataset,
+        means=position_means(model, dataset, batch_size=n_pairs),
     )
 
 
@@ -258,12 +296,21 @@ def measure(benchmark, setting: BenchSetting, fn, seq_len: int):
 
 def pytest_addoption(parser):
     group = parser.getgroup("mechbench benchmarks")
-    group.addoption("--bench-shape", default="12x12", choices=tuple(SHAPES),
-                    help="model of the side-by-side benchmarks: tiny (random, 2 layers x 4 heads x 8, 4 pairs; a smoke "
-                         "run), toy (the trained toy zoo, 4 x 8 x 16, 14 pairs) or 12x12 (random, 12 layers x 12 "
-                         "heads x 64, 25 pairs; default)")
-    group.addoption("--bench-pairs", type=_positive_int, default=None, metavar="N",
-                    help="prompt pairs (and prompts) per workload (default: the shape's)")
+    group.addoption(
+        "--bench-shape",
+        default="12x12",
+        choices=tuple(SHAPES),
+        help="model of the side-by-side benchmarks: tiny (random, 2 layers x 4 heads x 8, 4 pairs; a smoke "
+        "run), toy (the trained toy zoo, 4 x 8 x 16, 14 pairs) or 12x12 (random, 12 layers x 12 "
+        "heads x 64, 25 pairs; default)",
+    )
+    group.addoption(
+        "--bench-pairs",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="prompt pairs (and prompts) per workload (default: the shape's)",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -276,5 +323,6 @@ def _positive_int(text: str) -> int:
 @pytest.fixture(scope="session")
 def bench_setting(request) -> BenchSetting:
     config = request.config
-    return build_setting(config.getoption("--bench-shape"), config.getoption("--bench-pairs"),
-                         config.getoption("--device"))
+    return build_setting(
+        config.getoption("--bench-shape"), config.getoption("--bench-pairs"), config.getoption("--device")
+    )

@@ -69,21 +69,34 @@ def path_patching_struct_reader_mechbench(setting: BenchSetting) -> torch.Tensor
     """Path patching's structure-reader step: the sender at the earlier query-label occurrence, its corrupted value
     read at a random box label of the corrupted prompt; receivers: fixed heads of the upper half, their ``v`` at the
     same position. Heads with no receiver in a later layer score 0."""
-    return path_patching_scores(setting.model, setting.pairs, "prev_query_label", _struct_reader_receivers(setting),
-                                corrupt_positions=random_label_positions(setting.pairs, LABEL_SEED),
-                                batch_size=setting.n_pairs)
+    return path_patching_scores(
+        setting.model,
+        setting.pairs,
+        "prev_query_label",
+        _struct_reader_receivers(setting),
+        corrupt_positions=random_label_positions(setting.pairs, LABEL_SEED),
+        batch_size=setting.n_pairs,
+    )
 
 
 def path_patching_struct_reader_nnsight(setting: BenchSetting) -> torch.Tensor:
     """The same scores with two nnsight traces per sender head: (1) sender patched and later heads frozen as in
     the value-fetcher step, recording the receivers' ``v`` (``self_attn.v_proj``'s output, per key/value head) at
     their position in every receiver layer above the sender; (2) a clean run with those ``v`` patched in, scored."""
-    return _path_patching_nnsight(setting, "prev_query_label", _struct_reader_receivers(setting),
-                                  random_label_positions(setting.pairs, LABEL_SEED))
+    return _path_patching_nnsight(
+        setting,
+        "prev_query_label",
+        _struct_reader_receivers(setting),
+        random_label_positions(setting.pairs, LABEL_SEED),
+    )
 
 
-def _path_patching_nnsight(setting: BenchSetting, sender_role: str, receivers: Receivers | None = None,
-                           corrupt_positions: torch.Tensor | None = None) -> torch.Tensor:
+def _path_patching_nnsight(
+    setting: BenchSetting,
+    sender_role: str,
+    receivers: Receivers | None = None,
+    corrupt_positions: torch.Tensor | None = None,
+) -> torch.Tensor:
     lm, pairs, device = setting.lm, setting.pairs, setting.device
     config = setting.model.config
     n_layers, n_heads, n_kv = config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads
@@ -109,8 +122,12 @@ def _path_patching_nnsight(setting: BenchSetting, sender_role: str, receivers: R
             clean_logits = lm.output.logits[:, -1].save()
         p_clean = _answer_prob(clean_logits, answers)
         with lm.trace(corrupt_ids, logits_to_keep=1) as tracer:
-            corrupt_heads = nnsight.save([_heads(lm.model.layers[l].self_attn.o_proj.input, n_heads)[rows, corrupt_pos]
-                                          .clone() for l in range(n_layers)])  # [n, H, D] per layer
+            corrupt_heads = nnsight.save(
+                [
+                    _heads(lm.model.layers[l].self_attn.o_proj.input, n_heads)[rows, corrupt_pos].clone()
+                    for l in range(n_layers)
+                ]
+            )  # [n, H, D] per layer
             tracer.stop()  # nothing after the last layer's head outputs is needed
         clean_heads = [_heads(x, n_heads) for x in clean_heads]
         frozen = torch.arange(s, device=device)[None, :] >= sender_pos[:, None]  # [n, s]: from the sender on
@@ -157,16 +174,21 @@ def _path_patching_nnsight(setting: BenchSetting, sender_role: str, receivers: R
 def minimality_removals(setting: BenchSetting) -> list[dict[str, set]]:
     """Minimality's removals for the value-fetcher group: every head alone, then every pair (role -> heads)."""
     group = setting.shape.circuit.groups["value_fetcher"]
-    return ([{group.role: {u}} for u in group.heads]
-            + [{group.role: {u, v}} for u, v in combinations(group.heads, 2)])
+    return [{group.role: {u}} for u in group.heads] + [{group.role: {u, v}} for u, v in combinations(group.heads, 2)]
 
 
 def minimality_ablations_mechbench(setting: BenchSetting) -> torch.Tensor:
     """Bool [removals, N]: the answer is right with everything outside the circuit mean-ablated (every head at
     every position, except the circuit's heads at their roles' positions) and the removal's heads too (at their
     role's position)."""
-    out = circuit_minus_correct(setting.model, setting.shape.circuit, setting.dataset, setting.means,
-                                minimality_removals(setting), batch_size=setting.n_pairs)
+    out = circuit_minus_correct(
+        setting.model,
+        setting.shape.circuit,
+        setting.dataset,
+        setting.means,
+        minimality_removals(setting),
+        batch_size=setting.n_pairs,
+    )
     return torch.stack(out).cpu()
 
 
@@ -204,9 +226,13 @@ def minimality_ablations_nnsight(setting: BenchSetting) -> torch.Tensor:
 def knockout_curve_mechbench(setting: BenchSetting) -> torch.Tensor:
     """Bool [L, N]: row L says the answer is still right with attention from the last token to the correct
     object's position (the toy shape: the earlier query label's) blocked in every head of every layer from L on."""
-    curve = knockout_curve_correct(setting.model, setting.dataset, setting.shape.knockout_edge,
-                                   range(setting.shape.n_layers),
-                                   batch_size=setting.n_pairs)
+    curve = knockout_curve_correct(
+        setting.model,
+        setting.dataset,
+        setting.shape.knockout_edge,
+        range(setting.shape.n_layers),
+        batch_size=setting.n_pairs,
+    )
     return torch.stack([curve[layer] for layer in range(setting.shape.n_layers)]).cpu()
 
 
@@ -220,8 +246,9 @@ def knockout_curve_nnsight(setting: BenchSetting) -> torch.Tensor:
     dtype = setting.model.dtype
     blocked = torch.ones(s, s, dtype=torch.bool, device=device).triu(1).expand(n, s, s).clone()
     query_role, key_role = EDGES[setting.shape.knockout_edge]
-    blocked[torch.arange(n, device=device), dataset.positions(query_role).to(device),
-            dataset.positions(key_role).to(device)] = True
+    blocked[
+        torch.arange(n, device=device), dataset.positions(query_role).to(device), dataset.positions(key_role).to(device)
+    ] = True
     mask = torch.zeros(n, 1, s, s, dtype=dtype, device=device).masked_fill(blocked[:, None], torch.finfo(dtype).min)
     correct = []
     for first in range(setting.shape.n_layers):
@@ -253,8 +280,9 @@ def dcm_step_mechbench(setting: BenchSetting) -> torch.Tensor:
     layers = sorted({layer for layer, _ in group.heads})
     n = len(pairs)
     with torch.no_grad():
-        source = run(model, pairs.source.input_ids, read=Read(layers, pairs.source.positions(group.role)[:, None]),
-                     batch_size=n).reads
+        source = run(
+            model, pairs.source.input_ids, read=Read(layers, pairs.source.positions(group.role)[:, None]), batch_size=n
+        ).reads
     ids = pairs.base.input_ids
     prefix = capture_prefix(model, ids)
     mask = _dcm_start_mask(len(group.heads)).to(device).requires_grad_(True)
@@ -284,8 +312,12 @@ def dcm_step_nnsight(setting: BenchSetting) -> torch.Tensor:
     rows = torch.arange(n, device=device)
     with torch.no_grad(), lm.trace(source_ids, logits_to_keep=1) as tracer:
         source_pos = pairs.source.positions(group.role).to(device)
-        source = nnsight.save({layer: _heads(lm.model.layers[layer].self_attn.o_proj.input, n_heads)[rows, source_pos]
-                               .clone() for layer in layers})  # [n, H, D]
+        source = nnsight.save(
+            {
+                layer: _heads(lm.model.layers[layer].self_attn.o_proj.input, n_heads)[rows, source_pos].clone()
+                for layer in layers
+            }
+        )  # [n, H, D]
         tracer.stop()
     mask = _dcm_start_mask(len(group.heads)).to(device).requires_grad_(True)
     base_pos = pairs.base.positions(group.role).to(device)
@@ -312,8 +344,9 @@ def dcm_step_nnsight(setting: BenchSetting) -> torch.Tensor:
 def cmap_mechbench(setting: BenchSetting) -> torch.Tensor:
     """Bool [N]: the base model (seed 0) is still right with the donor's (seed 1) outputs of every circuit head at
     its role's position patched in."""
-    return cmap_correct(setting.model, setting.donor, setting.shape.circuit, setting.dataset,
-                        batch_size=setting.n_pairs).cpu()
+    return cmap_correct(
+        setting.model, setting.donor, setting.shape.circuit, setting.dataset, batch_size=setting.n_pairs
+    ).cpu()
 
 
 def cmap_nnsight(setting: BenchSetting) -> torch.Tensor:
@@ -327,14 +360,23 @@ def cmap_nnsight(setting: BenchSetting) -> torch.Tensor:
         for layer, head in group.heads:
             by_layer.setdefault(layer, []).append(head)
         for layer, heads in by_layer.items():
-            sites.setdefault(layer, []).append((dataset.positions(group.role).to(device)[:, None],
-                                                torch.tensor(heads, device=device)[None, :]))
+            sites.setdefault(layer, []).append(
+                (dataset.positions(group.role).to(device)[:, None], torch.tensor(heads, device=device)[None, :])
+            )
     sites = dict(sorted(sites.items()))  # in forward order
     with torch.no_grad():
         with setting.lm_donor.trace(ids, logits_to_keep=1) as tracer:
-            donor_values = nnsight.save({
-                layer: [_heads(setting.lm_donor.model.layers[layer].self_attn.o_proj.input, n_heads)[rows, pos, heads]
-                        .clone() for pos, heads in at] for layer, at in sites.items()})
+            donor_values = nnsight.save(
+                {
+                    layer: [
+                        _heads(setting.lm_donor.model.layers[layer].self_attn.o_proj.input, n_heads)[
+                            rows, pos, heads
+                        ].clone()
+                        for pos, heads in at
+                    ]
+                    for layer, at in sites.items()
+                }
+            )
             tracer.stop()
         with setting.lm.trace(ids, logits_to_keep=1):
             for layer, at in sites.items():
@@ -359,8 +401,11 @@ WORKLOADS = {
 
 
 def seq_len_of(setting: BenchSetting, workload: str) -> int:
-    data = {"path_patching_value_fetcher": setting.pairs.base, "path_patching_struct_reader": setting.pairs.base,
-            "dcm_step": setting.dcm_pairs.base}.get(workload, setting.dataset)
+    data = {
+        "path_patching_value_fetcher": setting.pairs.base,
+        "path_patching_struct_reader": setting.pairs.base,
+        "dcm_step": setting.dcm_pairs.base,
+    }.get(workload, setting.dataset)
     return data.seq_len
 
 
@@ -381,8 +426,9 @@ def assert_same_numbers(nnsight_numbers: torch.Tensor, mechbench: torch.Tensor) 
 
 
 def _bench_mechbench(benchmark, setting: BenchSetting, workload: str) -> None:
-    _MECHBENCH_NUMBERS[(setting.key, workload)] = measure(benchmark, setting, WORKLOADS[workload][0],
-                                                          seq_len_of(setting, workload))
+    _MECHBENCH_NUMBERS[(setting.key, workload)] = measure(
+        benchmark, setting, WORKLOADS[workload][0], seq_len_of(setting, workload)
+    )
 
 
 def _bench_nnsight(benchmark, setting: BenchSetting, workload: str) -> None:

@@ -5,7 +5,7 @@
 #   MODELS=llama7b,goat7b SUITES="suites/test_accuracy.py suites/test_faithfulness.py" bash ci/run-gpu.sh
 #   DTYPE=bfloat16 bash ci/run-gpu.sh      # half the memory and time; the paper ran float32
 #
-# Weights come from the hub cache or from MECHBENCH_MODEL_<NAME>=/path (see README, Models); a model that
+# Weights come from the hub cache or from MECHBENCH_MODEL_<NAME>=/path (see docs/models.md); a model that
 # cannot be loaded fails the run (--require-models) instead of skipping, so a green GPU run means every claim
 # was checked. Results go to $RESULTS (default results-gpu/): results.jsonl line by line, then report.md.
 #

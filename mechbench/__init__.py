@@ -19,7 +19,21 @@ from mechbench.errors import MechbenchError
 from mechbench.models import ModelHandle, load_model, resolve
 
 __all__ = [
-    "accuracy", "build_dataset", "dataset_for", "desiderata_pairs", "get_model", "load_model", "noise_pairs",
-    "resolve", "paper_objects", "Context", "CounterfactualDataset", "DESIDERATA", "EntityTrackingDataset",
-    "Example", "MechbenchError", "ModelHandle", "Template",
+    "accuracy",
+    "build_dataset",
+    "dataset_for",
+    "desiderata_pairs",
+    "get_model",
+    "load_model",
+    "noise_pairs",
+    "resolve",
+    "paper_objects",
+    "Context",
+    "CounterfactualDataset",
+    "DESIDERATA",
+    "EntityTrackingDataset",
+    "Example",
+    "MechbenchError",
+    "ModelHandle",
+    "Template",
 ]

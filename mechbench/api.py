@@ -41,14 +41,23 @@ def release(device: str, keep=()) -> list[str]:
     return [k[0] for k in gone]
 
 
-def dataset_for(model: str | ModelHandle, n_examples: int = 500, seed: int = 0, num_boxes: int = 7,
-                **kwargs) -> EntityTrackingDataset:
+def dataset_for(
+    model: str | ModelHandle, n_examples: int = 500, seed: int = 0, num_boxes: int = 7, **kwargs
+) -> EntityTrackingDataset:
     """The entity-tracking dataset tokenized for ``model``'s tokenizer."""
     return build_dataset(get_model(model).tokenizer, n_examples=n_examples, num_boxes=num_boxes, seed=seed, **kwargs)
 
 
-def accuracy(model: str | ModelHandle, n_examples: int = 500, seed: int = 0, num_boxes: int = 7,
-             batch_size: int = 50, device: str = "cpu", dtype: str = "float32", **load_options) -> float:
+def accuracy(
+    model: str | ModelHandle,
+    n_examples: int = 500,
+    seed: int = 0,
+    num_boxes: int = 7,
+    batch_size: int = 50,
+    device: str = "cpu",
+    dtype: str = "float32",
+    **load_options,
+) -> float:
     """Top-1 accuracy on ``n_examples`` seeded entity-tracking prompts (the paper: 500, 7 boxes); ``load_options``
     go to the loader (``allow_pickle``, ``bos``)."""
     handle = get_model(model, device=device, dtype=dtype, **load_options)

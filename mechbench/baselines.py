@@ -23,11 +23,15 @@ directory): an error names the file, the record and the field. The schema:
   (``true`` is an int in Python); a record of :data:`RECORD_UNITS` in its own unit; an object value's entries in
   theirs (:data:`VALUE_FIELD_UNITS`);
 - ``tolerance`` and ``tolerance_same_sample`` finite, >= 0 and narrower than the unit allows
-  (:func:`tolerance_limit`), with a ``tolerance_rule`` saying how it was derived; ``std`` finite and >= 0; ``n`` a
-  positive integer, ``seed`` a non-negative integer; the text fields strings; key fields strings or integers;
+  (the range rule, :func:`mechbench.claims.tolerance.tolerance_limit`), with a ``tolerance_rule`` saying how it was
+  derived; ``std`` finite and >= 0; ``n`` a positive integer, ``seed`` a non-negative integer; the text fields
+  strings; key fields strings or integers;
 - no two records with the same keys.
 
 :func:`update` checks a new record against the same schema before it is stored.
+
+The rules that say how far a measurement may lie from a record, and the judging of one against it, are
+:mod:`mechbench.claims.tolerance`'s: this module keeps the schema, the files and their staging.
 """
 
 from __future__ import annotations
@@ -42,13 +46,24 @@ from pathlib import Path
 from typing import Any
 
 from mechbench.errors import BaselineError
-from mechbench.stats import few_clusters_factor
 
 SCHEMA_VERSION = 1
 UNITS = ("fraction", "percent", "heads", "count")
 TOP_FIELDS = {"schema_version": int, "claim": str, "description": str, "unit": str, "source": str, "records": list}
-RECORD_FIELDS = ("value", "source", "tolerance", "tolerance_same_sample", "tolerance_rule", "n", "seed", "std", "dtype",
-                 "note", "fingerprint", "measured_at")
+RECORD_FIELDS = (
+    "value",
+    "source",
+    "tolerance",
+    "tolerance_same_sample",
+    "tolerance_rule",
+    "n",
+    "seed",
+    "std",
+    "dtype",
+    "note",
+    "fingerprint",
+    "measured_at",
+)
 TEXT_FIELDS = ("tolerance_rule", "dtype", "note", "fingerprint", "measured_at")
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "baselines"
 
@@ -58,59 +73,16 @@ RECORD_UNITS = {("faithfulness", "metric", "faithfulness"): "ratio"}
 #: The unit of an entry of an object-valued record (DCM's mask, minimality's per-head accuracies and group
 #: summaries) where it is not the file's: an entry named ``n_...`` is a count too. ``percentage`` is minimality's
 #: share of candidates removed first (0.3), ``threshold`` its minimum relative drop (0.01).
-VALUE_FIELD_UNITS = {"heads": "heads", "k_removed": "count", "seed": "count", "in_circuit": "flag",
-                     "percentage": "fraction", "threshold": "ratio"}
+VALUE_FIELD_UNITS = {
+    "heads": "heads",
+    "k_removed": "count",
+    "seed": "count",
+    "in_circuit": "flag",
+    "percentage": "fraction",
+    "threshold": "ratio",
+}
 #: Each unit's range of values.
 RANGES = {"fraction": (0.0, 1.0), "percent": (0.0, 100.0), "ratio": (0.0, math.inf)}
-
-
-def tolerance_limit(unit: str, value: float | None = None) -> float:
-    """The range rule: a tolerance in ``unit`` means something only below this. A fraction's (and a ratio's of two
-    fractions): 0.5, half its range, since a bound of 0.5 around any value admits at least half of all possible
-    values (around 0.5, every one of them); a percent's: 50, the same; a count's (heads or another count): the
-    stored count itself (1 at a count of 0), since a bound as wide as the count admits a measurement of none."""
-    if unit in ("heads", "count"):
-        return max(float(value or 0), 1.0)
-    return 50.0 if unit == "percent" else 0.5
-
-
-def too_wide(tolerance: float, unit: str, value: float | None = None) -> str | None:
-    """Why ``tolerance`` means nothing in ``unit`` (not finite, or not below :func:`tolerance_limit`), or None."""
-    limit = tolerance_limit(unit, value)
-    if math.isfinite(tolerance) and 0 <= tolerance < limit:
-        return None
-    return f"the tolerance {tolerance:.4g} is wider than a {unit} allows (it must be below {limit:g})"
-
-
-def smallest_size(bound_at, limit: float, start: int, cap: int = 10 ** 6) -> int | None:
-    """The smallest n > ``start`` at which ``bound_at(n)`` (a bound that does not grow with n) falls below
-    ``limit``, by search: doubling, then bisection. None when not even ``cap`` examples bring it there."""
-    lo, hi = start, max(start + 1, 2 * start)  # bound_at(lo) >= limit (or lo is start), bound_at(hi) < limit
-    while not bound_at(hi) < limit:
-        if hi >= cap:
-            return None
-        lo, hi = hi, min(2 * hi, cap)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if bound_at(mid) < limit else (mid, hi)
-    return hi
-
-
-def binomial_tolerance(p: float, n_measured: int, n_baseline: int, z: float = 3.0, rounding: float = 0.0) -> float:
-    """z standard errors of the difference of two independent accuracy estimates, plus rounding slack.
-
-    The variance uses the Agresti-Coull estimate (x + 2) / (n + 4) of p: at an observed 0 or 1 the plain
-    estimate would give a tolerance of 0, which any later run on other examples fails by one example."""
-    p = min(max(p, 0.0), 1.0)
-    p = (p * n_baseline + 2) / (n_baseline + 4)
-    se = math.sqrt(p * (1 - p) / n_measured + p * (1 - p) / n_baseline)
-    return round(z * se + rounding, 4)
-
-
-BINOMIAL_RULE = ("3 standard errors of the difference of two independent binomial estimates, "
-                 "3*sqrt(p(1-p)/n_measured + p(1-p)/n_baseline) with p = (x+2)/(n+4){rounding}")
-SAME_SAMPLE_RULE = ("on the baseline's own examples (same seed and n) sampling error cancels: 3/n allows three "
-                    "examples to flip on near-ties between float builds")
 
 
 @dataclass
@@ -129,65 +101,14 @@ class Record:
     def get(self, name: str, default=None):
         return self.fields.get(name, default)
 
-    def same_sample(self, n: int | None, seed: int | None) -> bool:
-        """The measurement is on this record's own examples (same n and seed), where sampling error cancels."""
-        return (n is not None and seed is not None and self.get("n") == n and self.get("seed") == seed
-                and self.get("tolerance_same_sample") is not None)
+    def unit_of(self, entry: str | None = None) -> str:
+        """The unit of the record's value, or of the entry ``entry`` of an object value (:func:`entry_unit`)."""
+        return self.unit if entry is None else entry_unit(entry, self.unit)
 
     @property
     def dtype(self) -> str:
         """The dtype the record was measured in (records written before it was stored were all float32)."""
         return self.get("dtype") or "float32"
-
-    def tolerance_for(self, n: int | None = None, seed: int | None = None, value: float | None = None,
-                      std: float | None = None, dtype: str | None = None) -> float:
-        """The tolerance that applies to a measurement on ``n`` examples drawn with ``seed``. ``value``: the number
-        the tolerance bounds where the record's value is an object (DCM's ``test_accuracy``). ``std``: the measured
-        spread of a mean over draws, which says how much wider its error is than the stored one's. ``dtype``: the
-        measurement's; on the record's own examples another dtype than the record's widens the bound
-        (:func:`precision_factor`)."""
-        if self.same_sample(n, seed):
-            return float(self.get("tolerance_same_sample")) * precision_factor(n, dtype, self.dtype)
-        if self.get("tolerance") is None:
-            raise BaselineError(f"baseline record {self.keys} has no tolerance to compare against")
-        value = self.value if value is None else value
-        mean_of_draws = isinstance(value, (int, float)) and (self.get("std") is not None or not 0 <= value <= 1)
-        other_n = n is not None and self.get("n") and n != self.get("n")
-        if mean_of_draws and (other_n or std is not None):
-            # a mean over draws (or a percent): the bound covers the stored mean's error and the new one's, so it
-            # widens by sqrt((1 + (new spread / stored spread)^2) / 2): the measured spread where there is one, else
-            # each draw's spread grown as 1/sqrt(n) (measured: a percent over runs of 40 pairs spread 3-6x more than
-            # over 500, past the 1/sqrt(n) guess); on more examples, or a smaller spread, it stays. On as many
-            # examples too: the stored spread is an estimate from 10 draws (measured: DCM patching's 1.19 points
-            # where other seeds spread 2.2-2.9 and the binomial says 2.1, so --seed 1 failed an unchanged toy-float
-            # by 1.86 against 1.85)
-            ratio = self.get("n") / n if n and self.get("n") else 1.0
-            if std is not None and self.get("std"):
-                ratio = max(ratio, (std / self.get("std")) ** 2)
-            return float(self.get("tolerance")) * max(1.0, math.sqrt((1 + ratio) / 2))
-        if other_n and isinstance(value, (int, float)):
-            # Fewer (or more) examples than the baseline: the binomial bound widens (or narrows) with them, and
-            # never allows fewer than three examples of the new sample: near 0 or 1 the count of misses is skewed
-            # (Poisson-like) and 3 normal standard errors cover it too little (measured: 2 misses in 40 where the
-            # record has 0.4% failed a 0.044 bound at --limit 40)
-            rounding = float(self.get("tolerance")) - binomial_tolerance(value, self.get("n"), self.get("n"))
-            return max(binomial_tolerance(value, n, self.get("n"), rounding=max(rounding, 0.0)), round(3 / n, 4))
-        return float(self.get("tolerance"))
-
-    def binomial(self, value: float, std: float | None = None) -> bool:
-        """Whether this record's tolerance is a binomial bound that rescales with the sample (an accuracy, not a
-        mean over draws: see :meth:`tolerance_for`)."""
-        return (self.get("tolerance") is not None and bool(self.get("n")) and self.get("std") is None
-                and std is None and 0 <= value <= 1)
-
-    def binomial_on(self, n: int, value: float, design_effect: float = 1.0) -> float:
-        """The record's binomial bound for a measurement on ``n`` examples whose prompts share contexts with
-        ``design_effect``: on the effective samples n / design effect and n_record / design effect, with the record's
-        own extra (rounding) kept, never below three examples of the effective sample."""
-        n_record = self.get("n")
-        rounding = max(float(self.get("tolerance")) - binomial_tolerance(value, n_record, n_record), 0.0)
-        return max(binomial_tolerance(value, n / design_effect, n_record / design_effect, rounding=rounding),
-                   round(3 * design_effect / n, 4))
 
     def to_json(self) -> dict:
         out = {**self.keys, "value": self.value, "source": self.source, **self.fields}
@@ -195,8 +116,10 @@ class Record:
 
     def summary(self) -> str:
         """The value with the sample and tolerance behind it, as a diff shows them."""
-        extra = [f"n={self.get('n')}" if self.get("n") is not None else "",
-                 f"tolerance {self.get('tolerance')}" if self.get("tolerance") is not None else ""]
+        extra = [
+            f"n={self.get('n')}" if self.get("n") is not None else "",
+            f"tolerance {self.get('tolerance')}" if self.get("tolerance") is not None else "",
+        ]
         return f"{self.value!r}" + (f" ({', '.join(e for e in extra if e)})" if any(extra) else "")
 
 
@@ -226,8 +149,14 @@ class Baseline:
         return record
 
     def to_json(self) -> dict:
-        return {"schema_version": SCHEMA_VERSION, "claim": self.claim, "description": self.description,
-                "unit": self.unit, "source": self.source, "records": [r.to_json() for r in self.records]}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "claim": self.claim,
+            "description": self.description,
+            "unit": self.unit,
+            "source": self.source,
+            "records": [r.to_json() for r in self.records],
+        }
 
 
 def _fail(path: Path, what: str) -> BaselineError:
@@ -311,6 +240,8 @@ def record_unit(claim: str, raw: dict, unit: str) -> str:
 
 def _record_problems(raw: dict, where: str, unit: str) -> list[str]:
     """Everything wrong with the record ``raw`` (in ``unit``) under the schema, each naming ``where`` and the field."""
+    from mechbench.claims.tolerance import too_wide  # the range rule (imported here: the rules read records)
+
     problems = []
     for name in ("value", "source"):
         if name not in raw:
@@ -385,8 +316,10 @@ def parse(data: Any, path: Path) -> Baseline:
         keys = {k: v for k, v in raw.items() if k not in RECORD_FIELDS}
         key = json.dumps(keys, sort_keys=True)
         if key in first_with:
-            problems.append(f"{where} has the same keys as records[{first_with[key]}] ({key}): each record's keys "
-                            f"must be unique; remove one")
+            problems.append(
+                f"{where} has the same keys as records[{first_with[key]}] ({key}): each record's keys "
+                f"must be unique; remove one"
+            )
             continue
         first_with[key] = i
         fields = {k: raw[k] for k in RECORD_FIELDS if k in raw and k not in ("value", "source")}
@@ -405,14 +338,16 @@ def load(claim: str, baselines_dir: str | Path | None = None, new: tuple[str, st
     if not path.exists() and new is not None and path.parent.is_dir():
         return Baseline(path, claim, new[0], new[1], "measured by mechbench", [])
     if not path.is_file():
-        raise BaselineError(f"no baseline file for claim {claim!r}: {path} does not exist. Check --baselines-dir, "
-                            f"or restore the file from git.")
+        raise BaselineError(
+            f"no baseline file for claim {claim!r}: {path} does not exist. Check --baselines-dir, "
+            f"or restore the file from git."
+        )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_NotANumber,
-                          object_pairs_hook=_json_object)
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_NotANumber, object_pairs_hook=_json_object)
     except json.JSONDecodeError as e:
-        raise _fail(path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}; a truncated or "
-                          f"hand-edited file?)") from None
+        raise _fail(
+            path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}; a truncated or hand-edited file?)"
+        ) from None
     except UnicodeDecodeError:
         raise _fail(path, "not UTF-8 text (a binary file?)") from None
     except OSError as e:
@@ -426,12 +361,16 @@ def check_directory(directory: str | Path | None = None) -> tuple[list[str], Bas
     not one, or holds no baseline file, is an error raised."""
     directory = Path(directory or DEFAULT_DIR)
     if not directory.is_dir():
-        raise BaselineError(f"baselines directory {directory} is not a directory: give --dir a directory of "
-                            f"baseline files (default: the checkout's baselines/)")
+        raise BaselineError(
+            f"baselines directory {directory} is not a directory: give --dir a directory of "
+            f"baseline files (default: the checkout's baselines/)"
+        )
     paths = sorted(p for p in directory.glob("*.json") if p.is_file())
     if not paths:
-        raise BaselineError(f"baselines directory {directory} holds no baseline files (<claim>.json): give --dir "
-                            f"the directory that holds them (default: the checkout's baselines/)")
+        raise BaselineError(
+            f"baselines directory {directory} holds no baseline files (<claim>.json): give --dir "
+            f"the directory that holds them (default: the checkout's baselines/)"
+        )
     ok, bad = [], []
     for path in paths:
         try:
@@ -440,8 +379,9 @@ def check_directory(directory: str | Path | None = None) -> tuple[list[str], Bas
             bad.append(str(e))
     if not bad:
         return ok, None
-    return ok, BaselineError(f"{len(bad)} of {len(paths)} baseline files in {directory} are invalid:\n"
-                             + "\n".join(bad))
+    return ok, BaselineError(
+        f"{len(bad)} of {len(paths)} baseline files in {directory} are invalid:\n" + "\n".join(bad)
+    )
 
 
 def _write_atomic(path: Path, data: dict) -> None:
@@ -488,17 +428,23 @@ def update(baseline: Baseline, keys: dict, value: Any, *, write: bool = True, fo
     fields = {k: v for k, v in fields.items() if v is not None}
     problems = degradations(old, fields)
     if problems and not force:
-        raise BaselineError(f"not storing {baseline.claim} {keys} = {value!r} in {baseline.path}: "
-                            f"{'; '.join(problems)}. Rerun with the claim's full sample (no --limit), or {FORCE_HINT}.")
+        raise BaselineError(
+            f"not storing {baseline.claim} {keys} = {value!r} in {baseline.path}: "
+            f"{'; '.join(problems)}. Rerun with the claim's full sample (no --limit), or {FORCE_HINT}."
+        )
     source = fields.pop("source", "measured by mechbench")
     unit = record_unit(baseline.claim, {**keys, "value": value}, baseline.unit)
     new = Record(dict(keys), value, source, fields, old.order if old else (), unit)
     wrong = _record_problems(new.to_json(), "the new record", unit)
     if wrong:  # never forced: the loader would refuse the file, or the record would let any measurement pass
-        hint = (" Measure on more examples (a larger --limit, or none) for a tolerance that means something."
-                if any("wider than" in w for w in wrong) else "")
-        raise BaselineError(f"not storing {baseline.claim} {keys} = {value!r} in {baseline.path}: "
-                            f"{'; '.join(wrong)}.{hint}")
+        hint = (
+            " Measure on more examples (a larger --limit, or none) for a tolerance that means something."
+            if any("wider than" in w for w in wrong)
+            else ""
+        )
+        raise BaselineError(
+            f"not storing {baseline.claim} {keys} = {value!r} in {baseline.path}: {'; '.join(wrong)}.{hint}"
+        )
     if old is None:
         baseline.records.append(new)
         diff = f"+ {baseline.claim} {keys}: {new.summary()}"
@@ -541,136 +487,3 @@ class Staging:
         self._files.clear()
         self._changed.clear()
         return paths
-
-
-#: The share of examples whose top-1 answer flips between float32 and bfloat16 weights and activations, rounded up
-#: from the 0.53% measured on the toy zoo (116 sets of 500 prompts: accuracy and every knockout curve point of the
-#: four models, at most 6 flips and a net change of 4 in one set), doubled for wider models and other kernels.
-PRECISION_FLIP_RATE = 0.01
-PRECISION_RULE = ("in another dtype than the baseline's, on its own examples: the same-sample bound x (1 + "
-                  "sqrt(0.01 n)), for the predictions that flip on near-ties when the weights are rounded (0.53% of "
-                  "examples measured float32 -> bfloat16 on the toy zoo, doubled)")
-
-
-def precision_factor(n: int | None, dtype: str | None, baseline_dtype: str) -> float:
-    """How much a same-sample bound widens when the measurement ran in ``dtype`` and the baseline in
-    ``baseline_dtype``: the examples are the same, the model is not quite (every weight rounded), so each example
-    near a tie may flip either way; their net count has a standard deviation of about sqrt(rate n), and the bound
-    allows 3 of them on top of the 3 of the same-sample rule: 3/n x (1 + sqrt(rate n)). 1 in the same dtype."""
-    from mechbench.models.loading import DTYPES
-
-    if not dtype or not n or DTYPES.get(dtype, dtype) == DTYPES.get(baseline_dtype, baseline_dtype):
-        return 1.0
-    return 1.0 + math.sqrt(PRECISION_FLIP_RATE * n)
-
-
-@dataclass
-class Comparison:
-    """A measurement against its baseline record within a tolerance. It passes within the tolerance, fails outside
-    it, and is inconclusive (``passed`` None) within a tolerance too wide to mean anything (:func:`too_wide`: not
-    finite, or as wide as half the unit's range): a sample too small for the rule's bound. A difference beyond even
-    such a bound still fails: the bound is wide, not wrong."""
-
-    measured: float
-    expected: float
-    tolerance: float
-    record: Record
-    widened: float = 1.0  # the factor a binomial tolerance was widened by for prompts that share a context
-    precision: float = 1.0  # the factor a same-sample bound was widened by for another dtype than the baseline's
-    unit: str = "fraction"  # the compared number's, whose range the tolerance must be narrower than
-    n: int | None = None  # the examples measured
-    needs: int | None = None  # the fewest examples at which the rule's bound means something, where it does not here
-    sample: str = "examples"  # what n counts (a claim's sample: prompts, pairs)
-    needs_limit: int | None = None  # the --limit that gives ``needs`` of them, where it is known
-
-    @property
-    def difference(self) -> float:
-        return self.measured - self.expected
-
-    @property
-    def within(self) -> bool:
-        return abs(self.difference) <= self.tolerance + 1e-12
-
-    @property
-    def inconclusive(self) -> str | None:
-        """Why the measurement, within its tolerance, is no evidence either way (None where it is)."""
-        wide = too_wide(self.tolerance, self.unit, self.expected)
-        if wide is None or abs(self.difference) > self.tolerance + 1e-12:  # (a NaN bound is neither)
-            return None
-        at = f" at n={self.n}" if self.n is not None else ""
-        if self.needs is not None:
-            more = f"needs at least {self.needs} {self.sample}" + (
-                f" (--limit {self.needs_limit})" if self.needs_limit is not None else "")
-        elif self.n is None:
-            more = "its rule does not depend on a sample size"
-        else:
-            more = ("no sample size narrows it enough (the stored bound, the measured spread or the design effect "
-                    "is too wide by itself)")
-        return f"inconclusive{at}: {wide}; {more}"
-
-    @property
-    def passed(self) -> bool | None:
-        return None if self.inconclusive else self.within
-
-    def __str__(self) -> str:
-        verdict = "within" if self.within else "OUTSIDE"
-        widened = (f" (the binomial bound x {self.widened:.2f}: prompts that share a context miss together, and "
-                   f"the contexts behind that estimate are counted)" if self.widened > 1 else "")
-        if self.precision > 1:
-            widened += (f" (the same-sample bound x {self.precision:.2f}: the baseline ran in {self.record.dtype}, "
-                        f"and rounding to another dtype flips predictions near ties)")
-        return (f"measured {self.measured:.4f} vs baseline {self.expected:.4f} ({self.record.source}): "
-                f"difference {self.difference:+.4f}, {verdict} tolerance {self.tolerance:.4f}{widened}")
-
-
-def compare(measured: float, record: Record, n: int | None = None, seed: int | None = None,
-            field: str | None = None, design_effect: float = 1.0, n_clusters: int | None = None,
-            std: float | None = None, dtype: str | None = None, per_context: float | None = None) -> Comparison:
-    """``field``: compare with that entry of a record whose value is an object (DCM: ``test_accuracy``).
-    ``design_effect``: the measured variance of the accuracy over its binomial variance when prompts come in
-    blocks that share a context (:func:`mechbench.stats.design_effect`); a binomial tolerance is widened by its
-    square root where it is larger than 1, except on the record's own examples. ``n_clusters``: the contexts that
-    estimate rests on; few of them make it uncertain, and the bound takes Student's t for z
-    (:func:`mechbench.stats.few_clusters_factor`).
-
-    Where the tolerance comes out too wide for the unit (:func:`too_wide`), the comparison is inconclusive and
-    carries ``needs``: the fewest examples at which the same rule's bound is narrow enough (:func:`smallest_size`:
-    on another sample than the record's, the design effect as measured, ``per_context`` examples to a context, by
-    default as many as measured)."""
-    expected = record.value
-    if field is not None:
-        if not isinstance(expected, dict) or field not in expected:
-            raise BaselineError(f"baseline record {record.keys} has no field {field!r} in its value")
-        expected = expected[field]
-    if not isinstance(expected, (int, float)) or isinstance(expected, bool):
-        raise BaselineError(f"baseline record {record.keys} holds {type(expected).__name__}, not a number")
-    expected = float(expected)
-
-    def bound(size: int | None, same: bool) -> tuple[float, float]:
-        """The tolerance on ``size`` examples (on the record's own, where ``same``), and the contexts' widening."""
-        if same:
-            return record.tolerance_for(size, seed, expected, std, dtype), 1.0
-        contexts = n_clusters
-        if n_clusters and n and size != n:  # a larger sample holds more contexts
-            contexts = max(n_clusters, math.ceil(size / (per_context or n / n_clusters)))
-        t = few_clusters_factor(contexts) if contexts else 1.0
-        plain = record.tolerance_for(size, None, expected, std, dtype)
-        deff = max(1.0, float(design_effect))
-        if deff > 1 and record.binomial(expected, std):
-            # the binomial bound on the effective sample, n / design effect (and its floor of three examples of
-            # it), not the bound on n x sqrt(design effect): near 0 or 1 the misses of a context come together,
-            # their count is skewed, and the Agresti-Coull pseudo-counts must weigh as much as the effective
-            # sample makes them (measured, tests/test_stat_promises.py: 1.33% false alarms at 0.98 with
-            # x sqrt(design effect), 0.28% on the effective sample; 0.26% at 0.66)
-            tolerance = record.binomial_on(size or record.get("n"), expected, deff) * t
-            return tolerance, tolerance / plain if plain else 1.0
-        return plain * deff ** 0.5 * t, deff ** 0.5 * t
-
-    same = record.same_sample(n, seed)
-    tolerance, widen = bound(n, same)
-    precision = precision_factor(n, dtype, record.dtype) if same else 1.0
-    unit = record.unit if field is None else entry_unit(field, record.unit)
-    needs = None
-    if n and too_wide(tolerance, unit, expected):  # the fewest examples (another sample) where the rule means something
-        needs = smallest_size(lambda size: bound(size, False)[0], tolerance_limit(unit, expected), n)
-    return Comparison(float(measured), expected, tolerance, record, widen, precision, unit, n, needs)

@@ -20,62 +20,118 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-#: Planted changes of mechanism: (layer, head) whose W_O columns are zeroed in a copy of the model.
+#: Planted changes of mechanism: which group of the circuit evaluated on the model loses heads (their W_O columns
+#: zeroed in a copy of the model), so that the plant hits the model's own circuit whatever the model.
 PLANTS = {
-    "readers": "the toy circuit's four leading structure readers (L0H3, L0H1, L0H4, L0H2) silenced",
-    "fetchers": "the toy circuit's four leading value fetchers' W_O (L2H0, L2H5, L2H6, L2H1) zeroed",
+    "readers": ("struct_reader", "the circuit's leading structure readers silenced"),
+    "fetchers": ("value_fetcher", "the circuit's leading value fetchers' W_O zeroed"),
 }
-_PLANT_HEADS = {"readers": ((0, 3), (0, 1), (0, 4), (0, 2)), "fetchers": ((2, 0), (2, 5), (2, 6), (2, 1))}
+#: Heads silenced per plant, at most.
+PLANTED_HEADS = 4
 
 
-def plant(model_name: str, which: str, out: Path) -> Path:
-    """Save a copy of ``model_name`` with the heads of ``which`` silenced (their W_O columns zeroed)."""
+def planted_heads(model_name: str, which: str, circuit: str | None = None, baselines_dir=None) -> tuple:
+    """The heads ``which`` silences on ``model_name``: in the circuit the suites evaluate on it (by default its
+    base's, else its own: the circuit its baselines were measured with), the plant's group's leading layer (the
+    layer of its first, strongest head) and that layer's first four heads of the group, in the circuit's order. One
+    layer's heads change the mechanism at one place, where the group acts most (on the toy zoo: the structure
+    readers' L0H3, L0H1, L0H4, L0H2 and the value fetchers' L2H0, L2H5, L2H6, L2H1, the plants of the audit)."""
+    from mechbench.circuits import Circuit
+    from mechbench.errors import MechbenchError
+    from mechbench.plan import default_circuit
+
+    if which not in PLANTS:
+        raise MechbenchError(f"no plant named {which!r}; the plants: {', '.join(PLANTS)}")
+    name = circuit or default_circuit(model_name)
+    try:
+        found = Circuit.load(name, baselines_dir)
+    except MechbenchError as e:
+        raise MechbenchError(
+            f"a plant silences heads of the circuit evaluated on {model_name!r}, and circuit {name!r} "
+            f"cannot be read ({e}); store one (mechbench discover) or pass --circuit"
+        ) from None
+    group = PLANTS[which][0]
+    if group not in found.groups or not found.groups[group].heads:
+        raise MechbenchError(
+            f"circuit {name!r} has no {group} group to plant a change in (its groups: "
+            f"{', '.join(found.groups)}); choose another plant"
+        )
+    heads = [tuple(h) for h in found.groups[group].heads]
+    layer = heads[0][0]
+    return tuple(h for h in heads if h[0] == layer)[:PLANTED_HEADS]
+
+
+def plant(model_name: str, which: str, out: Path, circuit: str | None = None, baselines_dir=None) -> Path:
+    """Save a copy of ``model_name`` with the heads of :func:`planted_heads` silenced (their W_O columns zeroed)."""
     import torch
 
     from mechbench.api import get_model
-    from mechbench.intervene.sites import sites
+    from mechbench.models.architectures import sites
 
+    heads = planted_heads(model_name, which, circuit, baselines_dir)
     handle = get_model(model_name)
     model = copy.deepcopy(handle.model)
     d = handle.shape.head_dim
     with torch.no_grad():
-        for layer, head in _PLANT_HEADS[which]:
-            sites(model).module(model, layer, "head_out").weight[:, head * d:(head + 1) * d] = 0
+        for layer, head in heads:
+            sites(model).module(model, layer, "head_out").weight[:, head * d : (head + 1) * d] = 0
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    path = out / f"{model_name}-{which}"
+    path = out / f"{model_name.strip('/').replace('/', '_')}-{which}"
     model.save_pretrained(path, safe_serialization=True)
     handle.tokenizer.save_pretrained(path)
     return path
+
+
+def describe_plant(model_name: str, which: str, circuit: str | None = None, baselines_dir=None) -> str:
+    heads = planted_heads(model_name, which, circuit, baselines_dir)
+    return f"{PLANTS[which][1]}: " + ", ".join(f"L{layer}H{head}" for layer, head in heads)
 
 
 #: The claim suites of this checkout, wherever the audit is started from.
 SUITES = Path(__file__).resolve().parent.parent / "suites"
 
 
-def run_seeds(model: str, seeds: list[int], out: Path, extra: list[str] = (), suites: str | Path = SUITES,
-              log=print) -> dict[str, list[int]]:
+def run_seeds(
+    model: str, seeds: list[int], out: Path, extra: list[str] = (), suites: str | Path = SUITES, log=print
+) -> dict[str, list[int]]:
     """Run the suites once per seed; returns, per claim test, the seeds on which it failed. A seed whose
     pytest ran no claim (no suites there, a usage error, a -k that selects nothing) is an error, not a clean row."""
     from mechbench.errors import MechbenchError
 
     if not Path(suites).is_dir():
-        raise MechbenchError(f"no claim suites at {suites}: the audit runs mechbench's suites/ from a checkout of "
-                             f"the repository")
+        raise MechbenchError(
+            f"no claim suites at {suites}: the audit runs mechbench's suites/ from a checkout of the repository"
+        )
     failures: dict[str, list[int]] = defaultdict(list)
     tests: set[str] = set()
     for seed in seeds:
         seed_dir = out / f"seed-{seed}"
         report = seed_dir / "report.json"
         seed_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pytest", str(suites), f"--model={model}", f"--seed={seed}", f"--results-dir={seed_dir}",
-               "-q", "-p", "no:cacheprovider", "--junitxml", str(seed_dir / "junit.xml"), *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(suites),
+            f"--model={model}",
+            f"--seed={seed}",
+            f"--results-dir={seed_dir}",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--junitxml",
+            str(seed_dir / "junit.xml"),
+            *extra,
+        ]
         log(f"seed {seed}: {' '.join(cmd[3:])}")
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode not in (0, 1):  # 0: all passed, 1: some failed; else nothing was judged
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
-            raise MechbenchError(f"seed {seed}: pytest judged no claim (exit code {done.returncode}; 5 means no test "
-                                 f"was selected: check -k and the model): {tail}")
+            raise MechbenchError(
+                f"seed {seed}: pytest judged no claim (exit code {done.returncode}; 5 means no test "
+                f"was selected: check -k and the model): {tail}"
+            )
         for name, outcome in _junit_outcomes(seed_dir / "junit.xml").items():
             tests.add(name)
             if outcome == "failed":

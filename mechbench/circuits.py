@@ -16,8 +16,12 @@ from mechbench import baselines
 from mechbench.errors import MechbenchError
 
 GROUPS = ("value_fetcher", "pos_transmitter", "pos_detector", "struct_reader")
-GROUP_ROLES = {"value_fetcher": "last", "pos_transmitter": "last", "pos_detector": "query_label",
-               "struct_reader": "prev_query_label"}
+GROUP_ROLES = {
+    "value_fetcher": "last",
+    "pos_transmitter": "last",
+    "pos_detector": "query_label",
+    "struct_reader": "prev_query_label",
+}
 PAPER_LETTERS = {"value_fetcher": "A", "pos_transmitter": "B", "pos_detector": "C", "struct_reader": "D"}
 
 Head = tuple[int, int]  # (layer, head)
@@ -27,18 +31,26 @@ def checked_heads(heads, group: str) -> tuple[Head, ...]:
     """A group's heads as read from JSON: a non-empty list of distinct [layer, head] pairs of non-negative integers
     (``true`` is not an integer here, though Python's bool is one). ValueError names ``group`` and the head."""
     if not isinstance(heads, (list, tuple)) or not heads:
-        raise ValueError(f"{group}: 'heads' must be a non-empty list of [layer, head] pairs, got {json.dumps(heads)}"
-                         f"{' (drop the group instead: a group with no head ablates nothing)' if heads == [] else ''}")
+        raise ValueError(
+            f"{group}: 'heads' must be a non-empty list of [layer, head] pairs, got {json.dumps(heads)}"
+            f"{' (drop the group instead: a group with no head ablates nothing)' if heads == [] else ''}"
+        )
     for h in heads:
-        if not (isinstance(h, (list, tuple)) and len(h) == 2
-                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in h)):
-            raise ValueError(f"{group}: 'heads' must be [layer, head] pairs of non-negative integers, and "
-                             f"{json.dumps(h)} is not one")
+        if not (
+            isinstance(h, (list, tuple))
+            and len(h) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in h)
+        ):
+            raise ValueError(
+                f"{group}: 'heads' must be [layer, head] pairs of non-negative integers, and {json.dumps(h)} is not one"
+            )
     pairs = tuple((layer, head) for layer, head in heads)
     repeated = sorted({h for h in pairs if pairs.count(h) > 1})
     if repeated:
-        raise ValueError(f"{group}: head(s) {', '.join(f'[{l}, {h}]' for l, h in repeated)} are listed more than "
-                         f"once (each head once per group)")
+        raise ValueError(
+            f"{group}: head(s) {', '.join(f'[{l}, {h}]' for l, h in repeated)} are listed more than "
+            f"once (each head once per group)"
+        )
     return pairs
 
 
@@ -71,29 +83,39 @@ class Circuit:
         for g in self.groups.values():
             bad = [h for h in g.heads if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
             if bad:
-                raise MechbenchError(f"circuit {self.name!r} group {g.name!r} has heads {bad[:5]} outside a model "
-                                     f"of {n_layers} layers x {n_heads} heads (layers 0-{n_layers - 1}, heads "
-                                     f"0-{n_heads - 1}): is it the circuit of another model? Use the circuit found "
-                                     f"on this model or its base (--circuit)")
+                raise MechbenchError(
+                    f"circuit {self.name!r} group {g.name!r} has heads {bad[:5]} outside a model "
+                    f"of {n_layers} layers x {n_heads} heads (layers 0-{n_layers - 1}, heads "
+                    f"0-{n_heads - 1}): is it the circuit of another model? Use the circuit found "
+                    f"on this model or its base (--circuit)"
+                )
 
-    def without(self, removed: dict[str, set[Head]]) -> "Circuit":
-        return Circuit(self.name, {n: HeadGroup(n, g.role, tuple(h for h in g.heads if h not in removed.get(n, set())))
-                                   for n, g in self.groups.items()})
+    def without(self, removed: dict[str, set[Head]]) -> Circuit:
+        return Circuit(
+            self.name,
+            {
+                n: HeadGroup(n, g.role, tuple(h for h in g.heads if h not in removed.get(n, set())))
+                for n, g in self.groups.items()
+            },
+        )
 
     def to_json(self) -> dict:
-        return {"name": self.name, "groups": {n: {"role": g.role, "heads": [list(h) for h in g.heads]}
-                                              for n, g in self.groups.items()}}
+        return {
+            "name": self.name,
+            "groups": {n: {"role": g.role, "heads": [list(h) for h in g.heads]} for n, g in self.groups.items()},
+        }
 
     @classmethod
-    def from_json(cls, data: dict, where: str = "circuit JSON") -> "Circuit":
+    def from_json(cls, data: dict, where: str = "circuit JSON") -> Circuit:
         """A circuit from ``{"name": ..., "groups": {group: {"role": ..., "heads": [[layer, head], ...]}}}``, or
         the file ``mechbench discover --scores`` writes (the circuit under ``"circuit"``)."""
         from mechbench.data.dataset import ROLES
 
         def bad(what: str) -> MechbenchError:
             return MechbenchError(
-                f"{where}: {what}. Expected {{\"name\": NAME, \"groups\": {{GROUP: {{\"role\": ROLE, \"heads\": "
-                f"[[LAYER, HEAD], ...]}}}}}} (roles: {', '.join(ROLES)}), or the file `mechbench discover --scores` writes.")
+                f'{where}: {what}. Expected {{"name": NAME, "groups": {{GROUP: {{"role": ROLE, "heads": '
+                f"[[LAYER, HEAD], ...]}}}}}} (roles: {', '.join(ROLES)}), or the file `mechbench discover --scores` writes."
+            )
 
         if isinstance(data, dict) and isinstance(data.get("circuit"), dict):
             data = data["circuit"]
@@ -113,7 +135,7 @@ class Circuit:
         return cls(data["name"], groups)
 
     @classmethod
-    def load(cls, name_or_path: str, baselines_dir=None) -> "Circuit":
+    def load(cls, name_or_path: str, baselines_dir=None) -> Circuit:
         """A circuit by name from ``baselines/circuits.json`` (``llama7b``, ``goat7b``, ...) or a JSON file
         (its own ``name`` names it)."""
         if Path(name_or_path).is_file():
@@ -129,8 +151,9 @@ class Circuit:
                 try:
                     heads = checked_heads(r.value, f"circuit {name_or_path!r} group {r.keys.get('group')!r}")
                 except ValueError as e:
-                    raise MechbenchError(f"{table.path}: {e}; fix the record or store "
-                                         f"the circuit again with mechbench discover --store") from None
+                    raise MechbenchError(
+                        f"{table.path}: {e}; fix the record or store the circuit again with mechbench discover --store"
+                    ) from None
                 groups[r.keys["group"]] = HeadGroup(r.keys["group"], r.keys["role"], heads)
         if not groups:
             names = sorted({r.keys.get("circuit") for r in table.records})
@@ -142,8 +165,9 @@ def check_storable(name: str, baselines_dir=None) -> None:
     """That a circuit named ``name`` can be stored in ``<baselines_dir>/circuits.json``: the file, where there is
     one, loads, and ``name`` is not a published circuit's. Checked before a discovery, so it cannot fail after it."""
     path = Path(baselines_dir or baselines.DEFAULT_DIR) / "circuits.json"
-    if path.is_file() and any(not r.measured for r in baselines.load("circuits", baselines_dir).records
-                              if r.keys.get("circuit") == name):
+    if path.is_file() and any(
+        not r.measured for r in baselines.load("circuits", baselines_dir).records if r.keys.get("circuit") == name
+    ):
         raise MechbenchError(f"{path}: circuit {name!r} is published; store under another --name")
 
 
@@ -153,15 +177,28 @@ def store_circuit(circuit: Circuit, how: str, baselines_dir=None, fingerprint: s
     from mechbench.results import git_state
 
     if not circuit.groups:
-        raise MechbenchError(f"circuit {circuit.name!r} has no group: there is nothing to store (storing it would "
-                             f"delete the circuit's records)")
+        raise MechbenchError(
+            f"circuit {circuit.name!r} has no group: there is nothing to store (storing it would "
+            f"delete the circuit's records)"
+        )
     check_storable(circuit.name, baselines_dir)
     path = Path(baselines_dir or baselines.DEFAULT_DIR) / "circuits.json"
     if not path.is_file():  # a fresh baselines directory: start a valid, empty circuits file
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"schema_version": baselines.SCHEMA_VERSION, "claim": "circuits",
-                                    "description": "circuits: heads per group at their roles", "unit": "heads",
-                                    "source": "mechbench discover", "records": []}, indent=1) + "\n")
+        path.write_text(
+            json.dumps(
+                {
+                    "schema_version": baselines.SCHEMA_VERSION,
+                    "claim": "circuits",
+                    "description": "circuits: heads per group at their roles",
+                    "unit": "heads",
+                    "source": "mechbench discover",
+                    "records": [],
+                },
+                indent=1,
+            )
+            + "\n"
+        )
     table = baselines.load("circuits", baselines_dir)
     commit = (git_state().get("commit") or "unknown")[:12]
     old = {r.keys["group"]: r for r in table.records if r.keys.get("circuit") == circuit.name}
@@ -170,7 +207,13 @@ def store_circuit(circuit: Circuit, how: str, baselines_dir=None, fingerprint: s
     for name, g in circuit.groups.items():
         if name in old and old[name].keys.get("role") == g.role:  # replaced: the diff shows old -> new
             table.records.append(old[name])
-        diffs.append(baselines.update(table, {"circuit": circuit.name, "group": name, "role": g.role},
-                                      [list(h) for h in g.heads], source=f"measured by mechbench at commit {commit}: {how}",
-                                      fingerprint=fingerprint))
+        diffs.append(
+            baselines.update(
+                table,
+                {"circuit": circuit.name, "group": name, "role": g.role},
+                [list(h) for h in g.heads],
+                source=f"measured by mechbench at commit {commit}: {how}",
+                fingerprint=fingerprint,
+            )
+        )
     return "\n".join(diffs)

@@ -1,12 +1,12 @@
 """``mechbench`` on the command line: list models, measure accuracy, validate baselines.
 
-    mechbench models
-    mechbench accuracy toy-goat --n 500 --seed 0
-    mechbench baselines
-    mechbench discover toy-llama --store     # path-patching circuit -> baselines/circuits.json
-    mechbench report                         # results/results.jsonl -> results/report.md and figures
-    mechbench compare /ckpt/my-ft --base toy-llama [--quick]   # side-by-side report and a mechanism verdict
-    mechbench calibrate toy-llama --seeds 10 [--plant readers]  # false-alarm audit (and power on a planted change)
+mechbench models
+mechbench accuracy toy-goat --n 500 --seed 0
+mechbench baselines
+mechbench discover toy-llama --store     # path-patching circuit -> baselines/circuits.json
+mechbench report                         # results/results.jsonl -> results/report.md and figures
+mechbench compare /ckpt/my-ft --base toy-llama [--quick]   # side-by-side report and a mechanism verdict
+mechbench calibrate toy-llama --seeds 10 [--plant readers]  # false-alarm audit (and power on a planted change)
 """
 
 from __future__ import annotations
@@ -15,31 +15,39 @@ import argparse
 import sys
 
 from mechbench.errors import MechbenchError
+from mechbench.options import RESULTS_DIR, add_command_options
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mechbench`` command line's parser."""
+    # the options a command shares with the pytest plugin (--device, --dtype, --seed, --bos, --baselines-dir,
+    # --results-dir, ...) come from their one table, mechbench/options.py: the same choices and defaults in both
     parser = argparse.ArgumentParser(prog="mechbench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the registered models")
     acc = sub.add_parser("accuracy", help="top-1 entity-tracking accuracy of a model")
     acc.add_argument("model")
     acc.add_argument("--n", type=int, default=500)
-    acc.add_argument("--seed", type=int, default=0)
     acc.add_argument("--boxes", type=int, default=7)
-    acc.add_argument("--device", default="cpu")
-    acc.add_argument("--dtype", default="float32")
-    _add_load_options(acc)
+    add_command_options(acc, "accuracy")
     base = sub.add_parser("baselines", help="check every baseline file against the schema")
     base.add_argument("--dir", default=None, help="the baseline files' directory (default: the checkout's baselines/)")
     disc = sub.add_parser("discover", help="find a model's circuit by iterated path patching (docs/paper.md §4)")
     disc.add_argument("model")
     from mechbench.models.registry import CIRCUITS  # plain data: no torch behind it
 
-    disc.add_argument("--config", default=None,
-                      help=f"discovery settings of a stored circuit ({', '.join(CIRCUITS)}; default: the model's own if "
-                           f"it has one, else the paper's Llama settings)")
-    disc.add_argument("--steps", choices=("paper", "toy"), default=None,
-                      help="paper: D->C->B->A; toy: no position-detector step, readers feed the value fetchers")
+    disc.add_argument(
+        "--config",
+        default=None,
+        help=f"discovery settings of a stored circuit ({', '.join(CIRCUITS)}; default: the model's own if "
+        f"it has one, else the paper's Llama settings)",
+    )
+    disc.add_argument(
+        "--steps",
+        choices=("paper", "toy"),
+        default=None,
+        help="paper: D->C->B->A; toy: no position-detector step, readers feed the value fetchers",
+    )
     disc.add_argument("--pairs", type=int, default=None, help="noise pairs (the paper: 300)")
     disc.add_argument("--seed", type=int, default=None, help="pairs seed (the paper's Llama run: 20)")
     disc.add_argument("--receivers", default=None, metavar="G=K,...", help="heads passed on as receivers per group")
@@ -47,57 +55,65 @@ def main(argv: list[str] | None = None) -> int:
     disc.add_argument("--min-effect", type=float, default=None, help="keep only heads with score below -this")
     disc.add_argument("--name", default=None, help="circuit name (default: the model's)")
     disc.add_argument("--store", action="store_true", help="store the circuit in <--baselines-dir>/circuits.json")
-    disc.add_argument("--baselines-dir", default=None,
-                      help="where --store writes circuits.json (created if missing; default: the checkout's baselines/)")
-    disc.add_argument("--work-dir", default="results/discovery",
-                      help="each finished step is saved here; rerunning the same command resumes (default: "
-                           "results/discovery)")
-    disc.add_argument("--scores", default=None,
-                      help="write the score tables and circuit to this JSON file (--circuit FILE reads it as is)")
-    disc.add_argument("--device", default="cpu")
-    disc.add_argument("--dtype", default="float32")
-    _add_load_options(disc)
+    disc.add_argument(
+        "--work-dir",
+        default=f"{RESULTS_DIR}/discovery",
+        help=f"each finished step is saved here; rerunning the same command resumes (default: "
+        f"{RESULTS_DIR}/discovery, the cache the pytest plugin's comparisons read under "
+        f"--results-dir)",
+    )
+    disc.add_argument(
+        "--scores",
+        default=None,
+        help="write the score tables and circuit to this JSON file (--circuit FILE reads it as is)",
+    )
+    add_command_options(disc, "discover")
     rep = sub.add_parser("report", help="tables and figures of the latest measurements in a results file")
-    rep.add_argument("--results", default="results/results.jsonl")
-    rep.add_argument("--out", default="results", help="directory for report.md and the figures")
+    rep.add_argument("--results", default=f"{RESULTS_DIR}/results.jsonl")
+    rep.add_argument("--out", default=RESULTS_DIR, help="directory for report.md and the figures")
     rep.add_argument("--no-figures", action="store_true")
     cmp = sub.add_parser("compare", help="a new fine-tune beside its base: every claim side by side, and a verdict")
     cmp.add_argument("model", help="the fine-tune: registered name, directory, hub id or base+adapter")
     cmp.add_argument("--base", default=None, help="the model it was tuned from (default: its registered base)")
-    cmp.add_argument("--reference", action="append", default=None, metavar="NAME",
-                     help="stored fine-tunes shown beside it (default: toy-goat, toy-float for toy-llama; goat7b, "
-                          "float7b for llama7b)")
     cmp.add_argument("--circuit", default=None, help="circuit name or JSON file (default: the base's)")
     cmp.add_argument("--claims", default=None, help="comma-separated subset of the claims (default: all)")
-    cmp.add_argument("--quick", action="store_true", help="the quick lane: fewer prompts and draws, wider intervals")
-    cmp.add_argument("--seed", type=int, default=0)
-    cmp.add_argument("--device", default="cpu")
-    cmp.add_argument("--dtype", default="float32")
-    _add_load_options(cmp)
-    cmp.add_argument("--baselines-dir", default=None)
-    cmp.add_argument("--results-dir", default="results", help="results.jsonl is appended here as claims finish")
+    add_command_options(cmp, "compare")
     cmp.add_argument("--out", default=None, help="directory of the report and figures (default: --results-dir)")
     cal = sub.add_parser("calibrate", help="false-alarm audit: each claim under fresh seeds on an unchanged model")
     cal.add_argument("model")
     cal.add_argument("--seeds", type=int, default=10, help="seeds 1..N (the baselines were measured at seed 0)")
-    cal.add_argument("--plant", choices=("readers", "fetchers"), default=None,
-                     help="audit a planted change of mechanism instead (a copy of MODEL with circuit heads silenced, "
-                          "checked against MODEL's baselines): it should fail")
-    cal.add_argument("--out", default="results/calibrate")
+    cal.add_argument(
+        "--plant",
+        choices=("readers", "fetchers"),
+        default=None,
+        help="audit a planted change of mechanism instead (a copy of MODEL with circuit heads silenced, "
+        "checked against MODEL's baselines): it should fail",
+    )
+    cal.add_argument("--out", default=f"{RESULTS_DIR}/calibrate")
     cal.add_argument("-k", dest="select", default=None, help="pytest -k expression: a subset of the claims")
-    cal.add_argument("--device", default="cpu", help="each seed's pytest runs here (cpu, cuda, cuda:N)")
-    cal.add_argument("--dtype", default="float32")
+    add_command_options(cal, "calibrate")  # each seed's pytest runs with them
     pln = sub.add_parser("plan", help="peak GPU memory, host memory and GPU time of every claim, before loading")
     pln.add_argument("models", nargs="+", help="registered paper models, or local model directories")
     pln.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     pln.add_argument("--batch-size", default="50", help="prompts per forward, or auto (the largest that fits)")
     pln.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory to plan against (default 80)")
-    pln.add_argument("--own-circuit", action="store_true",
-                     help="also plan each model on its own circuit (--circuit=MODEL: DCM, path patching, minimality), "
-                          "as ci/run-gpu.sh runs Goat and FLoat")
-    pln.add_argument("--tflops", type=float, default=50.0,
-                     help="sustained bf16 TFLOP/s of the GPU (default 50: an H100 at about half its dense peak)")
-    args = parser.parse_args(argv)
+    pln.add_argument(
+        "--own-circuit",
+        action="store_true",
+        help="also plan each model on its own circuit (--circuit=MODEL: DCM, path patching, minimality), "
+        "as ci/run-gpu.sh runs Goat and FLoat",
+    )
+    pln.add_argument(
+        "--tflops",
+        type=float,
+        default=50.0,
+        help="sustained bf16 TFLOP/s of the GPU (default 50: an H100 at about half its dense peak)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         _validate(args)
         if args.command == "models":
@@ -105,12 +121,21 @@ def main(argv: list[str] | None = None) -> int:
 
             for name, spec in REGISTRY.items():
                 r = resolve(name)
-                print(f"{name:12} {spec.kind:6} {r.weights}{' + ' + r.adapter if r.adapter else ''}  {spec.description}")
+                print(
+                    f"{name:12} {spec.kind:6} {r.weights}{' + ' + r.adapter if r.adapter else ''}  {spec.description}"
+                )
         elif args.command == "accuracy":
             from mechbench.api import accuracy
 
-            value = accuracy(args.model, n_examples=args.n, seed=args.seed, num_boxes=args.boxes,
-                             device=args.device, dtype=args.dtype, **_load_options(args))
+            value = accuracy(
+                args.model,
+                n_examples=args.n,
+                seed=args.seed,
+                num_boxes=args.boxes,
+                device=args.device,
+                dtype=args.dtype,
+                **_load_options(args),
+            )
             print(f"{args.model}: accuracy {value:.4f} on {args.n} examples (seed {args.seed}, {args.boxes} boxes)")
         elif args.command == "baselines":
             from mechbench import baselines
@@ -126,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 print(write_report(args.results, args.out, figures=not args.no_figures))
             except OSError as e:  # the directory was checked: it went read-only or full while writing
-                raise MechbenchError(f"the report could not be written to --out {args.out} ({e.strerror or e}): "
-                                     f"pass a directory you can write") from None
+                raise MechbenchError(
+                    f"the report could not be written to --out {args.out} ({e.strerror or e}): "
+                    f"pass a directory you can write"
+                ) from None
         elif args.command == "discover":
             _discover(args)
         elif args.command == "compare":
@@ -148,8 +175,11 @@ def _plan(args) -> None:
 
     hours, fits = 0.0, True
     for model in args.models:
-        batch = (plan.choose_batch_size(model, args.dtype, args.gpu_gib * plan.GIB) if args.batch_size == "auto"
-                 else plan.resolve_batch_size(args.batch_size, "cpu", args.dtype, [model]))
+        batch = (
+            plan.choose_batch_size(model, args.dtype, args.gpu_gib * plan.GIB)
+            if args.batch_size == "auto"
+            else plan.resolve_batch_size(args.batch_size, "cpu", args.dtype, [model])
+        )
         circuits = [plan.default_circuit(model)]
         if args.own_circuit and model not in circuits and model in CIRCUITS:
             circuits.append(model)
@@ -158,21 +188,14 @@ def _plan(args) -> None:
             print(plan.format_plan(model, plans, args.dtype, batch, args.gpu_gib, circuit) + "\n")
             hours += sum(p.gpu_seconds for p in plans) / 3600
             fits &= all(p.fits(args.gpu_gib * plan.GIB) for p in plans)
-    print(f"in all: {hours:.1f} GPU hours at {args.tflops:g} TFLOP/s; "
-          f"{'every claim fits' if fits else 'SOME CLAIM DOES NOT FIT'} in {args.gpu_gib:g} GiB")
+    print(
+        f"in all: {hours:.1f} GPU hours at {args.tflops:g} TFLOP/s; "
+        f"{'every claim fits' if fits else 'SOME CLAIM DOES NOT FIT'} in {args.gpu_gib:g} GiB"
+    )
     if not fits:
-        raise MechbenchError("a claim's planned peak exceeds the GPU memory: use --dtype bfloat16 or a smaller "
-                             "--batch-size")
-
-
-def _add_load_options(parser) -> None:
-    """The loader's opt-ins, on every command that loads a model (the pytest options of the same names)."""
-    parser.add_argument("--bos", default="auto", choices=("auto", "always", "never"),  # dataset.BOS_CHOICES
-                        help="prompts start with the tokenizer's BOS token: auto (when it is a document start), always, never")
-    parser.add_argument("--drop-multi-token", action="store_true",
-                        help="leave out task words the tokenizer splits into several tokens instead of refusing the model")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="load pickled (.bin) weights where there are no safetensors (trusted sources only)")
+        raise MechbenchError(
+            "a claim's planned peak exceeds the GPU memory: use --dtype bfloat16 or a smaller --batch-size"
+        )
 
 
 def _load_options(args) -> dict:
@@ -214,7 +237,7 @@ def _validate(args) -> None:
 def _calibrate(args) -> None:
     from pathlib import Path
 
-    from mechbench.calibrate import PLANTS, plant, run_seeds, table
+    from mechbench.calibrate import describe_plant, plant, run_seeds, table
     from mechbench.validate import writable_dir
 
     # a model given as a path gets a directory of its own under --out, not the model's directory itself
@@ -222,12 +245,15 @@ def _calibrate(args) -> None:
     out = writable_dir("--out", Path(args.out) / name)
     model, extra = args.model, ["-k", args.select] if args.select else []
     extra += [f"--device={args.device}", f"--dtype={args.dtype}"]
-    if args.plant:
-        model = str(plant(args.model, args.plant, out))
-        from mechbench.models.registry import BASE_OF
+    if args.plant:  # in the circuit the suites evaluate on the model, the one its baselines were measured with
+        from mechbench.plan import default_circuit
 
-        extra += [f"--baseline-model={args.model}", f"--circuit={BASE_OF.get(args.model, args.model)}"]
-        print(f"planted: {PLANTS[args.plant]} -> {model}")
+        circuit = default_circuit(args.model)
+        model = str(plant(args.model, args.plant, out, circuit, getattr(args, "baselines_dir", None)))
+        extra += [f"--baseline-model={args.model}", f"--circuit={circuit}"]
+        print(
+            f"planted: {describe_plant(args.model, args.plant, circuit, getattr(args, 'baselines_dir', None))} -> {model}"
+        )
     failures = run_seeds(model, list(range(1, args.seeds + 1)), out, extra, log=lambda m: print(m, file=sys.stderr))
     print(table(failures, args.seeds))
 
@@ -237,16 +263,19 @@ def _compare(args) -> None:
 
     from mechbench import validate
     from mechbench.api import get_model
-    from mechbench.compare import CLAIMS, LANES, Comparison, base_circuit_name, base_name_of, record, record_verdict
     from mechbench.circuits import Circuit
+    from mechbench.compare import CLAIMS, LANES, Comparison, base_circuit_name, record, record_verdict
+    from mechbench.models.registry import base_name_of
     from mechbench.report import write_comparison_report
     from mechbench.results import ResultsWriter
 
     claims = list(CLAIMS) if args.claims is None else list(dict.fromkeys(c.strip() for c in args.claims.split(",")))
     unknown = [c for c in claims if c not in CLAIMS]
     if "" in claims:  # "" or "a,,b": an empty selection runs nothing the user meant (it ran every claim)
-        raise MechbenchError(f"--claims {args.claims!r} names an empty claim; give a comma-separated list of: "
-                             f"{', '.join(CLAIMS)} (or leave --claims out for all)")
+        raise MechbenchError(
+            f"--claims {args.claims!r} names an empty claim; give a comma-separated list of: "
+            f"{', '.join(CLAIMS)} (or leave --claims out for all)"
+        )
     if unknown:
         raise MechbenchError(f"unknown claim(s) {', '.join(unknown)}; known: {', '.join(CLAIMS)}")
     base_name = args.base or base_name_of(args.model)
@@ -265,19 +294,30 @@ def _compare(args) -> None:
     results = ResultsWriter(args.results_dir)  # made before any model loads: a bad directory fails first
     fine_tune = get_model(args.model, device=args.device, dtype=args.dtype, **_load_options(args))
     base = get_model(base_name, device=args.device, dtype=args.dtype, **_load_options(args))
-    comparison = Comparison(fine_tune, base, circuit, LANES["quick" if args.quick else "full"], args.seed,
-                            args.baselines_dir, tuple(args.reference) if args.reference else None,
-                            log=lambda msg: print(msg, file=sys.stderr, flush=True),
-                            discovery_cache=Path(args.results_dir) / "discovery")
+    comparison = Comparison(
+        fine_tune,
+        base,
+        circuit,
+        LANES["quick" if args.quick else "full"],
+        args.seed,
+        args.baselines_dir,
+        tuple(args.reference) if args.reference else None,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        discovery_cache=Path(args.results_dir) / "discovery",
+    )
     for claim in claims:
         record(results, comparison, comparison.claim(claim))
     if comparison.verdict_ready():
         verdict = comparison.verdict()
         record_verdict(results, comparison, verdict)
         print(f"{fine_tune.name} against {base.name}: {verdict.label}")
-    print(validate.written_or_kept(
-        f"the comparison report (its measurements are in {results.path})", Path(args.out or args.results_dir),
-        lambda out: write_comparison_report(comparison, out, results_path=str(results.path))))
+    print(
+        validate.written_or_kept(
+            f"the comparison report (its measurements are in {results.path})",
+            Path(args.out or args.results_dir),
+            lambda out: write_comparison_report(comparison, out, results_path=str(results.path)),
+        )
+    )
 
 
 def _group_ints(option: str, text: str | None, groups) -> dict[str, int]:
@@ -287,11 +327,15 @@ def _group_ints(option: str, text: str | None, groups) -> dict[str, int]:
     try:
         pairs = [(g.strip(), int(k)) for g, k in (item.split("=") for item in text.split(","))]
     except ValueError:
-        raise MechbenchError(f"{option} {text!r}: expected GROUP=K,... (e.g. value_fetcher=8,pos_transmitter=3)") from None
+        raise MechbenchError(
+            f"{option} {text!r}: expected GROUP=K,... (e.g. value_fetcher=8,pos_transmitter=3)"
+        ) from None
     for group, k in pairs:
         if group not in groups:  # an unknown group would be ignored: the run would not be the one asked for
-            raise MechbenchError(f"{option} {text!r}: no step finds group {group!r}; the steps find "
-                                 f"{', '.join(groups)} (--steps chooses them)")
+            raise MechbenchError(
+                f"{option} {text!r}: no step finds group {group!r}; the steps find "
+                f"{', '.join(groups)} (--steps chooses them)"
+            )
         if k < 1:
             raise MechbenchError(f"{option} {text!r}: {group}={k}: give each group at least 1 head")
     if len({g for g, _ in pairs}) < len(pairs):
@@ -316,19 +360,28 @@ def _discover(args) -> None:
         raise MechbenchError(f"no discovery settings named {args.config!r}; known: {', '.join(CIRCUITS)}")
     config = CIRCUITS[config_name].discovery if config_name else DiscoveryConfig()
     if args.min_effect is not None and not (math.isfinite(args.min_effect) and args.min_effect >= 0):
-        raise MechbenchError(f"--min-effect {args.min_effect:g}: give a non-negative number (a head is kept when its "
-                             f"score is below -min-effect; 0 keeps every head that lowers the logit difference)")
+        raise MechbenchError(
+            f"--min-effect {args.min_effect:g}: give a non-negative number (a head is kept when its "
+            f"score is below -min-effect; 0 keeps every head that lowers the logit difference)"
+        )
     name = args.name if args.name is not None else args.model
     if not name.strip():
         raise MechbenchError("--name '': give the circuit a name (default: the model's)")
     steps = config.steps if args.steps is None else (PAPER_STEPS if args.steps == "paper" else TOY_STEPS)
     groups = [step.group for step in steps]
     receivers, keep = _group_ints("--receivers", args.receivers, groups), _group_ints("--keep", args.keep, groups)
-    changes = {k: v for k, v in {
-        "steps": None if args.steps is None else steps,
-        "receiver_k": tuple({**dict(config.receiver_k), **receivers}.items()) if receivers else None,
-        "circuit_k": tuple({**dict(config.circuit_k), **keep}.items()) if keep else None,
-        "min_effect": args.min_effect, "n_pairs": args.pairs, "seed": args.seed}.items() if v is not None}
+    changes = {
+        k: v
+        for k, v in {
+            "steps": None if args.steps is None else steps,
+            "receiver_k": tuple({**dict(config.receiver_k), **receivers}.items()) if receivers else None,
+            "circuit_k": tuple({**dict(config.circuit_k), **keep}.items()) if keep else None,
+            "min_effect": args.min_effect,
+            "n_pairs": args.pairs,
+            "seed": args.seed,
+        }.items()
+        if v is not None
+    }
     config = replace(config, **changes)
     # every place the finished work goes, checked before the model loads: none can fail after the discovery
     validate.writable_dir("--work-dir", Path(args.work_dir))
@@ -341,28 +394,42 @@ def _discover(args) -> None:
         validate.writable_dir("--baselines-dir", Path(args.baselines_dir or baselines.DEFAULT_DIR))
         check_storable(name, args.baselines_dir)
     handle = get_model(args.model, device=args.device, dtype=args.dtype, **_load_options(args))
-    found = discover(handle, name, config, log=lambda msg: print(msg, file=sys.stderr, flush=True),
-                     cache_dir=args.work_dir)
+    found = discover(
+        handle, name, config, log=lambda msg: print(msg, file=sys.stderr, flush=True), cache_dir=args.work_dir
+    )
     saved = checkpoint_path(handle, name, config, args.work_dir)[1]
     if not found.circuit.groups:
-        raise MechbenchError(f"the discovery found no head in any group (no score below -{config.min_effect:g}; its "
-                             f"scores are in {saved}): does {args.model} do the task (mechbench accuracy)? Lower "
-                             f"--min-effect if it does")
+        raise MechbenchError(
+            f"the discovery found no head in any group (no score below -{config.min_effect:g}; its "
+            f"scores are in {saved}): does {args.model} do the task (mechbench accuracy)? Lower "
+            f"--min-effect if it does"
+        )
     for group, g in found.circuit.groups.items():
         print(f"{group} ({g.role}): " + ", ".join(f"L{l}H{h} {found.scores[group][l, h]:+.3f}" for l, h in g.heads))
     if args.scores:
         scores = Path(args.scores)
-        validate.written_or_kept(f"--scores {scores}", scores.parent, lambda d: _write_text(
-            d / scores.name, json.dumps(found.to_json(), indent=1) + "\n"))
+        validate.written_or_kept(
+            f"--scores {scores}",
+            scores.parent,
+            lambda d: _write_text(d / scores.name, json.dumps(found.to_json(), indent=1) + "\n"),
+        )
     if args.store:
         how = f"mechbench discover {args.model} ({config_name or 'paper Llama'} settings{', changed: ' + ', '.join(changes) if changes else ''})"
         try:
-            print(store_circuit(found.circuit, how, baselines_dir=args.baselines_dir,
-                                fingerprint=handle.fingerprint.get("weights_sha256")))
+            print(
+                store_circuit(
+                    found.circuit,
+                    how,
+                    baselines_dir=args.baselines_dir,
+                    fingerprint=handle.fingerprint.get("weights_sha256"),
+                )
+            )
         except OSError as e:  # checked before: the directory went read-only or full since
-            raise MechbenchError(f"the circuit could not be stored ({e.strerror or e}); the discovery is saved in "
-                                 f"{saved}: rerun the same command with a writable --baselines-dir and it is read back "
-                                 f"without recomputing") from None
+            raise MechbenchError(
+                f"the circuit could not be stored ({e.strerror or e}); the discovery is saved in "
+                f"{saved}: rerun the same command with a writable --baselines-dir and it is read back "
+                f"without recomputing"
+            ) from None
 
 
 def _write_text(path, text: str):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from mechbench.data.dataset import EntityTrackingDataset
-from mechbench.intervene.engine import run
+from mechbench.intervene import run
 
 
 def last_logits(model_or_handle, input_ids: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:

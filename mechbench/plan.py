@@ -38,7 +38,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-GIB = 1024 ** 3
+GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
 #: Tokens per prompt: the paper's 7-box prompt under the LLaMA tokenizer (BOS included) is 54 tokens.
 PAPER_SEQ_LEN = 54
@@ -59,12 +59,19 @@ class Shape:
     adapter_params: int = 0
 
     @classmethod
-    def from_config(cls, config: dict, adapter_params: int = 0) -> "Shape":
-        n_heads = config["num_attention_heads"]
-        d, d_mlp, vocab, layers = (config["hidden_size"], config["intermediate_size"], config["vocab_size"],
-                                   config["num_hidden_layers"])
-        head_dim = config.get("head_dim") or d // n_heads
-        kv = config.get("num_key_value_heads") or n_heads
+    def from_config(cls, config: dict, adapter_params: int = 0) -> Shape:
+        from mechbench.models.architectures import geometry  # the one place a config's geometry is derived
+
+        g = geometry(config)
+        n_heads, head_dim, kv, d, vocab, layers = (
+            g.n_heads,
+            g.head_dim,
+            g.n_kv_heads,
+            g.d_model,
+            g.vocab_size,
+            g.n_layers,
+        )
+        d_mlp = config["intermediate_size"]  # required here: the MLP's parameters count
         per_layer = d * head_dim * (2 * n_heads + 2 * kv) + 3 * d * d_mlp + 2 * d
         embeddings = vocab * d * (1 if config.get("tie_word_embeddings") else 2)
         return cls(layers, d, n_heads, kv, head_dim, d_mlp, vocab, layers * per_layer + embeddings + d, adapter_params)
@@ -82,8 +89,10 @@ def shape_of(model: str) -> Shape:
     if not path.is_file():
         from mechbench.errors import MechbenchError
 
-        raise MechbenchError(f"no shape for {model!r}: it is not a registered paper model and {path} does not exist; "
-                             f"download it or name a local directory holding its config.json")
+        raise MechbenchError(
+            f"no shape for {model!r}: it is not a registered paper model and {path} does not exist; "
+            f"download it or name a local directory holding its config.json"
+        )
     config = _model_config(path)
     adapter = 0
     if spec.adapter and (Path(spec.adapter) / "adapter_config.json").is_file():
@@ -92,11 +101,18 @@ def shape_of(model: str) -> Shape:
         if not isinstance(r, int) or isinstance(r, bool) or r < 0 or not isinstance(targets, (list, str)):
             from mechbench.errors import MechbenchError
 
-            raise MechbenchError(f"{Path(spec.adapter) / 'adapter_config.json'}: 'r' {r!r} and 'target_modules' "
-                                 f"{targets!r} are not a LoRA adapter's (a non-negative integer and a list of module "
-                                 f"names): save the adapter with peft's save_pretrained")
-        adapter = config["num_hidden_layers"] * (1 if isinstance(targets, str) else len(targets)) * r * 2 * config[
-            "hidden_size"]
+            raise MechbenchError(
+                f"{Path(spec.adapter) / 'adapter_config.json'}: 'r' {r!r} and 'target_modules' "
+                f"{targets!r} are not a LoRA adapter's (a non-negative integer and a list of module "
+                f"names): save the adapter with peft's save_pretrained"
+            )
+        adapter = (
+            config["num_hidden_layers"]
+            * (1 if isinstance(targets, str) else len(targets))
+            * r
+            * 2
+            * config["hidden_size"]
+        )
     return Shape.from_config(config, adapter)
 
 
@@ -110,11 +126,14 @@ def _json_object(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MechbenchError(f"{path} cannot be read as JSON ({e}): it is not a config saved with save_pretrained; "
-                             f"save the model again or point at the directory that holds its config") from None
+        raise MechbenchError(
+            f"{path} cannot be read as JSON ({e}): it is not a config saved with save_pretrained; "
+            f"save the model again or point at the directory that holds its config"
+        ) from None
     if not isinstance(data, dict):
-        raise MechbenchError(f"{path} holds a JSON {type(data).__name__}, not a config object: save the model again "
-                             f"with save_pretrained")
+        raise MechbenchError(
+            f"{path} holds a JSON {type(data).__name__}, not a config object: save the model again with save_pretrained"
+        )
     return data
 
 
@@ -126,17 +145,25 @@ def _model_config(path: Path) -> dict:
 
     config = _json_object(path)
     if config.get("model_type") not in SUPPORTED_ARCHITECTURES:
-        raise MechbenchError(f"{path}: model_type {config.get('model_type')!r} is not a family mechbench runs (it "
-                             f"supports {', '.join(SUPPORTED_ARCHITECTURES)}), so there is nothing to plan; plan a "
-                             f"model of one of those families")
+        raise MechbenchError(
+            f"{path}: model_type {config.get('model_type')!r} is not a family mechbench runs (it "
+            f"supports {', '.join(SUPPORTED_ARCHITECTURES)}), so there is nothing to plan; plan a "
+            f"model of one of those families"
+        )
     optional = ("head_dim", "num_key_value_heads")
-    bad = [f for f in CONFIG_FIELDS + optional if (f in CONFIG_FIELDS or config.get(f) is not None)
-           and not (isinstance(config.get(f), int) and not isinstance(config.get(f), bool) and config[f] > 0)]
+    bad = [
+        f
+        for f in CONFIG_FIELDS + optional
+        if (f in CONFIG_FIELDS or config.get(f) is not None)
+        and not (isinstance(config.get(f), int) and not isinstance(config.get(f), bool) and config[f] > 0)
+    ]
     if bad:
-        raise MechbenchError(f"{path}: " + ", ".join(f"{f} {'is missing' if f not in config else repr(config[f])}"
-                                                     for f in bad)
-                             + f" (the plan needs {', '.join(CONFIG_FIELDS)} as positive integers): it is not a "
-                               f"complete transformers config; save the model with save_pretrained")
+        raise MechbenchError(
+            f"{path}: "
+            + ", ".join(f"{f} {'is missing' if f not in config else repr(config[f])}" for f in bad)
+            + f" (the plan needs {', '.join(CONFIG_FIELDS)} as positive integers): it is not a "
+            f"complete transformers config; save the model with save_pretrained"
+        )
     return config
 
 
@@ -152,7 +179,12 @@ def forward_bytes(shape: Shape, batch: int, seq: int, b: int) -> int:
 
 def prefix_bytes(shape: Shape, batch: int, seq: int, b: int) -> int:
     """One batch's clean prefix: L + 1 hidden states and L layers of keys and values."""
-    return batch * seq * ((shape.n_layers + 1) * shape.d_model + 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim) * b
+    return (
+        batch
+        * seq
+        * ((shape.n_layers + 1) * shape.d_model + 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim)
+        * b
+    )
 
 
 def backward_bytes(shape: Shape, batch: int, seq: int, b: int) -> int:
@@ -262,12 +294,16 @@ def path_patching_fast(shape: Shape, config, circuit, seq: int, batch: int = 50)
         if step.receiver_group is None:
             continue
         group = circuit.groups.get(step.receiver_group) if circuit else None
-        receiver_layers = sorted({l for l, _ in group.heads[:receiver_k[step.receiver_group]]}) if group else None
+        receiver_layers = sorted({l for l, _ in group.heads[: receiver_k[step.receiver_group]]}) if group else None
         for sender in range(layers):
             above = [l for l in receiver_layers if l > sender] if receiver_layers else [sender + 1]
             if above and above[0] < layers:
-                total += config.n_pairs * heads * _above(above[0], layers) * _sorted_span(
-                    step.receiver_role, seq, config.n_pairs, batch)
+                total += (
+                    config.n_pairs
+                    * heads
+                    * _above(above[0], layers)
+                    * _sorted_span(step.receiver_role, seq, config.n_pairs, batch)
+                )
     return total
 
 
@@ -294,87 +330,103 @@ def minimality_fast(shape: Shape, config, circuit, examples: int, seq: int) -> f
     then K and K + v for each head, and at most two new sets per head and resample; each recomputes from its
     lowest head's layer on, at the group's role only."""
     total = 0.0
-    for name, g in (circuit.groups.items() if circuit else ()):
+    for _name, g in circuit.groups.items() if circuit else ():
         layers = [l for l, _ in g.heads]
-        pairs = [min(a, b) for i, a in enumerate(layers) for b in layers[i + 1:]]
-        mean_pair = sum(_above(l, shape.n_layers) for l in pairs) / len(pairs) if pairs else _above(min(layers), shape.n_layers)
-        runs = sum(_above(l, shape.n_layers) for l in layers) + mean_pair * (len(pairs) + 2 * len(layers)
-                                                                            + 2 * config.minimality_boot * len(layers))
+        pairs = [min(a, b) for i, a in enumerate(layers) for b in layers[i + 1 :]]
+        mean_pair = (
+            sum(_above(l, shape.n_layers) for l in pairs) / len(pairs) if pairs else _above(min(layers), shape.n_layers)
+        )
+        runs = sum(_above(l, shape.n_layers) for l in layers) + mean_pair * (
+            len(pairs) + 2 * len(layers) + 2 * config.minimality_boot * len(layers)
+        )
         total += examples * runs * _span(g.role, seq)
     return total
 
 
-def workloads(model: str, shape: Shape, circuit: str | None = None, seq: int = PAPER_SEQ_LEN,
-              batch_size: int = 50) -> list[Workload]:
-    """The suites' work for ``model`` evaluated with ``circuit`` (sample sizes as in suites/, the paper's). DCM,
-    path patching and minimality run on the circuit's own model only, CMAP on a fine-tune with a base.
+#: Roles of the paper's four groups, for a plan with no stored circuit to read them from.
+DEFAULT_ROLES = {
+    "value_fetcher": "last",
+    "pos_transmitter": "last",
+    "pos_detector": "query_label",
+    "struct_reader": "prev_query_label",
+}
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What a claim's workloads (``@CLAIM.workloads`` in its spec) are computed from: the model and its shape, the
+    circuit evaluated and whether it is the model's own, its stored heads (None where none is stored: half the
+    layers are assumed), the circuit's discovery settings, the prompt length and batch."""
+
+    model: str
+    shape: Shape
+    circuit: str
+    stored: object  # the stored Circuit, or None
+    config: object  # the circuit's DiscoveryConfig
+    seq: int = PAPER_SEQ_LEN
+    batch_size: int = 50
+
+    @property
+    def own(self) -> bool:
+        """The circuit is the model's own (DCM, path patching and minimality run there only)."""
+        return self.circuit == self.model
+
+    @property
+    def base(self) -> str | None:
+        """The model's registered base, where it is a fine-tune (CMAP runs there)."""
+        from mechbench.models.registry import BASE_OF
+
+        return BASE_OF.get(self.model)
+
+    @property
+    def roles(self) -> dict[str, str]:
+        return {g.name: g.role for g in self.stored.groups.values()} if self.stored else dict(DEFAULT_ROLES)
+
+    def above(self, layer: int) -> float:
+        """The share of the layers a run patched at ``layer`` recomputes."""
+        return _above(layer, self.shape.n_layers)
+
+    def span(self, role: str) -> float:
+        """The share of a prompt's tokens a run patched at ``role`` recomputes."""
+        return _span(role, self.seq)
+
+    def group_share(self, name: str) -> float:
+        """The share of a forward a run patching a whole group recomputes: from its lowest layer, at its role."""
+        lowest = {g.name: min(l for l, _ in g.heads) for g in self.stored.groups.values()} if self.stored else {}
+        return self.above(lowest.get(name, self.shape.n_layers // 2)) * self.span(self.roles.get(name, "last"))
+
+    def all_groups_share(self) -> float:
+        return sum(self.group_share(g) for g in self.roles)
+
+
+def plan_inputs(
+    model: str, shape: Shape, circuit: str | None = None, seq: int = PAPER_SEQ_LEN, batch_size: int = 50
+) -> PlanInputs:
+    from mechbench.models.registry import discovery_settings
+
+    circuit = circuit or default_circuit(model)
+    return PlanInputs(model, shape, circuit, _stored_circuit(circuit), discovery_settings(circuit), seq, batch_size)
+
+
+def planned_claims() -> dict:
+    """The claims the plan models: every registered claim whose spec registers its workloads (a view of the
+    registry, read when called: a claim registered at run time is planned too)."""
+    from mechbench.claims import CLAIMS
+
+    return {name: claim for name, claim in CLAIMS.items() if claim.mode("workloads") is not None}
+
+
+def workloads(
+    model: str, shape: Shape, circuit: str | None = None, seq: int = PAPER_SEQ_LEN, batch_size: int = 50
+) -> list[Workload]:
+    """The suites' work for ``model`` evaluated with ``circuit``: each claim's own workloads (its spec's
+    ``@CLAIM.workloads``, at the paper's sample sizes), in the registry's order.
 
     ``forwards`` counts full forwards (a fast path's clean or ablated prefix is one), ``fast`` the prompt-equivalents
     of the runs served by a prefix, from where each intervention starts (layers and tokens, from the stored
     circuit's heads; half the layers where there is none)."""
-    from mechbench.claims import get
-    from mechbench.models.registry import BASE_OF, completeness_draws, discovery_settings
-
-    circuit = circuit or default_circuit(model)
-    own = circuit == model
-    n = get("accuracy").size("prompts")  # the claims' prompts (each claim's spec, mechbench.claims)
-    n_random = get("faithfulness").repeat("random_circuits")
-    patching_pairs, patching_runs = get("dcm_patching").size("pairs"), get("dcm_patching").repeat("runs")
-    train, validation, test = (get("dcm").size(s) for s in ("train_pairs", "validation_pairs", "test_pairs"))
-    heads = shape.n_layers * shape.n_heads
-    config = discovery_settings(circuit)
-    k = dict(config.circuit_k or config.receiver_k)
-    groups = list(k.values())
-    stored = _stored_circuit(circuit)
-    roles = ({g.name: g.role for g in stored.groups.values()} if stored else
-             {"value_fetcher": "last", "pos_transmitter": "last", "pos_detector": "query_label",
-              "struct_reader": "prev_query_label"})
-    lowest = {g.name: min(l for l, _ in g.heads) for g in stored.groups.values()} if stored else {}
-
-    def group_share(name: str) -> float:  # a run patching a whole group: from its lowest layer, at its role
-        return _above(lowest.get(name, shape.n_layers // 2), shape.n_layers) * _span(roles.get(name, "last"), seq)
-
-    draws = completeness_draws(circuit)
-    pairs = config.n_pairs
-    steps = len(config.steps)
-    knockout_roles = knockout_query_roles(model)
-    knockout_fast = sum(n * sum(_above(l, shape.n_layers) for l in range(shape.n_layers)) * _span(r, seq)
-                        for r in knockout_roles)
-    out = [
-        Workload("accuracy", forwards=n),
-        Workload("faithfulness", forwards=n * (2 + n_random) + n, host_reads=n,
-                 note=f"means over {n} prompts, circuit, {n_random} random circuits"),
-        # K drawn from every group: the structure readers' early role makes each run nearly whole
-        Workload("completeness", forwards=n * (2 + 2 * len(roles)) + n, host_reads=n, prefix=True,
-                 fast=n * 2 * draws * random_k_share(stored, shape.n_layers, seq) + n * 2 * sum(group_share(g) for g in roles),
-                 note=f"{draws} draws of K and 4 groups, C \\ K on the circuit's run, M \\ K on the clean run"),
-        Workload("attention_knockout", forwards=n * len(knockout_roles), fast=knockout_fast, prefix=True,
-                 note=f"{len(knockout_roles)} edges x every layer, each layer from the query token on"),
-        Workload("dcm_patching", forwards=3 * patching_runs * patching_pairs * 2,
-                 fast=3 * patching_runs * patching_pairs * sum(group_share(g) for g in roles),
-                 prefix=True, note=f"3 desiderata x {patching_runs} draws of {patching_pairs} pairs"),
-    ]
-    if model in BASE_OF:
-        out.append(Workload("cmap", models=2, forwards=2 * n * (len(groups) + 2), note="fine-tune and base held at once"))
-    if own:
-        out += [
-            # per desideratum (its four groups train together): one read of the 2000 source prompts, the clean runs
-            # of the validation pairs (once, kept on the host), of each training batch (both epochs) and of the test
-            # pairs; per group 16 validations and the test from those, and each batch's fast forward + backward
-            Workload("dcm", forwards=3 * (train + validation + test) + 3 * (validation + 2 * train + test),
-                     fast=3 * (16 + 1) * validation * sum(group_share(g) for g in roles),
-                     train=3 * 2 * train * sum(group_share(g) for g in roles), train_batch=32, host_prefix=validation,
-                     note="4 groups x 3 desiderata; validation every 4 of 32-pair steps"),
-            Workload("path_patching", forwards=steps * pairs * 2, fast=path_patching_fast(shape, config, stored, seq, batch_size),
-                     prefix=True, host_reads=-1,
-                     note=f"{steps} steps x {pairs} pairs x {heads} senders (one token each); discovery shared with "
-                          f"minimality"),
-            Workload("minimality", forwards=n + 3 * config.minimality_examples * len(groups), prefix=True,
-                     fast=minimality_fast(shape, config, stored, config.minimality_examples, seq), host_reads=n,
-                     note=f"groups of {groups} heads on {config.minimality_examples} prompts, on the circuit's run, "
-                          f"{config.minimality_boot} selection-aware resamples (at most)"),
-        ]
-    return out
+    inputs = plan_inputs(model, shape, circuit, seq, batch_size)
+    return [w for claim in planned_claims().values() for w in claim.mode("workloads")(inputs)]
 
 
 @dataclass(frozen=True)
@@ -389,8 +441,15 @@ class ClaimPlan:
         return self.device_bytes <= (1 - headroom) * gpu_bytes
 
 
-def plan(model: str, dtype: str = "float32", batch_size: int = 50, seq: int = PAPER_SEQ_LEN,
-         tflops: float = 50.0, shape: Shape | None = None, circuit: str | None = None) -> list[ClaimPlan]:
+def plan(
+    model: str,
+    dtype: str = "float32",
+    batch_size: int = 50,
+    seq: int = PAPER_SEQ_LEN,
+    tflops: float = 50.0,
+    shape: Shape | None = None,
+    circuit: str | None = None,
+) -> list[ClaimPlan]:
     """Peak device memory, host memory and GPU time of every claim ``pytest suites/ --model=MODEL
     [--circuit=CIRCUIT]`` runs."""
     from mechbench.validate import positive_number
@@ -402,16 +461,25 @@ def plan(model: str, dtype: str = "float32", batch_size: int = 50, seq: int = PA
     flops_per_prompt = 2 * (shape.n_params + shape.adapter_params) * seq
     out = []
     for w in workloads(model, shape, circuit, seq, batch_size):
-        device = w.models * weights_bytes(shape, b) + forward_bytes(shape, batch_size, seq, b) + batch_size * seq * shape.d_model * b
+        device = (
+            w.models * weights_bytes(shape, b)
+            + forward_bytes(shape, batch_size, seq, b)
+            + batch_size * seq * shape.d_model * b
+        )
         if w.prefix:
             device += prefix_bytes(shape, batch_size, seq, b)
         if w.host_reads < 0:
             device += read_bytes(shape, batch_size, seq)
         if w.train:
-            device = max(device, weights_bytes(shape, b) + backward_bytes(shape, w.train_batch, seq, b)
-                         + forward_bytes(shape, w.train_batch, seq, b))
+            device = max(
+                device,
+                weights_bytes(shape, b)
+                + backward_bytes(shape, w.train_batch, seq, b)
+                + forward_bytes(shape, w.train_batch, seq, b),
+            )
         host = read_bytes(shape, batch_size if w.host_reads < 0 else w.host_reads, seq) + prefix_bytes(
-            shape, w.host_prefix, seq, b)
+            shape, w.host_prefix, seq, b
+        )
         flops = flops_per_prompt * (w.forwards + w.fast * w.fast_fraction + 3 * w.train)
         out.append(ClaimPlan(w.claim, int(device), int(host), flops / rate, w.note))
     return out
@@ -428,8 +496,14 @@ def never_fit(model: str, dtype: str, free_bytes: float, seq: int = PAPER_SEQ_LE
     return [p for p in _plans_for(model, dtype, 1, seq, shape_of(model)) if not p.fits(free_bytes)]
 
 
-def choose_batch_size(model: str, dtype: str, free_bytes: float, seq: int = PAPER_SEQ_LEN, largest: int = 100,
-                      never: list[ClaimPlan] | None = None) -> int:
+def choose_batch_size(
+    model: str,
+    dtype: str,
+    free_bytes: float,
+    seq: int = PAPER_SEQ_LEN,
+    largest: int = 100,
+    never: list[ClaimPlan] | None = None,
+) -> int:
     """The largest batch (up to ``largest``) at which every claim (its own circuit's included) that fits at all fits
     ``free_bytes`` with the headroom; the claims that never fit are :func:`never_fit`'s. A model whose weights and
     one forward do not fit is an error that says what would."""
@@ -444,9 +518,13 @@ def choose_batch_size(model: str, dtype: str, free_bytes: float, seq: int = PAPE
             f"{model} in {dtype} needs {need / GIB:.1f} GiB on the GPU for its weights and one prompt's forward, and "
             f"{(1 - HEADROOM) * free_bytes / GIB:.1f} GiB of this GPU's {free_bytes / GIB:.1f} GiB free can be used "
             f"({HEADROOM:.0%} headroom): "
-            + (f"use --dtype {smaller[0]} (half the bytes; see the README's bfloat16 table for which bounds hold), "
-               if smaller else "")
-            + "a larger GPU, or spread the model over several (device_map)")
+            + (
+                f"use --dtype {smaller[0]} (half the bytes; see docs/performance.md, 'bfloat16: which bounds hold'), "
+                if smaller
+                else ""
+            )
+            + "a larger GPU, or spread the model over several (device_map)"
+        )
     for batch in range(largest, 0, -1):
         if all(p.fits(free_bytes) for p in _plans_for(model, dtype, batch, seq, shape) if p.claim not in never):
             return batch
@@ -485,9 +563,11 @@ def resolve_batch_size(value: str | int, device: str, dtype: str, models, notes:
         for p in never if notes is not None else ():
             worst[p.claim] = max(worst.get(p.claim, p), p, key=lambda q: q.device_bytes)
         for p in worst.values():
-            notes.append(f"{model}: {p.claim} needs {p.device_bytes / GIB:.1f} GiB at its smallest batch (mechbench "
-                         f"plan), more than this GPU's {free / GIB:.1f} GiB free allows with {HEADROOM:.0%} headroom: "
-                         f"it will run out of memory; deselect it (-k 'not {p.claim}') or use a larger GPU")
+            notes.append(
+                f"{model}: {p.claim} needs {p.device_bytes / GIB:.1f} GiB at its smallest batch (mechbench "
+                f"plan), more than this GPU's {free / GIB:.1f} GiB free allows with {HEADROOM:.0%} headroom: "
+                f"it will run out of memory; deselect it (-k 'not {p.claim}') or use a larger GPU"
+            )
     return min(sizes, default=50)
 
 
@@ -495,7 +575,7 @@ def resolve_batch_size(value: str | int, device: str, dtype: str, models, notes:
 #: headroom is what a claim may exceed it by before a GPU that the plan says fits runs out), below by at most 2.5x
 #: (the plan counts every term at its worst: DCM's saved activations through every layer where the fast path starts
 #: at the group's lowest one). Measured on the toy zoo and paper-shaped stand-ins under the simulated GPU
-#: (tests/test_plan_memory.py and the README's table): 0.53-1.17 of the plan.
+#: (tests/test_plan_memory.py and docs/performance.md, 'Memory against the plan'): 0.53-1.17 of the plan.
 MEASURED_OVER_PLAN = (0.4, 1.25)
 
 
@@ -513,23 +593,31 @@ def measured_against_plan(rows: list[dict], shapes: dict[str, Shape] | None = No
     out = []
     for (claim, model, circuit), row in sorted(peaks.items()):
         shape = (shapes or {}).get(model) or shape_of(model)
-        plans = {p.claim: p for p in plan(model, row["dtype"], row["batch_size"], row["seq_len"], shape=shape,
-                                          circuit=circuit)}
+        plans = {
+            p.claim: p
+            for p in plan(model, row["dtype"], row["batch_size"], row["seq_len"], shape=shape, circuit=circuit)
+        }
         planned = plans.get(claim.removeprefix("memory:"))
         if planned is not None:
             out.append((row, planned.device_bytes, row["value"] / planned.device_bytes))
     return out
 
 
-def format_plan(model: str, plans: list[ClaimPlan], dtype: str, batch_size: int, gpu_gib: float,
-                circuit: str | None = None) -> str:
-    lines = [f"{model}, circuit {circuit or default_circuit(model)} ({dtype}, batch {batch_size}): peak GPU memory per "
-             f"claim against {gpu_gib:g} GiB with "
-             f"{HEADROOM:.0%} headroom",
-             "| claim | GPU peak GiB | fits | host GiB | GPU hours | what |", "|---|---|---|---|---|---|"]
+def format_plan(
+    model: str, plans: list[ClaimPlan], dtype: str, batch_size: int, gpu_gib: float, circuit: str | None = None
+) -> str:
+    lines = [
+        f"{model}, circuit {circuit or default_circuit(model)} ({dtype}, batch {batch_size}): peak GPU memory per "
+        f"claim against {gpu_gib:g} GiB with "
+        f"{HEADROOM:.0%} headroom",
+        "| claim | GPU peak GiB | fits | host GiB | GPU hours | what |",
+        "|---|---|---|---|---|---|",
+    ]
     for p in plans:
-        lines.append(f"| {p.claim} | {p.device_bytes / GIB:.1f} | {'yes' if p.fits(gpu_gib * GIB) else 'NO'} | "
-                     f"{p.host_bytes / GIB:.1f} | {p.gpu_seconds / 3600:.2f} | {p.note} |")
+        lines.append(
+            f"| {p.claim} | {p.device_bytes / GIB:.1f} | {'yes' if p.fits(gpu_gib * GIB) else 'NO'} | "
+            f"{p.host_bytes / GIB:.1f} | {p.gpu_seconds / 3600:.2f} | {p.note} |"
+        )
     total = sum(p.gpu_seconds for p in plans) / 3600
     lines.append(f"| all claims | {max(p.device_bytes for p in plans) / GIB:.1f} | | | {total:.2f} | |")
     return "\n".join(lines)

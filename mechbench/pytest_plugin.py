@@ -1,9 +1,17 @@
 """mechbench's pytest plugin: the options, the parametrisation over models and circuits, and the pytest tests of every
 claim. A claim is one module of ``mechbench/claims/specs/`` (its facts and its measurements, each a function of a
 :class:`mechbench.claims.run.Run`); :func:`claim_tests` turns its measurements into pytest tests, and a suite under
-``suites/`` is that call. The checkout's root conftest.py only loads this plugin; another repository opts in with
-``-p mechbench.pytest_plugin`` (not a ``pytest11`` entry point: every pytest session of the environment would then
-check these options and create the results directory).
+``suites/`` is that call.
+
+The plugin is a ``pytest11`` entry point named ``mechbench.pytest_plugin`` (pyproject.toml), so every pytest of an
+environment mechbench is installed in loads it, and it is inert until the session uses mechbench: it adds its
+options and markers, and nothing else happens (no option checked, no model resolved, no directory made, no torch
+thread count set, no summary printed) unless a mechbench option is given (options.py), the session collects
+mechbench's own suites, or a collected test uses one of its fixtures or is a claim test (decided after collection).
+Then the session's state is one :class:`MechbenchSession` on ``config.stash[SESSION_KEY]``. ``-p
+mechbench.pytest_plugin`` and ``pytest_plugins = ["mechbench.pytest_plugin"]`` (the checkout's root conftest.py)
+name the same plugin: they load it where entry points are not loaded (PYTEST_DISABLE_PLUGIN_AUTOLOAD) and are a
+no-op where they are; ``-p no:mechbench.pytest_plugin`` leaves it out.
 
     pytest suites/                      # every claim on the embedded toy zoo (CPU)
     pytest suites/ --model=goat7b       # on a paper model (needs its weights; skips with the reason if absent)
@@ -19,82 +27,33 @@ from pathlib import Path
 
 import pytest
 
+from mechbench import options
 from mechbench.claims import get
 from mechbench.claims.run import ClaimFailed, ClaimSkipped, Run, load_model
 from mechbench.claims.settings import Settings
 from mechbench.errors import MechbenchError, UnknownModelError
-from mechbench.models.registry import PAPER_MODELS, REGISTRY, TOY_MODELS, resolve
+from mechbench.models.registry import PAPER_MODELS, TOY_MODELS, resolve
 from mechbench.results import DevicePeak
 
-#: The checkout mechbench lives in (its baselines/ and the default results/ sit there).
+#: The checkout mechbench lives in (its baselines/ and suites/ sit there).
 ROOT = Path(__file__).resolve().parent.parent
+#: mechbench's own claim suites: a session that collects them uses mechbench.
+SUITES = ROOT / "suites"
 
 
 def pytest_addoption(parser):
-    g = parser.getgroup("mechbench")
-    g.addoption("--model", action="append", default=None, metavar="NAME",
-                help="model(s) to check: a registered name (" + ", ".join(REGISTRY) + "), a hub id, a local "
-                     "directory or base+adapter; repeat or comma-separate. Default: the toy zoo.")
-    g.addoption("--base-model", default=None, metavar="NAME",
-                help="the model a fine-tune is compared with (default: its registered base)")
-    g.addoption("--baseline-model", default=None, metavar="NAME",
-                help="check the measured model against the baselines of this one (e.g. a new checkpoint of Goat "
-                     "against goat7b's published numbers); the independent-sample tolerances apply")
-    g.addoption("--circuit", action="append", default=None, metavar="NAME",
-                help="circuit(s) the circuit claims evaluate (from baselines/circuits.json or a JSON file). Default: "
-                     "the circuit found on the model's base (llama7b for the paper's models, toy-llama for the zoo)")
-    g.addoption("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
-    g.addoption("--dtype", default="float32", help="float32 (the paper's), bfloat16 or float16")
-    g.addoption("--limit", type=int, default=None, metavar="N",
-                help="each claim's main sample (the prompts or pairs it is measured on) is N, its tolerances widen to "
-                     "match; repeats and the method's own settings (DCM's training pairs) stay (default: the paper's "
-                     "sizes, e.g. 500 prompts)")
-    g.addoption("--seed", type=int, default=0, help="seed of every dataset and sampler (default 0)")
-    g.addoption("--batch-size", default="auto", metavar="N|auto",
-                help="prompts per forward (results do not depend on it). auto (default): 50 on the CPU; on a GPU the "
-                     "largest batch (up to 100) at which every claim's memory plan fits the free memory "
-                     "(mechbench plan MODEL shows it)")
-    g.addoption("--baselines-dir", default=str(ROOT / "baselines"), help="directory of the baseline JSON files")
-    g.addoption("--update-baselines", action="store_true",
-                help="store the measured numbers as baselines (measured models only; paper numbers are kept). "
-                     "The updates are written together when the run ends: an interrupted run changes nothing")
-    g.addoption("--bos", default="auto", choices=("auto", "always", "never"),
-                help="whether prompts start with the tokenizer's BOS token: auto (default) when it is a document start "
-                     "such as LLaMA's <s>, not when it is a chat turn marker; always; never")
-    g.addoption("--drop-multi-token", action="store_true",
-                help="leave out the task words (objects, labels) that the model's tokenizer splits into several tokens, "
-                     "instead of refusing the model")
-    g.addoption("--force-baselines", action="store_true",
-                help="with --update-baselines: store even a baseline with tolerance 0, or on fewer examples than "
-                     "the claim's default (--limit) or the record it replaces")
-    g.addoption("--results-dir", default=str(ROOT / "results"), help="where results.jsonl is appended")
-    g.addoption("--require-models", action="store_true",
-                help="fail, instead of skip, when a model cannot be loaded")
-    g.addoption("--allow-skips", action="store_true",
-                help="let a run pass in which a model that loaded had every claim test skipped or deselected (no "
-                     "baseline to compare with, say); by default such a run fails, since it checked nothing")
-    g.addoption("--allow-pickle", action="store_true",
-                help="load pickled (.bin) weights where a model has no safetensors (unpickling runs code from the "
-                     "file: only for sources you trust)")
-    g.addoption("--paper-compat-o-proj", action="store_true",
-                help="Goat: drop the o_proj LoRA in runs with interventions, as the paper's hooks did, to compare "
-                     "like for like with its published numbers from hooked runs (default: the real Goat)")
-    g.addoption("--compare", action="store_true",
-                help="comparison mode for every model with a known base, even one with baselines of its own: each "
-                     "claim measured on the model and its base side by side, and a mechanism verdict (a model with "
-                     "no baselines of its own and a known base is compared without this flag)")
-    g.addoption("--quick", action="store_true",
-                help="comparison mode's quick lane: fewer prompts and draws (intervals widen to match)")
-    g.addoption("--reference", action="append", default=None, metavar="NAME",
-                help="stored fine-tunes shown beside a comparison (default: toy-goat, toy-float / goat7b, float7b)")
+    """mechbench's options (mechbench/options.py, the table the ``mechbench`` command line shares)."""
+    options.add_pytest_options(parser.getgroup("mechbench"))
 
 
 def _models(config) -> tuple[str, ...]:
     raw = config.getoption("--model") or [",".join(TOY_MODELS)]
     names = tuple(dict.fromkeys(n.strip() for item in raw for n in item.split(",") if n.strip()))
     if not names:
-        raise pytest.UsageError(f"--model {' '.join(map(repr, raw))} names no model: give a registered name, a "
-                                f"directory or a hub id (or leave --model out for the toy zoo)")
+        raise pytest.UsageError(
+            f"--model {' '.join(map(repr, raw))} names no model: give a registered name, a "
+            f"directory or a hub id (or leave --model out for the toy zoo)"
+        )
     for name in names:
         try:
             resolve(name)
@@ -158,9 +117,9 @@ class Tally:
         self.reports: list[str] = []  # comparison reports written (by this process or its xdist workers)
         self.baselines: list[str] = []  # what became of the run's baseline updates
 
-    def pytest_runtest_logreport(self, report) -> None:  # registered as a plugin of the session's config
-        model = self.model_of.get(report.nodeid)
-        if model is None:
+    def pytest_runtest_logreport(self, report) -> None:  # called by the session's hook (MechbenchSession)
+        model = self.model_of.get(report.nodeid, self.model_of.get(report.nodeid.rpartition("@")[0]))
+        if model is None:  # (a pytest-xdist worker of --dist loadgroup reports the id with "@<group>" after it)
             return
         if report.when == "call" and report.outcome in ("passed", "failed"):
             self.verdicts[model] = self.verdicts.get(model, 0) + 1
@@ -170,8 +129,13 @@ class Tally:
 
     def to_json(self) -> dict:
         """What a pytest-xdist worker sends its controller (``workeroutput``), which judges the whole run."""
-        return {"loaded": sorted(self.loaded), "verdicts": self.verdicts, "skips": self.skips, "dropped": self.dropped,
-                "compare_items": sorted(self.compare_items)}
+        return {
+            "loaded": sorted(self.loaded),
+            "verdicts": self.verdicts,
+            "skips": self.skips,
+            "dropped": self.dropped,
+            "compare_items": sorted(self.compare_items),
+        }
 
     def merge(self, data: dict) -> None:
         self.loaded |= set(data["loaded"])
@@ -183,7 +147,6 @@ class Tally:
         for k, v in data["skips"].items():
             self.skips.setdefault(k, []).extend(v)
 
-    @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, absent without it
     def pytest_testnodedown(self, node, error) -> None:  # on the controller of pytest -n: a worker's tally
         output = getattr(node, "workeroutput", {})
         if "mechbench_tally" in output:
@@ -196,18 +159,21 @@ class Tally:
         verdict, or none was asked for that could load."""
         lines = []
         for model in sorted(self.dropped.keys() - self.compare_items):
-            lines.append(f"{model} is in comparison mode (a fine-tune of {settings.base_of(model)} with no baselines "
-                         f"of its own, or --compare), so its claims are measured in suites/test_compare.py, which this "
-                         f"run did not collect: its {self.dropped[model]} claim test(s) were deselected. Run "
-                         f"suites/ (or add suites/test_compare.py), or check it against stored baselines with "
-                         f"--baseline-model")
+            lines.append(
+                f"{model} is in comparison mode (a fine-tune of {settings.base_of(model)} with no baselines "
+                f"of its own, or --compare), so its claims are measured in suites/test_compare.py, which this "
+                f"run did not collect: its {self.dropped[model]} claim test(s) were deselected. Run "
+                f"suites/ (or add suites/test_compare.py), or check it against stored baselines with "
+                f"--baseline-model"
+            )
         for model in sorted(self.loaded):
             if self.verdicts.get(model):
                 continue
             skips = self.skips.get(model, [])
             reasons = sorted(set(skips))
-            why = (f": {reasons[0]}" if reasons else "") + (f" (and {len(reasons) - 1} other reason(s))"
-                                                            if len(reasons) > 1 else "")
+            why = (f": {reasons[0]}" if reasons else "") + (
+                f" (and {len(reasons) - 1} other reason(s))" if len(reasons) > 1 else ""
+            )
             lines.append(f"{model} loaded, but none of its claim tests reached a verdict ({len(skips)} skipped){why}")
         return lines
 
@@ -219,41 +185,129 @@ MARKERS = (
 )
 
 
-def pytest_configure(config):
-    if config.getoption("--baseline-model") and config.getoption("--update-baselines"):
-        raise pytest.UsageError("--baseline-model compares with another model's baselines; it cannot be combined "
-                                "with --update-baselines, which would store this model's numbers under that name")
-    if config.getoption("--update-baselines") and config.getoption("--limit") and not config.getoption("--force-baselines"):
-        raise pytest.UsageError(f"--update-baselines with --limit {config.getoption('--limit')} would store baselines "
-                                f"measured on fewer examples than each claim's default (and wider or zero "
-                                f"tolerances): drop --limit, or add --force-baselines to store them anyway")
-    from mechbench import validate
-    from mechbench.baselines import Staging
-    from mechbench.intervene.engine import set_default_batch_size
-    from mechbench.plan import resolve_batch_size
+class MechbenchSession:
+    """The state of one pytest session that uses mechbench, on ``config.stash[SESSION_KEY]``: what the run was asked
+    for (:class:`Settings`), what it checked (:class:`Tally`), the memory plan's notes, the results file (its writer
+    made when a test first asks for it, its directory on the first write), the comparisons of the models in
+    comparison mode (reported when the session ends), the results computed once per session
+    (:meth:`mechbench.claims.run.Run.once`) and the verdict of a run that checked nothing. It is registered as a
+    plugin of the session, for the one hook it needs (the tally of each test's report)."""
 
+    def __init__(self, settings: Settings, notes=()):
+        self.settings = settings
+        self.tally = Tally()
+        self.notes = list(notes)  # claims the memory plan says cannot fit (resolve_batch_size)
+        self.announced = False  # the notes are printed
+        self.comparisons: dict[str, object] = {}  # compared model -> its mechbench.compare.Comparison
+        self.cache: dict[tuple, object] = {}  # Run.once: prompts, ablation means, chance guards
+        self.nothing_checked: tuple[list[str], bool] | None = None  # (the problems, --allow-skips) at the end
+        self._results = None
+
+    @property
+    def results(self):
+        """The session's :class:`mechbench.results.ResultsWriter` (``<results-dir>/results.jsonl``)."""
+        if self._results is None:
+            from mechbench.results import ResultsWriter
+
+            self._results = ResultsWriter(self.settings.results_dir)
+        return self._results
+
+    def pytest_runtest_logreport(self, report) -> None:
+        self.tally.pytest_runtest_logreport(report)
+
+
+SESSION_KEY = pytest.StashKey[MechbenchSession]()
+#: A usage error found while collecting (the session started from pytest_generate_tests), raised once it ends.
+_ERROR_KEY = pytest.StashKey[pytest.UsageError]()
+
+
+def session_of(config) -> MechbenchSession | None:
+    """The session's mechbench state, or None while (or if) the session does not use mechbench."""
+    return config.stash.get(SESSION_KEY, None)
+
+
+def start(config) -> MechbenchSession:
+    """The session's mechbench state, made on first use: every option checked (a :class:`pytest.UsageError` with
+    the fix), the settings built, the pytest-xdist worker's share of the CPU set. Before this nothing is made."""
+    session = session_of(config)
+    if session is None:
+        notes = []
+        session = MechbenchSession(_settings(config, notes), notes)
+        _configure_workers(config)
+        config.stash[SESSION_KEY] = session
+        config.pluginmanager.register(session, "mechbench-session")
+    return session
+
+
+def pytest_configure(config):
+    for marker in MARKERS:  # the marks this plugin sets, known in any repository that loads it
+        config.addinivalue_line("markers", marker)
+    if getattr(config, "workerinput", {}).get("mechbench_loadgroup"):  # see pytest_configure_node
+        config.option.loadgroup = True
+    if options.given(config) or _collects_the_suites(config):  # checked now, before collection; else once a
+        start(config)  # collected test uses mechbench
+
+
+def _collects_the_suites(config) -> bool:
+    """Whether the session's arguments (or testpaths) name mechbench's suites/, a file in it, or a directory that
+    holds it (the checkout: ``pytest`` there)."""
+    here = Path(getattr(getattr(config, "invocation_params", None), "dir", None) or Path.cwd())
+    for arg in getattr(config, "args", None) or ():
+        path = (here / str(arg).split("::")[0]).resolve()
+        if path == SUITES or SUITES in path.parents or path in SUITES.parents:
+            return True
+    return False
+
+
+def _settings(config, notes: list) -> Settings:
+    """The run's :class:`Settings` from its options, each checked before any model loads (a
+    :class:`pytest.UsageError` naming the option and the fix); ``notes`` gets the memory plan's."""
+    if config.getoption("--baseline-model") and config.getoption("--update-baselines"):
+        raise pytest.UsageError(
+            "--baseline-model compares with another model's baselines; it cannot be combined "
+            "with --update-baselines, which would store this model's numbers under that name"
+        )
+    if (
+        config.getoption("--update-baselines")
+        and config.getoption("--limit")
+        and not config.getoption("--force-baselines")
+    ):
+        raise pytest.UsageError(
+            f"--update-baselines with --limit {config.getoption('--limit')} would store baselines "
+            f"measured on fewer examples than each claim's default (and wider or zero "
+            f"tolerances): drop --limit, or add --force-baselines to store them anyway"
+        )
+    from mechbench import validate
+    from mechbench.baselines import DEFAULT_DIR, Staging
+    from mechbench.plan import resolve_batch_size
+    from mechbench.results import check_results_dir
+
+    baselines_dir = Path(config.getoption("--baselines-dir") or DEFAULT_DIR)
     try:  # every option a user can type, checked before any model loads
         validate.positive("--limit", config.getoption("--limit"))
         validate.seed(config.getoption("--seed"))
         validate.dtype(config.getoption("--dtype"))
         validate.device(config.getoption("--device"))
-        config._mechbench_notes = []
-        batch_size = resolve_batch_size(config.getoption("--batch-size"), config.getoption("--device"),
-                                        config.getoption("--dtype"), _models(config), config._mechbench_notes)
-        validate.baselines_dir(Path(config.getoption("--baselines-dir")))
+        batch_size = resolve_batch_size(
+            config.getoption("--batch-size"),
+            config.getoption("--device"),
+            config.getoption("--dtype"),
+            _models(config),
+            notes,
+        )
+        validate.baselines_dir(baselines_dir)
         if config.getoption("--update-baselines"):  # found now, not when the run ends with its work to store
-            validate.writable_baselines(Path(config.getoption("--baselines-dir")))
+            validate.writable_baselines(baselines_dir)
         for option in ("--base-model", "--baseline-model"):
             if config.getoption(option):
                 _known_model(option, config.getoption(option))
-        validate.writable_dir("--results-dir", Path(config.getoption("--results-dir")))
+        check_results_dir(config.getoption("--results-dir"))  # not made: the first result written makes it
         for name in _models(config):
             validate.model_directory(name)
     except MechbenchError as e:
         raise pytest.UsageError(str(e)) from None
     circuits, circuit_files = _circuits(config)
-    set_default_batch_size(batch_size)
-    config._mechbench = Settings(
+    s = Settings(
         models=_models(config),
         base_model=config.getoption("--base-model"),
         baseline_model=config.getoption("--baseline-model"),
@@ -262,7 +316,7 @@ def pytest_configure(config):
         dtype=config.getoption("--dtype"),
         limit=config.getoption("--limit"),
         seed=config.getoption("--seed"),
-        baselines_dir=Path(config.getoption("--baselines-dir")),
+        baselines_dir=baselines_dir,
         update_baselines=config.getoption("--update-baselines"),
         results_dir=Path(config.getoption("--results-dir")),
         require_models=config.getoption("--require-models"),
@@ -275,41 +329,46 @@ def pytest_configure(config):
         bos=config.getoption("--bos"),
         drop_multi_token=config.getoption("--drop-multi-token"),
         staging=Staging() if config.getoption("--update-baselines") else None,
-        batch_size=batch_size,
+        batch_size=batch_size,  # each model loaded for the session runs it (claims.run.load_model)
     )
-    for marker in MARKERS:  # the marks this plugin sets, known in any repository that loads it
-        config.addinivalue_line("markers", marker)
-    s = config._mechbench
     if not s.baseline_model and not s.update_baselines:
         # comparison mode: a fine-tune with a known base and no baselines of its own (or --compare) is measured
         # beside its base instead of skipping every claim for want of a stored number
-        compared = tuple(m for m in s.models if s.base_of(m) and s.base_of(m) != m
-                         and (config.getoption("--compare") or not _has_own_baselines(m, s.baselines_dir)))
-        config._mechbench = replace(s, compared=compared)
+        compared = tuple(
+            m
+            for m in s.models
+            if s.base_of(m)
+            and s.base_of(m) != m
+            and (config.getoption("--compare") or not _has_own_baselines(m, s.baselines_dir))
+        )
+        s = replace(s, compared=compared)
         if compared and s.limit is not None:
             raise pytest.UsageError(
                 f"--limit {s.limit}: {', '.join(compared)} {'is' if len(compared) == 1 else 'are'} in comparison mode, "
                 f"whose lanes set their own sizes (the full lane: the claims' sizes; --quick: fewer prompts and draws), "
                 f"so --limit would be ignored. Use --quick for a faster comparison, or check the model against "
-                f"stored baselines (--baseline-model) with --limit")
-    config._mechbench_tally = Tally()
-    config.pluginmanager.register(config._mechbench_tally, "mechbench-tally")
-    _configure_workers(config)
+                f"stored baselines (--baseline-model) with --limit"
+            )
+    return s
 
 
 def _configure_workers(config) -> None:
     """pytest-xdist (``pytest -n 2``): each model's tests go to one worker (``--dist loadgroup``, grouped by model
-    in :func:`pytest_collection_modifyitems`), so a model is loaded, and its prompts and ablation means computed,
-    once; each worker gets its share of the CPU's cores for torch's threads (two workers of two threads on two
-    cores would wait on each other). The workers append to one results.jsonl (a locked write per line); baseline
-    updates are written by one process at the end, so --update-baselines runs without -n."""
+    in :func:`pytest_generate_tests`), so a model is loaded, and its prompts and ablation means computed, once;
+    each worker gets its share of the CPU's cores for torch's threads (two workers of two threads on two cores
+    would wait on each other). The workers append to one results.jsonl (a locked write per line); baseline
+    updates are written by one process at the end, so --update-baselines runs without -n. Called when the session
+    starts using mechbench (:func:`start`): on the controller, when that is known before collection (a mechbench
+    option, or its suites; the controller collects nothing), on a worker, at the latest when it has collected."""
     option = getattr(config, "option", None)
     workers = getattr(option, "numprocesses", None)
     if workers and getattr(option, "dist", "no") == "load":
         config.option.dist = "loadgroup"  # -n alone: keep a model's tests together (groups of one otherwise)
     if workers and config.getoption("--update-baselines"):
-        raise pytest.UsageError("--update-baselines with -n: the baseline files are written once, when the run ends, "
-                                "by one process; run the update without -n")
+        raise pytest.UsageError(
+            "--update-baselines with -n: the baseline files are written once, when the run ends, "
+            "by one process; run the update without -n"
+        )
     if hasattr(config, "workerinput"):
         import os
 
@@ -321,45 +380,141 @@ def _configure_workers(config) -> None:
             os.environ["OMP_NUM_THREADS"] = str(share)  # the subprocesses a test starts (tests/) share it too
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's, on the controller: what a worker is told
+def pytest_configure_node(node) -> None:
+    if session_of(node.config) is not None and node.config.option.dist == "loadgroup":
+        node.workerinput["mechbench_loadgroup"] = True  # the worker parses -n alone as no loadgroup: it is one
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's, on the controller: a worker's tally, merged
+def pytest_testnodedown(node, error) -> None:
+    output = getattr(node, "workeroutput", {})
+    if "mechbench_tally" in output:  # the worker's session used mechbench: so did this one
+        start(node.config).tally.pytest_testnodedown(node, error)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session):
     """A run on the simulated GPU says so on its first line, before pytest's header (-q included); so does a claim
-    that the memory plan says cannot fit the GPU."""
+    that the memory plan says cannot fit the GPU (once collection has started the session, after it)."""
     from mechbench.testing.device import banner
 
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None:
         return
-    if banner():
+    if banner():  # set by MECHBENCH_SIMULATED_GPU_GIB for the whole process, whatever its tests
         reporter.write_line(banner(), yellow=True, bold=True)
-    for note in getattr(session.config, "_mechbench_notes", []):  # claims the memory plan says cannot fit
+    _announce(session.config)
+
+
+def pytest_collection_finish(session):
+    _announce(session.config)
+
+
+def _announce(config) -> None:
+    ms, reporter = session_of(config), config.pluginmanager.get_plugin("terminalreporter")
+    if ms is None or ms.announced or reporter is None:
+        return
+    ms.announced = True
+    for note in ms.notes:  # claims the memory plan says cannot fit
         reporter.write_line(f"mechbench: {note}", yellow=True)
 
 
+def _parametrizes(metafunc, name: str) -> bool:
+    """Whether the plugin parametrizes ``name`` of this test: it takes it, and neither a fixture nor a parametrize
+    mark of the test's own repository provides it (an unrelated suite's ``model_name`` is left alone)."""
+    if name not in metafunc.fixturenames or name in getattr(metafunc, "_arg2fixturedefs", {}):
+        return False
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
+        if name in ([n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)):
+            return False
+    return True
+
+
+def _started_while_collecting(config) -> MechbenchSession | None:
+    """:func:`start` from a hook that runs while a module is collected, where a usage error would be that module's
+    collection error: kept, and raised when collection ends (:func:`pytest_collection_modifyitems`)."""
+    try:
+        return start(config)
+    except pytest.UsageError as e:
+        config.stash[_ERROR_KEY] = e
+        return None
+
+
 def pytest_generate_tests(metafunc):
-    """Tests that take ``model_name`` run once per model under test; paper models carry the paper mark."""
-    settings = metafunc.config._mechbench
-    if "model_name" in metafunc.fixturenames and "circuit_name" in metafunc.fixturenames:
-        params = [pytest.param(n, c, id=f"{n}-circuit={c}", marks=[pytest.mark.paper] if n in PAPER_MODELS else [])
-                  for n in settings.models for c in settings.circuits_for(n)]
-        params += [pytest.param(n, None, id=f"{n}-no-circuit", marks=pytest.mark.skip(
-            reason=f"no circuit known for {n!r}: pass --circuit NAME (e.g. llama7b) or --base-model"))
-            for n in settings.models if not settings.circuits_for(n)]
+    """Tests that take ``model_name`` run once per model under test; paper models carry the paper mark. Each
+    model's tests are one ``xdist_group`` (pytest -n: one worker loads the model)."""
+    by_model, by_compared = _parametrizes(metafunc, "model_name"), _parametrizes(metafunc, "compared_model")
+    if not (by_model or by_compared):
+        return
+    ms = _started_while_collecting(metafunc.config)
+    if ms is None:
+        return
+    settings = ms.settings
+
+    def marks(n):
+        return ([pytest.mark.paper] if n in PAPER_MODELS else []) + [pytest.mark.xdist_group(name=n)]
+
+    if by_model and "circuit_name" in metafunc.fixturenames:
+        params = [
+            pytest.param(n, c, id=f"{n}-circuit={c}", marks=marks(n))
+            for n in settings.models
+            for c in settings.circuits_for(n)
+        ]
+        params += [
+            pytest.param(
+                n,
+                None,
+                id=f"{n}-no-circuit",
+                marks=[
+                    pytest.mark.skip(
+                        reason=f"no circuit known for {n!r}: pass --circuit NAME (e.g. llama7b) or --base-model"
+                    ),
+                    pytest.mark.xdist_group(name=n),
+                ],
+            )
+            for n in settings.models
+            if not settings.circuits_for(n)
+        ]
         metafunc.parametrize(("model_name", "circuit_name"), params)
-    elif "model_name" in metafunc.fixturenames:
-        params = [pytest.param(n, id=n, marks=[pytest.mark.paper] if n in PAPER_MODELS else []) for n in settings.models]
-        metafunc.parametrize("model_name", params)
-    if "compared_model" in metafunc.fixturenames:  # suites/test_compare.py: only the models in comparison mode
-        metafunc.parametrize("compared_model", [
-            pytest.param(n, id=n, marks=[pytest.mark.paper] if n in PAPER_MODELS else []) for n in settings.compared])
+    elif by_model:
+        metafunc.parametrize("model_name", [pytest.param(n, id=n, marks=marks(n)) for n in settings.models])
+    if by_compared:  # suites/test_compare.py: only the models in comparison mode
+        metafunc.parametrize("compared_model", [pytest.param(n, id=n, marks=marks(n)) for n in settings.compared])
+
+
+#: The plugin's fixtures: a test that uses one uses mechbench.
+FIXTURES = ("settings", "results", "model", "comparison")
+
+
+def _uses_mechbench(item) -> bool:
+    """A claim test, or a test that uses one of the plugin's fixtures (not one of the same name of its own)."""
+    if item.get_closest_marker("claim") is not None:
+        return True
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    return any(
+        defs.get(name) and getattr(defs[name][-1].func, "__module__", None) == __name__
+        for name in FIXTURES
+        if name in getattr(item, "fixturenames", ())
+    )
 
 
 def pytest_collection_modifyitems(config, items):
-    """A model in comparison mode is measured beside its base (suites/test_compare.py) instead of against
-    baselines it does not have: its absolute-claim items are deselected rather than skipped one by one. The
-    items of one model run together (in the order models were given), so that on a GPU each model is loaded
-    once and let go before the next (mechbench.api.get_model)."""
-    settings = config._mechbench
+    """A session whose tests use mechbench starts using it here, if it had not yet (a usage error stops it now,
+    before any test runs); another is left as it is. A model in comparison mode is measured beside its base
+    (suites/test_compare.py) instead of against baselines it does not have: its absolute-claim items are
+    deselected rather than skipped one by one. The items of one model run together (in the order models were
+    given), so that on a GPU each model is loaded once and let go before the next (mechbench.api.get_model)."""
+    error = config.stash.get(_ERROR_KEY, None)
+    if error is not None:
+        raise error
+    ms = session_of(config)
+    if ms is None:
+        if not any(_uses_mechbench(item) for item in items):
+            return  # an unrelated session: untouched
+        ms = start(config)
+    settings = ms.settings
     compared = set(settings.compared)
     keep, drop = [], []
     for item in items:
@@ -375,12 +530,7 @@ def pytest_collection_modifyitems(config, items):
         return order.get(name, -1)  # items of no model first
 
     items[:] = sorted(keep, key=model_of)  # stable: each model's items keep their order
-    for item in items:  # pytest -n --dist loadgroup: a model's tests in one worker (a fine-tune's with it)
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        name = params.get("model_name", params.get("compared_model"))
-        if name is not None:
-            item.add_marker(pytest.mark.xdist_group(name=name))
-    tally = config._mechbench_tally
+    tally = ms.tally
     for item in drop:
         name = item.callspec.params["model_name"]
         tally.dropped[name] = tally.dropped.get(name, 0) + 1
@@ -393,9 +543,8 @@ def pytest_collection_modifyitems(config, items):
             tally.compare_items.add(name)
 
 
-
 def pytest_runtest_setup(item):
-    if item.get_closest_marker("gpu"):
+    if item.get_closest_marker("gpu") and session_of(item.config) is not None:  # another suite's gpu mark is its own
         import torch
 
         if not torch.cuda.is_available():
@@ -404,14 +553,14 @@ def pytest_runtest_setup(item):
 
 @pytest.fixture(scope="session")
 def settings(request) -> Settings:
-    return request.config._mechbench
+    """What the run was asked for (its options): :class:`mechbench.claims.settings.Settings`."""
+    return start(request.config).settings
 
 
 @pytest.fixture(scope="session")
-def results(settings):
-    from mechbench.results import ResultsWriter
-
-    return ResultsWriter(settings.results_dir)
+def results(request):
+    """The session's results file (:class:`mechbench.results.ResultsWriter`; its directory made on the first write)."""
+    return start(request.config).results
 
 
 @pytest.fixture
@@ -465,8 +614,15 @@ def _pytest_function(claim, test):
     arguments = ["model_name"] + (["circuit_name"] if test.per == "circuit" else []) + [k for k, _ in test.params]
 
     def run_claim(settings, results, request, **given):
-        run = Run(claim, settings, circuit_name=given.get("circuit_name"), results=results,
-                  params={k: given[k] for k, _ in test.params})
+        ms = start(request.config)
+        run = Run(
+            claim,
+            settings,
+            circuit_name=given.get("circuit_name"),
+            results=results,
+            params={k: given[k] for k, _ in test.params},
+            cache=ms.cache,
+        )
 
         peak = DevicePeak(settings.device)
 
@@ -475,7 +631,7 @@ def _pytest_function(claim, test):
 
             try:
                 run.model = load_model(given["model_name"], settings)
-                request.config._mechbench_tally.loaded.add(given["model_name"])
+                ms.tally.loaded.add(given["model_name"])
                 peak.restart()  # the claim's own peak: not the moment before the last test's models were let go
                 if claim.needs_working_model:
                     run.require_working_model()
@@ -490,7 +646,8 @@ def _pytest_function(claim, test):
                     f"out of memory on {settings.device} at batch {settings.batch_size} ({str(e).splitlines()[0][:200]}). "
                     f"`mechbench plan {given['model_name']} --dtype {settings.dtype} --batch-size {settings.batch_size}` "
                     f"shows what each claim needs: pass a smaller --batch-size (or auto, which picks one that fits), "
-                    f"--dtype bfloat16, or deselect this claim (-k 'not {claim.name}')") from None
+                    f"--dtype bfloat16, or deselect this claim (-k 'not {claim.name}')"
+                ) from None
             except MechbenchError as e:  # bad input found inside the claim (a word the tokenizer splits): its message
                 raise ClaimFailed(str(e)) from None
 
@@ -500,51 +657,72 @@ def _pytest_function(claim, test):
         finally:
             request.node.user_properties.extend(("claim", line) for line in run.lines)
             if peak.bytes is not None:  # what the test held on the device at its peak, beside the plan's prediction
-                results.write(f"memory:{claim.name}", {"test": test.name, "model": given["model_name"],
-                                                        "circuit": given.get("circuit_name"), **run.params},
-                              peak.bytes, unit="bytes", device=settings.device, dtype=settings.dtype,
-                              batch_size=settings.batch_size,
-                              seq_len=run.prompt_length() if run.model is not None else None)
+                results.write(
+                    f"memory:{claim.name}",
+                    {
+                        "test": test.name,
+                        "model": given["model_name"],
+                        "circuit": given.get("circuit_name"),
+                        **run.params,
+                    },
+                    peak.bytes,
+                    unit="bytes",
+                    device=settings.device,
+                    dtype=settings.dtype,
+                    batch_size=settings.batch_size,
+                    seq_len=run.prompt_length() if run.model is not None else None,
+                )
 
     run_claim.__name__ = run_claim.__qualname__ = f"test_{test.name}"
     run_claim.__doc__ = test.measure.__doc__ or f"{claim.title} (docs/paper.md §{claim.sections})"
     run_claim.__wrapped__ = test.measure  # pytest reports the test at its measurement (file and line of the spec)
     run_claim.__signature__ = inspect.Signature(
-        [inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-         for a in arguments + ["settings", "results", "request"]])
+        [
+            inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            for a in arguments + ["settings", "results", "request"]
+        ]
+    )
     ids = dict(test.ids)
-    run_claim.pytestmark = [pytest.mark.claim] + [pytest.mark.parametrize(k, list(values), ids=ids.get(k))
-                                                  for k, values in test.params]
+    run_claim.pytestmark = [pytest.mark.claim] + [
+        pytest.mark.parametrize(k, list(values), ids=ids.get(k)) for k, values in test.params
+    ]
     return run_claim
-
-
-_COMPARISONS: dict[str, object] = {}
 
 
 @pytest.fixture
 def comparison(compared_model, settings, request):
     """The :class:`mechbench.compare.Comparison` of a model in comparison mode with its base (built once per
     session; its report is written when the session ends)."""
-    from mechbench.compare import LANES, Comparison, base_circuit_name
     from mechbench.circuits import Circuit
+    from mechbench.compare import LANES, Comparison, base_circuit_name
 
-    if compared_model not in _COMPARISONS:
+    ms = start(request.config)
+    if compared_model not in ms.comparisons:
         base_name = settings.base_of(compared_model)
         try:
-            circuit_ref = settings.circuits[0] if settings.circuits else base_circuit_name(base_name, settings.baselines_dir)
+            circuit_ref = (
+                settings.circuits[0] if settings.circuits else base_circuit_name(base_name, settings.baselines_dir)
+            )
             circuit = Circuit.load((settings.circuit_files or {}).get(circuit_ref, circuit_ref), settings.baselines_dir)
         except MechbenchError as e:
             pytest.fail(str(e), pytrace=False)
         fine_tune = _outcome_of(load_model, compared_model, settings)
-        request.config._mechbench_tally.loaded.add(compared_model)
+        ms.tally.loaded.add(compared_model)
         base = _outcome_of(load_model, base_name, settings, keep=(compared_model,))
         try:
-            _COMPARISONS[compared_model] = Comparison(
-                fine_tune, base, circuit, LANES["quick" if settings.quick else "full"], settings.seed,
-                settings.baselines_dir, settings.references, discovery_cache=settings.results_dir / "discovery")
+            ms.comparisons[compared_model] = Comparison(
+                fine_tune,
+                base,
+                circuit,
+                LANES["quick" if settings.quick else "full"],
+                settings.seed,
+                settings.baselines_dir,
+                settings.references,
+                discovery_cache=settings.results_dir / "discovery",
+            )
         except MechbenchError as e:
             pytest.fail(str(e), pytrace=False)
-    return _COMPARISONS[compared_model]
+    return ms.comparisons[compared_model]
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -552,41 +730,46 @@ def pytest_sessionfinish(session, exitstatus):
     every fine-tune compared in this session (the same report as ``mechbench compare``), and judge whether the run
     checked anything (:class:`Tally`; under pytest -n the controller judges, from its workers' tallies)."""
     config = session.config
-    tally = getattr(config, "_mechbench_tally", None)
-    if tally is None:  # the plugin's configure did not finish (a usage error)
+    ms = session_of(config)
+    if ms is None:  # a session that did not use mechbench (or whose options were refused)
         return
-    staging = config._mechbench.staging
+    tally, settings = ms.tally, ms.settings
+    staging = settings.staging
     if staging is not None and staging.diffs:
         if exitstatus == pytest.ExitCode.INTERRUPTED:
-            tally.baselines.append(f"interrupted: {len(staging.diffs)} baseline update(s) discarded, every baseline "
-                                   f"file is as it was")
+            tally.baselines.append(
+                f"interrupted: {len(staging.diffs)} baseline update(s) discarded, every baseline file is as it was"
+            )
         else:
-            tally.baselines.append(_commit(staging, config._mechbench.results_dir))
-    if _COMPARISONS:
+            tally.baselines.append(_commit(staging, settings.results_dir))
+    if ms.comparisons:
         from mechbench import validate
         from mechbench.report import write_comparison_report
 
-        settings = config._mechbench
-        for comparison in _COMPARISONS.values():
+        for comparison in ms.comparisons.values():
             if comparison._claims:
                 try:  # a results directory gone read-only since the run began: the report is kept elsewhere, named
                     path = validate.written_or_kept(
-                        f"the comparison report of {comparison.fine_tune.name}", settings.results_dir,
-                        lambda out: write_comparison_report(comparison, out,
-                                                            results_path=str(settings.results_dir / "results.jsonl")))
+                        f"the comparison report of {comparison.fine_tune.name}",
+                        settings.results_dir,
+                        lambda out: write_comparison_report(
+                            comparison, out, results_path=str(settings.results_dir / "results.jsonl")
+                        ),
+                    )
                     tally.reports.append(f"comparison report: {path}")
                 except MechbenchError as e:
                     tally.reports.append(f"comparison report NOT in the results directory: {e}")
                     session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: its controller reports and judges
-        config.workeroutput.update(mechbench_tally=tally.to_json(), mechbench_reports=tally.reports,
-                                   mechbench_baselines=tally.baselines)
+        config.workeroutput.update(
+            mechbench_tally=tally.to_json(), mechbench_reports=tally.reports, mechbench_baselines=tally.baselines
+        )
         return
     if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
-        problems = tally.problems(config._mechbench)
+        problems = tally.problems(settings)
         if problems:
             allowed = config.getoption("--allow-skips")
-            config._mechbench_nothing_checked = (problems, allowed)
+            ms.nothing_checked = (problems, allowed)
             if not allowed:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -601,34 +784,47 @@ def _commit(staging, results_dir: Path) -> str:
         kept = Path(results_dir) / "baselines-not-written"
         kept.mkdir(parents=True, exist_ok=True)
         paths = staging.commit(into=kept)
-        return (f"baselines NOT updated: {e.strerror or e} writing them ({len(staging.diffs)} record(s)); the updated "
-                f"files are in {kept} ({', '.join(p.name for p in paths)}): copy them into the baselines directory\n"
-                + "\n".join(staging.diffs))
-    return "\n".join([f"baselines updated ({len(staging.diffs)} record(s) in {', '.join(p.name for p in written)}):"]
-                     + staging.diffs)
+        return (
+            f"baselines NOT updated: {e.strerror or e} writing them ({len(staging.diffs)} record(s)); the updated "
+            f"files are in {kept} ({', '.join(p.name for p in paths)}): copy them into the baselines directory\n"
+            + "\n".join(staging.diffs)
+        )
+    return "\n".join(
+        [f"baselines updated ({len(staging.diffs)} record(s) in {', '.join(p.name for p in written)}):"] + staging.diffs
+    )
 
 
 def pytest_terminal_summary(terminalreporter):
-    lines = [v for rep in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
-             for k, v in getattr(rep, "user_properties", []) if k == "claim"]
+    ms = session_of(terminalreporter.config)
+    if ms is None:  # a session that did not use mechbench prints nothing of it
+        return
+    lines = [
+        v
+        for rep in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+        for k, v in getattr(rep, "user_properties", [])
+        if k == "claim"
+    ]
     if lines:
         terminalreporter.section("mechbench claims")
         for line in lines:
             terminalreporter.write_line(line)
-    tally = getattr(terminalreporter.config, "_mechbench_tally", None)
-    if tally is not None and tally.baselines:
+    tally = ms.tally
+    if tally.baselines:
         terminalreporter.section("mechbench baselines")
         for line in tally.baselines:
             terminalreporter.write_line(line)
-    for line in tally.reports if tally is not None else ():
+    for line in tally.reports:
         terminalreporter.write_line(line)
-    nothing = getattr(terminalreporter.config, "_mechbench_nothing_checked", None)
+    nothing = ms.nothing_checked
     if nothing:
         problems, allowed = nothing
         terminalreporter.section("mechbench: nothing checked", red=not allowed, yellow=allowed)
         for line in problems:
             terminalreporter.write_line(line)
-        terminalreporter.write_line("--allow-skips: the run passes anyway, as asked" if allowed else
-                                    "the run fails: a green run must have checked something. Store baselines "
-                                    "(--update-baselines), fix --baselines-dir, or pass --allow-skips if checking "
-                                    "nothing is what you meant")
+        terminalreporter.write_line(
+            "--allow-skips: the run passes anyway, as asked"
+            if allowed
+            else "the run fails: a green run must have checked something. Store baselines "
+            "(--update-baselines), fix --baselines-dir, or pass --allow-skips if checking "
+            "nothing is what you meant"
+        )

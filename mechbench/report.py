@@ -17,10 +17,32 @@ from pathlib import Path
 
 from mechbench.errors import MechbenchError
 
-DETAIL_FIELDS = ("value", "field", "std", "n", "seed", "fingerprint", "baseline", "tolerance", "passed", "updated", "meta",
-                 # comparison mode (mechbench.compare) and checks with no stored number
-                 "message", "statistic", "lo", "hi", "base_value", "fine_tune_value", "references", "note",
-                 "base_fingerprint", "reasons", "inconclusive")
+DETAIL_FIELDS = (
+    "value",
+    "field",
+    "std",
+    "n",
+    "seed",
+    "fingerprint",
+    "baseline",
+    "tolerance",
+    "passed",
+    "updated",
+    "meta",
+    # comparison mode (mechbench.compare) and checks with no stored number
+    "message",
+    "statistic",
+    "lo",
+    "hi",
+    "base_value",
+    "fine_tune_value",
+    "references",
+    "note",
+    "base_fingerprint",
+    "reasons",
+    "inconclusive",
+)
+
 
 def _layout(claim: str) -> tuple[list[str], str | None]:
     """(row keys, column key) of a claim's paper-style table, from its spec (mechbench.claims); a claim the registry
@@ -34,16 +56,21 @@ def _layout(claim: str) -> tuple[list[str], str | None]:
 def load_results(path: Path | str) -> list[dict]:
     path = Path(path)
     if not path.is_file():
-        raise MechbenchError(f"no results file at {path}: run the claims first (pytest suites/ writes "
-                             f"results/results.jsonl), or pass --results")
+        raise MechbenchError(
+            f"no results file at {path}: run the claims first (pytest suites/ writes "
+            f"results/results.jsonl), or pass --results"
+        )
     try:
         text = path.read_text()
     except UnicodeDecodeError:
-        raise MechbenchError(f"{path} is not a results file (it is not text: a binary file?); pass the results.jsonl "
-                             f"that pytest suites/ writes (--results)") from None
+        raise MechbenchError(
+            f"{path} is not a results file (it is not text: a binary file?); pass the results.jsonl "
+            f"that pytest suites/ writes (--results)"
+        ) from None
     except OSError as e:
-        raise MechbenchError(f"{path} cannot be read ({e.strerror}): pass a results file you can read "
-                             f"(--results)") from None
+        raise MechbenchError(
+            f"{path} cannot be read ({e.strerror}): pass a results file you can read (--results)"
+        ) from None
     rows, unreadable = [], []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -57,8 +84,10 @@ def load_results(path: Path | str) -> list[dict]:
         else:  # a line cut by a crash mid-write (or edited by hand) loses that measurement only
             unreadable.append(i)
     if unreadable and not rows:
-        raise MechbenchError(f"{path} holds no measurements ({len(unreadable)} lines, none a results record): it is "
-                             f"not a results file; pass the results.jsonl that pytest suites/ writes (--results)")
+        raise MechbenchError(
+            f"{path} holds no measurements ({len(unreadable)} lines, none a results record): it is "
+            f"not a results file; pass the results.jsonl that pytest suites/ writes (--results)"
+        )
     if unreadable:
         print(f"mechbench report: skipping {len(unreadable)} unreadable line(s) of {path}: {unreadable[:10]}")
     return rows
@@ -71,8 +100,11 @@ def _is_record(row) -> bool:
         return False
     meta = row.get("meta") or {}
     device = meta.get("device") if isinstance(meta, dict) else None
-    return (isinstance(meta, dict) and all(isinstance(meta.get(k) or {}, dict) for k in ("git", "device"))
-            and isinstance((device or {}).get("gib") or 0, (int, float)))
+    return (
+        isinstance(meta, dict)
+        and all(isinstance(meta.get(k) or {}, dict) for k in ("git", "device"))
+        and isinstance((device or {}).get("gib") or 0, (int, float))
+    )
 
 
 def latest(rows: list[dict]) -> list[dict]:
@@ -87,8 +119,9 @@ def latest(rows: list[dict]) -> list[dict]:
 def _frame(rows: list[dict]):
     import pandas as pd
 
-    frame = pd.DataFrame([{k: v for k, v in r.items() if k not in ("fingerprint", "meta", "updated", "base_fingerprint")}
-                          for r in rows])
+    frame = pd.DataFrame(
+        [{k: v for k, v in r.items() if k not in ("fingerprint", "meta", "updated", "base_fingerprint")} for r in rows]
+    )
     if "field" in frame and frame["field"].isna().all():
         frame = frame.drop(columns="field")
     return frame.dropna(axis=1, how="all")
@@ -96,11 +129,15 @@ def _frame(rows: list[dict]):
 
 def _table(claim: str, frame) -> str:
     index, column = _layout(claim)
-    keys = [k for k in frame.columns if k not in DETAIL_FIELDS and k != "claim"] + (["field"] if "field" in frame else [])
+    keys = [k for k in frame.columns if k not in DETAIL_FIELDS and k != "claim"] + (
+        ["field"] if "field" in frame else []
+    )
     index = [k for k in index if k in keys] + [k for k in keys if k not in index and k != column]
     if column in frame and index:
         frame = frame.copy()
-        frame[index] = frame[index].astype(object).where(frame[index].notna(), "").astype(str)  # NaN rows vanish in a pivot
+        frame[index] = (
+            frame[index].astype(object).where(frame[index].notna(), "").astype(str)
+        )  # NaN rows vanish in a pivot
         table = frame.pivot_table(index=index, columns=column, values="value", aggfunc="last")
         return table.round(3).reset_index().to_markdown(index=False)
     cols = [c for c in frame.columns if c != "claim"]
@@ -116,8 +153,12 @@ def _figures(frame_by_claim: dict, out: Path) -> list[str]:
     import pandas as pd
 
     def drawable(frame, columns) -> bool:  # rows of another version (or edited by hand) get their table, no figure
-        return (frame is not None and len(frame) and set(columns) <= set(frame.columns)
-                and pd.api.types.is_numeric_dtype(frame["value"]))
+        return (
+            frame is not None
+            and len(frame)
+            and set(columns) <= set(frame.columns)
+            and pd.api.types.is_numeric_dtype(frame["value"])
+        )
 
     made = []
     ko = frame_by_claim.get("attention_knockout")
@@ -161,24 +202,43 @@ def write_report(results: Path | str, out: Path | str, figures: bool = True) -> 
     from mechbench.claims import CLAIMS
 
     order = {name: i for i, name in enumerate(CLAIMS)}  # the registry's order, then checks and unknown claims by name
-    frames = {claim: _frame(claim_rows)
-              for claim, claim_rows in sorted(by_claim.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))}
+    frames = {
+        claim: _frame(claim_rows)
+        for claim, claim_rows in sorted(by_claim.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
+    }
     failed = [r for r in rows if r.get("passed") is False]
     commits = sorted({(r.get("meta") or {}).get("git", {}).get("commit") or "unknown" for r in rows})
-    lines = ["# mechbench report", "",
-             f"{len(rows)} measurements (latest per claim and keys) from `{results}`; commits: "
-             + ", ".join(c[:12] for c in commits) + ".", ""]
+    lines = [
+        "# mechbench report",
+        "",
+        f"{len(rows)} measurements (latest per claim and keys) from `{results}`; commits: "
+        + ", ".join(c[:12] for c in commits)
+        + ".",
+        "",
+    ]
     lines += device_lines(rows)
     lines += [f"## Failed: {len(failed)} (outside tolerance, or a check that did not hold)", ""]
     if failed:
         lines += [_frame(failed).round(4).to_markdown(index=False), ""]
-    # within a bound as wide as the measure: not a pass (mechbench.baselines.too_wide), the size needed in the row
+    # within a bound as wide as the measure: not a pass (mechbench.claims.tolerance.too_wide), the size needed in the row
     undecided = [r for r in rows if r.get("passed") is None and r.get("inconclusive")]
     if undecided:
-        lines += [f"## Inconclusive: {len(undecided)} (too few examples for a bound that means something; not passed)",
-                  "", _frame(undecided).round(4).to_markdown(index=False), ""]
+        lines += [
+            f"## Inconclusive: {len(undecided)} (too few examples for a bound that means something; not passed)",
+            "",
+            _frame(undecided).round(4).to_markdown(index=False),
+            "",
+        ]
+    from mechbench.claims import CLAIMS
+
     for claim, frame in frames.items():
-        lines += [f"## {claim}", "", _table(claim, frame), ""]
+        spec = CLAIMS.get(claim)  # its title and where the paper states it, for a registered claim
+        heading = (
+            f"{claim}: {spec.title} (docs/paper.md §{spec.sections})"
+            if spec and spec.sections != "-"
+            else (f"{claim}: {spec.title}" if spec else claim)
+        )
+        lines += [f"## {heading}", "", _table(claim, frame), ""]
     if figures:
         lines += ["## Figures", ""] + [f"![{name}]({name})" for name in _figures(frames, out)] + [""]
     path = out / "report.md"
@@ -195,12 +255,22 @@ def device_lines(rows: list[dict]) -> list[str]:
     devices = {json.dumps((r.get("meta") or {}).get("device") or {"name": "unrecorded"}, sort_keys=True) for r in rows}
     devices = [json.loads(d) for d in sorted(devices)]
     simulated = [d for d in devices if d.get("simulated")]
-    lines = ["Device: " + "; ".join(f"{d.get('name')}" + (f" ({d['gib']:g} GiB)" if d.get("gib") and not d.get("simulated")
-                                                           else "") for d in devices) + ".", ""]
+    lines = [
+        "Device: "
+        + "; ".join(
+            f"{d.get('name')}" + (f" ({d['gib']:g} GiB)" if d.get("gib") and not d.get("simulated") else "")
+            for d in devices
+        )
+        + ".",
+        "",
+    ]
     if simulated:
-        lines = ["**SIMULATED GPU: these numbers ran on the CPU under mechbench's simulated CUDA device "
-                 "(MECHBENCH_SIMULATED_GPU_GIB); they rehearse a GPU run's code path and memory, they are not a GPU "
-                 "measurement.**", ""] + lines
+        lines = [
+            "**SIMULATED GPU: these numbers ran on the CPU under mechbench's simulated CUDA device "
+            "(MECHBENCH_SIMULATED_GPU_GIB); they rehearse a GPU run's code path and memory, they are not a GPU "
+            "measurement.**",
+            "",
+        ] + lines
     return lines
 
 
@@ -219,44 +289,74 @@ def comparison_markdown(comparison, results_path: str | None = None) -> str:
     verdict = c.verdict() if c.verdict_ready() else None
     commit = (git_state().get("commit") or "unknown")[:12]
     n_contexts = len(set(c.clusters().tolist()))
-    lines = [
-        f"# mechbench comparison: `{ft}` against its base `{base}`", "",
-        f"Circuit `{c.circuit.name}` (the base's). Lane **{lane.name}**: {lane.n_examples} prompts ({n_contexts} "
-        f"contexts) per claim ({lane.verdict_examples} for accuracy and CMAP), {lane.n_random} random circuits, {lane.completeness_draws} draws of K, DCM "
-        f"{'/'.join(map(str, lane.dcm_split))} pairs, DCM heads patched {lane.patching_runs} x {lane.patching_pairs} pairs, "
-        f"path patching {lane.discovery_pairs} pairs, minimality {lane.minimality_examples} examples. Intervals are 95% "
-        f"percentile intervals from {lane.n_boot} resamples of whole contexts (prompts of one context are not "
-        f"independent), with both models resampled together"
-        + (" ; this is the quick lane, so they are wider than the full lane's (500 prompts): store verdicts from the "
-           "full lane." if lane.name == "quick" else "."),
-        f"Commit {commit}; torch {versions().get('torch')}, transformers {versions().get('transformers')}; seed {c.seed}; "
-        f"fine-tune weights {c.fine_tune.fingerprint.get('weights_sha256', '')[:12]}, base "
-        f"{c.base.fingerprint.get('weights_sha256', '')[:12]}."
-        + (f" Every number is also in `{results_path}`." if results_path else ""), "",
-        *device_lines([{"meta": {"device": device_metadata()}}]),
-        f"## Verdict: **{verdict.label if verdict else 'not reached'}**", "",
-    ] + ([f"- {r}" for r in verdict.reasons] if verdict else
-         [f"- the verdict needs the claims {', '.join(VERDICT_CLAIMS)}; this run computed "
-          f"{', '.join(c._claims) or 'none'}"]) + ["", "| verdict | rule (first that applies) |", "|---|---|"]
-    lines += [f"| {'**' + label + '**' if verdict and label == verdict.label else label} | {rule} |"
-              for label, rule in VERDICT_RULES]
+    lines = (
+        [
+            f"# mechbench comparison: `{ft}` against its base `{base}`",
+            "",
+            f"Circuit `{c.circuit.name}` (the base's). Lane **{lane.name}**: {lane.n_examples} prompts ({n_contexts} "
+            f"contexts) per claim ({lane.verdict_examples} for accuracy and CMAP), {lane.n_random} random circuits, {lane.completeness_draws} draws of K, DCM "
+            f"{'/'.join(map(str, lane.dcm_split))} pairs, DCM heads patched {lane.patching_runs} x {lane.patching_pairs} pairs, "
+            f"path patching {lane.discovery_pairs} pairs, minimality {lane.minimality_examples} examples. Intervals are 95% "
+            f"percentile intervals from {lane.n_boot} resamples of whole contexts (prompts of one context are not "
+            f"independent), with both models resampled together"
+            + (
+                " ; this is the quick lane, so they are wider than the full lane's (500 prompts): store verdicts from the "
+                "full lane."
+                if lane.name == "quick"
+                else "."
+            ),
+            f"Commit {commit}; torch {versions().get('torch')}, transformers {versions().get('transformers')}; seed {c.seed}; "
+            f"fine-tune weights {c.fine_tune.fingerprint.get('weights_sha256', '')[:12]}, base "
+            f"{c.base.fingerprint.get('weights_sha256', '')[:12]}."
+            + (f" Every number is also in `{results_path}`." if results_path else ""),
+            "",
+            *device_lines([{"meta": {"device": device_metadata()}}]),
+            f"## Verdict: **{verdict.label if verdict else 'not reached'}**",
+            "",
+        ]
+        + (
+            [f"- {r}" for r in verdict.reasons]
+            if verdict
+            else [
+                f"- the verdict needs the claims {', '.join(VERDICT_CLAIMS)}; this run computed "
+                f"{', '.join(c._claims) or 'none'}"
+            ]
+        )
+        + ["", "| verdict | rule (first that applies) |", "|---|---|"]
+    )
+    lines += [
+        f"| {'**' + label + '**' if verdict and label == verdict.label else label} | {rule} |"
+        for label, rule in VERDICT_RULES
+    ]
     checks = [ch for result in c._claims.values() for ch in result.checks if not ch.name.endswith("does the task")]
     checks = c.claim("accuracy").checks + checks
     lines += ["", "## Checks", "", "| claim | check | result | detail |", "|---|---|---|---|"]
-    lines += [f"| {ch.claim} | {ch.name} | {'pass' if ch.passed else 'FAIL' if ch.passed is False else 'n/a'} | "
-              f"{ch.message} |" for ch in checks]
+    lines += [
+        f"| {ch.claim} | {ch.name} | {'pass' if ch.passed else 'FAIL' if ch.passed is False else 'n/a'} | "
+        f"{ch.message} |"
+        for ch in checks
+    ]
     refs = list(c.references)
     for name, result in c._claims.items():
         stat = result.rows[0].statistic if result.rows else "difference"
-        lines += ["", f"## {name} ({result.seconds:.0f} s)", "",
-                  f"| measure | {base} (base) | {ft} | {stat} [95% interval] | " + " | ".join(f"{r} (stored)" for r in refs)
-                  + " | note |", "|---" * (5 + len(refs)) + "|"]
+        lines += [
+            "",
+            f"## {name} ({result.seconds:.0f} s)",
+            "",
+            f"| measure | {base} (base) | {ft} | {stat} [95% interval] | "
+            + " | ".join(f"{r} (stored)" for r in refs)
+            + " | note |",
+            "|---" * (5 + len(refs)) + "|",
+        ]
         for row in result.rows:
             spec = ".1f" if row.claim == "dcm_patching" else ".3f"
             est = row.estimate
             est_text = format(est, "+" + spec) if row.statistic == "difference" else format(est, spec)
-            lines.append(f"| {row.measure} | {_cell(row.base, spec)} | {_cell(row.fine_tune, spec)} | {est_text} | "
-                         + " | ".join(_cell(row.references.get(r), spec) for r in refs) + f" | {row.note} |")
+            lines.append(
+                f"| {row.measure} | {_cell(row.base, spec)} | {_cell(row.fine_tune, spec)} | {est_text} | "
+                + " | ".join(_cell(row.references.get(r), spec) for r in refs)
+                + f" | {row.note} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -290,9 +390,9 @@ def comparison_figures(comparison, out: Path) -> list[str]:
                 ax.fill_between(layers, lo, hi, alpha=0.2, color="C1", label="fine-tune: 95% interval")
             ax.set_title(edge, fontsize=9)
             ax.set_xlabel("blocked from layer")
-            ax.set_xticks(layers if len(layers) <= 8 else layers[::max(1, len(layers) // 8)])
+            ax.set_xticks(layers if len(layers) <= 8 else layers[:: max(1, len(layers) // 8)])
             ax.axhline(1.0, color="grey", lw=0.6, ls=":")
-        for ax in axes.flat[len(edges):]:
+        for ax in axes.flat[len(edges) :]:
             ax.set_visible(False)
         for ax in axes[:, 0]:
             ax.set_ylabel("accuracy / clean accuracy")
@@ -309,14 +409,30 @@ def comparison_figures(comparison, out: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(6.4, 3.6))
         groups = [r.keys["group"] for r in cmap.rows]
         patched = [base_acc + r.estimate.value * (ft_acc - base_acc) for r in cmap.rows]
-        err = [[max(0.0, (r.estimate.value - r.estimate.lo) * (ft_acc - base_acc)) if r.estimate.lo is not None else 0
-                for r in cmap.rows],
-               [max(0.0, (r.estimate.hi - r.estimate.value) * (ft_acc - base_acc)) if r.estimate.hi is not None else 0
-                for r in cmap.rows]]
-        bars = ax.bar(range(len(groups)), patched, yerr=err, capsize=3, color="C2", label="base with the fine-tune's heads")
+        err = [
+            [
+                max(0.0, (r.estimate.value - r.estimate.lo) * (ft_acc - base_acc)) if r.estimate.lo is not None else 0
+                for r in cmap.rows
+            ],
+            [
+                max(0.0, (r.estimate.hi - r.estimate.value) * (ft_acc - base_acc)) if r.estimate.hi is not None else 0
+                for r in cmap.rows
+            ],
+        ]
+        bars = ax.bar(
+            range(len(groups)), patched, yerr=err, capsize=3, color="C2", label="base with the fine-tune's heads"
+        )
         for bar, r in zip(bars, cmap.rows):  # the share, inside the bar (clear of the error bars)
-            ax.text(bar.get_x() + bar.get_width() / 2, 0.03, f"{r.estimate.value:.0%}\nof gain", ha="center",
-                    va="bottom", fontsize=8, color="white", fontweight="bold")
+            ax.text(
+                bar.get_x() + bar.get_width() / 2,
+                0.03,
+                f"{r.estimate.value:.0%}\nof gain",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color="white",
+                fontweight="bold",
+            )
         ax.axhline(base_acc, color="C0", ls="--", label=f"{c.base.name} (base) {base_acc:.3f}")
         ax.axhline(ft_acc, color="C1", ls="-.", label=f"{c.fine_tune.name} (donor) {ft_acc:.3f}")
         ax.set_xticks(range(len(groups)), [g.replace("_", " ") for g in groups], rotation=15, fontsize=8)

@@ -30,7 +30,10 @@ def git_state() -> dict:
         return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
 
     try:
-        return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        return {
+            "commit": git("rev-parse", "HEAD") or None,
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        }
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 
@@ -50,7 +53,7 @@ def run_metadata() -> dict:
     from mechbench.testing.device import device_metadata
 
     return {
-        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "time": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "git": git_state(),
         "versions": versions(),
         "platform": platform.platform(),
@@ -58,17 +61,41 @@ def run_metadata() -> dict:
     }
 
 
+def check_results_dir(path: str | Path, name: str = "--results-dir") -> Path:
+    """``path`` as a results directory, checked without making it (it is made on the first write): not a file, and
+    in a directory that can be written (the directory itself where it exists, else its nearest existing parent)."""
+    import tempfile
+
+    from mechbench.errors import MechbenchError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MechbenchError(f"{name} {path} is a file, not a directory: pass a directory for the results")
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise MechbenchError(f"{name} {path}: {existing} is a file, not a directory: pass a directory for the results")
+    try:  # a file made and removed at once: nothing stays behind
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".mechbench-write-test-"):
+            pass
+    except OSError as e:
+        raise MechbenchError(
+            f"{name} {path} cannot be written to ({e.strerror} in {existing}): pass a directory you can write"
+        ) from None
+    return path
+
+
 class ResultsWriter:
-    """Appends measurements to ``<results_dir>/results.jsonl``."""
+    """Appends measurements to ``<results_dir>/results.jsonl``; the directory is made on the first write (a
+    session that writes nothing leaves none behind)."""
 
     def __init__(self, results_dir: str | Path):
         self.path = Path(results_dir) / "results.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._meta = run_metadata()
 
     def write(self, claim: str, keys: dict, value, **details) -> dict:
         record = {"claim": claim, **keys, "value": value, **details, "meta": self._meta}
         line = (json.dumps(record, default=str) + "\n").encode()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         # one write() of the whole line on a descriptor opened for appending, under an exclusive lock: the pytest
         # workers of one run (pytest -n) append to one file, and a line is never interleaved with another's
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -96,7 +123,7 @@ class DevicePeak:
     def __init__(self, device):
         self.device, self.bytes = str(device), None
 
-    def __enter__(self) -> "DevicePeak":
+    def __enter__(self) -> DevicePeak:
         import torch
 
         if self.device.startswith("cuda") and torch.cuda.is_available():
@@ -120,4 +147,3 @@ class DevicePeak:
 
             torch.cuda.synchronize(self.device)
             self.bytes = int(torch.cuda.max_memory_allocated(self.device))
-

@@ -18,10 +18,10 @@ Counterfactual pairs (DCM) draw a fresh base context per pair: each pair is its 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from statistics import NormalDist
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -73,7 +73,7 @@ def cluster_se_last_axis(values, clusters) -> np.ndarray:
         return np.full(x.shape[:-1], np.nan)
     resid = np.zeros(x.shape[:-1] + (c,))
     np.add.at(resid, (..., ids), x - x.mean(-1, keepdims=True))
-    return np.sqrt(c / (c - 1) * (resid ** 2).sum(-1)) / n
+    return np.sqrt(c / (c - 1) * (resid**2).sum(-1)) / n
 
 
 def design_effect(values, clusters) -> float:
@@ -86,8 +86,14 @@ def design_effect(values, clusters) -> float:
     return float((robust / plain) ** 2) if plain > 0 and np.isfinite(robust) else 1.0
 
 
-def cluster_bootstrap(statistic: Callable[[Mapping[str, np.ndarray]], np.ndarray], quantities: Mapping[str, np.ndarray],
-                      clusters, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Estimate:
+def cluster_bootstrap(
+    statistic: Callable[[Mapping[str, np.ndarray]], np.ndarray],
+    quantities: Mapping[str, np.ndarray],
+    clusters,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Estimate:
     """``statistic`` of the means of ``quantities`` (each [N] on the same examples), with a ``level`` (95%)
     percentile interval from resampling the clusters, widened for few of them (:func:`percentile_interval`). A
     check made over k numbers at once asks each for level 1 - 0.05/k (Bonferroni), so that an unchanged model
@@ -154,8 +160,10 @@ class ChanceCheck:
 
     def message(self, model: str) -> str:
         verdict = "does the task" if self.passed else "does not do the task"
-        return (f"{model} {verdict}: accuracy {self.accuracy:.3f} vs chance {self.chance:.3f} (1 in the number of "
-                f"boxes); needed more than {self.z:g} cluster-robust standard errors ({self.z:g} x {self.se:.3f})")
+        return (
+            f"{model} {verdict}: accuracy {self.accuracy:.3f} vs chance {self.chance:.3f} (1 in the number of "
+            f"boxes); needed more than {self.z:g} cluster-robust standard errors ({self.z:g} x {self.se:.3f})"
+        )
 
 
 def chance_check(correct, clusters, num_boxes: int, z: float = 3.0) -> ChanceCheck:
@@ -177,7 +185,7 @@ def _t_cdf(x: float, dof: int) -> float:
     return 0.5 + h / 3 * (density[0] + density[-1] + 4 * sum(density[1:-1:2]) + 2 * sum(density[2:-1:2]))
 
 
-@lru_cache(maxsize=None)  # every accuracy check asks, for a handful of context counts
+@cache  # every accuracy check asks, for a handful of context counts
 def few_clusters_factor(n_clusters: int, z: float = 3.0) -> float:
     """How much a z-standard-error bound must widen when its standard error is cluster-robust from ``n_clusters``
     contexts: that estimate has n_clusters - 1 degrees of freedom, so the bound takes Student's t quantile at the

@@ -20,26 +20,32 @@ def dtype(value: str) -> str:
     from mechbench.models.loading import DTYPES
 
     if value not in DTYPES:
-        raise MechbenchError(f"--dtype {value!r} is not a dtype mechbench loads; use one of {', '.join(DTYPES)} "
-                             f"(float32 is the paper's)")
+        raise MechbenchError(
+            f"--dtype {value!r} is not a dtype mechbench loads; use one of {', '.join(DTYPES)} (float32 is the paper's)"
+        )
     return value
 
 
 def device(value: str) -> str:
     """``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and present on this machine."""
     if not _DEVICE.match(value):
-        raise MechbenchError(f"--device {value!r} is not a torch device mechbench runs on; use cpu, cuda, cuda:N or mps")
+        raise MechbenchError(
+            f"--device {value!r} is not a torch device mechbench runs on; use cpu, cuda, cuda:N or mps"
+        )
     import torch
 
     if value.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise MechbenchError(f"--device {value}: torch sees no CUDA GPU on this machine (torch "
-                                 f"{torch.__version__}{' is a CPU build' if torch.version.cuda is None else ''}); "
-                                 f"use --device cpu, or install a CUDA build of torch (MECHBENCH_TORCH, see README)")
+            raise MechbenchError(
+                f"--device {value}: torch sees no CUDA GPU on this machine (torch "
+                f"{torch.__version__}{' is a CPU build' if torch.version.cuda is None else ''}); "
+                f"use --device cpu, or install a CUDA build of torch (MECHBENCH_TORCH, see scripts/setup-venv.sh)"
+            )
         index = int(value.split(":")[1]) if ":" in value else 0
         if index >= torch.cuda.device_count():
-            raise MechbenchError(f"--device {value}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                                 f"numbered from 0")
+            raise MechbenchError(
+                f"--device {value}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0"
+            )
     if value == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise MechbenchError("--device mps: torch sees no Apple GPU here; use --device cpu")
     return value
@@ -75,7 +81,9 @@ def writable_dir(name: str, path: Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".mechbench-write-test-"):
             pass
     except OSError as e:
-        raise MechbenchError(f"{name} {path} cannot be written to ({e.strerror}): pass a directory you can write") from None
+        raise MechbenchError(
+            f"{name} {path} cannot be written to ({e.strerror}): pass a directory you can write"
+        ) from None
     return path
 
 
@@ -86,14 +94,18 @@ def writable_file(name: str, path: Path) -> Path:
     if path.is_dir():
         raise MechbenchError(f"{name} {path} is a directory: pass a file name (e.g. {path / 'scores.json'})")
     if not path.parent.is_dir():
-        raise MechbenchError(f"{name} {path}: the directory {path.parent} does not exist; create it (mkdir -p "
-                             f"{path.parent}) or pass a file in an existing directory")
+        raise MechbenchError(
+            f"{name} {path}: the directory {path.parent} does not exist; create it (mkdir -p "
+            f"{path.parent}) or pass a file in an existing directory"
+        )
     try:
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".mechbench-write-test-"):
             pass
     except OSError as e:
-        raise MechbenchError(f"{name} {path}: the directory {path.parent} cannot be written to ({e.strerror}); pass a "
-                             f"file in a directory you can write") from None
+        raise MechbenchError(
+            f"{name} {path}: the directory {path.parent} cannot be written to ({e.strerror}); pass a "
+            f"file in a directory you can write"
+        ) from None
     return path
 
 
@@ -106,8 +118,10 @@ def written_or_kept(what: str, out: Path, write) -> Path:
     except OSError as e:
         error = e
     kept = write(Path(tempfile.mkdtemp(prefix="mechbench-kept-")))
-    raise MechbenchError(f"{what} could not be written to {out} ({error.strerror or error}); it was written to {kept} "
-                         f"instead: copy it from there, and pass a directory you can write next time")
+    raise MechbenchError(
+        f"{what} could not be written to {out} ({error.strerror or error}); it was written to {kept} "
+        f"instead: copy it from there, and pass a directory you can write next time"
+    )
 
 
 def writable_baselines(path: Path) -> None:
@@ -117,20 +131,26 @@ def writable_baselines(path: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".mechbench-write-test-"):
             pass
     except OSError as e:
-        raise MechbenchError(f"--update-baselines: the baselines directory {path} cannot be written to "
-                             f"({e.strerror or e}); the run would end with its measurements unstored. Pass a "
-                             f"--baselines-dir you can write (a copy: cp -r baselines/ mine/)") from None
+        raise MechbenchError(
+            f"--update-baselines: the baselines directory {path} cannot be written to "
+            f"({e.strerror or e}); the run would end with its measurements unstored. Pass a "
+            f"--baselines-dir you can write (a copy: cp -r baselines/ mine/)"
+        ) from None
     read_only = sorted(f.name for f in path.glob("*.json") if not os.access(f, os.W_OK))
     if read_only:
-        raise MechbenchError(f"--update-baselines: {', '.join(read_only)} in {path} cannot be written to; make "
-                             f"them writable or pass a --baselines-dir you can write")
+        raise MechbenchError(
+            f"--update-baselines: {', '.join(read_only)} in {path} cannot be written to; make "
+            f"them writable or pass a --baselines-dir you can write"
+        )
 
 
 def baselines_dir(path: Path) -> Path:
     path = Path(path)
     if not path.is_dir():
-        raise MechbenchError(f"--baselines-dir {path} is not a directory: pass the directory that holds the baseline "
-                             f"JSON files (the checkout's baselines/ by default)")
+        raise MechbenchError(
+            f"--baselines-dir {path} is not a directory: pass the directory that holds the baseline "
+            f"JSON files (the checkout's baselines/ by default)"
+        )
     return path
 
 
@@ -140,14 +160,20 @@ def model_directory(ref: str) -> None:
     if not path.exists():
         return
     if not path.is_dir():
-        raise MechbenchError(f"--model {ref}: a file, not a model directory (a directory with config.json and the "
-                             f"weights, or a peft adapter directory with adapter_config.json)")
+        raise MechbenchError(
+            f"--model {ref}: a file, not a model directory (a directory with config.json and the "
+            f"weights, or a peft adapter directory with adapter_config.json)"
+        )
     if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-        raise MechbenchError(f"--model {ref}: the directory has neither config.json nor adapter_config.json, so it is "
-                             f"not a model saved with save_pretrained; point at the directory that holds them")
+        raise MechbenchError(
+            f"--model {ref}: the directory has neither config.json nor adapter_config.json, so it is "
+            f"not a model saved with save_pretrained; point at the directory that holds them"
+        )
     tokenizer_files = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
     if (path / "config.json").is_file() and not any((path / f).is_file() for f in tokenizer_files):
-        raise MechbenchError(f"--model {ref}: the directory has no tokenizer (none of {', '.join(tokenizer_files)}); "
-                             f"save the tokenizer beside the weights (tokenizer.save_pretrained(dir))")
+        raise MechbenchError(
+            f"--model {ref}: the directory has no tokenizer (none of {', '.join(tokenizer_files)}); "
+            f"save the tokenizer beside the weights (tokenizer.save_pretrained(dir))"
+        )
     if os.access(path, os.R_OK) is False:
         raise MechbenchError(f"--model {ref}: the directory cannot be read")

@@ -24,11 +24,19 @@ def test_compared_with_base(compared_model, claim, comparison, results, request)
     result = comparison.claim(claim)
     record(results, comparison, result)
     for row in result.rows:
-        request.node.user_properties.append(("claim", f"compare:{claim} [{compared_model} vs {comparison.base.name}] "
-                                                       f"{row.measure}: {row.statistic} {row.estimate}"))
+        request.node.user_properties.append(
+            (
+                "claim",
+                f"compare:{claim} [{compared_model} vs {comparison.base.name}] "
+                f"{row.measure}: {row.statistic} {row.estimate}",
+            )
+        )
     if result.failed:
-        pytest.fail(f"{len(result.failed)} check(s) of {claim} failed for {compared_model} against "
-                    f"{comparison.base.name}:\n" + "\n".join(c.message for c in result.failed), pytrace=False)
+        pytest.fail(
+            f"{len(result.failed)} check(s) of {claim} failed for {compared_model} against "
+            f"{comparison.base.name}:\n" + "\n".join(c.message for c in result.failed),
+            pytrace=False,
+        )
     not_applicable = [c for c in result.checks if c.passed is None]
     if not_applicable and not any(c.passed for c in result.checks if not c.name.endswith("does the task")):
         pytest.skip("; ".join(c.message for c in not_applicable))
@@ -37,7 +45,13 @@ def test_compared_with_base(compared_model, claim, comparison, results, request)
 def test_mechanism_verdict(compared_model, comparison, results, request):
     verdict = comparison.verdict()
     record_verdict(results, comparison, verdict)
-    request.node.user_properties.append(("claim", f"verdict [{compared_model} vs {comparison.base.name}]: "
-                                                   f"{verdict.label}: " + "; ".join(verdict.reasons)))
-    assert verdict.same_mechanism, (f"{compared_model} against {comparison.base.name}: {verdict.label} "
-                                    f"(passes only as {' / '.join(SAME_MECHANISM)}): " + "; ".join(verdict.reasons))
+    request.node.user_properties.append(
+        (
+            "claim",
+            f"verdict [{compared_model} vs {comparison.base.name}]: {verdict.label}: " + "; ".join(verdict.reasons),
+        )
+    )
+    assert verdict.same_mechanism, (
+        f"{compared_model} against {comparison.base.name}: {verdict.label} "
+        f"(passes only as {' / '.join(SAME_MECHANISM)}): " + "; ".join(verdict.reasons)
+    )

@@ -12,9 +12,15 @@ def random_llama(n_layers=2, n_heads=4, n_kv_heads=None, head_dim=8, vocab_size=
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab_size or len(build_tokenizer()), hidden_size=n_heads * head_dim, intermediate_size=64,
-        num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads or n_heads,
-        head_dim=head_dim, max_position_embeddings=128, tie_word_embeddings=False,
+        vocab_size=vocab_size or len(build_tokenizer()),
+        hidden_size=n_heads * head_dim,
+        intermediate_size=64,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads or n_heads,
+        head_dim=head_dim,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
     )
     return LlamaForCausalLM(config).eval()
 

@@ -35,7 +35,7 @@ def reference_last_logits(model, ids, head_patches=(), knockouts=(), record=None
     x = model.model.embed_tokens.weight[ids].clone()
 
     def patch(layer, component, t):  # t: [S, units, d]
-        for (l, comp, p, h, value, alpha) in head_patches:
+        for l, comp, p, h, value, alpha in head_patches:
             if l == layer and comp == component:
                 t[p, h] = t[p, h] + alpha * (value - t[p, h])
         if record is not None:
@@ -56,7 +56,7 @@ def reference_last_logits(model, ids, head_patches=(), knockouts=(), record=None
                 scores = torch.full((S,), float("-inf"))
                 for j in range(i + 1):
                     scores[j] = (qh[i] @ kh[j]) / d**0.5
-                for (from_layer, qp, kp) in knockouts:
+                for from_layer, qp, kp in knockouts:
                     if layer_idx >= from_layer and qp == i and kp <= i:
                         scores[kp] = torch.finfo(torch.float32).min
                 w = torch.softmax(scores, -1)
@@ -65,6 +65,10 @@ def reference_last_logits(model, ids, head_patches=(), knockouts=(), record=None
         x = x + heads.reshape(S, H * d) @ a.o_proj.weight.T
         m = layer.mlp
         h_mlp = _rms(x, layer.post_attention_layernorm.weight, cfg.rms_norm_eps)
-        x = x + (torch.nn.functional.silu(h_mlp @ m.gate_proj.weight.T) * (h_mlp @ m.up_proj.weight.T)) @ m.down_proj.weight.T
+        x = (
+            x
+            + (torch.nn.functional.silu(h_mlp @ m.gate_proj.weight.T) * (h_mlp @ m.up_proj.weight.T))
+            @ m.down_proj.weight.T
+        )
     x = _rms(x, model.model.norm.weight, cfg.rms_norm_eps)
     return x[-1] @ model.lm_head.weight.T

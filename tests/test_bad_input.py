@@ -21,21 +21,43 @@ from mechbench.cli import main
 from mechbench.errors import BaselineError, MechbenchError, ModelLoadError, TokenizationError
 from tests.helpers import save_random_llama
 
-DEFAULTS = {"--model": None, "--base-model": None, "--baseline-model": None, "--circuit": None, "--device": "cpu",
-            "--dtype": "float32", "--limit": None, "--seed": 0, "--baselines-dir": str(conftest.ROOT / "baselines"),
-            "--update-baselines": False, "--results-dir": None, "--require-models": False, "--allow-pickle": False,
-            "--paper-compat-o-proj": False, "--compare": False, "--quick": False, "--reference": None,
-            "--force-baselines": False, "--bos": "auto", "--drop-multi-token": False, "--batch-size": "auto",
-            "--allow-skips": False}
+DEFAULTS = {
+    "--model": None,
+    "--base-model": None,
+    "--baseline-model": None,
+    "--circuit": None,
+    "--device": "cpu",
+    "--dtype": "float32",
+    "--limit": None,
+    "--seed": 0,
+    "--baselines-dir": str(conftest.ROOT / "baselines"),
+    "--update-baselines": False,
+    "--results-dir": None,
+    "--require-models": False,
+    "--allow-pickle": False,
+    "--paper-compat-o-proj": False,
+    "--compare": False,
+    "--quick": False,
+    "--reference": None,
+    "--force-baselines": False,
+    "--bos": "auto",
+    "--drop-multi-token": False,
+    "--batch-size": "auto",
+    "--allow-skips": False,
+}
 
 
 def configure(tmp_path, **options):
     values = dict(DEFAULTS, **{"--results-dir": str(tmp_path / "results")})
     values.update({"--" + k.replace("_", "-"): v for k, v in options.items()})
-    config = types.SimpleNamespace(getoption=lambda name: values[name], addinivalue_line=lambda name, line: None,
-                                   pluginmanager=types.SimpleNamespace(register=lambda plugin, name: None))
-    conftest.pytest_configure(config)
-    return config._mechbench
+    config = types.SimpleNamespace(
+        getoption=lambda name: values[name],
+        addinivalue_line=lambda name, line: None,
+        pluginmanager=types.SimpleNamespace(register=lambda plugin, name: None),
+        stash={},
+    )
+    conftest.pytest_configure(config)  # options given (--results-dir): checked now, not after collection
+    return conftest.session_of(config).settings
 
 
 def no_config_dir(tmp_path):
@@ -56,7 +78,9 @@ def a_file(tmp_path):
 
 
 def bad_circuit(tmp_path):
-    (tmp_path / "c.json").write_text(json.dumps({"name": "c", "groups": {"value_fetcher": {"role": "last", "heads": [[1]]}}}))
+    (tmp_path / "c.json").write_text(
+        json.dumps({"name": "c", "groups": {"value_fetcher": {"role": "last", "heads": [[1]]}}})
+    )
     return [str(tmp_path / "c.json")]
 
 
@@ -156,10 +180,13 @@ def _adapter_for(tmp_path, name, **shape):
     return path
 
 
-@pytest.mark.parametrize("shape, message", [
-    (dict(n_layers=3, n_heads=4, head_dim=8), "it adapts layer 2, but the base has 2 layers"),
-    (dict(n_layers=2, n_heads=4, head_dim=16), "takes width 64, the base's takes 32"),
-])
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        (dict(n_layers=3, n_heads=4, head_dim=8), "it adapts layer 2, but the base has 2 layers"),
+        (dict(n_layers=2, n_heads=4, head_dim=16), "takes width 64, the base's takes 32"),
+    ],
+)
 def test_an_adapter_that_does_not_fit_its_base_is_refused_before_peft(tmp_path, shape, message):
     from mechbench.models.loading import load_model
 
@@ -183,10 +210,13 @@ class _Tokenizer:
         return {"input_ids": [self.vocab.get(w, 0) for w in text.split()]}
 
 
-@pytest.mark.parametrize("vocab, message", [
-    ({"the": 1, "fig": 2, "pot": 0}, "map to the unknown token"),
-    ({"the": 1, "fig": 2, "pot": 2}, "share a token id"),
-])
+@pytest.mark.parametrize(
+    "vocab, message",
+    [
+        ({"the": 1, "fig": 2, "pot": 0}, "map to the unknown token"),
+        ({"the": 1, "fig": 2, "pot": 2}, "share a token id"),
+    ],
+)
 def test_objects_without_a_token_of_their_own_are_named(vocab, message):
     from mechbench.data.dataset import single_token_ids
 
@@ -227,7 +257,9 @@ def _without(path, pattern):
     from safetensors.torch import load_file, save_file
 
     weights = load_file(path / "model.safetensors")
-    save_file({k: v for k, v in weights.items() if pattern not in k}, path / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in weights.items() if pattern not in k}, path / "model.safetensors", metadata={"format": "pt"}
+    )
 
 
 def _with(path, key, tensor):
@@ -237,12 +269,18 @@ def _with(path, key, tensor):
     save_file({**weights, key: tensor}, path / "model.safetensors", metadata={"format": "pt"})
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda p: _without(p, ".layers.1."), "9 missing (they would stay randomly initialised): model.layers.1."),
-    (lambda p: _with(p, "model.layers.0.extra.weight", __import__("torch").zeros(2)), "1 unexpected"),
-    (lambda p: _with(p, "model.layers.0.self_attn.q_proj.weight", __import__("torch").zeros(5, 32)),
-     "of another shape: model.layers.0.self_attn.q_proj.weight (checkpoint (5, 32), model (32, 32))"),
-], ids=["a layer missing", "an unexpected tensor", "a tensor of another shape"])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: _without(p, ".layers.1."), "9 missing (they would stay randomly initialised): model.layers.1."),
+        (lambda p: _with(p, "model.layers.0.extra.weight", __import__("torch").zeros(2)), "1 unexpected"),
+        (
+            lambda p: _with(p, "model.layers.0.self_attn.q_proj.weight", __import__("torch").zeros(5, 32)),
+            "of another shape: model.layers.0.self_attn.q_proj.weight (checkpoint (5, 32), model (32, 32))",
+        ),
+    ],
+    ids=["a layer missing", "an unexpected tensor", "a tensor of another shape"],
+)
 def test_weights_that_do_not_cover_the_architecture_are_refused_naming_the_keys(tmp_path, damage, message):
     from mechbench.models.loading import load_model
 
@@ -265,12 +303,17 @@ def test_an_adapter_is_refused_on_another_registered_model_and_warned_about_on_a
     adapter = tmp_path / "adapter"
     shutil.copytree(zoo_dir("toy-goat"), adapter)
     config = json.loads((adapter / "adapter_config.json").read_text())
-    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "/data/trainer/base"}))
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({**config, "base_model_name_or_path": "/data/trainer/base"})
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         load_model(f"toy-llama+{adapter}")
-    assert any("records its base as '/data/trainer/base'" in str(w.message) and "only the shapes were checked"
-               in str(w.message) for w in caught)
+    assert any(
+        "records its base as '/data/trainer/base'" in str(w.message)
+        and "only the shapes were checked" in str(w.message)
+        for w in caught
+    )
 
 
 def test_the_paper_adapter_s_recorded_base_is_llama7b():
@@ -307,8 +350,13 @@ def test_a_fine_tune_whose_tokenizer_differs_from_its_base_s_is_not_compared(tmp
     backend = json.loads(base.backend_tokenizer.to_str())
     vocab = backend["model"]["vocab"]
     vocab["fig"], vocab["pot"] = vocab["pot"], vocab["fig"]  # two objects' ids swapped: the same words, other ids
-    swapped = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(backend)),
-                                      bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    swapped = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(backend)),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    )
     assert tokenizer_difference(build_tokenizer(_cache=False), base) is None
     assert "2 of the base's" in tokenizer_difference(swapped, base) and "'fig'" in tokenizer_difference(swapped, base)
     shape = types.SimpleNamespace(n_layers=2, n_heads=4)
@@ -327,8 +375,9 @@ def test_a_run_that_checked_nothing_says_why_for_each_model():
     settings = types.SimpleNamespace(base_of=lambda m: "toy-llama")
     lines = tally.problems(settings)
     assert "toy-goat is in comparison mode" in lines[0] and "suites/test_compare.py" in lines[0]
-    assert lines[1].startswith("toy-llama loaded, but none of its claim tests reached a verdict (3 skipped): no "
-                               "baseline record")
+    assert lines[1].startswith(
+        "toy-llama loaded, but none of its claim tests reached a verdict (3 skipped): no baseline record"
+    )
     tally.verdicts, tally.compare_items = {"toy-llama": 1}, {"toy-goat"}
     assert tally.problems(settings) == []
 
@@ -339,9 +388,25 @@ def test_the_system_pytest_without_mechbench_s_environment_says_how_to_run_it(tm
 
     (tmp_path / "torch").mkdir()  # a torch that cannot be imported, as on a Python without mechbench's packages
     (tmp_path / "torch" / "__init__.py").write_text("raise ImportError(\"No module named 'torch'\")\n")
-    done = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", "suites"],
-                          cwd=conftest.ROOT, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    # -p no:mechbench.pytest_plugin: the plugin's entry point is not in that pytest's environment either
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--co",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:mechbench.pytest_plugin",
+            "suites",
+        ],
+        cwd=conftest.ROOT,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
     said = done.stdout + done.stderr
     assert done.returncode == 4 and "bash scripts/claims.sh" in said and "Traceback" not in said, said[-2000:]
 
@@ -372,20 +437,24 @@ def binary_file(tmp_path):
 
 def model_dir(config: str):
     """A model directory whose config.json holds ``config`` (JSON or not)."""
+
     def make(tmp_path):
         (tmp_path / "m").mkdir()
         (tmp_path / "m" / "config.json").write_text(config)
         (tmp_path / "m" / "tokenizer.json").write_text("{}")
         return str(tmp_path / "m")
+
     return make
 
 
 def circuit_file(heads: str):
     """A circuit file whose one group lists ``heads`` (JSON text)."""
+
     def make(tmp_path):
         path = tmp_path / "circuit.json"
         path.write_text(f'{{"name": "c", "groups": {{"value_fetcher": {{"role": "last", "heads": {heads}}}}}}}')
         return str(path)
+
     return make
 
 
@@ -396,8 +465,10 @@ COMMANDS_BEFORE_WORK = [  # (argv, what stderr must say)
     (["report", "--results", results_file, "--out", a_file], "is a file, not a directory: pass a directory"),
     (["report", "--results", results_file, "--out", UNWRITABLE], "--out /proc cannot be written to"),
     (["report", "--results", binary_file], "is not a results file (it is not text: a binary file?)"),
-    (["report", "--results", lambda t: _lines(t, {"claim": "accuracy", "value": 1, "meta": "edited"})],
-     "holds no measurements (1 lines, none a results record)"),
+    (
+        ["report", "--results", lambda t: _lines(t, {"claim": "accuracy", "value": 1, "meta": "edited"})],
+        "holds no measurements (1 lines, none a results record)",
+    ),
     # compare: the output directory before any claim is computed; an empty claim selection
     (["compare", "toy-goat", "--claims", "accuracy", "--out", UNWRITABLE], "--out /proc cannot be written to"),
     (["compare", "toy-goat", "--claims", "accuracy", "--out", a_file], "is a file, not a directory"),
@@ -405,26 +476,41 @@ COMMANDS_BEFORE_WORK = [  # (argv, what stderr must say)
     (["compare", "toy-goat", "--claims", ","], "--claims ',' names an empty claim"),
     (["compare", "toy-goat", "--claims", "accuracy,,cmap"], "names an empty claim"),
     # compare: a circuit file, checked when read (before the models load)
-    (["compare", "toy-goat", "--circuit", circuit_file("[[true, 1]]")],
-     "circuit 'c' group 'value_fetcher': 'heads' must be [layer, head] pairs of non-negative integers, and [true, 1]"),
+    (
+        ["compare", "toy-goat", "--circuit", circuit_file("[[true, 1]]")],
+        "circuit 'c' group 'value_fetcher': 'heads' must be [layer, head] pairs of non-negative integers, and [true, 1]",
+    ),
     (["compare", "toy-goat", "--circuit", circuit_file("[]")], "'heads' must be a non-empty list"),
-    (["compare", "toy-goat", "--circuit", circuit_file("[[1, 2], [0, 3], [1, 2]]")],
-     "group 'value_fetcher': head(s) [1, 2] are listed more than once"),
+    (
+        ["compare", "toy-goat", "--circuit", circuit_file("[[1, 2], [0, 3], [1, 2]]")],
+        "group 'value_fetcher': head(s) [1, 2] are listed more than once",
+    ),
     (["compare", "toy-goat", "--circuit", circuit_file("[[1.5, 2]]")], "and [1.5, 2] is not one"),
     (["compare", "toy-goat", "--circuit", circuit_file("[[-1, 2]]")], "and [-1, 2] is not one"),
     (["compare", "toy-goat", "--circuit", circuit_file('[["1", 2]]')], 'and ["1", 2] is not one'),
-    (["compare", "toy-goat", "--circuit", circuit_file("[[1, 2], [9, 0]]")],  # the base's shape, read before loading
-     "circuit 'c' group 'value_fetcher' has heads [(9, 0)] outside a model of 4 layers x 8 heads"),
+    (
+        ["compare", "toy-goat", "--circuit", circuit_file("[[1, 2], [9, 0]]")],  # the base's shape, read before loading
+        "circuit 'c' group 'value_fetcher' has heads [(9, 0)] outside a model of 4 layers x 8 heads",
+    ),
     # calibrate: its output directory before the first seed's pytest
     (["calibrate", "toy-llama", "--out", a_file], "is a file, not a directory"),
     (["calibrate", "toy-llama", "--out", UNWRITABLE], "--out /proc cannot be written to"),
     # plan: the local model's config and the rates it divides by
     (["plan", model_dir(GPT2)], "model_type 'gpt2' is not a family mechbench runs (it supports llama"),
-    (["plan", model_dir('{"model_type": "llama", "hidden_size": 64}')],
-     "num_attention_heads is missing, intermediate_size is missing"),
-    (["plan", model_dir('{"model_type": "llama", "num_attention_heads": true, "hidden_size": 64, "intermediate_size": '
-                        '128, "vocab_size": 100, "num_hidden_layers": "2"}')],
-     "num_attention_heads True, num_hidden_layers '2' (the plan needs"),
+    (
+        ["plan", model_dir('{"model_type": "llama", "hidden_size": 64}')],
+        "num_attention_heads is missing, intermediate_size is missing",
+    ),
+    (
+        [
+            "plan",
+            model_dir(
+                '{"model_type": "llama", "num_attention_heads": true, "hidden_size": 64, "intermediate_size": '
+                '128, "vocab_size": 100, "num_hidden_layers": "2"}'
+            ),
+        ],
+        "num_attention_heads True, num_hidden_layers '2' (the plan needs",
+    ),
     (["plan", model_dir("not json {")], "cannot be read as JSON"),
     (["plan", model_dir("[1, 2]")], "holds a JSON list, not a config object"),
     (["plan", "toy-llama", "--tflops", "0"], "--tflops 0: must be a positive finite number"),
@@ -435,12 +521,16 @@ COMMANDS_BEFORE_WORK = [  # (argv, what stderr must say)
     # discover: every place the finished work goes, and the head counts, before the model loads
     (["discover", "toy-llama", "--work-dir", a_file], "is a file, not a directory"),
     (["discover", "toy-llama", "--work-dir", UNWRITABLE], "--work-dir /proc cannot be written to"),
-    (["discover", "toy-llama", "--scores", "missing-dir/x.json"],
-     "--scores missing-dir/x.json: the directory missing-dir does not exist; create it"),
+    (
+        ["discover", "toy-llama", "--scores", "missing-dir/x.json"],
+        "--scores missing-dir/x.json: the directory missing-dir does not exist; create it",
+    ),
     (["discover", "toy-llama", "--scores", "/proc/x.json"], "the directory /proc cannot be written to"),
     (["discover", "toy-llama", "--scores", "."], "--scores . is a directory: pass a file name"),
-    (["discover", "toy-llama", "--receivers", "nogroup=3"],
-     "--receivers 'nogroup=3': no step finds group 'nogroup'; the steps find value_fetcher, pos_transmitter"),
+    (
+        ["discover", "toy-llama", "--receivers", "nogroup=3"],
+        "--receivers 'nogroup=3': no step finds group 'nogroup'; the steps find value_fetcher, pos_transmitter",
+    ),
     (["discover", "toy-llama", "--keep", "nogroup=3"], "--keep 'nogroup=3': no step finds group 'nogroup'"),
     (["discover", "toy-llama", "--steps", "toy", "--keep", "pos_detector=3"], "no step finds group 'pos_detector'"),
     (["discover", "toy-llama", "--receivers", "value_fetcher=0"], "value_fetcher=0: give each group at least 1 head"),
@@ -457,6 +547,7 @@ COMMANDS_BEFORE_WORK = [  # (argv, what stderr must say)
 def no_work(monkeypatch, tmp_path):
     """Any model load, discovery or calibration seed fails the test: the rows must be refused before them. The
     command runs in ``tmp_path``, so that a default output directory is not made in the checkout."""
+
     def reached(*args, **kwargs):
         raise AssertionError("the work started before the input was checked")
 
@@ -464,14 +555,21 @@ def no_work(monkeypatch, tmp_path):
     import mechbench.calibrate
     import mechbench.methods.discovery
 
-    for module, name in ((mechbench.api, "get_model"), (mechbench.calibrate, "run_seeds"),
-                         (mechbench.calibrate, "plant"), (mechbench.methods.discovery, "discover")):
+    for module, name in (
+        (mechbench.api, "get_model"),
+        (mechbench.calibrate, "run_seeds"),
+        (mechbench.calibrate, "plant"),
+        (mechbench.methods.discovery, "discover"),
+    ):
         monkeypatch.setattr(module, name, reached)
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.mark.parametrize("argv, message", COMMANDS_BEFORE_WORK, ids=[
-    " ".join(x if isinstance(x, str) else "FILE" for x in a[:2]) + " " + m[:30] for a, m in COMMANDS_BEFORE_WORK])
+@pytest.mark.parametrize(
+    "argv, message",
+    COMMANDS_BEFORE_WORK,
+    ids=[" ".join(x if isinstance(x, str) else "FILE" for x in a[:2]) + " " + m[:30] for a, m in COMMANDS_BEFORE_WORK],
+)
 def test_a_wrong_command_is_refused_before_the_work_naming_the_input(argv, message, tmp_path, no_work, capsys):
     made = {item: item(tmp_path) for item in argv if callable(item)}
     assert main([made.get(item, item) for item in argv]) == 2
@@ -483,11 +581,31 @@ def test_a_wrong_command_is_refused_before_the_work_naming_the_input(argv, messa
 def test_the_checks_let_good_inputs_through(tmp_path, no_work, capsys):
     """The checks above refuse only what is wrong: the same commands with good inputs reach the work."""
     good_circuit = circuit_file("[[1, 2], [0, 3]]")(tmp_path)
-    for argv in (["discover", "toy-llama", "--receivers", "value_fetcher=3", "--keep", "pos_transmitter=1",
-                  "--work-dir", str(tmp_path / "w"), "--scores", str(tmp_path / "s.json")],
-                 ["compare", "toy-goat", "--claims", "accuracy", "--circuit", good_circuit,
-                  "--results-dir", str(tmp_path / "r")],
-                 ["calibrate", "toy-llama", "--out", str(tmp_path / "c")]):
+    for argv in (
+        [
+            "discover",
+            "toy-llama",
+            "--receivers",
+            "value_fetcher=3",
+            "--keep",
+            "pos_transmitter=1",
+            "--work-dir",
+            str(tmp_path / "w"),
+            "--scores",
+            str(tmp_path / "s.json"),
+        ],
+        [
+            "compare",
+            "toy-goat",
+            "--claims",
+            "accuracy",
+            "--circuit",
+            good_circuit,
+            "--results-dir",
+            str(tmp_path / "r"),
+        ],
+        ["calibrate", "toy-llama", "--out", str(tmp_path / "c")],
+    ):
         with pytest.raises(AssertionError, match="the work started"):
             main(argv)
     assert main(["report", "--results", results_file(tmp_path), "--out", str(tmp_path / "rep"), "--no-figures"]) == 0
@@ -504,9 +622,14 @@ def test_a_discovery_that_finds_no_head_is_an_error_not_an_empty_circuit(tmp_pat
     from mechbench.circuits import Circuit
 
     monkeypatch.setattr(mechbench.api, "get_model", lambda *a, **k: _stand_in_model())
-    monkeypatch.setattr(mechbench.methods.discovery, "discover",
-                        lambda model, name, *a, **k: mechbench.methods.discovery.Discovery({}, Circuit(name, {})))
-    assert main(["discover", "toy-llama", "--work-dir", str(tmp_path), "--store", "--baselines-dir", str(tmp_path)]) == 2
+    monkeypatch.setattr(
+        mechbench.methods.discovery,
+        "discover",
+        lambda model, name, *a, **k: mechbench.methods.discovery.Discovery({}, Circuit(name, {})),
+    )
+    assert (
+        main(["discover", "toy-llama", "--work-dir", str(tmp_path), "--store", "--baselines-dir", str(tmp_path)]) == 2
+    )
     err = capsys.readouterr().err
     assert "the discovery found no head in any group" in err and str(tmp_path) in err
     assert not (tmp_path / "circuits.json").exists()  # nothing stored over the circuit's records
@@ -518,23 +641,29 @@ def test_a_discovery_that_finds_no_head_is_an_error_not_an_empty_circuit(tmp_pat
 def _stand_in_model():
     """What :func:`discover` reads of a model before it runs anything: its fingerprint and shape (3 layers x 4
     heads). No tokenizer: a checkpoint that is refused must be refused before the noise pairs are built."""
-    return types.SimpleNamespace(fingerprint={"weights_sha256": "0" * 64},
-                                 shape=types.SimpleNamespace(n_layers=3, n_heads=4), tokenizer=None)
+    return types.SimpleNamespace(
+        fingerprint={"weights_sha256": "0" * 64}, shape=types.SimpleNamespace(n_layers=3, n_heads=4), tokenizer=None
+    )
 
 
 GOOD_SCORES = [[0.0, -0.5, 0.1, 0.0], [0.2, 0.0, -0.1, 0.0], [0.0, 0.0, 0.0, -0.3]]
 GOOD_SE = [[0.01] * 4] * 3
 
 SAVED_STEPS = [  # (steps saved under the right key, what the refusal must say)
-    ({"value_fetcher": {"scores": [[-1.0, 0.0]], "se": [[0.1, 0.1]]}},
-     "have shape [1, 2], not the model's [layers, heads] = [3, 4]"),
+    (
+        {"value_fetcher": {"scores": [[-1.0, 0.0]], "se": [[0.1, 0.1]]}},
+        "have shape [1, 2], not the model's [layers, heads] = [3, 4]",
+    ),
     ({"value_fetcher": {"scores": [], "se": []}}, "have shape [0]"),
-    ({"value_fetcher": {"scores": [[float("nan")] * 4] * 3, "se": GOOD_SE}},
-     "the scores of step 'value_fetcher' hold non-finite"),
-    ({"value_fetcher": {"scores": GOOD_SCORES, "se": [[-0.1] * 4] * 3}},
-     "the se of step 'value_fetcher' hold negative"),
-    ({"value_fetcher": {"scores": "corrupt", "se": GOOD_SE}},
-     "has no [layers][heads] table of numbers under 'scores'"),
+    (
+        {"value_fetcher": {"scores": [[float("nan")] * 4] * 3, "se": GOOD_SE}},
+        "the scores of step 'value_fetcher' hold non-finite",
+    ),
+    (
+        {"value_fetcher": {"scores": GOOD_SCORES, "se": [[-0.1] * 4] * 3}},
+        "the se of step 'value_fetcher' hold negative",
+    ),
+    ({"value_fetcher": {"scores": "corrupt", "se": GOOD_SE}}, "has no [layers][heads] table of numbers under 'scores'"),
     ({"value_fetcher": {"scores": GOOD_SCORES}}, "under 'se'"),
     ({"nogroup": {"scores": GOOD_SCORES, "se": GOOD_SE}}, "step 'nogroup' is not one of the configured steps"),
     ({"value_fetcher": {"scores": [[0.0] * 4] * 3, "se": GOOD_SE}}, "its 1 saved step(s) select no head"),
@@ -563,25 +692,31 @@ def test_a_sound_saved_discovery_step_is_resumed_as_saved(tmp_path):
 
     model, config = _stand_in_model(), DiscoveryConfig()
     key, path = checkpoint_path(model, "c", config, tmp_path)
-    steps = saved_steps({"key": key, "steps": {"value_fetcher": {"scores": GOOD_SCORES, "se": GOOD_SE}}}, path, config,
-                        model.shape)
+    steps = saved_steps(
+        {"key": key, "steps": {"value_fetcher": {"scores": GOOD_SCORES, "se": GOOD_SE}}}, path, config, model.shape
+    )
     assert torch.equal(steps["value_fetcher"][0], torch.tensor(GOOD_SCORES))
 
 
 # --- circuits: checked when read from circuits.json, and against the model they are used on ----------------------
 
 
-@pytest.mark.parametrize("value, message", [
-    ([], "must be a non-empty list"),
-    ([[1, 2], [1, 2]], "head(s) [1, 2] are listed more than once"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ([], "must be a non-empty list"),
+        ([[1, 2], [1, 2]], "head(s) [1, 2] are listed more than once"),
+    ],
+)
 def test_a_stored_circuit_with_an_empty_group_or_a_repeated_head_is_refused(tmp_path, value, message):
     from mechbench.baselines import DEFAULT_DIR
     from mechbench.circuits import Circuit
 
     data = json.loads((DEFAULT_DIR / "circuits.json").read_text())
-    data["records"] = [dict(r, value=value) if (r["circuit"], r["group"]) == ("toy-llama", "value_fetcher") else r
-                       for r in data["records"]]
+    data["records"] = [
+        dict(r, value=value) if (r["circuit"], r["group"]) == ("toy-llama", "value_fetcher") else r
+        for r in data["records"]
+    ]
     (tmp_path / "circuits.json").write_text(json.dumps(data))
     with pytest.raises(MechbenchError) as e:
         Circuit.load("toy-llama", tmp_path)
@@ -596,8 +731,9 @@ def test_a_circuit_outside_the_model_names_the_circuit_the_group_and_the_heads()
     circuit.check_fits(4, 10)
     with pytest.raises(MechbenchError) as e:
         circuit.check_fits(3, 8)
-    assert ("circuit 'c' group 'pos_detector' has heads [(3, 0), (0, 9)] outside a model of 3 layers x 8 heads"
-            in str(e.value))
+    assert "circuit 'c' group 'pos_detector' has heads [(3, 0), (0, 9)] outside a model of 3 layers x 8 heads" in str(
+        e.value
+    )
 
 
 def test_an_empty_circuit_is_not_stored_over_the_records(tmp_path):
@@ -649,10 +785,12 @@ SHIPPED = baselines.DEFAULT_DIR
 
 def edited(claim, mutate):
     """The shipped ``baselines/<claim>.json`` with ``mutate(data)`` applied (json.dumps writes NaN and Infinity)."""
+
     def make():
         data = json.loads((SHIPPED / f"{claim}.json").read_text())
         mutate(data)
         return claim, json.dumps(data, indent=1)
+
     return make
 
 
@@ -662,10 +800,12 @@ def record(i, **fields):
 
 def replaced(claim, old, new):
     """The shipped file's text with its first ``old`` written as ``new``: what a hand edit leaves."""
+
     def make():
         text = (SHIPPED / f"{claim}.json").read_text()
         assert old in text
         return claim, text.replace(old, new, 1)
+
     return make
 
 
@@ -674,62 +814,129 @@ def duplicated(claim, i):
 
 
 BAD_BASELINES = [  # (what is wrong, the file, what the message must say)
-    ("a tolerance of Infinity", edited("accuracy", record(0, tolerance=float("inf"))),
-     "records[0].tolerance is Infinity, which is not a finite number"),
+    (
+        "a tolerance of Infinity",
+        edited("accuracy", record(0, tolerance=float("inf"))),
+        "records[0].tolerance is Infinity, which is not a finite number",
+    ),
     ("a value of NaN", edited("accuracy", record(1, value=float("nan"))), "records[1].value is NaN"),
     ("a std of -Infinity", edited("dcm_patching", record(2, std=float("-inf"))), "records[2].std is -Infinity"),
-    ("true as a tolerance", edited("accuracy", record(0, tolerance=True)),
-     "records[0].tolerance must be a finite number >= 0, got true"),
-    ("a string value", edited("accuracy", record(0, value="0.66")),
-     'records[0].value must be a number (fraction), got "0.66"'),
-    ("true as a value", edited("accuracy", record(0, value=True)),
-     "records[0].value must be a number (fraction), got true"),
-    ("1.7 in a fraction file", edited("accuracy", record(2, value=1.7)),
-     "records[2].value is 1.7, outside a fraction's range [0, 1]"),
+    (
+        "true as a tolerance",
+        edited("accuracy", record(0, tolerance=True)),
+        "records[0].tolerance must be a finite number >= 0, got true",
+    ),
+    (
+        "a string value",
+        edited("accuracy", record(0, value="0.66")),
+        'records[0].value must be a number (fraction), got "0.66"',
+    ),
+    (
+        "true as a value",
+        edited("accuracy", record(0, value=True)),
+        "records[0].value must be a number (fraction), got true",
+    ),
+    (
+        "1.7 in a fraction file",
+        edited("accuracy", record(2, value=1.7)),
+        "records[2].value is 1.7, outside a fraction's range [0, 1]",
+    ),
     ("a negative fraction", edited("attention_knockout", record(0, value=-0.01)), "records[0].value is -0.01, outside"),
-    ("120 in a percent file", edited("dcm_patching", record(0, value=120.0)),
-     "records[0].value is 120.0, outside a percent's range [0, 100]"),
-    ("a tolerance wider than a fraction allows", edited("accuracy", record(0, tolerance=0.6)),
-     "records[0].tolerance: the tolerance 0.6 is wider than a fraction allows (it must be below 0.5)"),
-    ("a same-sample tolerance of 1", edited("accuracy", record(4, tolerance_same_sample=1.0)),
-     "records[4].tolerance_same_sample: the tolerance 1 is wider than a fraction allows"),
-    ("a percent tolerance of 50", edited("dcm_patching", record(0, tolerance=50)),
-     "records[0].tolerance: the tolerance 50 is wider than a percent allows (it must be below 50)"),
-    ("a negative tolerance", edited("accuracy", record(0, tolerance=-0.1)),
-     "records[0].tolerance must be a finite number >= 0"),
+    (
+        "120 in a percent file",
+        edited("dcm_patching", record(0, value=120.0)),
+        "records[0].value is 120.0, outside a percent's range [0, 100]",
+    ),
+    (
+        "a tolerance wider than a fraction allows",
+        edited("accuracy", record(0, tolerance=0.6)),
+        "records[0].tolerance: the tolerance 0.6 is wider than a fraction allows (it must be below 0.5)",
+    ),
+    (
+        "a same-sample tolerance of 1",
+        edited("accuracy", record(4, tolerance_same_sample=1.0)),
+        "records[4].tolerance_same_sample: the tolerance 1 is wider than a fraction allows",
+    ),
+    (
+        "a percent tolerance of 50",
+        edited("dcm_patching", record(0, tolerance=50)),
+        "records[0].tolerance: the tolerance 50 is wider than a percent allows (it must be below 50)",
+    ),
+    (
+        "a negative tolerance",
+        edited("accuracy", record(0, tolerance=-0.1)),
+        "records[0].tolerance must be a finite number >= 0",
+    ),
     ("n as a string", edited("accuracy", record(0, n="500")), 'records[0].n must be an integer >= 1, got "500"'),
     ("n of 0", edited("accuracy", record(0, n=0)), "records[0].n must be an integer >= 1, got 0"),
     ("n of true", edited("accuracy", record(0, n=True)), "records[0].n must be an integer >= 1, got true"),
     ("n of 500.0", edited("accuracy", record(0, n=500.0)), "records[0].n must be an integer >= 1, got 500.0"),
     ("a negative seed", edited("accuracy", record(4, seed=-1)), "records[4].seed must be an integer >= 0, got -1"),
-    ("a tolerance rule that is not text", edited("accuracy", record(0, tolerance_rule=3)),
-     "records[0].tolerance_rule must be a non-empty string, got 3"),
-    ("a key field of true", edited("accuracy", record(0, model=True)),
-     "records[0].model is a key field and must be a string or an integer, got true"),
+    (
+        "a tolerance rule that is not text",
+        edited("accuracy", record(0, tolerance_rule=3)),
+        "records[0].tolerance_rule must be a non-empty string, got 3",
+    ),
+    (
+        "a key field of true",
+        edited("accuracy", record(0, model=True)),
+        "records[0].model is a key field and must be a string or an integer, got true",
+    ),
     ("a key field of 1.5", edited("attention_knockout", record(0, layer=1.5)), "records[0].layer is a key field"),
-    ("a DCM mask with n_heads true", edited("dcm", lambda d: d["records"][0]["value"].update(n_heads=True)),
-     "records[0].value.n_heads must be a non-negative integer (count), got true"),
-    ("a DCM test accuracy of 1.5", edited("dcm", lambda d: d["records"][3]["value"].update(test_accuracy=1.5)),
-     "records[3].value.test_accuracy is 1.5, outside a fraction's range"),
-    ("a DCM head as a string", edited("dcm", lambda d: d["records"][0]["value"].update(heads=[["15", 13]])),
-     "records[0].value.heads must be a list of [layer, head] pairs of non-negative integers"),
-    ("a minimality accuracy of 2", edited("minimality", lambda d: d["records"][0]["value"].update(after=2)),
-     "records[0].value.after is 2, outside a fraction's range"),
-    ("circuit heads [[true, 1]]", edited("circuits", record(0, value=[[True, 1]])),
-     "records[0].value must be a list of [layer, head] pairs of non-negative integers, got [[true, 1]]"),
-    ("a negative faithfulness ratio", edited("faithfulness", lambda d: next(
-        r for r in d["records"] if r["metric"] == "faithfulness").update(value=-1.0)), "outside a ratio's range"),
+    (
+        "a DCM mask with n_heads true",
+        edited("dcm", lambda d: d["records"][0]["value"].update(n_heads=True)),
+        "records[0].value.n_heads must be a non-negative integer (count), got true",
+    ),
+    (
+        "a DCM test accuracy of 1.5",
+        edited("dcm", lambda d: d["records"][3]["value"].update(test_accuracy=1.5)),
+        "records[3].value.test_accuracy is 1.5, outside a fraction's range",
+    ),
+    (
+        "a DCM head as a string",
+        edited("dcm", lambda d: d["records"][0]["value"].update(heads=[["15", 13]])),
+        "records[0].value.heads must be a list of [layer, head] pairs of non-negative integers",
+    ),
+    (
+        "a minimality accuracy of 2",
+        edited("minimality", lambda d: d["records"][0]["value"].update(after=2)),
+        "records[0].value.after is 2, outside a fraction's range",
+    ),
+    (
+        "circuit heads [[true, 1]]",
+        edited("circuits", record(0, value=[[True, 1]])),
+        "records[0].value must be a list of [layer, head] pairs of non-negative integers, got [[true, 1]]",
+    ),
+    (
+        "a negative faithfulness ratio",
+        edited(
+            "faithfulness", lambda d: next(r for r in d["records"] if r["metric"] == "faithfulness").update(value=-1.0)
+        ),
+        "outside a ratio's range",
+    ),
     ("a duplicated record", duplicated("accuracy", 0), "records[8] has the same keys as records[0]"),
     ("a duplicated record of object values", duplicated("dcm", 5), "records[56] has the same keys as records[5]"),
-    ("a key written twice in a record", replaced("accuracy", '"value": 0.66,', '"value": 0.66, "value": 0.1,'),
-     "records[0] has the key 'value' twice (JSON keeps only the last)"),
-    ("a key written twice at the top",
-     replaced("accuracy", '"unit": "fraction",', '"unit": "fraction", "unit": "percent",'),
-     "the top level has the key 'unit' twice"),
-    ("schema_version true", edited("accuracy", lambda d: d.update(schema_version=True)),
-     "field 'schema_version' must be a int, got true"),
-    ("a record that is not an object", edited("accuracy", lambda d: d["records"].append(0.5)),
-     "records[8] must be an object"),
+    (
+        "a key written twice in a record",
+        replaced("accuracy", '"value": 0.66,', '"value": 0.66, "value": 0.1,'),
+        "records[0] has the key 'value' twice (JSON keeps only the last)",
+    ),
+    (
+        "a key written twice at the top",
+        replaced("accuracy", '"unit": "fraction",', '"unit": "fraction", "unit": "percent",'),
+        "the top level has the key 'unit' twice",
+    ),
+    (
+        "schema_version true",
+        edited("accuracy", lambda d: d.update(schema_version=True)),
+        "field 'schema_version' must be a int, got true",
+    ),
+    (
+        "a record that is not an object",
+        edited("accuracy", lambda d: d["records"].append(0.5)),
+        "records[8] must be an object",
+    ),
     ("a truncated file", lambda: ("accuracy", (SHIPPED / "accuracy.json").read_text()[:300]), "not valid JSON"),
     ("a binary file", ("accuracy", b"\x89PNG\r\n\x1a\n\xff\xfe"), "not UTF-8 text"),
 ]
@@ -783,8 +990,17 @@ def test_baseline_updates_the_directory_refuses_at_the_end_are_kept_in_the_resul
     bdir.mkdir()
     (bdir / "accuracy.json").write_text((baselines.DEFAULT_DIR / "accuracy.json").read_text())
     staging = baselines.Staging()
-    check_claim("accuracy", {"model": "toy-x"}, 0.5, n=100, baselines_dir=bdir, update=True, tolerance=0.2,
-                tolerance_rule="test", staging=staging)
+    check_claim(
+        "accuracy",
+        {"model": "toy-x"},
+        0.5,
+        n=100,
+        baselines_dir=bdir,
+        update=True,
+        tolerance=0.2,
+        tolerance_rule="test",
+        staging=staging,
+    )
     write = baselines._write_atomic
 
     def refused_in_bdir(path, data):  # the directory went read-only while the run measured
@@ -793,10 +1009,10 @@ def test_baseline_updates_the_directory_refuses_at_the_end_are_kept_in_the_resul
         write(path, data)
 
     monkeypatch.setattr(baselines, "_write_atomic", refused_in_bdir)
-    config = types.SimpleNamespace(_mechbench=types.SimpleNamespace(staging=staging, results_dir=results),
-                                   _mechbench_tally=conftest.Tally())
+    ms = conftest.MechbenchSession(types.SimpleNamespace(staging=staging, results_dir=results))
+    config = types.SimpleNamespace(stash={conftest.SESSION_KEY: ms})
     conftest.pytest_sessionfinish(types.SimpleNamespace(config=config), pytest.ExitCode.OK)
-    said = "\n".join(config._mechbench_tally.baselines)
+    said = "\n".join(ms.tally.baselines)
     assert "baselines NOT updated: Permission denied" in said and str(results / "baselines-not-written") in said
     assert baselines.load("accuracy", results / "baselines-not-written").get(model="toy-x").value == 0.5
 
@@ -810,12 +1026,22 @@ def test_a_task_word_the_tokenizer_lacks_fails_the_claim_with_the_message_and_no
     base = build_tokenizer(_cache=False)
     backend = json.loads(base.backend_tokenizer.to_str())
     del backend["model"]["vocab"]["fig"]  # one of the paper's objects: now the unknown token
-    lacking = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(backend)), bos_token="<s>",
-                                      eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    lacking = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(backend)),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    )
     model = save_random_llama(tmp_path / "m")
     lacking.save_pretrained(model)
-    result = pytester.runpytest_inprocess(str(conftest.ROOT / "suites" / "test_accuracy.py"), f"--model={model}",
-                                          f"--results-dir={tmp_path / 'r'}", "-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess(
+        str(conftest.ROOT / "suites" / "test_accuracy.py"),
+        f"--model={model}",
+        f"--results-dir={tmp_path / 'r'}",
+        "-p",
+        "no:cacheprovider",
+    )
     result.assert_outcomes(failed=1)
     said = result.stdout.str()
     assert "'fig'" in said and "unknown token" in said and "Traceback" not in said and "raise " not in said

@@ -36,5 +36,6 @@ def test_fast_path(benchmark, setting):
     model, ids, patch = setting
     prefix = capture_prefix(model, ids)
     out = benchmark(lambda: run(model, ids, [patch], prefix=prefix))
-    torch.testing.assert_close(out.last_logits, run(model, ids, [patch], batch_size=N).last_logits,
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out.last_logits, run(model, ids, [patch], batch_size=N).last_logits, rtol=1e-5, atol=1e-5
+    )

@@ -3,12 +3,11 @@ planted change silences the named heads in a saved copy."""
 
 import torch
 
-from mechbench.calibrate import _PLANT_HEADS, plant, run_seeds, table
+from mechbench.calibrate import plant, planted_heads, run_seeds, table
 
 
 def test_seeds_are_run_and_tallied_per_claim_test(tmp_path):
-    failures = run_seeds("toy-llama", [1, 2], tmp_path, ["-k", "test_accuracy", "--limit=70"],
-                         log=lambda m: None)
+    failures = run_seeds("toy-llama", [1, 2], tmp_path, ["-k", "test_accuracy", "--limit=70"], log=lambda m: None)
     assert list(failures) == ["test_accuracy::test_accuracy[toy-llama]"]
     assert failures["test_accuracy::test_accuracy[toy-llama]"] in ([], [1], [2], [1, 2])
     for seed in (1, 2):
@@ -29,10 +28,37 @@ def test_a_planted_change_zeroes_exactly_the_named_heads(tmp_path):
         w1 = planted.model.model.layers[layer].self_attn.o_proj.weight
         for head in range(original.shape.n_heads):
             cols = slice(head * d, (head + 1) * d)
-            if (layer, head) in _PLANT_HEADS["readers"]:
+            if (layer, head) in planted_heads("toy-llama", "readers"):
                 assert not w1[:, cols].any()
             else:
                 assert torch.equal(w0[:, cols], w1[:, cols])
+
+
+def test_a_plant_silences_the_leading_heads_of_the_circuit_evaluated_on_the_model(tmp_path):
+    """The plant is read from the circuit the suites evaluate on the model (a fine-tune: its base's), never a fixed
+    list: on toy-llama and its fine-tunes the toy circuit's four leading readers and fetchers; on a model evaluated
+    with another circuit, that circuit's heads; a circuit without the group is refused with its groups."""
+    import json
+
+    import pytest
+
+    from mechbench.circuits import Circuit
+    from mechbench.errors import MechbenchError
+
+    toy = Circuit.load("toy-llama")
+    for model in ("toy-llama", "toy-goat", "toy-vicuna"):
+        # the layer of the group's strongest head, its first four heads there: the audit's plants
+        assert planted_heads(model, "readers") == ((0, 3), (0, 1), (0, 4), (0, 2))
+        assert planted_heads(model, "fetchers") == toy.groups["value_fetcher"].heads[:4]
+    other = {
+        "name": "other",
+        "groups": {"struct_reader": {"role": "prev_query_label", "heads": [[1, 5], [0, 7], [1, 2]]}},
+    }
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(other))
+    assert planted_heads("toy-llama", "readers", circuit=str(path)) == ((1, 5), (1, 2))
+    with pytest.raises(MechbenchError, match="no value_fetcher group.*struct_reader"):
+        planted_heads("toy-llama", "fetchers", circuit=str(path))
 
 
 def test_a_run_that_judges_no_claim_is_an_error_not_an_empty_table(tmp_path):

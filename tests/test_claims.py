@@ -11,8 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mechbench import baselines
-from mechbench.claims import CLAIMS, Claim, check_claim, derived_seed, get, tolerance
-from mechbench.claims import registry
+from mechbench.claims import CLAIMS, Claim, check_claim, derived_seed, get, registry, tolerance
 from mechbench.claims.readme import claims_table, with_table
 from mechbench.report import write_report
 
@@ -33,7 +32,7 @@ def _suite_call(path: Path) -> str | None:
         return None
     call = ast.unparse(body[1])
     prefix, suffix = "globals().update(claim_tests('", "'))"
-    return call[len(prefix):-len(suffix)] if call.startswith(prefix) and call.endswith(suffix) else None
+    return call[len(prefix) : -len(suffix)] if call.startswith(prefix) and call.endswith(suffix) else None
 
 
 def test_every_suite_is_a_claims_spec_and_a_call():
@@ -42,7 +41,8 @@ def test_every_suite_is_a_claims_spec_and_a_call():
     for claim in CLAIMS.values():
         if claim.suite is not None:
             assert _suite_call(SUITES / claim.suite) == claim.name, (
-                f"{claim.suite}: not the call claim_tests({claim.name!r}) (the measurement lives in its spec)")
+                f"{claim.suite}: not the call claim_tests({claim.name!r}) (the measurement lives in its spec)"
+            )
     declared = {c.suite for c in CLAIMS.values()}
     for path in SUITES.glob("test_*.py"):
         # comparison mode (every claim side by side) and the claims with no suite file of their own
@@ -68,46 +68,86 @@ def test_the_measurements_take_sizes_seeds_and_tolerances_from_the_spec_and_need
         def number(node):
             return isinstance(node, ast.Constant) and type(node.value) in (int, float)
 
-        sizes = [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
-                 if isinstance(t, ast.Name) and t.id != "Z" and (number(node.value) or (
-                     isinstance(node.value, ast.Tuple) and all(number(e) for e in node.value.elts)))]
+        sizes = [
+            t.id
+            for node in tree.body
+            if isinstance(node, ast.Assign)
+            for t in node.targets
+            if isinstance(t, ast.Name)
+            and t.id != "Z"
+            and (number(node.value) or (isinstance(node.value, ast.Tuple) and all(number(e) for e in node.value.elts)))
+        ]
         assert not sizes, f"{path.name} declares sizes of its own: {sizes}"
         text = path.read_text()
-        for banned in ("tolerance_rule=", "binomial_tolerance", "import math", "baselines.load(", "1000 * (",
-                       "import pytest", "n_examples=500", "settings.seed"):
-            assert banned not in text, f"{path.name}: {banned!r} (the spec, its run and mechbench.claims.tolerance say it)"
+        for banned in (
+            "tolerance_rule=",
+            "binomial_tolerance",
+            "import math",
+            "baselines.load(",
+            "1000 * (",
+            "import pytest",
+            "n_examples=500",
+            "settings.seed",
+        ):
+            assert banned not in text, (
+                f"{path.name}: {banned!r} (the spec, its run and mechbench.claims.tolerance say it)"
+            )
 
 
-def test_a_spec_alone_is_collected_skips_without_a_baseline_stores_one_and_then_passes(pytester, tmp_path,
-                                                                                        monkeypatch):
+def test_a_spec_alone_is_collected_skips_without_a_baseline_stores_one_and_then_passes(pytester, tmp_path, monkeypatch):
     """A claim added as one spec (here at run time) runs in ``pytest suites/`` with no suite file of its own."""
     from mechbench.evaluate import correct_on
 
-    new = Claim(name="new_claim", title="a new claim", sections="9.9", measures="a number", description="A number.",
-                unit="fraction", keys=("model",), rows=("model",), column=None, sizes=(("prompts", 40),),
-                tolerance="binomial", needs_working_model=False)
+    new = Claim(
+        name="new_claim",
+        title="a new claim",
+        sections="9.9",
+        measures="a number",
+        description="A number.",
+        unit="fraction",
+        keys=("model",),
+        rows=("model",),
+        column=None,
+        sizes=(("prompts", 40),),
+        tolerance="binomial",
+        needs_working_model=False,
+    )
 
     @new.test()
     def new_claim_accuracy(run):
         dataset = run.prompts()
         correct = correct_on(run.model, dataset)
         value = correct.float().mean().item()
-        run.check({"model": run.model.name}, value, n=len(dataset), correct=correct, clusters=dataset.clusters(),
-                  tolerance=tolerance.binomial(value, len(dataset)))
+        run.check(
+            {"model": run.model.name},
+            value,
+            n=len(dataset),
+            correct=correct,
+            clusters=dataset.clusters(),
+            tolerance=tolerance.binomial(value, len(dataset)),
+        )
 
     monkeypatch.setitem(registry.CLAIMS, "new_claim", new)
     baselines_dir = tmp_path / "baselines"
     baselines_dir.mkdir()
-    args = [str(SUITES), "--model=toy-llama", f"--baselines-dir={baselines_dir}", f"--results-dir={tmp_path / 'r'}",
-            "-p", "no:cacheprovider", "-rA"]
+    args = [
+        str(SUITES),
+        "--model=toy-llama",
+        f"--baselines-dir={baselines_dir}",
+        f"--results-dir={tmp_path / 'r'}",
+        "-p",
+        "no:cacheprovider",
+        "-rA",
+    ]
     listed = pytester.runpytest_inprocess(*args, "--collect-only", "-q")
     listed.stdout.fnmatch_lines(["*suites/test_registered_claims.py::test_new_claim_accuracy[[]toy-llama[]]"])
     selected = [*args, "-k", "new_claim"]
     first = pytester.runpytest_inprocess(*selected, "--allow-skips")  # asked for: a run that checks nothing passes
     first.assert_outcomes(skipped=1)
     assert first.ret == pytest.ExitCode.OK
-    first.stdout.fnmatch_lines(["*new_claim*does not exist yet*--update-baselines*",
-                                "*--allow-skips: the run passes anyway, as asked*"])
+    first.stdout.fnmatch_lines(
+        ["*new_claim*does not exist yet*--update-baselines*", "*--allow-skips: the run passes anyway, as asked*"]
+    )
     pytester.runpytest_inprocess(*selected, "--update-baselines").assert_outcomes(passed=1)
     assert baselines.load("new_claim", baselines_dir).description == "A number."
     pytester.runpytest_inprocess(*selected).assert_outcomes(passed=1)
@@ -119,17 +159,35 @@ def test_the_readme_table_is_the_registrys():
 
 
 def test_a_new_spec_shows_in_the_readme_table_the_report_and_the_baseline_check(tmp_path, monkeypatch):
-    new = Claim(name="new_claim", title="a new claim", sections="9.9", measures="a number", description="A number.",
-                unit="fraction", keys=("model", "layer"), rows=("model",), column="layer",
-                sizes=(("prompts", 100),), tolerance="binomial")
+    new = Claim(
+        name="new_claim",
+        title="a new claim",
+        sections="9.9",
+        measures="a number",
+        description="A number.",
+        unit="fraction",
+        keys=("model", "layer"),
+        rows=("model",),
+        column="layer",
+        sizes=(("prompts", 100),),
+        tolerance="binomial",
+    )
     monkeypatch.setitem(registry.CLAIMS, "new_claim", new)
     assert "| a new claim (9.9) | `suites/test_registered_claims.py` | a number |" in claims_table()
     # no baseline file yet: the check offers to store one, and storing writes the file from the spec
     outcome = check_claim("new_claim", {"model": "m", "layer": 0}, 0.5, n=100, seed=0, baselines_dir=tmp_path)
     assert outcome.missing and "does not exist yet" in outcome.missing and "--update-baselines" in outcome.missing
     for layer, value in ((0, 0.5), (1, 0.25)):
-        check_claim("new_claim", {"model": "m", "layer": layer}, value, n=100, seed=0, baselines_dir=tmp_path,
-                    update=True, tolerance=tolerance.binomial(value, 100))
+        check_claim(
+            "new_claim",
+            {"model": "m", "layer": layer},
+            value,
+            n=100,
+            seed=0,
+            baselines_dir=tmp_path,
+            update=True,
+            tolerance=tolerance.binomial(value, 100),
+        )
     stored = baselines.load("new_claim", tmp_path)
     assert stored.description == "A number." and len(stored.records) == 2
     assert check_claim("new_claim", {"model": "m", "layer": 1}, 0.25, n=100, seed=0, baselines_dir=tmp_path).passed
@@ -137,12 +195,22 @@ def test_a_new_spec_shows_in_the_readme_table_the_report_and_the_baseline_check(
     with pytest.raises(ValueError, match="layr"):
         check_claim("new_claim", {"model": "m", "layr": 1}, 0.25, baselines_dir=tmp_path)
     # the report lays it out as its spec says: one row per model, one column per layer
-    rows = [{"claim": "new_claim", "model": "m", "layer": layer, "value": value, "passed": True}
-            for layer, value in ((0, 0.5), (1, 0.25))]
+    rows = [
+        {"claim": "new_claim", "model": "m", "layer": layer, "value": value, "passed": True}
+        for layer, value in ((0, 0.5), (1, 0.25))
+    ]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = write_report(tmp_path / "results.jsonl", tmp_path / "out", figures=False).read_text()
-    table = [line.split("|")[1:-1] for line in report.split("## new_claim", 1)[1].strip().splitlines()]
-    assert [c.strip() for c in table[0]] == ["model", "0", "1"] and [c.strip() for c in table[2]] == ["m", "0.5", "0.25"]
+    # under its name, title and section (the spec's)
+    table = [
+        line.split("|")[1:-1]
+        for line in report.split("## new_claim: a new claim (docs/paper.md §9.9)", 1)[1].strip().splitlines()
+    ]
+    assert [c.strip() for c in table[0]] == ["model", "0", "1"] and [c.strip() for c in table[2]] == [
+        "m",
+        "0.5",
+        "0.25",
+    ]
 
 
 def test_limit_sets_the_main_size_scales_the_other_samples_and_leaves_the_methods_settings():
@@ -152,8 +220,20 @@ def test_limit_sets_the_main_size_scales_the_other_samples_and_leaves_the_method
     minimality = get("minimality")  # its prompts come from the model's discovery settings
     assert minimality.size("prompts", None, default=100) == 100 and minimality.size("prompts", 30, default=100) == 30
     assert minimality.size("ablation_prompts", 50) == 500
-    two = Claim(name="two", title="t", sections="", measures="", description="", unit="fraction", keys=(), rows=(),
-                column=None, suite="", sizes=(("prompts", 500), ("context_prompts", 100)), fixed=(("train", 64),))
+    two = Claim(
+        name="two",
+        title="t",
+        sections="",
+        measures="",
+        description="",
+        unit="fraction",
+        keys=(),
+        rows=(),
+        column=None,
+        suite="",
+        sizes=(("prompts", 500), ("context_prompts", 100)),
+        fixed=(("train", 64),),
+    )
     assert [two.size(s, 50) for s in ("prompts", "context_prompts", "train")] == [50, 10, 64]
     with pytest.raises(KeyError, match="prompts, context_prompts, train"):
         two.size("pairs")
@@ -170,11 +250,11 @@ def test_draws_of_two_seeds_never_share_a_seed(seed_a, seed_b, draw_a, draw_b):
 
 
 def test_the_tolerance_rules():
-    assert tolerance.binomial(0.66, 500).value == baselines.binomial_tolerance(0.66, 500, 500)
+    assert tolerance.binomial(0.66, 500).value == tolerance.binomial_tolerance(0.66, 500, 500)
     assert tolerance.binomial(0.0, 500).value > 0  # an observed 0 still allows an example
     assert tolerance.binomial(0.5, 500).same_sample == 0.006
     draws = tolerance.mean_of_draws(0.1, 10, n=500, unit=100, rounding=0.05)
-    assert draws.value == round(3 * 2 ** 0.5 * 0.1 / 10 ** 0.5 + 0.05 + 100 / 500, 4)
+    assert draws.value == round(3 * 2**0.5 * 0.1 / 10**0.5 + 0.05 + 100 / 500, 4)
     assert tolerance.mean_of_draws(0.0, 10, n=500).value == 0.002  # a zero spread still allows one example
     both = tolerance.difference(tolerance.binomial(0.2, 500), tolerance.binomial(0.3, 500), "a and b")
     assert both.value == round(tolerance.binomial(0.2, 500).value + tolerance.binomial(0.3, 500).value, 4)
@@ -186,9 +266,20 @@ def test_an_effect_above_zero_fails_at_full_size_and_is_inconclusive_on_a_reduce
     from mechbench.claims import ClaimFailed, ClaimSkipped, Run, Settings
 
     def run(limit):
-        settings = Settings(models=("m",), base_model=None, baseline_model=None, circuits=None, device="cpu",
-                            dtype="float32", limit=limit, seed=0, baselines_dir=tmp_path, update_baselines=False,
-                            results_dir=tmp_path, require_models=False)
+        settings = Settings(
+            models=("m",),
+            base_model=None,
+            baseline_model=None,
+            circuits=None,
+            device="cpu",
+            dtype="float32",
+            limit=limit,
+            seed=0,
+            baselines_dir=tmp_path,
+            update_baselines=False,
+            results_dir=tmp_path,
+            require_models=False,
+        )
         return Run(get("faithfulness"), settings)
 
     def estimate(value, lo, hi):
@@ -213,4 +304,4 @@ def test_the_spread_of_fresh_draws_is_at_least_the_binomials():
     binomial_spread = 100 * (0.41 * 0.59 / 40) ** 0.5
     assert tolerance.spread_of_fresh_draws(values, 40, unit=100) == pytest.approx(binomial_spread, rel=1e-2)
     wide = [10.0, 70.0, 20.0, 60.0]  # a spread above the binomial's is kept
-    assert tolerance.spread_of_fresh_draws(wide, 40, unit=100) == pytest.approx(650 ** 0.5)
+    assert tolerance.spread_of_fresh_draws(wide, 40, unit=100) == pytest.approx(650**0.5)

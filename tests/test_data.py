@@ -1,12 +1,16 @@
 """The entity-tracking data: the paper's layout, roles from tokens, counterfactual definitions, seeds."""
 
-
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mechbench.data.counterfactuals import (
-    ADDITIONAL_DESIDERATA, DESIDERATA, desiderata_pairs, noise_pairs, paper_query_position,
+    ADDITIONAL_DESIDERATA,
+    DESIDERATA,
+    desiderata_pairs,
+    noise_pairs,
+    paper_query_position,
 )
 from mechbench.data.dataset import Vocabulary, build_dataset, tokenize_examples
 from mechbench.data.prompts import LETTERS, Context, Example, paper_objects
@@ -125,8 +129,9 @@ def test_unequal_prompt_lengths_are_refused(llama_tokenizer):
     from mechbench.data.prompts import PAPER_TEMPLATE
 
     with pytest.raises(TokenizationError, match="same number of tokens"):
-        tokenize_examples(llama_tokenizer, [short, long], vocab,
-                          [PAPER_TEMPLATE, PAPER_TEMPLATE.with_(prefix="Look: ")])
+        tokenize_examples(
+            llama_tokenizer, [short, long], vocab, [PAPER_TEMPLATE, PAPER_TEMPLATE.with_(prefix="Look: ")]
+        )
 
 
 # --- counterfactuals -------------------------------------------------------------------------------
@@ -190,7 +195,9 @@ def test_paper_compat_box_label_target_is_the_bare_piece(llama_tokenizer):
     pieces = llama_tokenizer.convert_ids_to_tokens(compat.target_ids.tolist())
     assert not any(p.startswith("▁") for p in pieces)
     assert all(p.startswith("▁") for p in llama_tokenizer.convert_ids_to_tokens(right.target_ids.tolist()))
-    assert llama_tokenizer.convert_tokens_to_ids("book") == 2909 and llama_tokenizer.convert_tokens_to_ids("▁book") == 3143
+    assert (
+        llama_tokenizer.convert_tokens_to_ids("book") == 2909 and llama_tokenizer.convert_tokens_to_ids("▁book") == 3143
+    )
 
 
 @settings(max_examples=10, deadline=None)

@@ -11,7 +11,12 @@ from mechbench.circuits import Circuit, HeadGroup, store_circuit
 from mechbench.data.counterfactuals import noise_pairs
 from mechbench.errors import MechbenchError
 from mechbench.methods.discovery import (
-    PAPER_STEPS, TOY_STEPS, Step, discover_circuit, random_label_positions, select_heads,
+    PAPER_STEPS,
+    TOY_STEPS,
+    Step,
+    discover_circuit,
+    random_label_positions,
+    select_heads,
 )
 from mechbench.methods.path_patching import Receivers, path_patching_scores
 from tests.helpers import random_llama
@@ -36,8 +41,14 @@ def test_select_heads_orders_by_score_and_drops_heads_past_the_floor():
 
 
 def test_each_step_patches_into_the_previous_groups_heads(model, pairs):
-    found = discover_circuit(model, pairs, "r", PAPER_STEPS, receiver_k={g: 2 for g in
-                             ("value_fetcher", "pos_transmitter", "pos_detector", "struct_reader")}, seed=3)
+    found = discover_circuit(
+        model,
+        pairs,
+        "r",
+        PAPER_STEPS,
+        receiver_k={g: 2 for g in ("value_fetcher", "pos_transmitter", "pos_detector", "struct_reader")},
+        seed=3,
+    )
     a = path_patching_scores(model, pairs, "last")
     torch.testing.assert_close(found.scores["value_fetcher"], a)
     top_a = select_heads(a, 2)
@@ -45,8 +56,13 @@ def test_each_step_patches_into_the_previous_groups_heads(model, pairs):
     torch.testing.assert_close(found.scores["pos_transmitter"], b)
     c = path_patching_scores(model, pairs, "query_label", Receivers(select_heads(b, 2), "v", "query_label"))
     torch.testing.assert_close(found.scores["pos_detector"], c)
-    d = path_patching_scores(model, pairs, "prev_query_label", Receivers(select_heads(c, 2), "v", "prev_query_label"),
-                             corrupt_positions=random_label_positions(pairs, 3))
+    d = path_patching_scores(
+        model,
+        pairs,
+        "prev_query_label",
+        Receivers(select_heads(c, 2), "v", "prev_query_label"),
+        corrupt_positions=random_label_positions(pairs, 3),
+    )
     torch.testing.assert_close(found.scores["struct_reader"], d)
     circuit = found.circuit
     assert set(circuit.groups) <= {"value_fetcher", "pos_transmitter", "pos_detector", "struct_reader"}
@@ -71,8 +87,13 @@ def test_store_circuit_replaces_measured_records_and_keeps_published_ones(tmp_pa
     from mechbench.baselines import DEFAULT_DIR
 
     shutil.copy(DEFAULT_DIR / "circuits.json", tmp_path / "circuits.json")
-    c1 = Circuit("mine", {"value_fetcher": HeadGroup("value_fetcher", "last", ((1, 2),)),
-                          "struct_reader": HeadGroup("struct_reader", "prev_query_label", ((0, 1),))})
+    c1 = Circuit(
+        "mine",
+        {
+            "value_fetcher": HeadGroup("value_fetcher", "last", ((1, 2),)),
+            "struct_reader": HeadGroup("struct_reader", "prev_query_label", ((0, 1),)),
+        },
+    )
     store_circuit(c1, "test", tmp_path)
     c2 = Circuit("mine", {"value_fetcher": HeadGroup("value_fetcher", "last", ((1, 3), (2, 0)))})
     diff = store_circuit(c2, "test", tmp_path)
@@ -80,7 +101,9 @@ def test_store_circuit_replaces_measured_records_and_keeps_published_ones(tmp_pa
     assert Circuit.load("mine", tmp_path) == c2
     assert Circuit.load("llama7b", tmp_path).groups["struct_reader"].heads[0] == (8, 21)
     with pytest.raises(MechbenchError, match="published"):
-        store_circuit(Circuit("llama7b", {"value_fetcher": HeadGroup("value_fetcher", "last", ((0, 0),))}), "x", tmp_path)
+        store_circuit(
+            Circuit("llama7b", {"value_fetcher": HeadGroup("value_fetcher", "last", ((0, 0),))}), "x", tmp_path
+        )
     records = json.loads((tmp_path / "circuits.json").read_text())["records"]
     assert sum(r["circuit"] == "mine" for r in records) == 1
 
@@ -147,8 +170,26 @@ def test_cli_discover_writes_where_told_and_its_scores_file_is_a_circuit_file(tm
     from mechbench.cli import main
 
     scores = tmp_path / "found.json"
-    assert main(["discover", "toy-llama", "--pairs", "12", "--name", "my-circuit", "--store", "--baselines-dir",
-                 str(tmp_path / "b"), "--work-dir", str(tmp_path / "w"), "--scores", str(scores)]) == 0
+    assert (
+        main(
+            [
+                "discover",
+                "toy-llama",
+                "--pairs",
+                "12",
+                "--name",
+                "my-circuit",
+                "--store",
+                "--baselines-dir",
+                str(tmp_path / "b"),
+                "--work-dir",
+                str(tmp_path / "w"),
+                "--scores",
+                str(scores),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "sender runs" in err and "saved to" in err
     assert list((tmp_path / "w").glob("my-circuit-*.json"))
@@ -157,13 +198,16 @@ def test_cli_discover_writes_where_told_and_its_scores_file_is_a_circuit_file(tm
     assert from_file.name == "my-circuit" and from_file.groups == stored.groups
 
 
-@pytest.mark.parametrize("content, problem", [
-    ('{"name": "c"}', "no groups"),
-    ('{"name": "c", "groups": {"value_fetcher": {"role": "last", "heads": [[1]]}}}', "[layer, head] pairs"),
-    ('{"name": "c", "groups": {"value_fetcher": {"role": "first", "heads": [[1, 2]]}}}', "not one of the roles"),
-    ('{"groups": {"value_fetcher": {"role": "last", "heads": [[1, 2]]}}}', "no circuit name"),
-    ('{"name": "c", "groups": ', "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ('{"name": "c"}', "no groups"),
+        ('{"name": "c", "groups": {"value_fetcher": {"role": "last", "heads": [[1]]}}}', "[layer, head] pairs"),
+        ('{"name": "c", "groups": {"value_fetcher": {"role": "first", "heads": [[1, 2]]}}}', "not one of the roles"),
+        ('{"groups": {"value_fetcher": {"role": "last", "heads": [[1, 2]]}}}', "no circuit name"),
+        ('{"name": "c", "groups": ', "not valid JSON"),
+    ],
+)
 def test_a_malformed_circuit_file_names_the_file_and_the_format(tmp_path, content, problem):
     path = tmp_path / "c.json"
     path.write_text(content)
@@ -184,7 +228,8 @@ def test_discovery_states_each_scores_sampling_error_and_its_cut(toy):
     torch.testing.assert_close(per_pair.mean(-1), found.scores["value_fetcher"], rtol=1e-5, atol=1e-7)
     layer, head = found.circuit.groups["value_fetcher"].heads[0]
     assert float(found.se["value_fetcher"][layer, head]) == pytest.approx(
-        cluster_se(per_pair[layer, head].double().numpy(), pairs.base.clusters().numpy()), rel=1e-4)
+        cluster_se(per_pair[layer, head].double().numpy(), pairs.base.clusters().numpy()), rel=1e-4
+    )
     k = dict(SMALL.circuit_k)["value_fetcher"]
     cut = found.cut("value_fetcher", k, SMALL.min_effect)
     assert cut <= -SMALL.min_effect
@@ -206,7 +251,7 @@ def test_recall_within_margin_misses_a_silenced_head_and_keeps_the_rest(toy):
     planted = copy.deepcopy(toy.model)
     d = toy.shape.head_dim
     with torch.no_grad():
-        planted.model.layers[layer].self_attn.o_proj.weight[:, head * d:(head + 1) * d] = 0
+        planted.model.layers[layer].self_attn.o_proj.weight[:, head * d : (head + 1) * d] = 0
     handle = ModelHandle(toy.name, toy.spec, planted, toy.tokenizer, toy.shape, toy.fingerprint, None)
     again = discover(handle, "toy-llama", SMALL, fixed_receivers=found.circuit)
     assert abs(float(again.scores["value_fetcher"][layer, head])) < 1e-6

@@ -3,10 +3,10 @@ random small Llamas, with and without grouped-query attention."""
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mechbench.intervene import HeadPatch, Knockout, Read, run
-from mechbench.intervene.engine import n_units
+from mechbench.intervene import HeadPatch, Knockout, Read, n_units, run
 from tests.helpers import random_llama
 from tests.reference_llama import reference_last_logits
 
@@ -50,10 +50,21 @@ def patch_sets(draw, model):
         n_pos = draw(st.integers(1, 3))
         positions = torch.stack([torch.randperm(S, generator=g)[:n_pos] for _ in range(N)])  # distinct per row
         kind = draw(st.sampled_from(["replace", "per-head", "per-site"]))
-        alpha = {"replace": 1.0, "per-head": torch.rand(len(heads), generator=g),
-                 "per-site": (torch.rand(N, n_pos, len(heads), generator=g) > 0.5).float()}[kind]
-        patches.append(HeadPatch(draw(st.integers(0, LAYERS - 1)), torch.tensor(heads), positions,
-                                 torch.randn(N, n_pos, len(heads), D, generator=g), alpha, component))
+        alpha = {
+            "replace": 1.0,
+            "per-head": torch.rand(len(heads), generator=g),
+            "per-site": (torch.rand(N, n_pos, len(heads), generator=g) > 0.5).float(),
+        }[kind]
+        patches.append(
+            HeadPatch(
+                draw(st.integers(0, LAYERS - 1)),
+                torch.tensor(heads),
+                positions,
+                torch.randn(N, n_pos, len(heads), D, generator=g),
+                alpha,
+                component,
+            )
+        )
     knockouts = []
     if draw(st.booleans()):
         q = torch.randint(1, S, (N,), generator=g)
@@ -67,8 +78,13 @@ def as_reference(patches, knockouts, i):
     for p in patches:
         for j, pos in enumerate(p.positions[i].tolist()):
             for k, head in enumerate(p.heads.tolist()):
-                alpha = (float(p.alpha) if isinstance(p.alpha, float) else
-                         float(p.alpha[k]) if p.alpha.dim() == 1 else float(p.alpha[i, j, k]))
+                alpha = (
+                    float(p.alpha)
+                    if isinstance(p.alpha, float)
+                    else float(p.alpha[k])
+                    if p.alpha.dim() == 1
+                    else float(p.alpha[i, j, k])
+                )
                 hp.append((p.layer, p.component, pos, head, p.values[i, j, k], alpha))
     ko = [(k.from_layer, int(k.query_positions[i]), int(kp)) for k in knockouts for kp in k.key_positions[i]]
     return hp, ko
@@ -91,7 +107,9 @@ def test_alpha_zero_is_no_patch_and_patching_back_what_was_read_is_identity(mode
     for component in ("head_out", "q", "k", "v"):
         heads = torch.arange(n_units(model, component))
         base = run(model, ids, read=Read(component=component))
-        noise = [HeadPatch(l, heads, everything, torch.randn(N, S, len(heads), D), 0.0, component) for l in range(LAYERS)]
+        noise = [
+            HeadPatch(l, heads, everything, torch.randn(N, S, len(heads), D), 0.0, component) for l in range(LAYERS)
+        ]
         assert torch.equal(run(model, ids, noise).last_logits, base.last_logits)
         same = [HeadPatch(l, heads, everything, base.reads[l], 1.0, component) for l in range(LAYERS)]
         torch.testing.assert_close(run(model, ids, same).last_logits, base.last_logits, rtol=0, atol=1e-5)
@@ -156,8 +174,13 @@ def test_the_fast_path_with_gradients_gives_the_full_forwards_gradient(model):
     grads = []
     for prefix in (None, capture_prefixes(model, ids, batch_size=3, on_host=True)):
         alpha = torch.full((2,), 0.3, requires_grad=True)
-        patch = HeadPatch(1, torch.tensor([0, 2]), torch.full((N, 1), S - 2), torch.randn(N, 1, 2, D,
-                          generator=torch.Generator().manual_seed(0)), alpha)
+        patch = HeadPatch(
+            1,
+            torch.tensor([0, 2]),
+            torch.full((N, 1), S - 2),
+            torch.randn(N, 1, 2, D, generator=torch.Generator().manual_seed(0)),
+            alpha,
+        )
         logits = run(model, ids, [patch], grad=True, batch_size=N, prefix=prefix).last_logits
         logits[:, 1].sum().backward()
         grads.append((logits.detach(), alpha.grad.clone()))
@@ -186,9 +209,9 @@ def test_fast_path_equals_the_full_forward(model, data):
     fast = run(model, ids, patches, knockouts=knockouts, prefix=prefix)
     torch.testing.assert_close(fast.last_logits, full.last_logits, rtol=1e-5, atol=1e-5)
     if patches:  # reads of what the fast path recomputes match too
-        from mechbench.intervene.engine import _start
+        from mechbench.intervene.prefix import start_of
 
-        first_layer, first_pos = _start(patches, knockouts, LAYERS)
+        first_layer, first_pos = start_of(patches, knockouts, LAYERS)
         positions = torch.full((N, 1), S - 1)
         if first_layer < LAYERS:
             read = Read(list(range(first_layer, LAYERS)), positions)
@@ -225,9 +248,16 @@ def test_a_prefix_under_common_patches_serves_runs_that_add_to_them(model, data)
     seed, patches, knockouts = data.draw(patch_sets(model))
     g = torch.Generator().manual_seed(seed + 1)
     everywhere = torch.arange(S).repeat(N, 1)
-    common = [HeadPatch(layer, torch.arange(4), everywhere, torch.randn(N, S, 4, D, generator=g),
-                        (torch.rand(N, S, 4, generator=g) > 0.5).float())
-              for layer in data.draw(st.lists(st.integers(0, LAYERS - 1), min_size=1, max_size=3, unique=True))]
+    common = [
+        HeadPatch(
+            layer,
+            torch.arange(4),
+            everywhere,
+            torch.randn(N, S, 4, D, generator=g),
+            (torch.rand(N, S, 4, generator=g) > 0.5).float(),
+        )
+        for layer in data.draw(st.lists(st.integers(0, LAYERS - 1), min_size=1, max_size=3, unique=True))
+    ]
     ids = ids_for(seed)
     sets = [Interventions(patches, knockouts=knockouts), Interventions()]
     outs = run_many(model, ids, sets, batch_size=data.draw(st.integers(1, N)), common=common)
@@ -241,8 +271,7 @@ def test_a_prefix_under_common_patches_serves_runs_that_add_to_them(model, data)
 def test_a_frozen_attention_run_equals_the_full_forward_with_every_later_head_frozen(model, seed, layer, component):
     """Every head of ``layer`` and above given at one position per example (the rest frozen from there on) leaves
     every other position as it was: one token's run gives the full forward's logits (at the last token) and reads."""
-    from mechbench.intervene import capture_prefix
-    from mechbench.intervene.engine import run_frozen_attention
+    from mechbench.intervene import capture_prefix, run_frozen_attention
 
     g = torch.Generator().manual_seed(seed)
     ids = ids_for(seed)
@@ -250,11 +279,15 @@ def test_a_frozen_attention_run_equals_the_full_forward_with_every_later_head_fr
     pos = torch.randint(1, S, (N,), generator=g)
     pos[0] = S - 1
     rows = torch.arange(N)
-    given = {l: clean.reads[l][rows, pos] + (torch.randn(N, 4, D, generator=g) if l == layer else 0)
-             for l in range(layer, LAYERS)}
+    given = {
+        l: clean.reads[l][rows, pos] + (torch.randn(N, 4, D, generator=g) if l == layer else 0)
+        for l in range(layer, LAYERS)
+    }
     frozen = (torch.arange(S)[None] >= pos[:, None]).float()[:, :, None].expand(N, S, 4)
     patches = [HeadPatch(layer, torch.arange(4), pos[:, None], given[layer][:, None])] + [
-        HeadPatch(l, torch.arange(4), torch.arange(S).repeat(N, 1), clean.reads[l], frozen) for l in range(layer + 1, LAYERS)]
+        HeadPatch(l, torch.arange(4), torch.arange(S).repeat(N, 1), clean.reads[l], frozen)
+        for l in range(layer + 1, LAYERS)
+    ]
     full = run(model, ids, patches, read=Read(None, None, component), batch_size=N)
     hidden = capture_prefix(model, ids).hidden[layer][rows, pos]
     one = run_frozen_attention(model, hidden, pos, given, Read(None, None, component))

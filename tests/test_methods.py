@@ -1,6 +1,5 @@
 """Mean ablation, circuit evaluation and path patching against hand-written references on random Llamas."""
 
-
 import pytest
 import torch
 
@@ -10,7 +9,11 @@ from mechbench.data.dataset import build_dataset
 from mechbench.evaluate import accuracy_on
 from mechbench.intervene import Read, run
 from mechbench.methods.ablation import (
-    circuit_accuracy, circuit_keep_mask, mean_ablation_patches, model_minus_accuracy, position_means,
+    circuit_accuracy,
+    circuit_keep_mask,
+    mean_ablation_patches,
+    model_minus_accuracy,
+    position_means,
 )
 from mechbench.methods.path_patching import Receivers, path_patching_scores, top_heads
 from tests.helpers import random_llama
@@ -29,12 +32,15 @@ def pairs(toy_tokenizer):
     return noise_pairs(toy_tokenizer, n_examples=2, num_boxes=2, seed=1)
 
 
-TOY_CIRCUIT = Circuit("toy", {
-    "value_fetcher": HeadGroup("value_fetcher", "last", ((2, 1), (1, 3))),
-    "pos_transmitter": HeadGroup("pos_transmitter", "last", ((1, 0),)),
-    "pos_detector": HeadGroup("pos_detector", "query_label", ((0, 2), (1, 1))),
-    "struct_reader": HeadGroup("struct_reader", "prev_query_label", ((0, 0),)),
-})
+TOY_CIRCUIT = Circuit(
+    "toy",
+    {
+        "value_fetcher": HeadGroup("value_fetcher", "last", ((2, 1), (1, 3))),
+        "pos_transmitter": HeadGroup("pos_transmitter", "last", ((1, 0),)),
+        "pos_detector": HeadGroup("pos_detector", "query_label", ((0, 2), (1, 1))),
+        "struct_reader": HeadGroup("struct_reader", "prev_query_label", ((0, 0),)),
+    },
+)
 
 
 def test_position_means_are_means_of_reads(model, toy_tokenizer):
@@ -61,8 +67,13 @@ def test_circuit_accuracy_equals_reference_ablation(model, toy_tokenizer):
     keep = circuit_keep_mask(TOY_CIRCUIT, ds, LAYERS, HEADS)
     got = run(model, ds.input_ids, mean_ablation_patches(means, ~keep)).last_logits
     for i in range(len(ds)):
-        patches = [(l, "head_out", p, h, means[l, p, h], 1.0) for l in range(LAYERS) for p in range(ds.seq_len)
-                   for h in range(HEADS) if not keep[l, i, p, h]]
+        patches = [
+            (l, "head_out", p, h, means[l, p, h], 1.0)
+            for l in range(LAYERS)
+            for p in range(ds.seq_len)
+            for h in range(HEADS)
+            if not keep[l, i, p, h]
+        ]
         torch.testing.assert_close(got[i], reference_last_logits(model, ds.input_ids[i], patches), rtol=1e-4, atol=1e-4)
 
 
@@ -71,12 +82,15 @@ def test_ablating_nothing_is_the_full_model_and_everything_in_the_circuit_is_kep
     means = position_means(model, ablation_prompts(toy_tokenizer, 10, num_boxes=2, seed=1))
     full = accuracy_on(model, ds)
     assert model_minus_accuracy(model, {}, ds, means) == full
-    everything = {role: {(l, h) for l in range(LAYERS) for h in range(HEADS)}
-                  for role in ("last", "query_label", "prev_query_label")}
+    everything = {
+        role: {(l, h) for l in range(LAYERS) for h in range(HEADS)}
+        for role in ("last", "query_label", "prev_query_label")
+    }
     whole = Circuit("all", {r: HeadGroup(r, r, tuple(sorted(hs))) for r, hs in everything.items()})
     # the circuit of every head at every role still ablates all other positions: equal to ablating those
     others = ~circuit_keep_mask(whole, ds, LAYERS, HEADS)
     from mechbench.methods.ablation import ablated_accuracy
+
     assert circuit_accuracy(model, whole, ds, means) == ablated_accuracy(model, ds, means, others)
     with pytest.raises(Exception, match="outside a model"):
         circuit_accuracy(model, Circuit.load("llama7b"), ds, means)
@@ -96,8 +110,12 @@ def _reference_scores(model, pairs, sender_role, receivers=None, corrupt_positio
         S = clean.seq_len
         for layer in range(LAYERS):
             for head in range(HEADS):
-                patches = [(l, "head_out", p, h, rec_c[(l, "head_out")][p, h], 1.0)
-                           for l in range(layer + 1, LAYERS) for p in range(sp, S) for h in range(HEADS)]
+                patches = [
+                    (l, "head_out", p, h, rec_c[(l, "head_out")][p, h], 1.0)
+                    for l in range(layer + 1, LAYERS)
+                    for p in range(sp, S)
+                    for h in range(HEADS)
+                ]
                 patches.insert(0, (layer, "head_out", sp, head, rec_x[(layer, "head_out")][cp, head], 1.0))
                 rec = {}
                 logits = reference_last_logits(model, clean.input_ids[i], patches, record=rec)
@@ -105,9 +123,11 @@ def _reference_scores(model, pairs, sender_role, receivers=None, corrupt_positio
                     rp = int(clean.positions(receivers.role)[i])
                     group = HEADS // model.config.num_key_value_heads
                     rpatches = []
-                    for (l, h) in receivers.heads:
+                    for l, h in receivers.heads:
                         unit = h if receivers.component == "q" else h // group
-                        rpatches.append((l, receivers.component, rp, unit, rec[(l, receivers.component)][rp, unit], 1.0))
+                        rpatches.append(
+                            (l, receivers.component, rp, unit, rec[(l, receivers.component)][rp, unit], 1.0)
+                        )
                     logits = reference_last_logits(model, clean.input_ids[i], rpatches)
                 scores[layer, head] += (logits.softmax(-1)[target] - p_clean) / p_clean
     return scores / len(pairs)
@@ -151,8 +171,8 @@ def test_path_patching_with_the_clean_prompt_as_corruption_scores_zero(model, pa
 
 
 def test_knockout_edges_point_at_their_roles_and_block_in_the_reference(model, toy_tokenizer):
-    from mechbench.methods.knockout import EDGES, edge_positions, knockout_accuracy
     from mechbench.intervene import Knockout
+    from mechbench.methods.knockout import EDGES, edge_positions, knockout_accuracy
 
     ds = build_dataset(toy_tokenizer, n_examples=3, num_boxes=2, seed=6)
     q, k = edge_positions(ds, "last->correct_object")
@@ -181,8 +201,7 @@ def test_cmap_carries_the_donors_head_outputs_into_the_base(toy_tokenizer):
         for layer in donor.model.layers:
             layer.self_attn.v_proj.weight.mul_(-2.0)
     ds = build_dataset(toy_tokenizer, n_examples=4, num_boxes=2, seed=0)
-    every = [HeadGroup(f"{r}", r, tuple((l, h) for l in range(LAYERS) for h in range(HEADS)))
-             for r in ("last",)]
+    every = [HeadGroup(f"{r}", r, tuple((l, h) for l in range(LAYERS) for h in range(HEADS))) for r in ("last",)]
     patches = cmap_patches(donor, every, ds)
     assert [p.layer for p in patches] == list(range(LAYERS)) and all(p.positions.shape == (4, 1) for p in patches)
     last = ds.positions("last")[:, None]
@@ -207,9 +226,11 @@ def test_dcm_finds_the_head_that_carries_the_target(toy_tokenizer):
     group = HeadGroup("g", "last", ((0, 1), (1, 0), (1, 2), (1, 3)))
     only = torch.tensor([1.0, 1.0, 0.0, 1.0])
     from mechbench.methods import dcm as dcm_module
+
     reads = dcm_module.source_values(model, cf, "last", [0, 1], 50)
-    logits = run(model, cf.base.input_ids, dcm_module._patches(group, 1 - only, cf.base.positions("last"), reads,
-                                                               slice(None))).last_logits
+    logits = run(
+        model, cf.base.input_ids, dcm_module._patches(group, 1 - only, cf.base.positions("last"), reads, slice(None))
+    ).last_logits
     moved = (logits.argmax(-1) != run(model, cf.base.input_ids).last_logits.argmax(-1)).nonzero().flatten()
     planted = CounterfactualDataset("planted", cf.base, cf.source, logits.argmax(-1)).subset(moved[:48])
     assert len(planted) == 48 and masked_accuracy(model, group, planted, only) == 1.0
@@ -251,8 +272,11 @@ def test_completeness_of_the_whole_model_is_exact(model, toy_tokenizer):
     result = completeness(model, TOY_CIRCUIT, ds, means, "entire_group", group="pos_detector")
     k = {"query_label": set(TOY_CIRCUIT.groups["pos_detector"].heads)}
     assert result.model_minus_k == [model_minus_accuracy(model, k, ds, means)]
-    assert result.circuit_minus_k == [circuit_accuracy(model, TOY_CIRCUIT.without(
-        {"pos_detector": set(TOY_CIRCUIT.groups["pos_detector"].heads)}), ds, means)]
+    assert result.circuit_minus_k == [
+        circuit_accuracy(
+            model, TOY_CIRCUIT.without({"pos_detector": set(TOY_CIRCUIT.groups["pos_detector"].heads)}), ds, means
+        )
+    ]
     sampled = completeness(model, TOY_CIRCUIT, ds, means, iterations=3, seed=1)
     assert len(sampled.incompleteness) == 3 and all(0 <= x <= 1 for x in sampled.incompleteness)
     assert sampled.circuit_minus_k == completeness(model, TOY_CIRCUIT, ds, means, iterations=3, seed=1).circuit_minus_k
@@ -262,8 +286,12 @@ def test_cmap_head_sets_are_the_papers_dcm_heads_where_stored():
     from mechbench.methods.cmap import cmap_head_sets
 
     goat = cmap_head_sets(Circuit.load("goat7b"))
-    assert {g: len(s) for g, s in goat.items()} == {"value_fetcher": 56, "pos_transmitter": 15, "pos_detector": 18,
-                                                    "struct_reader": 39}  # docs/paper.md §7
+    assert {g: len(s) for g, s in goat.items()} == {
+        "value_fetcher": 56,
+        "pos_transmitter": 15,
+        "pos_detector": 18,
+        "struct_reader": 39,
+    }  # docs/paper.md §7
     assert goat["pos_detector"].role == "query_label"
     toy = Circuit.load("toy-llama")
     assert cmap_head_sets(toy) == toy.groups  # no DCM run stored: the whole groups
@@ -277,7 +305,9 @@ def test_minimality_before_after_are_circuit_accuracies_without_k(model, toy_tok
     group = TOY_CIRCUIT.groups["pos_detector"]  # two heads at the query label
 
     def f(removed):
-        return circuit_accuracy(model, TOY_CIRCUIT, ds, means, also_ablate={group.role: set(removed)} if removed else None)
+        return circuit_accuracy(
+            model, TOY_CIRCUIT, ds, means, also_ablate={group.role: set(removed)} if removed else None
+        )
 
     # fraction 0: K is empty, so before = F(C) and after = F(C \ {v})
     for s, v in zip(head_significance(model, TOY_CIRCUIT, "pos_detector", ds, means, fraction=0.0), group.heads):
@@ -289,7 +319,10 @@ def test_minimality_before_after_are_circuit_accuracies_without_k(model, toy_tok
     sig = [HeadSignificance("pos_detector", (0, 2), 0.5, 0.4), HeadSignificance("pos_detector", (1, 1), 0.5, 0.5)]
     assert sig[0].relative_drop == pytest.approx(0.25) and sig[1].relative_drop == 0
     pruned = prune(TOY_CIRCUIT, {"pos_detector": sig}, threshold=0.01)
-    assert pruned.groups["pos_detector"].heads == ((0, 2),) and pruned.groups["value_fetcher"] == TOY_CIRCUIT.groups["value_fetcher"]
+    assert (
+        pruned.groups["pos_detector"].heads == ((0, 2),)
+        and pruned.groups["value_fetcher"] == TOY_CIRCUIT.groups["value_fetcher"]
+    )
     assert "pos_detector" not in prune(TOY_CIRCUIT, {"pos_detector": sig}, threshold=1.0).groups
 
 
@@ -328,8 +361,12 @@ def test_group_minimality_resamples_with_k_chosen_again(model, toy_tokenizer):
 
     ds = build_dataset(toy_tokenizer, n_examples=28, num_boxes=2, seed=4)
     means = position_means(model, ablation_prompts(toy_tokenizer, n_examples=6, num_boxes=2, seed=0))
-    circuit = Circuit("toy", dict(TOY_CIRCUIT.groups, pos_detector=HeadGroup(
-        "pos_detector", "query_label", ((0, 2), (1, 1), (2, 0), (0, 3)))))
+    circuit = Circuit(
+        "toy",
+        dict(
+            TOY_CIRCUIT.groups, pos_detector=HeadGroup("pos_detector", "query_label", ((0, 2), (1, 1), (2, 0), (0, 3)))
+        ),
+    )
     heads = head_significance(model, circuit, "pos_detector", ds, means)
     measured = group_minimality(model, circuit, "pos_detector", ds, means, n_boot=60, seed=1)
     assert [(s.head, s.before, s.after) for s in measured.heads] == [(s.head, s.before, s.after) for s in heads]

@@ -43,8 +43,9 @@ def test_a_registered_spec_states_every_fact_about_its_model(spec: ModelSpec):
         assert set(dict(spec.discovery.receiver_k)) == groups and set(dict(spec.discovery.circuit_k)) <= groups
     assert spec.adapter_parameters == 0 or (spec.adapter and spec.architecture)
     if spec.kind == "paper":  # the plan needs the shapes before anyone downloads 7B weights
-        assert {"num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
-                "vocab_size"} <= set(spec.architecture)
+        assert {"num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"} <= set(
+            spec.architecture
+        )
     else:  # a shipped toy's config.json is here; its card says what it was trained on
         assert spec.architecture is None and spec.training_data
         assert (Path(resolve(spec.name).weights) / "config.json").is_file()
@@ -113,8 +114,13 @@ def _tables_by_model_name(source: str, names: set[str]) -> list[tuple[str, int]]
                 assigned.setdefault(id(inner), label)
     found = []
     for node in ast.walk(tree):
-        items = node.keys if isinstance(node, ast.Dict) else node.elts if isinstance(
-            node, (ast.Set, ast.Tuple, ast.List)) else []
+        items = (
+            node.keys
+            if isinstance(node, ast.Dict)
+            else node.elts
+            if isinstance(node, (ast.Set, ast.Tuple, ast.List))
+            else []
+        )
         named = {i.value for i in items if isinstance(i, ast.Constant) and i.value in names}
         if len(named) >= 2:
             found.append((assigned.get(id(node), "-"), node.lineno))
@@ -129,10 +135,15 @@ def test_no_module_but_the_registry_keeps_a_table_by_model_name():
         if path == registry:
             continue
         rel = path.relative_to(ROOT).as_posix()
-        offenders += [f"{rel}:{line} ({label})" for label, line in _tables_by_model_name(path.read_text(), names)
-                      if (rel, label) not in CODE_TABLES]
-    assert offenders == [], ("per-model facts belong in the model's spec (mechbench/models/registry.py); "
-                             "found tables by model name at " + ", ".join(offenders))
+        offenders += [
+            f"{rel}:{line} ({label})"
+            for label, line in _tables_by_model_name(path.read_text(), names)
+            if (rel, label) not in CODE_TABLES
+        ]
+    assert offenders == [], (
+        "per-model facts belong in the model's spec (mechbench/models/registry.py); "
+        "found tables by model name at " + ", ".join(offenders)
+    )
 
 
 def test_a_table_by_model_name_is_found():

@@ -48,7 +48,11 @@ def test_missing_weights_name_the_id_and_how_to_provide_them(monkeypatch):
     with pytest.raises(ModelLoadError) as err:
         load_model("float7b")
     msg = str(err.value)
-    assert "nikhil07prakash/float-7b" in msg and "hf download nikhil07prakash/float-7b" in msg and "MECHBENCH_MODEL_FLOAT7B" in msg
+    assert (
+        "nikhil07prakash/float-7b" in msg
+        and "hf download nikhil07prakash/float-7b" in msg
+        and "MECHBENCH_MODEL_FLOAT7B" in msg
+    )
     with pytest.raises(ModelLoadError, match="MECHBENCH_MODEL_LLAMA7B"):  # Goat's missing base names its own variable
         load_model("goat7b")
     loading._hub_reachable.cache_clear()
@@ -124,8 +128,12 @@ def test_lora_adapter_loads_unmerged_with_unchanged_module_paths(tmp_path):
 
 
 def test_suite_rejects_an_unknown_model_name_with_a_message():
-    run = subprocess.run([sys.executable, "-m", "pytest", "suites/", "--model=no-such-model", "-q"],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "suites/", "--model=no-such-model", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode != 0
     assert "unknown model 'no-such-model'" in run.stderr + run.stdout and "toy-llama" in run.stderr + run.stdout
 

@@ -1,5 +1,6 @@
 """Checks the paper baselines in baselines/*.json: schema, internal consistency, and
 agreement with the raw result files of the paper's code (Nix07/finetuning) where those are present."""
+
 import glob
 import json
 import math
@@ -26,14 +27,20 @@ OPTIONAL = set(RECORD_FIELDS) - {"value", "source"}
 MODELS = {"llama7b", "vicuna7b", "goat7b", "float7b"} | set(TOY_MODELS)  # toy records are measured ones
 CIRCUITS = {"llama7b", "goat7b", "float7b"} | {"toy-llama"}  # the toy circuit is a measured one
 GROUPS = ["value_fetcher", "pos_transmitter", "pos_detector", "struct_reader"]
-ROLE = {"value_fetcher": "last", "pos_transmitter": "last", "pos_detector": "query_label",
-            "struct_reader": "prev_query_label"}
+ROLE = {
+    "value_fetcher": "last",
+    "pos_transmitter": "last",
+    "pos_detector": "query_label",
+    "struct_reader": "prev_query_label",
+}
 SHORT = {"llama7b": "llama", "vicuna7b": "vicuna", "goat7b": "goat", "float7b": "float"}
-KNOCKOUT_FILES = {"last->correct_object": "from_last_to_correct_obj_pos",
-                  "last->random_context_token": "from_last_to_random_pos",
-                  "last->query_label": "from_last_to_query_box_pos",
-                  "query_label->prev_query_label": "from_query_box_to_prev_query_box",
-                  "query_label->random_context_token": "from_query_box_to_random_pos"}
+KNOCKOUT_FILES = {
+    "last->correct_object": "from_last_to_correct_obj_pos",
+    "last->random_context_token": "from_last_to_random_pos",
+    "last->query_label": "from_last_to_query_box_pos",
+    "query_label->prev_query_label": "from_query_box_to_prev_query_box",
+    "query_label->random_context_token": "from_query_box_to_random_pos",
+}
 
 
 def load(name):
@@ -65,6 +72,7 @@ def by_key(name):
 
 
 # ----------------------------------------------------------------------------- schema
+
 
 def test_no_unexpected_files():
     assert sorted(p.stem for p in BASELINES.glob("*.json")) == sorted(FILES)
@@ -115,10 +123,15 @@ def test_schema(name):
 
 # ----------------------------------------------------------------------------- internal consistency
 
+
 def test_accuracy_values_and_tolerance():
     recs = {r["model"]: r for r in paper("accuracy") if not r["source"].startswith("measured")}
-    assert {m: r["value"] for m, r in recs.items()} == {"llama7b": 0.66, "vicuna7b": 0.67, "goat7b": 0.82,
-                                                      "float7b": 0.82}
+    assert {m: r["value"] for m, r in recs.items()} == {
+        "llama7b": 0.66,
+        "vicuna7b": 0.67,
+        "goat7b": 0.82,
+        "float7b": 0.82,
+    }
     for r in recs.values():
         p = r["value"]
         assert r["n"] == 500
@@ -171,8 +184,11 @@ def test_minimality_reproduces_circuits():
         assert len(heads) == s["n_candidates"]
         assert s["k_removed"] == math.ceil(0.3 * s["n_candidates"])
         heads.sort(key=lambda r: r["rank"])
-        kept = [[r["layer"], r["head"]] for r in heads
-                if r["value"]["before"] / r["value"]["after"] - 1 >= s["threshold"] - 1e-12]
+        kept = [
+            [r["layer"], r["head"]]
+            for r in heads
+            if r["value"]["before"] / r["value"]["after"] - 1 >= s["threshold"] - 1e-12
+        ]
         assert kept == circuits[(c, g)], (c, g)
         assert [r["value"]["in_circuit"] for r in heads] == [[r["layer"], r["head"]] in kept for r in heads]
 
@@ -191,6 +207,7 @@ def test_dcm_heads_within_circuit():
 
 
 # ----------------------------------------------------------------------------- cross-checks with raw files
+
 
 def test_circuits_match_raw():
     data = need_data()
@@ -217,8 +234,11 @@ def test_dcm_patching_matches_raw():
     assert len(recs) == 3 * 4 * 4 * 3 + 11
     for r in recs:
         c, m = SHORT[r["circuit"]], SHORT[r["model"]]
-        fname = "llama_add_semantic_results.json" if r["desideratum"] not in (
-            "object_value", "positional", "box_label_value") else f"{m}_semantic_results.json"
+        fname = (
+            "llama_add_semantic_results.json"
+            if r["desideratum"] not in ("object_value", "positional", "box_label_value")
+            else f"{m}_semantic_results.json"
+        )
         raw = json.loads((data / "activation_patching" / f"{c}_circuit" / fname).read_text())
         runs = raw[m][r["group"]][r["desideratum"]]
         assert len(runs) == r["n_runs"] == 10
@@ -256,6 +276,7 @@ def test_minimality_matches_raw():
 # --- every published record can be compared the way its suite compares it (no model needed) -----------------
 
 from mechbench import baselines as _baselines  # noqa: E402
+from mechbench.claims.tolerance import judge  # noqa: E402
 
 #: claim -> (which published records its suite compares, the n it measures on, the field it compares). The
 #: suites: test_accuracy, test_faithfulness, test_completeness, test_dcm, test_dcm_patching, test_cmap,
@@ -280,11 +301,11 @@ def test_every_published_record_is_comparable_by_its_suite(claim):
     records = [r for r in table.records if not r.measured and compared(r.keys)]
     assert records, f"{claim}: the suite compares no published record"
     for record in records:
-        for field in (fields if isinstance(fields, tuple) else (fields,)):
+        for field in fields if isinstance(fields, tuple) else (fields,):
             expected = record.value[field] if field else record.value
             # the value itself (another seed: the independent-sample tolerance) must be within tolerance, and a
             # value far outside must not be
-            at = _baselines.compare(expected, record, n=n, seed=None, field=field)
+            at = judge(expected, record, n=n, seed=None, field=field)
             assert at.passed and at.tolerance > 0, (claim, record.keys, field)
-            far = _baselines.compare(expected + 10 * at.tolerance + 1, record, n=n, seed=None, field=field)
+            far = judge(expected + 10 * at.tolerance + 1, record, n=n, seed=None, field=field)
             assert not far.passed, (claim, record.keys, field)

@@ -34,11 +34,25 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER = ROOT / "tests/data/llama-tokenizer"
 #: LLaMA-7B's layout at a small width: 32 layers x 32 heads (the paper's circuit indices fit), head_dim 4.
-STANDIN = dict(num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, hidden_size=128,
-               intermediate_size=344, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-6,
-               bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-REPOS = {"llama": "huggyllama/llama-7b", "vicuna": "AlekseyKorshuk/vicuna-7b", "goat": "tiedong/goat-lora-7b",
-         "float": "nikhil07prakash/float-7b"}
+STANDIN = dict(
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    hidden_size=128,
+    intermediate_size=344,
+    vocab_size=32000,
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-6,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=False,
+)
+REPOS = {
+    "llama": "huggyllama/llama-7b",
+    "vicuna": "AlekseyKorshuk/vicuna-7b",
+    "goat": "tiedong/goat-lora-7b",
+    "float": "nikhil07prakash/float-7b",
+}
 PAPER_MODELS = "llama7b,vicuna7b,goat7b,float7b"
 
 
@@ -64,7 +78,8 @@ def _bin_shards(state: dict, directory: Path, n: int) -> None:
         weight_map.update({k: shard for k in part})
         total += sum(t.numel() * t.element_size() for t in part.values())
     (directory / "pytorch_model.bin.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1)
+    )
 
 
 def _tokenizer_files(directory: Path, fast: bool = False) -> None:
@@ -75,15 +90,25 @@ def _tokenizer_files(directory: Path, fast: bool = False) -> None:
 
     shutil.copy(TOKENIZER / "tokenizer.model", directory / "tokenizer.model")
     special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
-    (directory / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
-         "model_max_length": 2048, **special}, indent=1))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "model_max_length": 2048,
+                **special,
+            },
+            indent=1,
+        )
+    )
     (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=1))
     if fast:
         from transformers import LlamaTokenizer
 
         LlamaTokenizer.from_pretrained(str(TOKENIZER), add_bos_token=True).backend_tokenizer.save(
-            str(directory / "tokenizer.json"))
+            str(directory / "tokenizer.json")
+        )
 
 
 def build_hub_cache(cache: Path, seed: int = 0) -> Path:
@@ -112,10 +137,23 @@ def build_hub_cache(cache: Path, seed: int = 0) -> Path:
 
     directory = _snapshot(cache, REPOS["goat"])  # a LoRA adapter: its config and a pickled adapter_model.bin
     r, d = 64, STANDIN["hidden_size"]
-    (directory / "adapter_config.json").write_text(json.dumps({
-        "base_model_name_or_path": "decapoda-research/llama-7b-hf", "peft_type": "LORA", "task_type": "CAUSAL_LM",
-        "r": r, "lora_alpha": 64, "lora_dropout": 0.05, "bias": "none", "fan_in_fan_out": False,
-        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "inference_mode": True}, indent=1))
+    (directory / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "base_model_name_or_path": "decapoda-research/llama-7b-hf",
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "r": r,
+                "lora_alpha": 64,
+                "lora_dropout": 0.05,
+                "bias": "none",
+                "fan_in_fan_out": False,
+                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+                "inference_mode": True,
+            },
+            indent=1,
+        )
+    )
     lora = {}
     for layer in range(STANDIN["num_hidden_layers"]):
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
@@ -141,17 +179,43 @@ def _offline_env(cache: Path, **extra) -> dict:
 def _suites(cache: Path, results: Path, *options: str, **env) -> tuple[subprocess.CompletedProcess, dict]:
     # --limit 40: every claim's code path at a tenth of the prompts (a run at full size took 3 minutes here; the
     # stand-ins stop at the chance guard either way)
-    cmd = [sys.executable, "-m", "pytest", str(ROOT / "suites"), f"--model={PAPER_MODELS}", "--allow-pickle", "--limit=40",
-           f"--results-dir={results}", "--junitxml", str(results / "junit.xml"), "-q", "-p", "no:cacheprovider",
-           "-rA", *options]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(ROOT / "suites"),
+        f"--model={PAPER_MODELS}",
+        "--allow-pickle",
+        "--limit=40",
+        f"--results-dir={results}",
+        "--junitxml",
+        str(results / "junit.xml"),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-rA",
+        *options,
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=_offline_env(cache, **env), capture_output=True, text=True, timeout=1500)
     outcomes = {}
     if (results / "junit.xml").is_file():
         for case in ET.parse(results / "junit.xml").getroot().iter("testcase"):
-            kind = next(({"failure": "failed", "error": "error", "skipped": "skipped"}[c.tag] for c in case
-                         if c.tag in ("failure", "error", "skipped")), "passed")
-            text = next((c.get("message", "") + "\n" + (c.text or "") for c in case
-                         if c.tag in ("failure", "error", "skipped")), "")
+            kind = next(
+                (
+                    {"failure": "failed", "error": "error", "skipped": "skipped"}[c.tag]
+                    for c in case
+                    if c.tag in ("failure", "error", "skipped")
+                ),
+                "passed",
+            )
+            text = next(
+                (
+                    c.get("message", "") + "\n" + (c.text or "")
+                    for c in case
+                    if c.tag in ("failure", "error", "skipped")
+                ),
+                "",
+            )
             outcomes[case.get("name")] = (kind, text)
     return done, outcomes
 
@@ -198,12 +262,17 @@ def test_the_paper_route_under_the_simulated_gpu(hub_cache, tmp_path):
 def test_pickled_weights_are_refused_without_allow_pickle(hub_cache, tmp_path):
     """Vicuna, FLoat and Goat's adapter ship only pickles: without --allow-pickle each is a skip that says so; Llama,
     whose repository has safetensors beside its pickles, loads from the safetensors."""
-    cmd = [sys.executable, "-c", "import mechbench, sys\n"
-           "for name in sys.argv[1:]:\n"
-           "    try:\n"
-           "        m = mechbench.load_model(name); print(name, 'loaded', m.shape.n_layers)\n"
-           "    except mechbench.MechbenchError as e:\n"
-           "        print(name, 'refused', e)\n", *PAPER_MODELS.split(",")]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import mechbench, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        m = mechbench.load_model(name); print(name, 'loaded', m.shape.n_layers)\n"
+        "    except mechbench.MechbenchError as e:\n"
+        "        print(name, 'refused', e)\n",
+        *PAPER_MODELS.split(","),
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=_offline_env(hub_cache), capture_output=True, text=True, timeout=600)
     lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.split()}
     assert lines["llama7b"].startswith("llama7b loaded 32"), done.stdout + done.stderr

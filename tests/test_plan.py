@@ -43,8 +43,16 @@ def test_prefix_and_read_terms_are_the_bytes_the_engine_holds(small, toy_tokeniz
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_every_claim_fits_an_80_gb_gpu_with_headroom(model, dtype):
     plans = plan.plan(model, dtype, batch_size=50) + plan.plan(model, dtype, batch_size=50, circuit=model)
-    assert {p.claim for p in plans} == {"accuracy", "faithfulness", "completeness", "attention_knockout", "dcm",
-                                        "dcm_patching", "path_patching", "minimality"} | ({"cmap"} if model == "goat7b" else set())
+    assert {p.claim for p in plans} == {
+        "accuracy",
+        "faithfulness",
+        "completeness",
+        "attention_knockout",
+        "dcm",
+        "dcm_patching",
+        "path_patching",
+        "minimality",
+    } | ({"cmap"} if model == "goat7b" else set())
     for p in plans:
         assert p.fits(80 * plan.GIB), f"{model} {dtype} {p.claim}: {p.device_bytes / plan.GIB:.1f} GiB"
     if model == "goat7b":  # CMAP holds the fine-tune and its base at once
@@ -73,30 +81,78 @@ def test_batch_size_is_the_largest_that_fits():
 
 
 def test_releasing_a_device_keeps_only_the_named_models(monkeypatch):
-    loaded = {("a", "cuda:0", "float32", ()): object(), ("b", "cuda:0", "float32", ()): object(),
-              ("c", "cpu", "float32", ()): object()}
+    loaded = {
+        ("a", "cuda:0", "float32", ()): object(),
+        ("b", "cuda:0", "float32", ()): object(),
+        ("c", "cpu", "float32", ()): object(),
+    }
     monkeypatch.setattr(api, "_LOADED", dict(loaded))
     assert api.release("cuda:0", keep=("a",)) == ["b"]
     assert set(k[0] for k in api._LOADED) == {"a", "c"}
 
 
-def test_the_engine_default_batch_size_is_the_sessions(small, toy_tokenizer):
-    from mechbench.intervene import engine
+def test_the_batch_size_is_the_models_own(small, toy_tokenizer):
+    """A caller naming no batch size runs the model's own (set where a session loads it: the memory plan chooses it
+    per model and device), not a process-wide number: another model keeps its own, one nobody set runs the default,
+    and a handle, its PeftModel and its module are one model."""
+    from mechbench.intervene import batch_size_of, set_batch_size
+    from mechbench.models.run_options import DEFAULT_BATCH_SIZE
 
     model, _ = small
+    other = random_llama(n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, seed=3)
     ids = build_dataset(toy_tokenizer, n_examples=5, num_boxes=3, seed=0).input_ids
     full = run(model, ids).last_logits
     calls = []
     handle = model.model.layers[0].register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
-    engine.set_default_batch_size(2)
+    set_batch_size(model, 2)
     try:
+        assert (batch_size_of(model), batch_size_of(other)) == (2, DEFAULT_BATCH_SIZE)
         torch.testing.assert_close(run(model, ids).last_logits, full)
+        assert calls == [2, 2, 1]
+        calls.clear()
+        run(model, ids, batch_size=4)  # a caller's own batch size wins
+        assert calls == [4, 1]
     finally:
-        engine.set_default_batch_size(50)
+        set_batch_size(model, DEFAULT_BATCH_SIZE)
         handle.remove()
-    assert calls == [2, 2, 1]
-    with pytest.raises(ValueError):
-        engine.set_default_batch_size(0)
+    for bad in (0, -1, True):
+        with pytest.raises(ValueError):
+            set_batch_size(model, bad)
+    toy = api.get_model("toy-goat")
+    set_batch_size(toy, 7)
+    try:
+        assert batch_size_of(toy) == batch_size_of(toy.model) == batch_size_of(toy.peft_model) == 7
+    finally:
+        set_batch_size(toy, DEFAULT_BATCH_SIZE)
+
+
+def test_a_session_sets_the_batch_size_of_each_model_it_loads(tmp_path):
+    """The claims' loader (mechbench.claims.run.load_model) gives the model the session's batch size."""
+    from mechbench.claims.run import load_model
+    from mechbench.claims.settings import Settings
+    from mechbench.intervene import batch_size_of, set_batch_size
+    from mechbench.models.run_options import DEFAULT_BATCH_SIZE
+
+    settings = Settings(
+        models=("toy-llama",),
+        base_model=None,
+        baseline_model=None,
+        circuits=None,
+        device="cpu",
+        dtype="float32",
+        limit=None,
+        seed=0,
+        baselines_dir=tmp_path,
+        update_baselines=False,
+        results_dir=tmp_path,
+        require_models=False,
+        batch_size=3,
+    )
+    handle = load_model("toy-llama", settings)
+    try:
+        assert batch_size_of(handle) == 3
+    finally:
+        set_batch_size(handle, DEFAULT_BATCH_SIZE)
 
 
 def test_fast_path_shares_follow_where_the_runs_start():

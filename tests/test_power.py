@@ -25,8 +25,18 @@ from mechbench.evaluate import accuracy_on, correct_on, top1_correct
 from mechbench.intervene import Read, run
 from mechbench.methods import ablation, cmap, dcm, knockout
 from mechbench.methods.ablation import (
-    Completeness, Faithfulness, circuit_accuracy, circuit_correct, circuit_keep_mask, completeness, faithfulness,
-    mean_ablation_patches, model_minus_accuracy, model_minus_correct, position_means, random_circuit,
+    Completeness,
+    Faithfulness,
+    circuit_accuracy,
+    circuit_correct,
+    circuit_keep_mask,
+    completeness,
+    faithfulness,
+    mean_ablation_patches,
+    model_minus_accuracy,
+    model_minus_correct,
+    position_means,
+    random_circuit,
 )
 from mechbench.methods.minimality import HeadSignificance, head_significance
 from tests.helpers import random_llama
@@ -37,12 +47,15 @@ ROLES = ("last", "query_label", "prev_query_label")
 
 # A circuit spread over all three layers and all three roles, with two groups at the last token and one head
 # ((1, 0)) at two roles. (Heads at earlier roles sit below the top layer: nothing reads the top layer there.)
-CIRCUIT = Circuit("planted", {
-    "value_fetcher": HeadGroup("value_fetcher", "last", ((2, 1), (1, 3), (0, 2))),
-    "pos_transmitter": HeadGroup("pos_transmitter", "last", ((1, 0),)),
-    "pos_detector": HeadGroup("pos_detector", "query_label", ((1, 0), (0, 3), (1, 1))),
-    "struct_reader": HeadGroup("struct_reader", "prev_query_label", ((0, 0), (1, 2), (0, 1))),
-})
+CIRCUIT = Circuit(
+    "planted",
+    {
+        "value_fetcher": HeadGroup("value_fetcher", "last", ((2, 1), (1, 3), (0, 2))),
+        "pos_transmitter": HeadGroup("pos_transmitter", "last", ((1, 0),)),
+        "pos_detector": HeadGroup("pos_detector", "query_label", ((1, 0), (0, 3), (1, 1))),
+        "struct_reader": HeadGroup("struct_reader", "prev_query_label", ((0, 0), (1, 2), (0, 1))),
+    },
+)
 
 
 # --- fixtures and plain helpers --------------------------------------------------------------------------
@@ -129,14 +142,19 @@ def circuit_sites(dataset, i, groups, removed=None) -> set:
 
 def reference_circuit_logits(model, dataset, means, groups, removed=None):
     """F(C \\ removed) logits: everything but the circuit's kept sites mean-ablated."""
-    return reference_mean_ablated(model, dataset, means,
-                                  lambda i: all_sites(dataset) - circuit_sites(dataset, i, groups, removed))
+    return reference_mean_ablated(
+        model, dataset, means, lambda i: all_sites(dataset) - circuit_sites(dataset, i, groups, removed)
+    )
 
 
 def reference_model_minus_logits(model, dataset, means, removed):
     """F(M \\ removed) logits: only ``removed`` ({role: heads}) mean-ablated at those roles' positions."""
-    return reference_mean_ablated(model, dataset, means, lambda i: {
-        (l, pos(dataset, role, i), h) for role, heads in removed.items() for (l, h) in heads})
+    return reference_mean_ablated(
+        model,
+        dataset,
+        means,
+        lambda i: {(l, pos(dataset, role, i), h) for role, heads in removed.items() for (l, h) in heads},
+    )
 
 
 def bools(*values) -> torch.Tensor:
@@ -170,12 +188,12 @@ class LogitOracle:
         for name, seen, targets, correct in self.expected:
             n = len(logits)
             for start in range(len(seen) - n + 1) if seen.shape[1:] == logits.shape[1:] and n < len(seen) else ():
-                if torch.allclose(logits, seen[start:start + n], rtol=1e-5, atol=2e-5):
-                    if not torch.equal(target_ids.cpu(), targets[start:start + n]):
+                if torch.allclose(logits, seen[start : start + n], rtol=1e-5, atol=2e-5):
+                    if not torch.equal(target_ids.cpu(), targets[start : start + n]):
                         self.calls.append(f"{name} with wrong targets")
                     elif start == 0:
                         self.calls.append(name)
-                    return correct[start:start + n].clone()
+                    return correct[start : start + n].clone()
         self.calls.append("unexpected logits")
         return torch.zeros(len(logits), dtype=torch.bool)
 
@@ -193,10 +211,9 @@ def oracle(monkeypatch):
 
 def test_top1_correct_compares_each_rows_argmax_with_its_target():
     """Guards against an argmax over the wrong axis, argmin, or a comparison with the wrong targets."""
-    logits = torch.tensor([[0.0, 3.0, 1.0, -1.0, 0.5],
-                           [2.0, 0.0, 1.0, 4.0, 0.0],
-                           [0.0, 0.0, 0.1, -5.0, 0.0],
-                           [9.0, 1.0, 1.0, 1.0, 8.0]])
+    logits = torch.tensor(
+        [[0.0, 3.0, 1.0, -1.0, 0.5], [2.0, 0.0, 1.0, 4.0, 0.0], [0.0, 0.0, 0.1, -5.0, 0.0], [9.0, 1.0, 1.0, 1.0, 8.0]]
+    )
     assert top1_correct(logits, torch.tensor([1, 3, 0, 0])).tolist() == [True, True, False, True]
     assert top1_correct(logits, torch.tensor([4, 3, 2, 1])).tolist() == [False, True, True, False]
 
@@ -229,13 +246,17 @@ def test_cmap_puts_the_donors_head_outputs_at_each_groups_role_into_the_base(mod
     group's role position; its accuracy is the mean of the designed correctness. Guards against base and donor
     swapped, reads or patches at another role or position, off-by-one layers, the wrong heads, a group dropped
     where two share a role, and the wrong answers or reduction."""
+
     def cross_patched(receiver, sender):
         """The reference logits of ``receiver`` with ``sender``'s outputs of every group's heads at its role."""
         out = []
         for i in range(len(ds)):
             outs = head_outs(sender, ds.input_ids[i])
-            patches = [(l, "head_out", pos(ds, g.role, i), h, outs[l][pos(ds, g.role, i), h], 1.0)
-                       for g in CMAP_GROUPS for (l, h) in g.heads]
+            patches = [
+                (l, "head_out", pos(ds, g.role, i), h, outs[l][pos(ds, g.role, i), h], 1.0)
+                for g in CMAP_GROUPS
+                for (l, h) in g.heads
+            ]
             out.append(reference_last_logits(receiver, ds.input_ids[i], patches))
         return torch.stack(out)
 
@@ -329,8 +350,11 @@ def test_train_dcm_selects_the_planted_head_and_scores_the_rounded_mask_on_the_t
     group = HeadGroup("value_fetcher", "last", ((2, 0), (0, 1), (1, 2), (1, 3), (0, 3)))
     only_planted = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0])
     reads = dcm.source_values(model, pairs, "last", [0, 1, 2])
-    patched = run(model, pairs.base.input_ids, dcm._patches(group, 1 - only_planted, pairs.base.positions("last"),
-                                                            reads, slice(None))).last_logits.argmax(-1)
+    patched = run(
+        model,
+        pairs.base.input_ids,
+        dcm._patches(group, 1 - only_planted, pairs.base.positions("last"), reads, slice(None)),
+    ).last_logits.argmax(-1)
     clean = run(model, pairs.base.input_ids).last_logits.argmax(-1)
     moved = (patched != clean).nonzero().flatten()[:38]
     assert len(moved) == 38
@@ -368,8 +392,7 @@ def test_train_dcm_selects_the_planted_head_and_scores_the_rounded_mask_on_the_t
     # Validation targets that are the unpatched predictions: training still drives the planted head's mask to
     # 0, but the best mask on validation (the one kept) patches nothing. Guards against keeping the last mask.
     unpatched_val = CounterfactualDataset("planted", val.base, val.source, clean[moved[24:30]])
-    result = dcm.train_dcm(model, group, train, unpatched_val, test, lam=0.01, epochs=3, batch_size=8,
-                           validate_every=1)
+    result = dcm.train_dcm(model, group, train, unpatched_val, test, lam=0.01, epochs=3, batch_size=8, validate_every=1)
     assert result.heads == () and result.val_accuracy == 1.0
     assert result.test_correct.tolist() == [False, True, False, False, False, True, False, False]
 
@@ -391,7 +414,7 @@ def test_circuit_keep_mask_is_each_groups_heads_at_its_roles_position_and_nothin
     """Guards against a group kept at another role's position, layer and head transposed, or extra sites."""
     expected = torch.zeros(LAYERS, len(ds), ds.seq_len, HEADS, dtype=torch.bool)
     for i in range(len(ds)):
-        for (l, p, h) in circuit_sites(ds, i, CIRCUIT.groups.values()):
+        for l, p, h in circuit_sites(ds, i, CIRCUIT.groups.values()):
             expected[l, i, p, h] = True
     assert torch.equal(circuit_keep_mask(CIRCUIT, ds, LAYERS, HEADS), expected)
 
@@ -406,10 +429,15 @@ def test_circuit_and_model_minus_k_are_the_references_mean_ablations(model, ds, 
     wrong answers or reduction."""
     groups = list(CIRCUIT.groups.values())
     oracle.expect("C", reference_circuit_logits(model, ds, means, groups), ds.answer_ids, bools(True, True, False))
-    oracle.expect("C \\ K", reference_circuit_logits(model, ds, means, groups, K_BY_ROLE), ds.answer_ids,
-                  bools(False, True, False))
-    oracle.expect("M \\ K", reference_model_minus_logits(model, ds, means, K_BY_ROLE), ds.answer_ids,
-                  bools(True, False, True))
+    oracle.expect(
+        "C \\ K",
+        reference_circuit_logits(model, ds, means, groups, K_BY_ROLE),
+        ds.answer_ids,
+        bools(False, True, False),
+    )
+    oracle.expect(
+        "M \\ K", reference_model_minus_logits(model, ds, means, K_BY_ROLE), ds.answer_ids, bools(True, False, True)
+    )
 
     assert circuit_correct(model, CIRCUIT, ds, means, batch_size=2).tolist() == [True, True, False]
     assert circuit_accuracy(model, CIRCUIT, ds, means) == pytest.approx(2 / 3)
@@ -429,8 +457,10 @@ def test_faithfulness_is_circuit_accuracy_over_full_accuracy():
 def plain_random_groups(circuit, rng):
     """The paper's random circuit drawn plainly: per group and per head, a layer then a head, uniformly, with
     replacement."""
-    return [HeadGroup(name, g.role, tuple((rng.randrange(LAYERS), rng.randrange(HEADS)) for _ in g.heads))
-            for name, g in circuit.groups.items()]
+    return [
+        HeadGroup(name, g.role, tuple((rng.randrange(LAYERS), rng.randrange(HEADS)) for _ in g.heads))
+        for name, g in circuit.groups.items()
+    ]
 
 
 def test_random_circuit_keeps_group_sizes_and_roles_and_draws_every_head_uniformly():
@@ -452,14 +482,23 @@ def test_faithfulness_scores_the_circuit_and_seeded_random_circuits(model, ds, m
     Guards against the random circuits drawn otherwise or evaluated at the wrong roles, rows out of draw order,
     the random mean taken over one draw or one axis only, and circuit and random results swapped."""
     groups = list(CIRCUIT.groups.values())
-    oracle.expect("circuit", reference_circuit_logits(model, ds, means, groups), ds.answer_ids,
-                  bools(True, False, True))
+    oracle.expect(
+        "circuit", reference_circuit_logits(model, ds, means, groups), ds.answer_ids, bools(True, False, True)
+    )
     rng = random.Random(7)
-    designed = [bools(True, False, False), bools(False, False, False), bools(True, True, False),
-                bools(False, True, True)]
+    designed = [
+        bools(True, False, False),
+        bools(False, False, False),
+        bools(True, True, False),
+        bools(False, True, True),
+    ]
     for j, correct in enumerate(designed):
-        oracle.expect(f"random {j}", reference_circuit_logits(model, ds, means, plain_random_groups(CIRCUIT, rng)),
-                      ds.answer_ids, correct)
+        oracle.expect(
+            f"random {j}",
+            reference_circuit_logits(model, ds, means, plain_random_groups(CIRCUIT, rng)),
+            ds.answer_ids,
+            correct,
+        )
 
     result = faithfulness(model, CIRCUIT, ds, means, full_accuracy=0.9, n_random=4, seed=7, batch_size=2)
     assert sorted(oracle.calls) == sorted(["circuit"] + [f"random {j}" for j in range(4)])
@@ -500,10 +539,18 @@ def test_completeness_random_sampling_scores_each_draw_of_k_on_both_sides(model,
     keys = [tuple(sorted((r, h) for r, hs in k.items() for h in hs)) for k in draws]
     assert len(set(keys)) == 4  # four different K
     groups = list(CIRCUIT.groups.values())
-    designed_c = [bools(True, False, False), bools(True, True, True), bools(False, False, False),
-                  bools(False, True, True)]
-    designed_m = [bools(True, True, False), bools(False, False, True), bools(True, True, True),
-                  bools(False, False, True)]
+    designed_c = [
+        bools(True, False, False),
+        bools(True, True, True),
+        bools(False, False, False),
+        bools(False, True, True),
+    ]
+    designed_m = [
+        bools(True, True, False),
+        bools(False, False, True),
+        bools(True, True, True),
+        bools(False, False, True),
+    ]
     for j, k in enumerate(draws):
         oracle.expect(f"C \\ K{j}", reference_circuit_logits(model, ds, means, groups, k), ds.answer_ids, designed_c[j])
         oracle.expect(f"M \\ K{j}", reference_model_minus_logits(model, ds, means, k), ds.answer_ids, designed_m[j])
@@ -522,8 +569,9 @@ def test_completeness_entire_group_removes_that_group_at_its_role_on_both_sides(
     group = CIRCUIT.groups["struct_reader"]
     k = {group.role: set(group.heads)}
     groups = list(CIRCUIT.groups.values())
-    oracle.expect("C \\ D", reference_circuit_logits(model, ds, means, groups, k), ds.answer_ids,
-                  bools(False, True, False))
+    oracle.expect(
+        "C \\ D", reference_circuit_logits(model, ds, means, groups, k), ds.answer_ids, bools(False, True, False)
+    )
     oracle.expect("M \\ D", reference_model_minus_logits(model, ds, means, k), ds.answer_ids, bools(True, True, True))
     result = completeness(model, CIRCUIT, ds, means, "entire_group", group="struct_reader")
     assert oracle.calls == ["C \\ D", "M \\ D"]
@@ -535,11 +583,14 @@ def test_completeness_entire_group_removes_that_group_at_its_role_on_both_sides(
 
 
 MIN_GROUP = "pos_detector"
-MIN_CIRCUIT = Circuit("minimal", {
-    "value_fetcher": HeadGroup("value_fetcher", "last", ((2, 1), (1, 3))),
-    "pos_detector": HeadGroup("pos_detector", "query_label", ((1, 1), (0, 3), (1, 2), (0, 2))),
-    "struct_reader": HeadGroup("struct_reader", "prev_query_label", ((0, 0),)),
-})
+MIN_CIRCUIT = Circuit(
+    "minimal",
+    {
+        "value_fetcher": HeadGroup("value_fetcher", "last", ((2, 1), (1, 3))),
+        "pos_detector": HeadGroup("pos_detector", "query_label", ((1, 1), (0, 3), (1, 2), (0, 2))),
+        "struct_reader": HeadGroup("struct_reader", "prev_query_label", ((0, 0),)),
+    },
+)
 
 
 def plain_significance(F, heads, fraction, descending=True, rounding=math.ceil, stop_rule=True):
@@ -569,15 +620,22 @@ def designed_accuracies(heads, n):
     while True:
         F = {s: rng.randrange(n + 1) / n for s in subsets}
         right = plain_significance(F, heads, 0.3)
-        variants = [(right, plain_significance(F, heads, 0.3, descending=False)),
-                    (right, plain_significance(F, heads, 0.3, rounding=math.floor)),
-                    (right, plain_significance(F, heads, 0.3, stop_rule=False)),
-                    (plain_significance(F, heads[:3], 0.3), plain_significance(F, heads[:3], 0.3, descending=False))]
-        pair_drops_differ = all(len({F[frozenset({u})] - F[frozenset({u, v})] for u in heads if u != v}) == 3
-                                for v in heads)
+        variants = [
+            (right, plain_significance(F, heads, 0.3, descending=False)),
+            (right, plain_significance(F, heads, 0.3, rounding=math.floor)),
+            (right, plain_significance(F, heads, 0.3, stop_rule=False)),
+            (plain_significance(F, heads[:3], 0.3), plain_significance(F, heads[:3], 0.3, descending=False)),
+        ]
+        pair_drops_differ = all(
+            len({F[frozenset({u})] - F[frozenset({u, v})] for u in heads if u != v}) == 3 for v in heads
+        )
         triples_differ = len({F[s] for s in subsets if len(s) == 3}) == 4
-        if (pair_drops_differ and triples_differ and all(b != a for _, b, a, _ in right)
-                and all([r[1:3] for r in good] != [w[1:3] for w in wrong] for good, wrong in variants)):
+        if (
+            pair_drops_differ
+            and triples_differ
+            and all(b != a for _, b, a, _ in right)
+            and all([r[1:3] for r in good] != [w[1:3] for w in wrong] for good, wrong in variants)
+        ):
             return F
 
 
@@ -600,7 +658,7 @@ def test_head_significance_ranks_pair_drops_and_takes_ceil_fraction_of_them(mode
         keep = torch.zeros(LAYERS, len(data), data.seq_len, HEADS, dtype=torch.bool)
         # expected logits by the engine (circuit_correct is checked against the reference above)
         for i in range(len(data)):
-            for (l, p, h) in circuit_sites(data, i, MIN_CIRCUIT.groups.values(), {role: s}):
+            for l, p, h in circuit_sites(data, i, MIN_CIRCUIT.groups.values(), {role: s}):
                 keep[l, i, p, h] = True
         logits = run(model, data.input_ids, mean_ablation_patches(means, ~keep)).last_logits
         oracle.expect(str(sorted(s)), logits, data.answer_ids, correct_of[s])
@@ -646,8 +704,10 @@ def test_edge_positions_go_from_the_query_role_to_the_key_role(ds):
     for edge, (query_role, key_role) in EDGE_ROLES.items():
         queries, keys = knockout.edge_positions(ds, edge)
         assert torch.equal(queries, ds.positions(query_role)) and torch.equal(keys, ds.positions(key_role)), edge
-    for edge, query_role in (("last->random_context_token", "last"),
-                             ("query_label->random_context_token", "query_label")):
+    for edge, query_role in (
+        ("last->random_context_token", "last"),
+        ("query_label->random_context_token", "query_label"),
+    ):
         assert torch.equal(knockout.edge_positions(ds, edge)[0], ds.positions(query_role))
 
 
@@ -667,9 +727,12 @@ def test_random_context_tokens_are_seeded_context_tokens_other_than_the_real_key
 
 
 def reference_knockout_logits(model, dataset, queries, keys, from_layer):
-    return torch.stack([reference_last_logits(model, dataset.input_ids[i],
-                                              knockouts=[(from_layer, int(queries[i]), int(keys[i]))])
-                        for i in range(len(dataset))])
+    return torch.stack(
+        [
+            reference_last_logits(model, dataset.input_ids[i], knockouts=[(from_layer, int(queries[i]), int(keys[i]))])
+            for i in range(len(dataset))
+        ]
+    )
 
 
 def test_knockout_curve_blocks_the_edge_in_every_layer_from_each_start(model, ds, oracle):
@@ -677,11 +740,16 @@ def test_knockout_curve_blocks_the_edge_in_every_layer_from_each_start(model, ds
     designed correctness. Guards against blocking from L + 1 or L - 1, query and key swapped, another edge's
     positions, and a curve whose keys and values are shifted or reduced otherwise."""
     queries, keys = ds.positions("last"), ds.positions("correct_object")
-    designed = {0: bools(False, False, False), 1: bools(False, True, False), 2: bools(True, False, True),
-                3: bools(True, True, True)}
+    designed = {
+        0: bools(False, False, False),
+        1: bools(False, True, False),
+        2: bools(True, False, True),
+        3: bools(True, True, True),
+    }
     for layer, correct in designed.items():
-        oracle.expect(f"from {layer}", reference_knockout_logits(model, ds, queries, keys, layer), ds.answer_ids,
-                      correct)
+        oracle.expect(
+            f"from {layer}", reference_knockout_logits(model, ds, queries, keys, layer), ds.answer_ids, correct
+        )
     curve = knockout.knockout_curve(model, ds, "last->correct_object", [0, 1, 2, 3])
     assert curve == pytest.approx({0: 0.0, 1: 1 / 3, 2: 2 / 3, 3: 1.0})
     assert oracle.calls == ["from 0", "from 1", "from 2", "from 3"]
@@ -691,14 +759,17 @@ def test_knockout_of_an_earlier_query_and_of_a_seeded_random_key_equal_the_refer
     """The query-label edge from layer 1 and the random-context edge drawn with seed 3 from layer 0. Guards
     against positions taken from another role or seed, and from_layer passed wrong."""
     q, k = ds.positions("query_label"), ds.positions("prev_query_label")
-    oracle.expect("query_label from 1", reference_knockout_logits(model, ds, q, k, 1), ds.answer_ids,
-                  bools(True, False, False))
-    oracle.expect("query_label from 0", reference_knockout_logits(model, ds, q, k, 0), ds.answer_ids,
-                  bools(False, True, False))
+    oracle.expect(
+        "query_label from 1", reference_knockout_logits(model, ds, q, k, 1), ds.answer_ids, bools(True, False, False)
+    )
+    oracle.expect(
+        "query_label from 0", reference_knockout_logits(model, ds, q, k, 0), ds.answer_ids, bools(False, True, False)
+    )
     q, k = knockout.edge_positions(ds, "last->random_context_token", seed=3)
     assert not torch.equal(k, knockout.edge_positions(ds, "last->random_context_token", seed=0)[1])
-    oracle.expect("random from 0", reference_knockout_logits(model, ds, q, k, 0), ds.answer_ids,
-                  bools(True, True, False))
+    oracle.expect(
+        "random from 0", reference_knockout_logits(model, ds, q, k, 0), ds.answer_ids, bools(True, True, False)
+    )
     correct = knockout.knockout_correct(model, ds, "query_label->prev_query_label", 1, batch_size=2)
     assert correct.tolist() == [True, False, False]
     assert knockout.knockout_accuracy(model, ds, "query_label->prev_query_label", 0) == pytest.approx(1 / 3)

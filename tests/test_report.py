@@ -16,11 +16,25 @@ def _results(tmp_path):
     for layer, acc in enumerate((0.1, 0.5)):
         w.write("attention_knockout", {"edge": "last->query_label", "layer": layer, "model": "a"}, acc, passed=True)
     w.write("cmap", {"kind": "output_cmap", "source_model": "g", "target_model": "a", "group": "full_circuit"}, 0.7)
-    w.write("cmap", {"kind": "output_cmap", "source_model": "g", "target_model": "a", "group": "value_fetcher",
-                     "role": "last", "n_heads": 3}, 0.65)
+    w.write(
+        "cmap",
+        {
+            "kind": "output_cmap",
+            "source_model": "g",
+            "target_model": "a",
+            "group": "value_fetcher",
+            "role": "last",
+            "n_heads": 3,
+        },
+        0.65,
+    )
     for field, v in (("before", 0.4), ("after", 0.3)):
-        w.write("minimality", {"circuit": "c", "group": "value_fetcher", "kind": "head", "rank": 0, "layer": 1,
-                               "head": 2}, v, field=field)
+        w.write(
+            "minimality",
+            {"circuit": "c", "group": "value_fetcher", "kind": "head", "rank": 0, "layer": 1, "head": 2},
+            v,
+            field=field,
+        )
     with w.path.open("a") as f:
         f.write('{"claim": "accuracy", "model": "c", "val')  # a crash mid-line
     return w.path

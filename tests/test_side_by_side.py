@@ -44,21 +44,48 @@ MACHINE = {"system": "Linux", "python_implementation": "CPython", "python_versio
 def _store(folder, name, when, shape, seconds, peaks_mib=(1.0, 2.0)):
     """A pytest-benchmark JSON file: ``seconds`` maps workload -> (mechbench s, nnsight s)."""
     benchmarks = [
-        {"group": workload, "name": f"test_{workload}_{side}", "fullname": f"benchmarks/x.py::test_{workload}_{side}",
-         "params": None, "param": None, "options": {},
-         "extra_info": {"peak_bytes": int(peak * 2**20), "device": "cpu", "shape": shape, "pairs": 25, "seq_len": 54},
-         "stats": {"min": t, "max": t, "mean": t, "median": t, "rounds": 1, "iterations": 1}}
-        for workload, times in seconds.items() for side, t, peak in zip(("mechbench", "nnsight"), times, peaks_mib)]
+        {
+            "group": workload,
+            "name": f"test_{workload}_{side}",
+            "fullname": f"benchmarks/x.py::test_{workload}_{side}",
+            "params": None,
+            "param": None,
+            "options": {},
+            "extra_info": {
+                "peak_bytes": int(peak * 2**20),
+                "device": "cpu",
+                "shape": shape,
+                "pairs": 25,
+                "seq_len": 54,
+            },
+            "stats": {"min": t, "max": t, "mean": t, "median": t, "rounds": 1, "iterations": 1},
+        }
+        for workload, times in seconds.items()
+        for side, t, peak in zip(("mechbench", "nnsight"), times, peaks_mib)
+    ]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
-    path.write_text(json.dumps({"machine_info": MACHINE, "commit_info": {"id": "abc1234", "dirty": False},
-                                "benchmarks": benchmarks, "datetime": when, "version": "5.3.1"}))
+    path.write_text(
+        json.dumps(
+            {
+                "machine_info": MACHINE,
+                "commit_info": {"id": "abc1234", "dirty": False},
+                "benchmarks": benchmarks,
+                "datetime": when,
+                "version": "5.3.1",
+            }
+        )
+    )
     return path
 
 
 def _rows(output: str) -> dict[str, list[str]]:
-    return {cells[0]: cells[1:] for line in output.splitlines() if line.startswith("| ") and "---" not in line
-            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    return {
+        cells[0]: cells[1:]
+        for line in output.splitlines()
+        if line.startswith("| ") and "---" not in line
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
 
 
 def test_compare_against_the_previous_run_of_the_same_setting(tmp_path, capsys):
@@ -76,16 +103,26 @@ def test_compare_against_the_previous_run_of_the_same_setting(tmp_path, capsys):
 
 def test_compare_a_given_file_with_one_stored_run(tmp_path, capsys):
     history = tmp_path / "history"
-    _store(history / "Linux-CPython-3.11-64bit", "0001_abc.json", "2025-01-01T00:00:00+00:00", "12x12",
-           {"knockout_curve": (3.0, 9.0)})
+    _store(
+        history / "Linux-CPython-3.11-64bit",
+        "0001_abc.json",
+        "2025-01-01T00:00:00+00:00",
+        "12x12",
+        {"knockout_curve": (3.0, 9.0)},
+    )
     current = _store(tmp_path, "current.json", "2025-01-05T00:00:00+00:00", "12x12", {"knockout_curve": (1.0, 9.0)})
     assert compare.main(["--history", str(history), str(current)]) == 0
     assert _rows(capsys.readouterr().out)["knockout_curve"] == ["1.000", "9.000", "9.00", "1.0 / 2.0", "0.33"]
 
 
 def test_compare_with_only_one_run(tmp_path, capsys):
-    _store(tmp_path / "history" / "Linux-CPython-3.11-64bit", "0001_abc.json", "2025-01-01T00:00:00+00:00", "12x12",
-           {"knockout_curve": (2.0, 5.0)})
+    _store(
+        tmp_path / "history" / "Linux-CPython-3.11-64bit",
+        "0001_abc.json",
+        "2025-01-01T00:00:00+00:00",
+        "12x12",
+        {"knockout_curve": (2.0, 5.0)},
+    )
     assert compare.main(["--history", str(tmp_path / "history")]) == 0
     out = capsys.readouterr().out
     assert "previous: -" in out

@@ -1,8 +1,6 @@
 """The simulated CUDA device (mechbench.testing.device): it reports what a GPU run would, refuses what a GPU would
 refuse or punish (naming the call site), counts memory as a GPU of its size would, and gives the CPU's numbers."""
 
-import copy
-import inspect
 import os
 import subprocess
 import sys
@@ -17,7 +15,7 @@ from mechbench.testing import SimulatedDeviceError, active, simulated_gpu
 from tests.helpers import random_llama
 
 ROOT = Path(__file__).resolve().parent.parent
-MIB = 1024 ** 2
+MIB = 1024**2
 
 
 @pytest.fixture
@@ -34,9 +32,9 @@ def line_of(marker: str) -> int:
 
 def test_torch_cuda_answers_as_one_gpu_of_the_chosen_size(gpu):
     assert torch.cuda.is_available() and torch.cuda.device_count() == 1
-    assert torch.cuda.get_device_properties(0).total_memory == 1024 ** 3
+    assert torch.cuda.get_device_properties(0).total_memory == 1024**3
     free, total = torch.cuda.mem_get_info()
-    assert total == 1024 ** 3 and free == total - torch.cuda.memory_allocated()
+    assert total == 1024**3 and free == total - torch.cuda.memory_allocated()
     assert "simulated" in torch.cuda.get_device_name(0)
     with pytest.raises(SimulatedDeviceError, match="cuda:0 only"):
         torch.cuda.mem_get_info(1)
@@ -163,8 +161,14 @@ def test_the_engine_gives_the_cpu_numbers_on_the_simulated_device():
         fast = run(m, ids, [HeadPatch(1, [0, 2], patch.positions, patch.values, alpha)], grad=True, prefix=prefix)
         fast.last_logits.sum().backward()
         frozen = run_frozen_attention(m, hidden.to(next(m.parameters()).device), torch.full((4,), 8), values)
-        return [plain.last_logits, patched.last_logits, *patched.reads.values(), fast.last_logits.detach().cpu(),
-                alpha.grad.cpu(), frozen.last_logits]
+        return [
+            plain.last_logits,
+            patched.last_logits,
+            *patched.reads.values(),
+            fast.last_logits.detach().cpu(),
+            alpha.grad.cpu(),
+            frozen.last_logits,
+        ]
 
     on_cpu = everything(model)
     with simulated_gpu(80):
@@ -179,7 +183,7 @@ def test_turning_it_off_restores_torch():
     with simulated_gpu(8):
         pass
     assert not torch.cuda.is_available() and active() is None
-    with pytest.raises(Exception):
+    with pytest.raises((RuntimeError, AssertionError)):  # torch's "not compiled with CUDA" / "no CUDA device"
         torch.zeros(1, device="cuda")
 
 
@@ -192,7 +196,7 @@ def test_the_environment_variable_turns_it_on_and_says_so_first():
     out = _run_python("import mechbench, torch; print(torch.cuda.is_available(), torch.cuda.mem_get_info()[1])")
     assert out.returncode == 0, out.stderr
     assert out.stderr.splitlines()[0].startswith("mechbench: SIMULATED GPU (MECHBENCH_SIMULATED_GPU_GIB=16)")
-    assert out.stdout.split() == ["True", str(16 * 1024 ** 3)]
+    assert out.stdout.split() == ["True", str(16 * 1024**3)]
 
 
 def test_a_bad_size_is_a_clear_error_not_a_traceback():
@@ -229,8 +233,19 @@ def test_batch_size_auto_fits_a_simulated_80_and_24_gib_gpu_at_7b_shapes():
 
 def test_running_out_of_memory_fails_the_claim_with_the_fix_and_auto_fits(tmp_path):
     def accuracy(batch):
-        cmd = [sys.executable, "-m", "pytest", str(ROOT / "suites/test_accuracy.py"), "--model=toy-llama",
-               "--device=cuda", f"--batch-size={batch}", f"--results-dir={tmp_path}", "-q", "-p", "no:cacheprovider"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(ROOT / "suites/test_accuracy.py"),
+            "--model=toy-llama",
+            "--device=cuda",
+            f"--batch-size={batch}",
+            f"--results-dir={tmp_path}",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ]
         env = {**os.environ, "MECHBENCH_SIMULATED_GPU_GIB": "0.012"}  # 12 MiB: the toy's weights and a small batch
         return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 

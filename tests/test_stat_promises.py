@@ -24,8 +24,7 @@ from mechbench import baselines
 from mechbench.circuits import Circuit, HeadGroup
 from mechbench.claims import tolerance
 from mechbench.methods import minimality
-from mechbench.stats import (chance_check, cluster_bootstrap, cluster_se_last_axis, design_effect,
-                             few_clusters_factor)
+from mechbench.stats import chance_check, cluster_bootstrap, cluster_se_last_axis, design_effect, few_clusters_factor
 
 PER_CONTEXT = 7  # the paper's layout: each context is queried at each of its 7 boxes
 ICC = 0.3
@@ -139,8 +138,14 @@ def accuracy_alarms(rng, sims: int, accuracy: float, n: int, shift: float = 0.0,
     measured = clustered_correct(rng, sims, n, accuracy + shift, icc)
     alarms = 0
     for value, x in zip(baseline, measured):
-        c = baselines.compare(x.mean(), stored(value, tolerance.binomial(value, 500), 500), n=n, seed=1,
-                              design_effect=design_effect(x, ids), n_clusters=ids[-1] + 1)
+        c = tolerance.judge(
+            x.mean(),
+            stored(value, tolerance.binomial(value, 500), 500),
+            n=n,
+            seed=1,
+            design_effect=design_effect(x, ids),
+            n_clusters=ids[-1] + 1,
+        )
         alarms += c.passed is False
     return alarms
 
@@ -176,7 +181,7 @@ def test_binomial_bound_detects_a_drop_of_a_fifth():
 def test_binomial_bound_keeps_its_promise_for_a_near_perfect_model_whose_contexts_miss_together():
     """Near 1 a context's misses come together and their count is skewed: the bound on n x sqrt(design effect)
     failed an unchanged model at 0.98 1.33% of the time (40 of 3,000; 0.9-1.0% at 0.95; 1.5% with the true design
-    effect), where z = 3 promises 0.27%. The bound on the effective sample (baselines.Record.binomial_on: n / design
+    effect), where z = 3 promises 0.27%. The bound on the effective sample (tolerance.binomial_on: n / design
     effect, its Agresti-Coull pseudo-counts weighing as much, a floor of 3 design effect / n) measured 0.28% at 0.98,
     0.41% at 0.95, 0.26% at 0.66; the band, at most 0.6% (18 alarms), fails the x sqrt(design effect) rule by 4
     Poisson errors."""
@@ -250,8 +255,10 @@ def group_drops(accuracy: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 def _engine(accuracy: np.ndarray, u: np.ndarray):
     """Stands in for the circuit runs group_minimality asks for: each removal's correct prompts in the world."""
+
     def circuit_minus_correct(model, circuit, dataset, means, removals, batch_size=None):
         return [torch.from_numpy(u < accuracy * math.prod(KEEP[h] for h in r["last"])) for r in removals]
+
     return circuit_minus_correct
 
 
@@ -275,7 +282,7 @@ def test_minimality_group_drop_interval_has_its_level_and_its_error_the_drops_sp
             g = minimality.group_minimality(None, circuit, "g", prompts, None, seed=seed)
             assert g.drop.value == pytest.approx(group_drops(accuracy[None], u[None])[0])
             assert g.n_clusters == ids[-1] + 1
-            se2.append(g.se ** 2)
+            se2.append(g.se**2)
             widths.append((g.drop.hi - g.drop.lo) / (2 * g.se))
         error_over_spread, width = np.mean(se2) / truth.var(), np.mean(widths)
         assert 0.75 <= error_over_spread <= 1.25, f"{n} prompts: mean squared error / variance {error_over_spread:.3f}"
@@ -294,7 +301,7 @@ def draws_alarms(rng, sims: int, draws: int = 10, shift: float = 0.0) -> int:
     for x, y in zip(a, b):
         spread = float(x.std(ddof=1))
         record = stored(x.mean(), tolerance.mean_of_draws(spread, draws, n=500), 500, std=spread)
-        alarms += baselines.compare(y.mean(), record, n=500, seed=1, std=float(y.std(ddof=1))).passed is False
+        alarms += tolerance.judge(y.mean(), record, n=500, seed=1, std=float(y.std(ddof=1))).passed is False
     return alarms
 
 
@@ -318,8 +325,12 @@ def fresh_draws_alarms(rng, sims: int, n: int, shift: float = 0.0) -> int:
     for x, y in zip(a, b):
         spread = tolerance.spread_of_fresh_draws(list(x), 500, unit=100)
         record = stored(x.mean(), tolerance.mean_of_draws(spread, 10, n=500, unit=100, rounding=0.05), 500, spread)
-        alarms += baselines.compare(y.mean(), record, n=n, seed=1,
-                                    std=tolerance.spread_of_fresh_draws(list(y), n, unit=100)).passed is False
+        alarms += (
+            tolerance.judge(
+                y.mean(), record, n=n, seed=1, std=tolerance.spread_of_fresh_draws(list(y), n, unit=100)
+            ).passed
+            is False
+        )
     return alarms
 
 
@@ -371,8 +382,17 @@ def incompleteness_alarms(rng, sims: int, circuit_keeps: float = 0.66) -> int:
         f_m, f_c = m0[i].mean(), c0[i].mean()
         bound = tolerance.difference(tolerance.binomial(f_c, 500), tolerance.binomial(f_m, 500), "F(C\\K) and F(M\\K)")
         effect = max(design_effect(m1[i], ids), design_effect(c1[i], ids))
-        alarms += baselines.compare(abs(m1[i].mean() - c1[i].mean()), stored(abs(f_m - f_c), bound, 500), n=500,
-                                    seed=1, design_effect=effect, n_clusters=ids[-1] + 1).passed is False
+        alarms += (
+            tolerance.judge(
+                abs(m1[i].mean() - c1[i].mean()),
+                stored(abs(f_m - f_c), bound, 500),
+                n=500,
+                seed=1,
+                design_effect=effect,
+                n_clusters=ids[-1] + 1,
+            ).passed
+            is False
+        )
     return alarms
 
 

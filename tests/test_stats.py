@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mechbench.stats import Estimate, chance_check, cluster_bootstrap, cluster_se, cluster_se_last_axis, mean_estimate
 
@@ -48,8 +49,11 @@ def test_pairing_is_kept_across_quantities():
     fine_tune = base.copy()
     fine_tune[::7] = 1  # the fine-tune gets one more query of every context right: +1/7 on each
     e = cluster_bootstrap(lambda m: m["f"] - m["b"], {"b": base, "f": fine_tune}, ids)
-    assert cluster_bootstrap(lambda m: m["b"], {"b": base}, ids).hi - cluster_bootstrap(
-        lambda m: m["b"], {"b": base}, ids).lo > 0.2
+    assert (
+        cluster_bootstrap(lambda m: m["b"], {"b": base}, ids).hi
+        - cluster_bootstrap(lambda m: m["b"], {"b": base}, ids).lo
+        > 0.2
+    )
     assert e.value == pytest.approx(1 / 7) and e.lo == pytest.approx(1 / 7) and e.hi == pytest.approx(1 / 7)
 
 
@@ -105,9 +109,12 @@ def test_design_effect_is_the_cluster_size_when_a_context_is_all_or_nothing():
 
 
 def test_a_binomial_tolerance_widens_by_the_design_effect_except_on_the_records_own_examples():
-    from mechbench.baselines import Record, compare
+    from mechbench.baselines import Record
+    from mechbench.claims.tolerance import judge as compare
 
-    record = Record({"model": "m"}, 0.5, "test", {"tolerance": 0.1, "tolerance_same_sample": 0.006, "n": 500, "seed": 0})
+    record = Record(
+        {"model": "m"}, 0.5, "test", {"tolerance": 0.1, "tolerance_same_sample": 0.006, "n": 500, "seed": 0}
+    )
     # on the effective sample, 500 / 4 = 125 prompts on each side: at p = 0.5 about x sqrt(4) (0.1949 = 3 sqrt(0.5 /
     # 125) + the record's 0.0051 above its own binomial bound); near 1 wider than that (tests/test_stat_promises.py)
     assert compare(0.5, record, n=500, seed=1, design_effect=4.0).tolerance == pytest.approx(0.1949, abs=1e-4)
@@ -131,10 +138,15 @@ def test_few_contexts_widen_a_bound_by_students_t():
 
 def test_a_bound_from_few_contexts_is_wider_but_not_on_the_records_own_examples():
     from mechbench import baselines
+    from mechbench.claims.tolerance import judge
 
-    record = baselines.Record({"model": "m"}, 0.82, "measured", {"tolerance": 0.07, "tolerance_same_sample": 0.006,
-                                                                 "tolerance_rule": "r", "n": 500, "seed": 0})
-    many = baselines.compare(0.7, record, n=40, seed=2, design_effect=1.0, n_clusters=200)
-    few = baselines.compare(0.7, record, n=40, seed=2, design_effect=1.0, n_clusters=6)
+    record = baselines.Record(
+        {"model": "m"},
+        0.82,
+        "measured",
+        {"tolerance": 0.07, "tolerance_same_sample": 0.006, "tolerance_rule": "r", "n": 500, "seed": 0},
+    )
+    many = judge(0.7, record, n=40, seed=2, design_effect=1.0, n_clusters=200)
+    few = judge(0.7, record, n=40, seed=2, design_effect=1.0, n_clusters=6)
     assert few.tolerance > 1.5 * many.tolerance
-    assert baselines.compare(0.82, record, n=500, seed=0, n_clusters=3).tolerance == 0.006
+    assert judge(0.82, record, n=500, seed=0, n_clusters=3).tolerance == 0.006

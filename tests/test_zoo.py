@@ -39,8 +39,10 @@ def test_tokenizer_splits_punctuation_and_has_offsets(tok):
 
 
 def test_counterfactual_words_are_in_vocabulary(tok):
-    text = ("There are a bunch of boxes containing objects, the apple is contained in the Box O, these are not "
-            "three additional boxes, Box PP, Box BB and Box AA.")
+    text = (
+        "There are a bunch of boxes containing objects, the apple is contained in the Box O, these are not "
+        "three additional boxes, Box PP, Box BB and Box AA."
+    )
     assert tok.unk_token_id not in tok(text)["input_ids"]
 
 
@@ -120,7 +122,7 @@ def test_train_command_reexecutes_with_pinned_cpu_kernels(monkeypatch):
     calls = []
     monkeypatch.setattr(cli.os, "execve", lambda exe, argv, env: calls.append((argv, env)))
     cli._pin_cpu_and_reexec(["train", "--only", "toy-llama"])
-    (argv, env), = calls
+    ((argv, env),) = calls
     assert argv[-4:] == ["mechbench.zoo", "train", "--only", "toy-llama"]
     assert all(env[k] == v for k, v in train.PINNED_CPU_ENV.items())
     monkeypatch.setenv("MECHBENCH_ZOO_REEXEC", "1")  # the re-executed process does not loop
@@ -147,9 +149,16 @@ def _fake_zoo(root, digests):
 
     for name, digest in digests.items():
         (root / name).mkdir(parents=True)
-        (root / name / "training.json").write_text(json.dumps({
-            "digest": digest, "steps": 10, "heldout_accuracy": 0.5,
-            "cpu": {"cpu": "Test CPU", "capability": "AVX2", "pinned": True, "torch": "x"}}))
+        (root / name / "training.json").write_text(
+            json.dumps(
+                {
+                    "digest": digest,
+                    "steps": 10,
+                    "heldout_accuracy": 0.5,
+                    "cpu": {"cpu": "Test CPU", "capability": "AVX2", "pinned": True, "torch": "x"},
+                }
+            )
+        )
 
 
 def test_compare_tells_identical_from_different_retrains_and_records_it(tmp_path, capsys):
@@ -164,7 +173,9 @@ def test_compare_tells_identical_from_different_retrains_and_records_it(tmp_path
     assert main(["compare", str(tmp_path / "other"), "--zoo", str(tmp_path / "shipped"), "--record"]) == 1
     out = capsys.readouterr().out
     assert "toy-vicuna: retrained on Test CPU (AVX2 kernels, pinned)" in out and "weights differ" in out
-    recs = {n: json.loads((tmp_path / "shipped" / n / "training.json").read_text()) for n in ("toy-llama", "toy-vicuna")}
+    recs = {
+        n: json.loads((tmp_path / "shipped" / n / "training.json").read_text()) for n in ("toy-llama", "toy-vicuna")
+    }
     assert [r["identical"] for r in recs["toy-llama"]["reproductions"]] == [True]
     assert [r["identical"] for r in recs["toy-vicuna"]["reproductions"]] == [False]
     assert main(["compare", str(tmp_path / "nothing"), "--zoo", str(tmp_path / "shipped")]) == 2

@@ -35,8 +35,13 @@ def heldout():
     return build_dataset(base.tokenizer, **HELDOUT)
 
 
-@pytest.mark.parametrize("name", [pytest.param("toy-goat", marks=needs("toy-llama", "toy-goat")),
-                                  pytest.param("toy-float", marks=needs("toy-llama", "toy-float"))])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("toy-goat", marks=needs("toy-llama", "toy-goat")),
+        pytest.param("toy-float", marks=needs("toy-llama", "toy-float")),
+    ],
+)
 def test_structured_finetune_beats_the_base(name, heldout):
     from mechbench.api import get_model
     from mechbench.evaluate import accuracy_on
@@ -49,7 +54,7 @@ def test_structured_finetune_beats_the_base(name, heldout):
 @needs("toy-llama", "toy-vicuna")
 def test_chat_finetune_stays_near_the_base(heldout):
     from mechbench.api import get_model
-    from mechbench.baselines import binomial_tolerance
+    from mechbench.claims.tolerance import binomial_tolerance
     from mechbench.evaluate import accuracy_on
 
     base = accuracy_on(get_model("toy-llama"), heldout)

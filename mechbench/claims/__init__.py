@@ -5,11 +5,24 @@ its measurements (functions of a :class:`Run`, which hands them the model, the c
 :mod:`mechbench.claims.tolerance` holds the tolerance rules. The pytest plugin makes the suites' tests from the
 registry, and the report's tables and the README's claims table come from it (``python -m mechbench.claims``)."""
 
+# what a spec module imports from here comes first: loading the registry imports every spec, those of other
+# packages (the mechbench.claims entry points) included, while this package is still being initialised
+from mechbench.claims.spec import Claim, ClaimTest, derived_seed  # isort: skip
+from mechbench.claims.settings import Settings  # isort: skip
 from mechbench.claims.check import ClaimOutcome, check_claim
 from mechbench.claims.registry import CLAIMS, get
 from mechbench.claims.run import ClaimFailed, ClaimSkipped, Run
-from mechbench.claims.settings import Settings
-from mechbench.claims.spec import Claim, ClaimTest, derived_seed
 
-__all__ = ["CLAIMS", "Claim", "ClaimFailed", "ClaimOutcome", "ClaimSkipped", "ClaimTest", "Run", "Settings",
-           "check_claim", "derived_seed", "get"]
+__all__ = [
+    "CLAIMS",
+    "Claim",
+    "ClaimFailed",
+    "ClaimOutcome",
+    "ClaimSkipped",
+    "ClaimTest",
+    "Run",
+    "Settings",
+    "check_claim",
+    "derived_seed",
+    "get",
+]

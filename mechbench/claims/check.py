@@ -1,19 +1,22 @@
 """Checking a measured number against its stored baseline, recording it, or updating the baseline.
 
 A claim's measurement calls it (through :meth:`mechbench.claims.run.Run.check`) after computing a number from the
-model; it looks the claim's record up in ``baselines/<claim>.json``, compares within the record's tolerance,
-appends the measurement to the results file, and with ``update=True`` stores the measurement instead (for models
-mechbench measures, never over a published number).
+model; it looks the claim's record up in ``baselines/<claim>.json``, judges the measurement within the record's
+tolerance (:func:`mechbench.claims.tolerance.judge`; a number derived from several records, such as minimality's
+group drop, :func:`mechbench.claims.tolerance.judge_derived`), appends it to the results file, and with
+``update=True`` stores the measurement instead (for models mechbench measures, never over a published number).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import mechbench.claims.tolerance as rules
 from mechbench import baselines
 from mechbench.claims.registry import CLAIMS
 from mechbench.claims.spec import Claim
-from mechbench.claims.tolerance import Tolerance
+from mechbench.claims.tolerance import Judgement, Tolerance
 from mechbench.results import ResultsWriter, git_state
 
 
@@ -22,7 +25,7 @@ class ClaimOutcome:
     claim: str
     keys: dict
     measured: float
-    comparison: baselines.Comparison | None = None
+    judgement: Judgement | None = None
     diff: str | None = None  # set when the baseline was updated
     missing: str | None = None  # set when no baseline record exists
     note: str = ""
@@ -31,13 +34,13 @@ class ClaimOutcome:
     def passed(self) -> bool | None:
         """True within tolerance, False outside it; None when nothing was judged: no record, an update, or a
         tolerance too wide to mean anything on this sample (:attr:`inconclusive`)."""
-        return None if self.comparison is None else self.comparison.passed
+        return None if self.judgement is None else self.judgement.passed
 
     @property
     def inconclusive(self) -> str | None:
         """Why the comparison judged nothing, with the sample size it needs (see
-        :attr:`mechbench.baselines.Comparison.inconclusive`)."""
-        return None if self.comparison is None else self.comparison.inconclusive
+        :attr:`mechbench.claims.tolerance.Judgement.inconclusive`)."""
+        return None if self.judgement is None else self.judgement.inconclusive
 
     def message(self) -> str:
         keys = ", ".join(f"{k}={v}" for k, v in self.keys.items())
@@ -46,8 +49,8 @@ class ClaimOutcome:
         if self.missing:
             return f"{self.claim} [{keys}] measured {self.measured:.4f}; {self.missing}"
         if self.inconclusive:
-            return f"{self.claim} [{keys}] {self.inconclusive}: {self.comparison}{self.note}"
-        return f"{self.claim} [{keys}] {self.comparison}{self.note}"
+            return f"{self.claim} [{keys}] {self.inconclusive}: {self.judgement}{self.note}"
+        return f"{self.claim} [{keys}] {self.judgement}{self.note}"
 
 
 def _sample_of(spec: Claim | None, n: int | None, limit: int | None, needs: int) -> tuple[str, int | None]:
@@ -56,8 +59,11 @@ def _sample_of(spec: Claim | None, n: int | None, limit: int | None, needs: int)
     for name, _ in spec.sizes if spec is not None else ():
         if spec.size(name, limit) == n:
             main = spec.sizes[0][1]
-            scaled = next(L for L in range(max(1, needs * main // dict(spec.sizes)[name] - 2), needs * main + 2)
-                          if spec.size(name, L) >= needs)
+            scaled = next(
+                L
+                for L in range(max(1, needs * main // dict(spec.sizes)[name] - 2), needs * main + 2)
+                if spec.size(name, L) >= needs
+            )
             return name.replace("_", " "), scaled
     return "examples", None
 
@@ -87,6 +93,11 @@ def check_claim(
     n_clusters: int | None = None,
     per_context: float | None = None,
     limit: int | None = None,
+    expected: float | None = None,
+    derived_from: Sequence[baselines.Record] = (),
+    expected_source: str | None = None,
+    bound_at: Callable[[int], Tolerance] | None = None,
+    note: str = "",
 ) -> ClaimOutcome:
     """Compare ``measured`` with the baseline record ``keys`` of ``claim`` (or store it with ``update``).
 
@@ -99,10 +110,35 @@ def check_claim(
     update until the run ends (:class:`mechbench.baselines.Staging`); ``force``: store even a record that
     :func:`mechbench.baselines.degradations` finds worse than the one it replaces. ``design_effect``: widens a
     binomial tolerance for prompts that share a context, and ``n_clusters`` (how many contexts) for the uncertainty of
-    that estimate (:func:`mechbench.baselines.compare`), ``per_context`` (examples to a context) for the contexts of
-    a larger sample. A comparison whose tolerance is too wide for the sample is inconclusive (``passed`` None, in the
-    results file too) and names the size it needs in the claim's sample and in ``limit`` (the run's --limit).
+    that estimate (:func:`mechbench.claims.tolerance.judge`), ``per_context`` (examples to a context) for the contexts
+    of a larger sample. A comparison whose tolerance is too wide for the sample is inconclusive (``passed`` None, in
+    the results file too) and names the size it needs in the claim's sample and in ``limit`` (the run's --limit).
+
+    ``expected``: the stored number to compare with where no record holds it, one derived from the stored records
+    ``derived_from`` (minimality's group drop, the mean of its heads' stored drops; described by ``expected_source``):
+    no record is looked up and nothing is stored; ``tolerance`` is then the rule's :class:`Tolerance` on ``n``
+    examples, judged by :func:`mechbench.claims.tolerance.judge_derived` (its same-sample bound where every record
+    is on these examples), and ``bound_at(m)`` the same rule's on ``m``, for the size an inconclusive check needs.
+    ``note``: words appended to the outcome's message (what the number is, its interval).
     """
+    if expected is not None:
+        return _check_derived(
+            claim,
+            keys,
+            measured,
+            expected,
+            derived_from,
+            expected_source,
+            tolerance,
+            bound_at,
+            n=n,
+            seed=seed,
+            update=update,
+            fingerprint=fingerprint,
+            results=results,
+            limit=limit,
+            note=note,
+        )
     if isinstance(tolerance, Tolerance):  # a rule of mechbench.claims.tolerance: its bound, same-sample bound, words
         tolerance, tolerance_same_sample, tolerance_rule = (tolerance.value, tolerance.same_sample, tolerance.rule)
     if update and lookup_keys is not None:
@@ -116,43 +152,139 @@ def check_claim(
     new = (spec.description, spec.unit) if spec is not None else None
     baseline = staging.load(claim, baselines_dir, new) if staging else baselines.load(claim, baselines_dir, new)
     record = baseline.find(**(lookup_keys or keys))
-    outcome = ClaimOutcome(claim, dict(keys), float(measured))
+    outcome = ClaimOutcome(claim, dict(keys), float(measured), note=note)
     if update and record is not None and not record.measured:
         update = False  # a published number is never replaced: compare with it, and say it was kept
-        outcome.note = " (published record left unchanged by --update-baselines)"
+        outcome.note += " (published record left unchanged by --update-baselines)"
     if update:
         commit = git_state().get("commit")
         outcome.diff = (staging.update if staging else baselines.update)(
-            baseline, keys, stored_value if stored_value is not None else round(float(measured), 6),
+            baseline,
+            keys,
+            stored_value if stored_value is not None else round(float(measured), 6),
             source=f"measured by mechbench at commit {commit[:12] if commit else 'unknown'}",
-            n=n, seed=seed, tolerance=tolerance, tolerance_same_sample=tolerance_same_sample,
-            tolerance_rule=tolerance_rule, fingerprint=(fingerprint or {}).get("weights_sha256"),
+            n=n,
+            seed=seed,
+            tolerance=tolerance,
+            tolerance_same_sample=tolerance_same_sample,
+            tolerance_rule=tolerance_rule,
+            fingerprint=(fingerprint or {}).get("weights_sha256"),
             dtype=(fingerprint or {}).get("dtype"),
-            std=None if std is None else round(float(std), 6), force=force,
+            std=None if std is None else round(float(std), 6),
+            force=force,
         )
     elif record is None:
-        where = (f"in {baseline.path}" if baseline.path.exists()
-                 else f"({baseline.path} does not exist yet: the claim has never been stored)")
-        outcome.missing = (f"no baseline record {where} for {lookup_keys or keys}; run with "
-                           f"--update-baselines to store this measurement as the baseline")
+        where = (
+            f"in {baseline.path}"
+            if baseline.path.exists()
+            else f"({baseline.path} does not exist yet: the claim has never been stored)"
+        )
+        outcome.missing = (
+            f"no baseline record {where} for {lookup_keys or keys}; run with "
+            f"--update-baselines to store this measurement as the baseline"
+        )
     else:
-        outcome.comparison = baselines.compare(measured, record, n=n, seed=seed, field=field,
-                                               design_effect=design_effect, n_clusters=n_clusters, std=std,
-                                               dtype=(fingerprint or {}).get("dtype"), per_context=per_context)
-        if outcome.comparison.needs is not None:  # inconclusive: the sample it needs, in the claim's words
-            outcome.comparison.sample, outcome.comparison.needs_limit = _sample_of(
-                spec, n, limit, outcome.comparison.needs)
+        outcome.judgement = rules.judge(
+            measured,
+            record,
+            n=n,
+            seed=seed,
+            field=field,
+            design_effect=design_effect,
+            n_clusters=n_clusters,
+            std=std,
+            dtype=(fingerprint or {}).get("dtype"),
+            per_context=per_context,
+        )
+        _name_the_sample(outcome.judgement, spec, n, limit)
         if baseline_model:
             outcome.note += f" (checked against {baseline_model}'s baseline)"
         recorded = record.get("fingerprint")
         if recorded and fingerprint and recorded != fingerprint.get("weights_sha256"):
-            outcome.note += (f" (the baseline was measured on weights {recorded[:12]}, these are "
-                            f"{fingerprint['weights_sha256'][:12]})")
-    if results is not None:
-        results.write(claim, keys, float(measured), field=field, std=std, n=n, seed=seed, fingerprint=fingerprint,
-                      baseline=None if outcome.comparison is None else outcome.comparison.expected,
-                      tolerance=None if outcome.comparison is None else outcome.comparison.tolerance,
-                      passed=outcome.passed, updated=outcome.diff,
-                      **({"inconclusive": outcome.inconclusive} if outcome.inconclusive else {}),
-                      **({"baseline_model": baseline_model} if baseline_model else {}))
+            outcome.note += (
+                f" (the baseline was measured on weights {recorded[:12]}, these are "
+                f"{fingerprint['weights_sha256'][:12]})"
+            )
+    _write(
+        results,
+        outcome,
+        field=field,
+        std=std,
+        n=n,
+        seed=seed,
+        fingerprint=fingerprint,
+        **({"baseline_model": baseline_model} if baseline_model else {}),
+    )
+    return outcome
+
+
+def _name_the_sample(judgement: Judgement, spec: Claim | None, n: int | None, limit: int | None) -> None:
+    """An inconclusive judgement's sample, in the claim's words, and the --limit that gives the size it needs."""
+    if judgement.needs is not None:
+        judgement.sample, judgement.needs_limit = _sample_of(spec, n, limit, judgement.needs)
+
+
+def _write(results: ResultsWriter | None, outcome: ClaimOutcome, **details) -> None:
+    """The outcome's line in the results file: the measurement, the stored number, the tolerance, the verdict."""
+    if results is None:
+        return
+    judged = outcome.judgement
+    results.write(
+        outcome.claim,
+        outcome.keys,
+        outcome.measured,
+        **details,
+        baseline=None if judged is None else judged.expected,
+        tolerance=None if judged is None else judged.tolerance,
+        passed=outcome.passed,
+        updated=outcome.diff,
+        **({"inconclusive": outcome.inconclusive} if outcome.inconclusive else {}),
+    )
+
+
+def _check_derived(
+    claim,
+    keys: dict,
+    measured: float,
+    expected: float,
+    records,
+    source: str | None,
+    bound,
+    bound_at,
+    *,
+    n,
+    seed,
+    update,
+    fingerprint,
+    results,
+    limit,
+    note,
+) -> ClaimOutcome:
+    """:func:`check_claim` of a number compared with one derived from stored records (``expected``): judged by
+    :func:`mechbench.claims.tolerance.judge_derived`, recorded; never stored, since no record holds it."""
+    if update:
+        raise ValueError("a number derived from stored records is never stored itself: store the records it comes from")
+    if not isinstance(bound, Tolerance):
+        raise TypeError(
+            "a derived number is judged by a rule of mechbench.claims.tolerance (a Tolerance), with its "
+            "same-sample bound"
+        )
+    spec = claim if isinstance(claim, Claim) else CLAIMS.get(claim)
+    claim = getattr(claim, "name", claim)
+    if spec is not None:
+        spec.check_keys(keys)
+    outcome = ClaimOutcome(claim, dict(keys), float(measured), note=note)
+    outcome.judgement = rules.judge_derived(
+        measured,
+        expected,
+        bound,
+        list(records),
+        n,
+        seed,
+        dtype=(fingerprint or {}).get("dtype"),
+        bound_at=bound_at,
+        **({"source": source} if source else {}),
+    )
+    _name_the_sample(outcome.judgement, spec, n, limit)
+    _write(results, outcome, n=n, seed=seed, fingerprint=fingerprint)
     return outcome

@@ -16,8 +16,9 @@ def claims_table() -> str:
     for claim in CLAIMS.values():
         files = ", ".join(f"`baselines/{f}.json`" for f in (claim.name, *claim.reads))
         suite = claim.suite or "test_registered_claims.py"  # a spec alone runs there
-        lines.append(f"| {claim.title} ({claim.sections}) | `suites/{suite}` | {claim.measures} | {files} | "
-                     f"{claim.tolerance} |")
+        lines.append(
+            f"| {claim.title} ({claim.sections}) | `suites/{suite}` | {claim.measures} | {files} | {claim.tolerance} |"
+        )
     return "\n".join(lines)
 
 

@@ -31,16 +31,18 @@ class ClaimFailed(Exception):
     """The claim does not hold, or its input is wrong: the reason, with the numbers."""
 
 
-#: Results computed once per session and shared by the tests that need them (a measurement several tests of a
-#: claim check, the ablation means several claims share, the chance guard of a model).
+#: Results computed once per process and shared by the tests that need them (a measurement several tests of a
+#: claim check, the ablation means several claims share, the chance guard of a model), for a :class:`Run` made
+#: without a cache of its own; the pytest plugin gives each run its session's (``MechbenchSession.cache``).
 _SESSION: dict[tuple, object] = {}
 
 
-def once(key: tuple, compute):
-    """``compute()`` once per session for ``key``, then the stored result."""
-    if key not in _SESSION:
-        _SESSION[key] = compute()
-    return _SESSION[key]
+def once(key: tuple, compute, cache: dict | None = None):
+    """``compute()`` once per session (``cache``; default: this process's) for ``key``, then the stored result."""
+    cache = _SESSION if cache is None else cache
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
 
 
 def load_model(name: str, settings: Settings, keep=()):
@@ -48,11 +50,25 @@ def load_model(name: str, settings: Settings, keep=()):
     that exists but cannot be used fails. On a GPU the other models loaded there are let go first, except ``keep``."""
     from mechbench.api import get_model
     from mechbench.models.loading import chosen_options
+    from mechbench.models.run_options import set_batch_size
 
     try:
-        return get_model(name, device=settings.device, dtype=settings.dtype, keep=keep, **chosen_options(
-            allow_pickle=settings.allow_pickle, paper_compat_o_proj=settings.paper_compat_o_proj, bos=settings.bos,
-            drop_multi_token=settings.drop_multi_token))
+        handle = get_model(
+            name,
+            device=settings.device,
+            dtype=settings.dtype,
+            keep=keep,
+            **chosen_options(
+                allow_pickle=settings.allow_pickle,
+                paper_compat_o_proj=settings.paper_compat_o_proj,
+                bos=settings.bos,
+                drop_multi_token=settings.drop_multi_token,
+            ),
+        )
+        # the session's batch size (--batch-size, or the memory plan's choice for this device and dtype) is the
+        # model's: kept per model, not per process, since the plan chooses it per model and device
+        set_batch_size(handle, settings.batch_size)
+        return handle
     except ModelLoadError as e:  # weights not here: a skip that says why
         if any(Path(ref).exists() for ref in _locations(name)):  # they are here, and broken: the run must not pass
             raise ClaimFailed(f"model {name!r} is at a path that exists but cannot be loaded: {e}") from None
@@ -104,6 +120,7 @@ class Run:
     params: dict = field(default_factory=dict)
     results: object = None  # a mechbench.results.ResultsWriter: every check is appended to it
     lines: list[str] = field(default_factory=list)
+    cache: dict | None = None  # the session's results computed once (:meth:`once`); None: this process's
 
     # --- outcomes -------------------------------------------------------------------------------------------
 
@@ -138,8 +155,10 @@ class Run:
         from mechbench.data.dataset import build_dataset
 
         tokenizer, n = tokenizer or self.model.tokenizer, self.size(name)
-        return once(("prompts", tokenizer_key(tokenizer), n, self.seed),
-                    lambda: build_dataset(tokenizer, n_examples=n, seed=self.seed))
+        return self.once(
+            ("prompts", tokenizer_key(tokenizer), n, self.seed),
+            lambda: build_dataset(tokenizer, n_examples=n, seed=self.seed),
+        )
 
     def prompt_length(self) -> int:
         """Tokens per task prompt under the model's tokenizer (7 boxes: 54 with LLaMA's), what the memory plan
@@ -147,7 +166,9 @@ class Run:
         from mechbench.data.dataset import build_dataset
 
         tokenizer = self.model.tokenizer
-        return once(("prompt length", tokenizer_key(tokenizer)), lambda: build_dataset(tokenizer, n_examples=7).seq_len)
+        return self.once(
+            ("prompt length", tokenizer_key(tokenizer)), lambda: build_dataset(tokenizer, n_examples=7).seq_len
+        )
 
     def correct(self, model=None, tokenizer=None):
         """Which of the claim's prompts (:meth:`prompts`, for ``tokenizer``) the whole ``model`` (default: the
@@ -158,8 +179,10 @@ class Run:
         model = model or self.model
         tokenizer = tokenizer or model.tokenizer
         dataset = self.prompts(tokenizer=tokenizer)
-        return once(("correct", model.name, tokenizer_key(tokenizer), len(dataset), self.seed),
-                    lambda: correct_on(model, dataset))
+        return self.once(
+            ("correct", model.name, tokenizer_key(tokenizer), len(dataset), self.seed),
+            lambda: correct_on(model, dataset),
+        )
 
     def effect_above_zero(self, check: str, keys: dict, estimate, describe) -> None:
         """A check with no stored number that an effect is above 0 (the circuit beats random circuits, the gain is
@@ -182,7 +205,9 @@ class Run:
 
     # --- shared inputs ----------------------------------------------------------------------------------------
 
-    once = staticmethod(once)
+    def once(self, key: tuple, compute):
+        """``compute()`` once per session for ``key``, then the stored result (:func:`once`, in this run's cache)."""
+        return once(key, compute, self.cache)
 
     def load(self, name: str, keep=()):
         """Another model's handle (a fine-tune's base), skipping when its weights are not here."""
@@ -208,8 +233,9 @@ class Run:
         name = claim or self.claim.name
         spec = CLAIMS.get(name, self.claim if name == self.claim.name else None)
         try:  # a registered claim whose file does not exist yet has no records (--update-baselines writes it)
-            return baselines.load(name, self.settings.baselines_dir,
-                                  None if spec is None else (spec.description, spec.unit))
+            return baselines.load(
+                name, self.settings.baselines_dir, None if spec is None else (spec.description, spec.unit)
+            )
         except MechbenchError as e:
             raise ClaimFailed(str(e)) from None
 
@@ -220,13 +246,26 @@ class Run:
         from mechbench.methods.ablation import position_means
 
         n, model = self.size("ablation_prompts"), self.model
-        return once(("ablation means", model.name, n, self.seed), lambda: position_means(
-            model, ablation_prompts(model.tokenizer, n, seed=self.seed)))
+        return self.once(
+            ("ablation means", model.name, n, self.seed),
+            lambda: position_means(model, ablation_prompts(model.tokenizer, n, seed=self.seed)),
+        )
 
     # --- judging ----------------------------------------------------------------------------------------------
 
-    def check(self, keys: dict, measured: float, *, n: int | None = None, model=None, soft: bool = False,
-              correct=None, clusters=None, **tolerances) -> ClaimOutcome:
+    def check(
+        self,
+        keys: dict,
+        measured: float,
+        *,
+        n: int | None = None,
+        model=None,
+        soft: bool = False,
+        correct=None,
+        clusters=None,
+        baseline_keys: dict | None = None,
+        **tolerances,
+    ) -> ClaimOutcome:
         """Compare ``measured`` with the stored baseline record ``keys`` of the claim (or store it under
         --update-baselines), within ``tolerance`` (a rule of :mod:`mechbench.claims.tolerance`), and record it.
         Out of tolerance fails; no record, or a tolerance too wide for the sample to mean anything (inconclusive:
@@ -234,7 +273,12 @@ class Run:
         ``soft``: return the outcome instead of failing or skipping (a measurement checking many points reports
         every point out of tolerance at once, :meth:`settle`). ``correct`` and ``clusters`` (per example): the
         accuracy's examples and their contexts, whose design effect widens a binomial tolerance (prompts of one
-        context are not independent). ``model``: the model measured (default: the run's)."""
+        context are not independent). ``model``: the model measured (default: the run's). Under --baseline-model
+        the record looked up is that model's: the keys with the measured model's name replaced by its, and
+        ``baseline_keys`` (the key fields whose value differs in that model's record beyond its name: CMAP's
+        checkpoint). ``expected`` (with ``derived_from``, ``expected_source`` and ``bound_at``): a stored number no
+        record holds, derived from stored records (minimality's group drop), judged the same way
+        (:func:`mechbench.claims.check.check_claim`); no record is looked up for it."""
         from mechbench.stats import design_effect
 
         settings, model = self.settings, model or self.model
@@ -248,21 +292,31 @@ class Run:
         if correct is not None:
             tolerances["design_effect"] = design_effect(np.asarray(correct, dtype=float), np.asarray(clusters))
         seed, lookup = settings.seed, None
-        if settings.baseline_model and model is not None:
+        if settings.baseline_model and model is not None and tolerances.get("expected") is None:
             # the record of the model this one is checked against; another model's numbers on the same examples
             # are not the same-sample case, so the seed is withheld from the tolerance rule. The measurement keeps
             # the measured model's name (the baseline's name goes with it as its own field).
             lookup = {k: (settings.baseline_model if v == model.name else v) for k, v in keys.items()}
-            lookup = {k: ("release" if k == "checkpoint" and v == "local" else v) for k, v in lookup.items()}
+            lookup |= {k: v for k, v in (baseline_keys or {}).items() if k in lookup}
             seed = None
         paper_model = model is not None and model.spec.kind == "paper"
         try:
             outcome = check_claim(
-                self.claim, keys, measured, n=n, seed=seed, baselines_dir=settings.baselines_dir,
-                lookup_keys=lookup, baseline_model=settings.baseline_model if lookup else None,
+                self.claim,
+                keys,
+                measured,
+                n=n,
+                seed=seed,
+                baselines_dir=settings.baselines_dir,
+                lookup_keys=lookup,
+                baseline_model=settings.baseline_model if lookup else None,
                 update=settings.update_baselines and not paper_model,
-                fingerprint=getattr(model, "fingerprint", None), results=self.results, staging=settings.staging,
-                force=settings.force_baselines, limit=settings.limit, **tolerances,
+                fingerprint=getattr(model, "fingerprint", None),
+                results=self.results,
+                staging=settings.staging,
+                force=settings.force_baselines,
+                limit=settings.limit,
+                **tolerances,
             )
         except MechbenchError as e:
             raise ClaimFailed(str(e)) from None
@@ -282,8 +336,15 @@ class Run:
         written to the results file like every measurement."""
         claim = claim or self.claim.name
         if self.results is not None:
-            self.results.write(f"check:{claim}", {**keys, "check": check}, value, passed=passed, message=message,
-                               seed=self.seed, n=None)
+            self.results.write(
+                f"check:{claim}",
+                {**keys, "check": check},
+                value,
+                passed=passed,
+                message=message,
+                seed=self.seed,
+                n=None,
+            )
         self.lines.append(f"check:{claim} [{check}] {message}")
 
     def require_working_model(self) -> None:
@@ -292,21 +353,28 @@ class Run:
         (on the accuracy claim's prompts, once per model; the check is written to the results file)."""
         from mechbench.stats import chance_check
 
-        model, accuracy = self.model, Run(CLAIMS["accuracy"], self.settings, self.model)
+        model, accuracy = self.model, Run(CLAIMS["accuracy"], self.settings, self.model, cache=self.cache)
         n = accuracy.size("prompts")
 
         def check():  # recorded once per model, not once per test
             dataset = accuracy.prompts()
             task = chance_check(accuracy.correct().numpy(), dataset.clusters().numpy(), dataset.num_boxes)
-            self.record("does the task", {"model": model.name}, round(task.accuracy, 6), task.passed,
-                        task.message(model.name), claim="accuracy")
+            self.record(
+                "does the task",
+                {"model": model.name},
+                round(task.accuracy, 6),
+                task.passed,
+                task.message(model.name),
+                claim="accuracy",
+            )
             return task
 
-        task = once(("does the task", model.name, n, self.seed), check)
+        task = self.once(("does the task", model.name, n, self.seed), check)
         if not task.passed:
             raise ClaimFailed(
                 task.message(model.name) + ": no circuit claim applies to it. If it should do the task, check what "
                 f"was loaded: the weights (`mechbench accuracy {model.name}`, and the fingerprint in results.jsonl), "
                 "the tokenizer and the BOS choice (--bos; a chat turn marker as BOS puts a working model near chance), "
                 "the dtype; a model that really lost the task is compared with its base instead (--compare) to see "
-                "where it lost it")
+                "where it lost it"
+            )

@@ -1,14 +1,15 @@
 """What a run of the claims was asked for (:class:`Settings`): the models, their base, the circuits, device, sample
-limit, seed, baseline and results directories. The pytest plugin builds it from its options; a claim's
-measurement reads it through its :class:`mechbench.claims.run.Run`."""
+limit, seed, baseline and results directories. The pytest plugin builds it from its options (mechbench/options.py,
+the table the ``mechbench`` command shares: a relative ``results_dir`` is relative to the current directory) when
+a session first uses mechbench; a claim's measurement reads it through its :class:`mechbench.claims.run.Run`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from mechbench.errors import MechbenchError
 from mechbench.claims.spec import derived_seed
+from mechbench.errors import MechbenchError
 from mechbench.models.registry import REGISTRY, base_name_of
 
 
@@ -62,5 +63,3 @@ class Settings:
             return self.circuits
         base = REGISTRY.get(self.base_of(model) or model)
         return (base.circuit,) if base is not None and base.circuit else ()
-
-

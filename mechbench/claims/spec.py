@@ -32,6 +32,11 @@ def derived_seed(seed: int, offset: int = 0, draw: int | None = None) -> int:
     return offset + 1000 * (seed + 1) + draw
 
 
+#: The modes a claim's module states besides its tests, each a function or None with the reason: its comparison of
+#: a fine-tune with its base (``mechbench compare``, ``pytest --compare``) and its workloads (``mechbench plan``).
+MODES = ("comparison", "workloads")
+
+
 @dataclass(frozen=True)
 class ClaimTest:
     """One test of a claim: ``measure(run)`` computes the claim's numbers on ``run.model`` and checks them
@@ -75,6 +80,49 @@ class Claim:
     needs_working_model: bool = True
     # its measurements, registered by ``@CLAIM.test(...)`` in its module (not data: left out of ==, hash and repr)
     tests: list = field(default_factory=list, compare=False, hash=False, repr=False)
+    # its other modes, each stated in its module: mode -> (function, None) or (None, why it has none); see MODES
+    modes: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    # --- the modes: one module says how the claim is tested, compared and planned ---------------------------
+
+    def comparison(self, fn: Callable) -> Callable:
+        """Register the decorated ``fn(c)`` as the claim's comparison mode: ``c`` a
+        :class:`mechbench.compare.Comparison` (a fine-tune beside its base on the same prompts); it returns the
+        claim's rows and checks, ``(list[Row], list[Check])``."""
+        return self._state("comparison", fn)
+
+    def no_comparison(self, why: str) -> None:
+        """State that the claim has no comparison mode, and why (``mechbench compare`` lists it so)."""
+        self._state("comparison", None, why)
+
+    def workloads(self, fn: Callable) -> Callable:
+        """Register the decorated ``fn(p)`` as the claim's cost for the memory and time plan: ``p`` a
+        :class:`mechbench.plan.PlanInputs` (the model's shape, the circuit, the sample sizes); it returns the
+        :class:`mechbench.plan.Workload` list the claim runs on that model (empty where it does not run there)."""
+        return self._state("workloads", fn)
+
+    def no_workloads(self, why: str) -> None:
+        """State that the claim has no cost the plan models, and why."""
+        self._state("workloads", None, why)
+
+    def _state(self, mode: str, fn: Callable | None, why: str | None = None):
+        if mode in self.modes:
+            raise ValueError(f"claim {self.name!r} states its {mode} twice")
+        if fn is None and not (why and why.strip()):
+            raise ValueError(f"claim {self.name!r}: no {mode} needs the reason (no_{mode}('why'))")
+        self.modes[mode] = (fn, why)
+        return fn
+
+    def mode(self, mode: str) -> Callable | None:
+        """The function of ``mode`` (one of :data:`MODES`), or None where the claim has none (or states none yet)."""
+        return self.modes.get(mode, (None, None))[0]
+
+    def without(self, mode: str) -> str | None:
+        """Why the claim has no ``mode``: its stated reason, or that its module states nothing."""
+        fn, why = self.modes.get(mode, (None, None))
+        if fn is not None:
+            return None
+        return why or f"mechbench/claims/specs/{self.name}.py states no {mode} (@CLAIM.{mode} or CLAIM.no_{mode})"
 
     def test(self, per: str = "model", params: dict | None = None, ids: dict | None = None):
         """Register the decorated ``measure(run)`` as a test of this claim, named after the function."""
@@ -84,9 +132,15 @@ class Claim:
         def register(measure):
             if any(t.name == measure.__name__ for t in self.tests):
                 raise ValueError(f"claim {self.name!r} has two tests named {measure.__name__!r}")
-            self.tests.append(ClaimTest(measure.__name__, measure, per,
-                                        tuple((k, tuple(v)) for k, v in (params or {}).items()),
-                                        tuple((ids or {}).items())))
+            self.tests.append(
+                ClaimTest(
+                    measure.__name__,
+                    measure,
+                    per,
+                    tuple((k, tuple(v)) for k, v in (params or {}).items()),
+                    tuple((ids or {}).items()),
+                )
+            )
             return measure
 
         return register
@@ -98,8 +152,9 @@ class Claim:
             return dict(self.fixed)[name] if default is None else default
         sizes = dict(self.sizes)
         if name not in sizes:
-            raise KeyError(f"claim {self.name!r} has no size {name!r}; its sizes: "
-                           f"{', '.join(sizes | dict(self.fixed))}")
+            raise KeyError(
+                f"claim {self.name!r} has no size {name!r}; its sizes: {', '.join(sizes | dict(self.fixed))}"
+            )
         value = sizes[name] if default is None else default
         if limit is None:
             return value
@@ -119,5 +174,7 @@ class Claim:
         and the claim would skip for a missing baseline instead of failing."""
         unknown = set(keys) - set(self.keys)
         if unknown:
-            raise ValueError(f"claim {self.name!r} records the keys {', '.join(self.keys)}; a measurement gave "
-                             f"{', '.join(sorted(unknown))} besides")
+            raise ValueError(
+                f"claim {self.name!r} records the keys {', '.join(self.keys)}; a measurement gave "
+                f"{', '.join(sorted(unknown))} besides"
+            )

@@ -24,13 +24,17 @@ pairing bugs, for comparing with its published numbers only:
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
 from mechbench.data.dataset import (
-    EntityTrackingDataset, Vocabulary, sample_examples, tokenize_examples, tokenizer_name,
+    EntityTrackingDataset,
+    Vocabulary,
+    sample_examples,
+    tokenize_examples,
+    tokenizer_name,
 )
 from mechbench.data.prompts import PAPER_TEMPLATE, Example, Template, render, sample_context
 
@@ -52,13 +56,13 @@ class CounterfactualDataset:
     def __len__(self) -> int:
         return len(self.base)
 
-    def subset(self, index) -> "CounterfactualDataset":
+    def subset(self, index) -> CounterfactualDataset:
         idx = torch.arange(len(self))[index] if isinstance(index, slice) else torch.as_tensor(index)
         return CounterfactualDataset(
             self.name, self.base.subset(idx), self.source.subset(idx), self.target_ids[idx], dict(self.meta)
         )
 
-    def split(self, sizes: Sequence[int]) -> list["CounterfactualDataset"]:
+    def split(self, sizes: Sequence[int]) -> list[CounterfactualDataset]:
         """Consecutive train/val/test-style splits (the paper uses 1000/500/500)."""
         if sum(sizes) > len(self):
             raise ValueError(f"split sizes {list(sizes)} exceed the {len(self)} pairs")
@@ -164,47 +168,111 @@ _BOXES_BEFORE = "three additional boxes, Box PP, Box BB and Box AA, "
 DESIDERATA: dict[str, Desideratum] = {
     d.name: d
     for d in [
-        Desideratum("object_value", _positions_differ, _object_value_target,
-                    description="target: the source's answer object"),
-        Desideratum("positional", _positions_differ, _positional_target,
-                    description="target: the base object at the source's query position"),
-        Desideratum("box_label_value", _other_base_label, _box_label_target,
-                    description="source queries another of the base's labels; target: the base object in that box"),
+        Desideratum(
+            "object_value", _positions_differ, _object_value_target, description="target: the source's answer object"
+        ),
+        Desideratum(
+            "positional",
+            _positions_differ,
+            _positional_target,
+            description="target: the base object at the source's query position",
+        ),
+        Desideratum(
+            "box_label_value",
+            _other_base_label,
+            _box_label_target,
+            description="source queries another of the base's labels; target: the base object in that box",
+        ),
         # Additional desiderata of the position transmitters: positional pairs with a changed source form.
-        Desideratum("random_text_start", _positions_differ, _positional_target,
-                    _fixed(PAPER_TEMPLATE.with_(prefix="There are a bunch of boxes containing objects, ")),
-                    groups=("pos_transmitter",), description="unrelated text before the context"),
-        Desideratum("random_text_end", _positions_differ, _positional_target,
-                    _fixed(PAPER_TEMPLATE.with_(context_end=", these are a bunch of boxes containing objects")),
-                    groups=("pos_transmitter",), description="unrelated text after the context"),
-        Desideratum("add_tokens_btw_box_and_obj", _positions_differ, _positional_target,
-                    _fixed(PAPER_TEMPLATE.with_(segment="the {object} is contained in the Box {label}")),
-                    groups=("pos_transmitter",), description='"is contained in the" instead of "is in"'),
-        Desideratum("add_seg_start", _positions_differ, _positional_target,
-                    _fixed(PAPER_TEMPLATE.with_(extra_segments=(_EXTRA_SEGMENT,), extra_at=0)),
-                    excluded=frozenset({"apple", "O"}), groups=("pos_transmitter",),
-                    description="an extra segment first; the target counts the context's own boxes only"),
-        Desideratum("add_seg_end", _positions_differ, _positional_target,
-                    _fixed(PAPER_TEMPLATE.with_(extra_segments=(_EXTRA_SEGMENT,), extra_at=-1)),
-                    excluded=frozenset({"apple", "O"}), groups=("pos_transmitter",),
-                    description="an extra segment last"),
-        Desideratum("add_box_before_correct_segment", _positions_differ, _positional_target,
-                    lambda e: PAPER_TEMPLATE.with_(before_segment=((e.query_box, _BOXES_BEFORE),)),
-                    groups=("pos_transmitter",), description="three extra boxes named before the queried segment"),
-        Desideratum("incorrect_segment", _positions_differ, _next_segment_target,
-                    groups=("pos_transmitter",), description="target: the base object one segment after the source's"),
-        Desideratum("altered_box_obj_order", _positions_differ, _positional_target,
-                    _fixed(PAPER_TEMPLATE.with_(segment="Box {label} contains the {object}")),
-                    groups=("pos_transmitter",), description='segments read "Box L contains the obj"'),
-        Desideratum("altered_box_obj_association", _positions_differ, _positional_target,
-                    _fixed(PAPER_TEMPLATE.with_(segment="the {object} is not in Box {label}")),
-                    groups=("pos_transmitter",), description='"is not in" instead of "is in"'),
-        Desideratum("no_comma", _positions_differ, _positional_target,
-                    _fixed(PAPER_TEMPLATE.with_(separator=" ")), groups=("pos_transmitter",),
-                    description="segments joined without commas"),
-        Desideratum("add_comma", _positions_differ, _positional_target,
-                    _fixed(PAPER_TEMPLATE.with_(segment="the {object}, is in Box {label}")),
-                    groups=("pos_transmitter",), description="an extra comma after each object"),
+        Desideratum(
+            "random_text_start",
+            _positions_differ,
+            _positional_target,
+            _fixed(PAPER_TEMPLATE.with_(prefix="There are a bunch of boxes containing objects, ")),
+            groups=("pos_transmitter",),
+            description="unrelated text before the context",
+        ),
+        Desideratum(
+            "random_text_end",
+            _positions_differ,
+            _positional_target,
+            _fixed(PAPER_TEMPLATE.with_(context_end=", these are a bunch of boxes containing objects")),
+            groups=("pos_transmitter",),
+            description="unrelated text after the context",
+        ),
+        Desideratum(
+            "add_tokens_btw_box_and_obj",
+            _positions_differ,
+            _positional_target,
+            _fixed(PAPER_TEMPLATE.with_(segment="the {object} is contained in the Box {label}")),
+            groups=("pos_transmitter",),
+            description='"is contained in the" instead of "is in"',
+        ),
+        Desideratum(
+            "add_seg_start",
+            _positions_differ,
+            _positional_target,
+            _fixed(PAPER_TEMPLATE.with_(extra_segments=(_EXTRA_SEGMENT,), extra_at=0)),
+            excluded=frozenset({"apple", "O"}),
+            groups=("pos_transmitter",),
+            description="an extra segment first; the target counts the context's own boxes only",
+        ),
+        Desideratum(
+            "add_seg_end",
+            _positions_differ,
+            _positional_target,
+            _fixed(PAPER_TEMPLATE.with_(extra_segments=(_EXTRA_SEGMENT,), extra_at=-1)),
+            excluded=frozenset({"apple", "O"}),
+            groups=("pos_transmitter",),
+            description="an extra segment last",
+        ),
+        Desideratum(
+            "add_box_before_correct_segment",
+            _positions_differ,
+            _positional_target,
+            lambda e: PAPER_TEMPLATE.with_(before_segment=((e.query_box, _BOXES_BEFORE),)),
+            groups=("pos_transmitter",),
+            description="three extra boxes named before the queried segment",
+        ),
+        Desideratum(
+            "incorrect_segment",
+            _positions_differ,
+            _next_segment_target,
+            groups=("pos_transmitter",),
+            description="target: the base object one segment after the source's",
+        ),
+        Desideratum(
+            "altered_box_obj_order",
+            _positions_differ,
+            _positional_target,
+            _fixed(PAPER_TEMPLATE.with_(segment="Box {label} contains the {object}")),
+            groups=("pos_transmitter",),
+            description='segments read "Box L contains the obj"',
+        ),
+        Desideratum(
+            "altered_box_obj_association",
+            _positions_differ,
+            _positional_target,
+            _fixed(PAPER_TEMPLATE.with_(segment="the {object} is not in Box {label}")),
+            groups=("pos_transmitter",),
+            description='"is not in" instead of "is in"',
+        ),
+        Desideratum(
+            "no_comma",
+            _positions_differ,
+            _positional_target,
+            _fixed(PAPER_TEMPLATE.with_(separator=" ")),
+            groups=("pos_transmitter",),
+            description="segments joined without commas",
+        ),
+        Desideratum(
+            "add_comma",
+            _positions_differ,
+            _positional_target,
+            _fixed(PAPER_TEMPLATE.with_(segment="the {object}, is in Box {label}")),
+            groups=("pos_transmitter",),
+            description="an extra comma after each object",
+        ),
     ]
 }
 #: The three desiderata the paper's DCM claims are about (docs/paper.md §8.5, §8.6); the rest are its position
@@ -254,8 +322,12 @@ def desiderata_pairs(
     else:
         target_ids = [vocabulary.object_ids[w] for w in targets]
     meta = {
-        "seed": seed, "num_boxes": num_boxes, "tokenizer": tokenizer_name(tokenizer),
-        "kind": "desideratum", "desideratum": desideratum, "paper_compat": paper_compat,
+        "seed": seed,
+        "num_boxes": num_boxes,
+        "tokenizer": tokenizer_name(tokenizer),
+        "kind": "desideratum",
+        "desideratum": desideratum,
+        "paper_compat": paper_compat,
     }
     base_ds = tokenize_examples(tokenizer, bases, vocabulary, meta=meta)
     source_ds = tokenize_examples(tokenizer, sources, vocabulary, [spec.source_template(s) for s in sources], meta=meta)
@@ -274,7 +346,9 @@ def ablation_prompts(
     ``n_examples`` distinct contexts, querying the first box with its label replaced by a random letter."""
     vocabulary = vocabulary or Vocabulary.for_tokenizer(tokenizer, objects)
     rng = random.Random(seed)
-    examples = [Example(sample_context(rng, num_boxes, vocabulary.objects, vocabulary.labels), 0,
-                        rng.choice(vocabulary.labels)) for _ in range(n_examples)]
+    examples = [
+        Example(sample_context(rng, num_boxes, vocabulary.objects, vocabulary.labels), 0, rng.choice(vocabulary.labels))
+        for _ in range(n_examples)
+    ]
     meta = {"seed": seed, "num_boxes": num_boxes, "tokenizer": tokenizer_name(tokenizer), "kind": "ablation"}
     return tokenize_examples(tokenizer, examples, vocabulary, meta=meta)

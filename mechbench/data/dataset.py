@@ -17,12 +17,11 @@ Position roles (what methods ask for; see :meth:`EntityTrackingDataset.positions
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
-from mechbench.errors import TokenizationError
 from mechbench.data.prompts import (
     LETTERS,
     PAPER_TEMPLATE,
@@ -33,6 +32,7 @@ from mechbench.data.prompts import (
     render,
     sample_context,
 )
+from mechbench.errors import TokenizationError
 
 ROLES = ("last", "query_label", "prev_query_label", "correct_object")
 
@@ -45,8 +45,13 @@ def tokenizer_key(tokenizer) -> int:
     """What the prompts built for ``tokenizer`` depend on (its vocabulary and the loader's BOS and multi-token
     choices), as a cache key: not the object, since the toy zoo's models share one tokenizer (so do the paper's) and
     an id() could be reused by another tokenizer once the first is freed."""
-    return hash((tuple(sorted(tokenizer.get_vocab().items())), starts_with_bos(tokenizer),
-                 bool(getattr(tokenizer, DROP_ATTRIBUTE, False))))
+    return hash(
+        (
+            tuple(sorted(tokenizer.get_vocab().items())),
+            starts_with_bos(tokenizer),
+            bool(getattr(tokenizer, DROP_ATTRIBUTE, False)),
+        )
+    )
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -74,7 +79,8 @@ def single_token_ids(
     if unknown:  # an unknown word is not a token of its own: every such word would be "the same" answer
         raise TokenizationError(
             f"{len(unknown)} {kind} map to the unknown token for tokenizer {tokenizer_name(tokenizer)!r}: "
-            f"{', '.join(repr(w) for w in unknown[:20])}. Use a tokenizer that knows them, or pass {kind} it knows.")
+            f"{', '.join(repr(w) for w in unknown[:20])}. Use a tokenizer that knows them, or pass {kind} it knows."
+        )
     by_id: dict[int, list[str]] = {}
     for w, i in ids.items():
         by_id.setdefault(i, []).append(w)
@@ -83,7 +89,8 @@ def single_token_ids(
         raise TokenizationError(
             f"{kind} share a token id with tokenizer {tokenizer_name(tokenizer)!r}: "
             + "; ".join(" = ".join(repr(w) for w in ws) for ws in shared[:10])
-            + f". Each of the task's {kind} needs its own token; pass {kind} with distinct tokens.")
+            + f". Each of the task's {kind} needs its own token; pass {kind} with distinct tokens."
+        )
     if bad and not drop_multi_token:
         shown = ", ".join(repr(w) for w in bad[:20]) + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")
         raise TokenizationError(
@@ -108,7 +115,7 @@ class Vocabulary:
         objects: Sequence[str] | None = None,
         labels: Sequence[str] = LETTERS,
         drop_multi_token: bool | None = None,
-    ) -> "Vocabulary":
+    ) -> Vocabulary:
         """``drop_multi_token`` defaults to the loader's choice for this tokenizer (``--drop-multi-token``)."""
         objects = paper_objects() if objects is None else tuple(objects)
         if drop_multi_token is None:
@@ -178,11 +185,10 @@ class EntityTrackingDataset:
             table = self.object_positions if kind == "object" else self.label_positions
             return table[:, int(index)]
         raise KeyError(
-            f"unknown position role {role!r}; known: {', '.join(ROLES)}, object:i, label:i "
-            f"(i < {self.num_boxes})"
+            f"unknown position role {role!r}; known: {', '.join(ROLES)}, object:i, label:i (i < {self.num_boxes})"
         )
 
-    def subset(self, index: Sequence[int] | slice) -> "EntityTrackingDataset":
+    def subset(self, index: Sequence[int] | slice) -> EntityTrackingDataset:
         idx = torch.arange(len(self))[index] if isinstance(index, slice) else torch.as_tensor(index)
         return EntityTrackingDataset(
             examples=[self.examples[i] for i in idx.tolist()],
@@ -261,7 +267,7 @@ def tokenize_examples(
             i = _token_at(offsets, r.text, span)
             if i is None:
                 raise TokenizationError(
-                    f"{what} {r.text[span[0]:span[1]]!r} is not a single token in prompt {n} for tokenizer "
+                    f"{what} {r.text[span[0] : span[1]]!r} is not a single token in prompt {n} for tokenizer "
                     f"{tokenizer_name(tokenizer)!r}: {r.text!r}. Use single-token words or another template."
                 )
             return i
@@ -303,9 +309,7 @@ def tokenize_examples(
     )
 
 
-def sample_examples(
-    rng: random.Random, n_examples: int, num_boxes: int, vocabulary: Vocabulary
-) -> list[Example]:
+def sample_examples(rng: random.Random, n_examples: int, num_boxes: int, vocabulary: Vocabulary) -> list[Example]:
     """The paper's layout: blocks of ``num_boxes`` examples sharing a context, querying each box in order."""
     examples: list[Example] = []
     while len(examples) < n_examples:
@@ -338,6 +342,11 @@ def build_dataset(
             f"{tokenizer_name(tokenizer)!r}; {num_boxes} boxes need {num_boxes} of each."
         )
     examples = sample_examples(random.Random(seed), n_examples, num_boxes, vocabulary)
-    meta = {"seed": seed, "num_boxes": num_boxes, "tokenizer": tokenizer_name(tokenizer), "kind": "entity_tracking",
-            "bos": starts_with_bos(tokenizer)}
+    meta = {
+        "seed": seed,
+        "num_boxes": num_boxes,
+        "tokenizer": tokenizer_name(tokenizer),
+        "kind": "entity_tracking",
+        "bos": starts_with_bos(tokenizer),
+    }
     return tokenize_examples(tokenizer, examples, vocabulary, template, meta=meta)

@@ -67,7 +67,7 @@ class Example:
     query_label: str
 
     @classmethod
-    def of(cls, context: Context, query_box: int) -> "Example":
+    def of(cls, context: Context, query_box: int) -> Example:
         return cls(context, query_box, context.labels[query_box])
 
     @property
@@ -100,7 +100,7 @@ class Template:
     extra_at: int = -1
     before_segment: tuple[tuple[int, str], ...] = ()
 
-    def with_(self, **changes) -> "Template":
+    def with_(self, **changes) -> Template:
         return replace(self, **changes)
 
 

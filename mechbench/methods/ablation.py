@@ -37,11 +37,13 @@ def circuit_keep_mask(circuit: Circuit, dataset: EntityTrackingDataset, n_layers
     return keep
 
 
-def heads_mask(heads_by_role: dict[str, set[Head]], dataset: EntityTrackingDataset, n_layers: int,
-               n_heads: int) -> torch.Tensor:
+def heads_mask(
+    heads_by_role: dict[str, set[Head]], dataset: EntityTrackingDataset, n_layers: int, n_heads: int
+) -> torch.Tensor:
     """[L, N, S, H] True at the given heads at their roles' positions."""
-    return circuit_keep_mask(Circuit("K", {r: HeadGroup(r, r, tuple(hs)) for r, hs in heads_by_role.items()}),
-                             dataset, n_layers, n_heads)
+    return circuit_keep_mask(
+        Circuit("K", {r: HeadGroup(r, r, tuple(hs)) for r, hs in heads_by_role.items()}), dataset, n_layers, n_heads
+    )
 
 
 def mean_ablation_patches(means: torch.Tensor, ablate: torch.Tensor) -> list[HeadPatch]:
@@ -51,25 +53,34 @@ def mean_ablation_patches(means: torch.Tensor, ablate: torch.Tensor) -> list[Hea
     for layer in range(n_layers):
         if ablate[layer].any():
             values = means[layer][None].expand(n, s, h, means.shape[-1])
-            patches.append(HeadPatch(layer, torch.arange(h), torch.arange(s).expand(n, s), values,
-                                     ablate[layer].float()))
+            patches.append(
+                HeadPatch(layer, torch.arange(h), torch.arange(s).expand(n, s), values, ablate[layer].float())
+            )
     return patches
 
 
-def ablated_correct(model, dataset: EntityTrackingDataset, means: torch.Tensor, ablate: torch.Tensor,
-                    batch_size: int | None = None) -> torch.Tensor:
+def ablated_correct(
+    model, dataset: EntityTrackingDataset, means: torch.Tensor, ablate: torch.Tensor, batch_size: int | None = None
+) -> torch.Tensor:
     """Bool [N]: right answer with the head outputs where ``ablate`` is True set to their means."""
     logits = run(model, dataset.input_ids, mean_ablation_patches(means, ablate), batch_size=batch_size).last_logits
     return top1_correct(logits, dataset.answer_ids)
 
 
-def ablated_accuracy(model, dataset: EntityTrackingDataset, means: torch.Tensor, ablate: torch.Tensor,
-                     batch_size: int | None = None) -> float:
+def ablated_accuracy(
+    model, dataset: EntityTrackingDataset, means: torch.Tensor, ablate: torch.Tensor, batch_size: int | None = None
+) -> float:
     return ablated_correct(model, dataset, means, ablate, batch_size).float().mean().item()
 
 
-def circuit_correct(model, circuit: Circuit, dataset: EntityTrackingDataset, means: torch.Tensor,
-                    also_ablate: dict[str, set[Head]] | None = None, batch_size: int | None = None) -> torch.Tensor:
+def circuit_correct(
+    model,
+    circuit: Circuit,
+    dataset: EntityTrackingDataset,
+    means: torch.Tensor,
+    also_ablate: dict[str, set[Head]] | None = None,
+    batch_size: int | None = None,
+) -> torch.Tensor:
     """Bool [N]: right answer with everything outside ``circuit`` mean-ablated (and ``also_ablate`` too)."""
     n_layers, _, n_heads, _ = means.shape
     circuit.check_fits(n_layers, n_heads)
@@ -79,8 +90,9 @@ def circuit_correct(model, circuit: Circuit, dataset: EntityTrackingDataset, mea
     return ablated_correct(model, dataset, means, ~keep, batch_size)
 
 
-def role_ablation_patches(means: torch.Tensor, heads_by_role: dict[str, set[Head]],
-                          dataset: EntityTrackingDataset) -> list[HeadPatch]:
+def role_ablation_patches(
+    means: torch.Tensor, heads_by_role: dict[str, set[Head]], dataset: EntityTrackingDataset
+) -> list[HeadPatch]:
     """Patches that set the given heads at their roles' positions (one per example) to the position's mean."""
     by_layer: dict[int, list[tuple[torch.Tensor, int]]] = {}
     for role, heads in heads_by_role.items():
@@ -95,51 +107,93 @@ def role_ablation_patches(means: torch.Tensor, heads_by_role: dict[str, set[Head
     return patches
 
 
-def circuit_minus_correct(model, circuit: Circuit, dataset: EntityTrackingDataset, means: torch.Tensor,
-                          removals: list[dict[str, set[Head]]], batch_size: int | None = None) -> list[torch.Tensor]:
+def circuit_minus_correct(
+    model,
+    circuit: Circuit,
+    dataset: EntityTrackingDataset,
+    means: torch.Tensor,
+    removals: list[dict[str, set[Head]]],
+    batch_size: int | None = None,
+) -> list[torch.Tensor]:
     """Bool [N] per removal K (role -> heads): F(C \\ K), as :func:`circuit_correct` with ``also_ablate=K``. Every
     K shares each batch's run of the circuit (everything outside it mean-ablated, the engine's prefix under
     those patches), so each recomputes only from its first removed head's layer and position on."""
     n_layers, _, n_heads, _ = means.shape
     circuit.check_fits(n_layers, n_heads)
     outside = mean_ablation_patches(means, ~circuit_keep_mask(circuit, dataset, n_layers, n_heads))
-    outs = run_many(model, dataset.input_ids, [Interventions(role_ablation_patches(means, k, dataset)) for k in removals],
-                    batch_size, common=outside, score=lambda logits, rows: top1_correct(logits, dataset.answer_ids[rows]))
+    outs = run_many(
+        model,
+        dataset.input_ids,
+        [Interventions(role_ablation_patches(means, k, dataset)) for k in removals],
+        batch_size,
+        common=outside,
+        score=lambda logits, rows: top1_correct(logits, dataset.answer_ids[rows]),
+    )
     return [out.scores for out in outs]
 
 
-def model_minus_many(model, removals: list[dict[str, set[Head]]], dataset: EntityTrackingDataset, means: torch.Tensor,
-                     batch_size: int | None = None) -> list[torch.Tensor]:
+def model_minus_many(
+    model,
+    removals: list[dict[str, set[Head]]],
+    dataset: EntityTrackingDataset,
+    means: torch.Tensor,
+    batch_size: int | None = None,
+) -> list[torch.Tensor]:
     """Bool [N] per removal K: F(M \\ K) (:func:`model_minus_correct`), every K on each batch's clean run."""
-    outs = run_many(model, dataset.input_ids, [Interventions(role_ablation_patches(means, k, dataset)) for k in removals],
-                    batch_size, score=lambda logits, rows: top1_correct(logits, dataset.answer_ids[rows]))
+    outs = run_many(
+        model,
+        dataset.input_ids,
+        [Interventions(role_ablation_patches(means, k, dataset)) for k in removals],
+        batch_size,
+        score=lambda logits, rows: top1_correct(logits, dataset.answer_ids[rows]),
+    )
     return [out.scores for out in outs]
 
 
-def circuit_accuracy(model, circuit: Circuit, dataset: EntityTrackingDataset, means: torch.Tensor,
-                     also_ablate: dict[str, set[Head]] | None = None, batch_size: int | None = None) -> float:
+def circuit_accuracy(
+    model,
+    circuit: Circuit,
+    dataset: EntityTrackingDataset,
+    means: torch.Tensor,
+    also_ablate: dict[str, set[Head]] | None = None,
+    batch_size: int | None = None,
+) -> float:
     """Accuracy with everything outside ``circuit`` mean-ablated (and ``also_ablate`` too: F(C \\ K))."""
     return circuit_correct(model, circuit, dataset, means, also_ablate, batch_size).float().mean().item()
 
 
-def model_minus_correct(model, removed: dict[str, set[Head]], dataset: EntityTrackingDataset, means: torch.Tensor,
-                        batch_size: int | None = None) -> torch.Tensor:
+def model_minus_correct(
+    model,
+    removed: dict[str, set[Head]],
+    dataset: EntityTrackingDataset,
+    means: torch.Tensor,
+    batch_size: int | None = None,
+) -> torch.Tensor:
     """Bool [N] of F(M \\ K): the full model with only the heads of ``removed`` mean-ablated at their roles."""
     n_layers, _, n_heads, _ = means.shape
     return ablated_correct(model, dataset, means, heads_mask(removed, dataset, n_layers, n_heads), batch_size)
 
 
-def model_minus_accuracy(model, removed: dict[str, set[Head]], dataset: EntityTrackingDataset, means: torch.Tensor,
-                         batch_size: int | None = None) -> float:
+def model_minus_accuracy(
+    model,
+    removed: dict[str, set[Head]],
+    dataset: EntityTrackingDataset,
+    means: torch.Tensor,
+    batch_size: int | None = None,
+) -> float:
     """F(M \\ K): the full model with only the heads of ``removed`` mean-ablated at their roles."""
     return model_minus_correct(model, removed, dataset, means, batch_size).float().mean().item()
 
 
 def random_circuit(circuit: Circuit, n_layers: int, n_heads: int, rng: random.Random) -> Circuit:
     """Same number of heads per group, drawn uniformly from all heads with replacement (the paper's baseline)."""
-    return Circuit(f"random-{circuit.name}", {
-        n: HeadGroup(n, g.role, tuple((rng.randrange(n_layers), rng.randrange(n_heads)) for _ in g.heads))
-        for n, g in circuit.groups.items()})
+    return Circuit(
+        f"random-{circuit.name}",
+        {
+            n: HeadGroup(n, g.role, tuple((rng.randrange(n_layers), rng.randrange(n_heads)) for _ in g.heads))
+            for n, g in circuit.groups.items()
+        },
+    )
 
 
 @dataclass
@@ -155,16 +209,39 @@ class Faithfulness:
         return self.circuit_accuracy / self.full_accuracy if self.full_accuracy else float("nan")
 
 
-def faithfulness(model, circuit: Circuit, dataset: EntityTrackingDataset, means: torch.Tensor, full_accuracy: float,
-                 n_random: int = 10, seed: int = 0, batch_size: int | None = None) -> Faithfulness:
+def faithfulness(
+    model,
+    circuit: Circuit,
+    dataset: EntityTrackingDataset,
+    means: torch.Tensor,
+    full_accuracy: float,
+    n_random: int = 10,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> Faithfulness:
     """Circuit accuracy over full-model accuracy, with the mean accuracy of ``n_random`` random circuits."""
     n_layers, _, n_heads, _ = means.shape
     rng = random.Random(seed)
-    randoms = torch.stack([circuit_correct(model, random_circuit(circuit, n_layers, n_heads, rng), dataset, means,
-                                           batch_size=batch_size) for _ in range(n_random)]) if n_random else None
+    randoms = (
+        torch.stack(
+            [
+                circuit_correct(
+                    model, random_circuit(circuit, n_layers, n_heads, rng), dataset, means, batch_size=batch_size
+                )
+                for _ in range(n_random)
+            ]
+        )
+        if n_random
+        else None
+    )
     correct = circuit_correct(model, circuit, dataset, means, batch_size=batch_size)
-    return Faithfulness(full_accuracy, correct.float().mean().item(),
-                        randoms.float().mean().item() if n_random else 0.0, correct, randoms)
+    return Faithfulness(
+        full_accuracy,
+        correct.float().mean().item(),
+        randoms.float().mean().item() if n_random else 0.0,
+        correct,
+        randoms,
+    )
 
 
 @dataclass
@@ -189,9 +266,17 @@ def _by_role(circuit: Circuit, heads: dict[str, set[Head]]) -> dict[str, set[Hea
     return out
 
 
-def completeness(model, circuit: Circuit, dataset: EntityTrackingDataset, means: torch.Tensor,
-                 k_method: str = "random_sampling", iterations: int = 10, group: str | None = None,
-                 seed: int = 0, batch_size: int | None = None) -> Completeness:
+def completeness(
+    model,
+    circuit: Circuit,
+    dataset: EntityTrackingDataset,
+    means: torch.Tensor,
+    k_method: str = "random_sampling",
+    iterations: int = 10,
+    group: str | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> Completeness:
     """``random_sampling``: each circuit head enters K with probability 1/2, ``iterations`` times (the
     paper: 10 for Llama, 20 for Goat and FLoat). ``entire_group``: K is the whole ``group``."""
     rng = random.Random(seed)
@@ -200,8 +285,10 @@ def completeness(model, circuit: Circuit, dataset: EntityTrackingDataset, means:
             raise KeyError(f"entire_group needs one of the circuit's groups: {', '.join(circuit.groups)}")
         draws = [{group: set(circuit.groups[group].heads)}]
     elif k_method == "random_sampling":
-        draws = [{n: {h for h in g.heads if rng.random() < 0.5} for n, g in circuit.groups.items()}
-                 for _ in range(iterations)]
+        draws = [
+            {n: {h for h in g.heads if rng.random() < 0.5} for n, g in circuit.groups.items()}
+            for _ in range(iterations)
+        ]
     else:
         raise KeyError(f"unknown k_method {k_method!r}; use random_sampling or entire_group")
     by_role = [_by_role(circuit, k) for k in draws]

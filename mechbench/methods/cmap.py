@@ -13,7 +13,9 @@ from mechbench.evaluate import top1_correct
 from mechbench.intervene import HeadPatch, Read, run
 
 
-def cmap_patches(donor, groups: list[HeadGroup], dataset: EntityTrackingDataset, batch_size: int | None = None) -> list[HeadPatch]:
+def cmap_patches(
+    donor, groups: list[HeadGroup], dataset: EntityTrackingDataset, batch_size: int | None = None
+) -> list[HeadPatch]:
     """Patches carrying ``donor``'s head outputs for the heads of ``groups`` at their roles (one donor forward reads
     every role)."""
     roles = list(dict.fromkeys(g.role for g in groups))
@@ -31,24 +33,32 @@ def cmap_patches(donor, groups: list[HeadGroup], dataset: EntityTrackingDataset,
     return patches
 
 
-def cmap_correct(base, donor, groups: list[HeadGroup] | Circuit, dataset: EntityTrackingDataset,
-                 batch_size: int | None = None) -> torch.Tensor:
+def cmap_correct(
+    base, donor, groups: list[HeadGroup] | Circuit, dataset: EntityTrackingDataset, batch_size: int | None = None
+) -> torch.Tensor:
     """Bool [N]: ``base`` with ``donor``'s outputs of the given heads patched in (donor -> base) answers right."""
     groups = list(groups.groups.values()) if isinstance(groups, Circuit) else list(groups)
-    logits = run(base, dataset.input_ids, cmap_patches(donor, groups, dataset, batch_size), batch_size=batch_size).last_logits
+    logits = run(
+        base, dataset.input_ids, cmap_patches(donor, groups, dataset, batch_size), batch_size=batch_size
+    ).last_logits
     return top1_correct(logits, dataset.answer_ids)
 
 
-def cmap_accuracy(base, donor, groups: list[HeadGroup] | Circuit, dataset: EntityTrackingDataset,
-                  batch_size: int | None = None) -> float:
+def cmap_accuracy(
+    base, donor, groups: list[HeadGroup] | Circuit, dataset: EntityTrackingDataset, batch_size: int | None = None
+) -> float:
     """Accuracy of ``base`` with ``donor``'s outputs of the given heads patched in (donor -> base)."""
     return cmap_correct(base, donor, groups, dataset, batch_size).float().mean().item()
 
 
 #: The paper's CMAP head sets (docs/paper.md §7): per group, the fine-tuned circuit's DCM heads for the
 #: desideratum the group is named for; the structure readers whole.
-PAPER_CMAP_DESIDERATUM = {"value_fetcher": "object_value", "pos_transmitter": "positional",
-                          "pos_detector": "positional", "struct_reader": None}
+PAPER_CMAP_DESIDERATUM = {
+    "value_fetcher": "object_value",
+    "pos_transmitter": "positional",
+    "pos_detector": "positional",
+    "struct_reader": None,
+}
 
 
 def cmap_head_sets(circuit: Circuit, baselines_dir=None) -> dict[str, HeadGroup]:
@@ -60,8 +70,11 @@ def cmap_head_sets(circuit: Circuit, baselines_dir=None) -> dict[str, HeadGroup]
     sets = {}
     for name, group in circuit.groups.items():
         desideratum = PAPER_CMAP_DESIDERATUM.get(name)
-        record = dcm.find(circuit=circuit.name, model=circuit.name, group=name, role=group.role,
-                          desideratum=desideratum) if desideratum else None
+        record = (
+            dcm.find(circuit=circuit.name, model=circuit.name, group=name, role=group.role, desideratum=desideratum)
+            if desideratum
+            else None
+        )
         heads = tuple(tuple(h) for h in record.value["heads"]) if record is not None else group.heads
         sets[name] = HeadGroup(name, group.role, heads)
     return sets

@@ -58,28 +58,46 @@ def masked_patches(group: HeadGroup, pairs: CounterfactualDataset, mask: torch.T
     return _patches(group, 1.0 - mask.round(), pairs.base.positions(group.role), reads, slice(None))
 
 
-def masked_accuracy(model, group: HeadGroup, pairs: CounterfactualDataset, mask: torch.Tensor,
-                    batch_size: int | None = None, reads: dict | None = None,
-                    prefixes: list[Prefix] | None = None) -> float:
+def masked_accuracy(
+    model,
+    group: HeadGroup,
+    pairs: CounterfactualDataset,
+    mask: torch.Tensor,
+    batch_size: int | None = None,
+    reads: dict | None = None,
+    prefixes: list[Prefix] | None = None,
+) -> float:
     """Share of pairs predicting the desideratum's target with the (rounded) mask applied (see
     :func:`masked_correct`)."""
     return masked_correct(model, group, pairs, mask, batch_size, reads, prefixes).float().mean().item()
 
 
-def masked_correct(model, group: HeadGroup, pairs: CounterfactualDataset, mask: torch.Tensor,
-                   batch_size: int | None = None, reads: dict | None = None,
-                   prefixes: list[Prefix] | None = None) -> torch.Tensor:
+def masked_correct(
+    model,
+    group: HeadGroup,
+    pairs: CounterfactualDataset,
+    mask: torch.Tensor,
+    batch_size: int | None = None,
+    reads: dict | None = None,
+    prefixes: list[Prefix] | None = None,
+) -> torch.Tensor:
     """Bool [N]: each pair predicts the desideratum's target with the (rounded) mask applied. ``reads``: the
     source's head outputs at the group's role (reused across groups); ``prefixes``: the base prompts' clean runs
     (:func:`capture_prefixes`), when the same pairs are scored again and again."""
     reads = reads or source_values(model, pairs, group.role, sorted({l for l, _ in group.heads}), batch_size)
-    logits = run(model, pairs.base.input_ids, masked_patches(group, pairs, mask, reads), batch_size=batch_size,
-                 prefix=prefixes).last_logits
+    logits = run(
+        model, pairs.base.input_ids, masked_patches(group, pairs, mask, reads), batch_size=batch_size, prefix=prefixes
+    ).last_logits
     return top1_correct(logits, pairs.target_ids).cpu()
 
 
-def patched_correct(model, groups: list[HeadGroup], pairs: CounterfactualDataset, reads: dict[str, dict] | None = None,
-                    batch_size: int | None = None) -> list[torch.Tensor]:
+def patched_correct(
+    model,
+    groups: list[HeadGroup],
+    pairs: CounterfactualDataset,
+    reads: dict[str, dict] | None = None,
+    batch_size: int | None = None,
+) -> list[torch.Tensor]:
     """Per group, bool [N]: each pair predicts the target with every head of the group patched from the source
     (DCM's selected heads, mask 0). The groups share each batch's clean run (the engine's fast path recomputes
     only the patched layers and positions), one batch on the device at a time. ``reads``: role -> the source's
@@ -87,17 +105,27 @@ def patched_correct(model, groups: list[HeadGroup], pairs: CounterfactualDataset
     layers = sorted({l for g in groups for l, _ in g.heads})
     reads = reads or source_values_at(model, pairs, tuple(dict.fromkeys(g.role for g in groups)), layers, batch_size)
     runs = [Interventions(masked_patches(g, pairs, torch.zeros(len(g.heads)), reads[g.role])) for g in groups]
-    return [top1_correct(out.last_logits, pairs.target_ids).cpu()
-            for out in run_many(model, pairs.base.input_ids, runs, batch_size)]
+    return [
+        top1_correct(out.last_logits, pairs.target_ids).cpu()
+        for out in run_many(model, pairs.base.input_ids, runs, batch_size)
+    ]
 
 
-def train_dcm(model, group: HeadGroup, train: CounterfactualDataset, val: CounterfactualDataset,
-              test: CounterfactualDataset, reads: dict[str, dict] | None = None, **options) -> DCMResult:
+def train_dcm(
+    model,
+    group: HeadGroup,
+    train: CounterfactualDataset,
+    val: CounterfactualDataset,
+    test: CounterfactualDataset,
+    reads: dict[str, dict] | None = None,
+    **options,
+) -> DCMResult:
     """Learn the group's mask on ``train``, keep the best rounded mask on ``val``, score it on ``test``: one group
     of :func:`train_dcm_groups` (``options``: its lam, lr, epochs, batch_size, validate_every, seed). ``reads``:
     ``{"train"|"val"|"test": {layer: source head outputs at the group's role}}``."""
-    return train_dcm_groups(model, [group], train, val, test, reads=None if reads is None else {group.role: reads},
-                            **options)[0]
+    return train_dcm_groups(
+        model, [group], train, val, test, reads=None if reads is None else {group.role: reads}, **options
+    )[0]
 
 
 def train_dcm_groups(
@@ -126,8 +154,10 @@ def train_dcm_groups(
     if reads is None:
         layers = sorted({l for g in groups for l, _ in g.heads})
         roles = tuple(dict.fromkeys(g.role for g in groups))
-        by_split = {name: source_values_at(torch_model, ds, roles, layers)
-                    for name, ds in (("train", train), ("val", val), ("test", test))}
+        by_split = {
+            name: source_values_at(torch_model, ds, roles, layers)
+            for name, ds in (("train", train), ("val", val), ("test", test))
+        }
         reads = {role: {name: by_split[name][role] for name in by_split} for role in roles}
     device = next(torch_model.parameters()).device
     on_host = device.type != "cpu"
@@ -165,8 +195,9 @@ def train_dcm_groups(
                     for i, (group, mask) in enumerate(zip(groups, masks)):
                         with torch.no_grad():
                             m = mask.detach().clamp(0, 1)
-                            acc = masked_accuracy(torch_model, group, val, m, reads=reads[group.role]["val"],
-                                                  prefixes=val_prefixes)
+                            acc = masked_accuracy(
+                                torch_model, group, val, m, reads=reads[group.role]["val"], prefixes=val_prefixes
+                            )
                         n_selected = int((m.round() == 0).sum())
                         if (acc, n_selected) > best[i][:2]:
                             best[i] = (acc, n_selected, m.clone())
@@ -178,9 +209,13 @@ def train_dcm_groups(
     out = []
     for group, mask, (acc, _, kept) in zip(groups, masks, best):
         final = (kept if acc >= 0 else mask.detach().clamp(0, 1)).cpu()
-        test_correct = masked_correct(torch_model, group, test, final, reads=reads[group.role]["test"],
-                                      prefixes=test_prefixes)
+        test_correct = masked_correct(
+            torch_model, group, test, final, reads=reads[group.role]["test"], prefixes=test_prefixes
+        )
         heads = tuple(h for h, m in zip(group.heads, final.round().tolist()) if m == 0)
-        out.append(DCMResult(group.name, train.name, heads, final, max(acc, 0.0),
-                             test_correct.float().mean().item(), test_correct))
+        out.append(
+            DCMResult(
+                group.name, train.name, heads, final, max(acc, 0.0), test_correct.float().mean().item(), test_correct
+            )
+        )
     return out

@@ -26,9 +26,9 @@ import torch
 from mechbench.circuits import GROUP_ROLES, Circuit, HeadGroup
 from mechbench.data.counterfactuals import CounterfactualDataset
 from mechbench.methods.path_patching import Receivers, path_patching_scores, top_heads
+
 # the settings are data the models layer holds (each spec names its circuit's); callers keep importing them here
-from mechbench.models.discovery_settings import (  # noqa: F401
-    PAPER_RECEIVER_K, PAPER_STEPS, TOY_STEPS, DiscoveryConfig, Step)
+from mechbench.models.discovery_settings import PAPER_RECEIVER_K, PAPER_STEPS, TOY_STEPS, DiscoveryConfig, Step  # noqa: F401
 from mechbench.models.registry import CIRCUITS
 from mechbench.stats import cluster_se_last_axis
 
@@ -40,8 +40,11 @@ class Discovery:
     se: dict[str, torch.Tensor] | None = None  # group -> each score's cluster-robust standard error
 
     def to_json(self) -> dict:
-        return {"circuit": self.circuit.to_json(), "scores": {g: s.tolist() for g, s in self.scores.items()},
-                **({"se": {g: s.tolist() for g, s in self.se.items()}} if self.se else {})}
+        return {
+            "circuit": self.circuit.to_json(),
+            "scores": {g: s.tolist() for g, s in self.scores.items()},
+            **({"se": {g: s.tolist() for g, s in self.se.items()}} if self.se else {}),
+        }
 
     def recall(self, heads, group: str, top_k: int, min_effect: float = 0.0, z: float = 3.0) -> float:
         """The share of ``heads`` this run found in ``group``: scored below the cut + ``z`` standard errors (a head
@@ -82,12 +85,24 @@ def _progress(log, group: str):
         elapsed = time.perf_counter() - start
         eta = elapsed / done * (total - done) if done else float("nan")
         log(f"{group}: {done}/{total} sender runs, {elapsed:.0f} s, about {eta:.0f} s left")
+
     return report
 
 
-def discover_circuit(model, pairs: CounterfactualDataset, name: str, steps=PAPER_STEPS, receiver_k=None,
-                     circuit_k=None, min_effect: float = 0.0, seed: int = 0, log=None, finished=None,
-                     on_step=None, fixed_receivers: Circuit | None = None) -> Discovery:
+def discover_circuit(
+    model,
+    pairs: CounterfactualDataset,
+    name: str,
+    steps=PAPER_STEPS,
+    receiver_k=None,
+    circuit_k=None,
+    min_effect: float = 0.0,
+    seed: int = 0,
+    log=None,
+    finished=None,
+    on_step=None,
+    fixed_receivers: Circuit | None = None,
+) -> Discovery:
     """Run ``steps`` in order; ``receiver_k[group]`` heads go on as receivers, ``circuit_k[group]`` into the
     circuit (both default to :data:`PAPER_RECEIVER_K`). ``finished``: ``{group: scores}`` of steps already run
     (a resumed run skips them); ``on_step(group, scores, se)`` hears each step as it finishes (to save it).
@@ -110,7 +125,7 @@ def discover_circuit(model, pairs: CounterfactualDataset, name: str, steps=PAPER
         if step.receiver_group is not None:
             heads = receivers_of[step.receiver_group]
             if fixed_receivers is not None and step.receiver_group in fixed_receivers.groups:
-                heads = fixed_receivers.groups[step.receiver_group].heads[:receiver_k[step.receiver_group]]
+                heads = fixed_receivers.groups[step.receiver_group].heads[: receiver_k[step.receiver_group]]
             if not heads:  # nothing downstream to receive: the group cannot be found by this step
                 scores[step.group] = torch.zeros_like(next(iter(scores.values())))
                 se[step.group] = torch.zeros_like(scores[step.group])
@@ -120,8 +135,15 @@ def discover_circuit(model, pairs: CounterfactualDataset, name: str, steps=PAPER
                 continue
             receivers = Receivers(heads, step.component, step.receiver_role)
         corrupt = random_label_positions(pairs, seed) if step.corrupt == "random_label" else None
-        per_pair = path_patching_scores(model, pairs, step.sender_role, receivers, corrupt_positions=corrupt,
-                                        progress=_progress(log, step.group), per_pair=True)
+        per_pair = path_patching_scores(
+            model,
+            pairs,
+            step.sender_role,
+            receivers,
+            corrupt_positions=corrupt,
+            progress=_progress(log, step.group),
+            per_pair=True,
+        )
         scores[step.group] = per_pair.mean(-1)
         se[step.group] = torch.from_numpy(cluster_se_last_axis(per_pair.numpy(), clusters)).float()
         receivers_of[step.group] = select_heads(scores[step.group], receiver_k[step.group], min_effect)
@@ -136,8 +158,18 @@ def discover_circuit(model, pairs: CounterfactualDataset, name: str, steps=PAPER
     return Discovery(scores, circuit, se)
 
 
-_CODE = ("methods/path_patching.py", "methods/discovery.py", "intervene/engine.py", "data/counterfactuals.py",
-         "data/dataset.py")
+_CODE = (
+    "methods/path_patching.py",
+    "methods/discovery.py",
+    "intervene/api.py",
+    "intervene/frozen.py",
+    "intervene/hooks.py",
+    "intervene/prefix.py",
+    "intervene/requests.py",
+    "models/architectures.py",
+    "data/counterfactuals.py",
+    "data/dataset.py",
+)
 
 
 def checkpoint_key(model, name: str, config: DiscoveryConfig) -> dict:
@@ -147,8 +179,12 @@ def checkpoint_key(model, name: str, config: DiscoveryConfig) -> dict:
     fingerprint = getattr(model, "fingerprint", None) or {}
     package = Path(__file__).resolve().parent.parent
     code = hashlib.sha256(b"".join((package / f).read_bytes() for f in _CODE)).hexdigest()
-    return {"name": name, "config": json.loads(json.dumps(asdict(config), default=str)), "code": code,
-            "model": {k: fingerprint.get(k) for k in ("weights_sha256", "config_sha256", "dtype", "tokenizer_sha256")}}
+    return {
+        "name": name,
+        "config": json.loads(json.dumps(asdict(config), default=str)),
+        "code": code,
+        "model": {k: fingerprint.get(k) for k in ("weights_sha256", "config_sha256", "dtype", "tokenizer_sha256")},
+    }
 
 
 def _safe(name: str) -> str:
@@ -163,8 +199,9 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def checkpoint_path(model, name: str, config: DiscoveryConfig, cache_dir: str | Path,
-                    fixed_receivers: Circuit | None = None) -> tuple[dict, Path]:
+def checkpoint_path(
+    model, name: str, config: DiscoveryConfig, cache_dir: str | Path, fixed_receivers: Circuit | None = None
+) -> tuple[dict, Path]:
     """(key, file) of the saved steps of this discovery under ``cache_dir``: ``<name>-<key hash>.json``."""
     key = checkpoint_key(model, name, config)
     if fixed_receivers is not None:
@@ -181,8 +218,9 @@ def saved_steps(data: dict, path: Path, config: DiscoveryConfig, shape=None) -> 
     from mechbench.errors import MechbenchError
 
     def corrupt(what: str) -> MechbenchError:
-        return MechbenchError(f"saved discovery {path}: {what}, so it cannot be resumed; delete it to recompute "
-                              f"the discovery (rm {path})")
+        return MechbenchError(
+            f"saved discovery {path}: {what}, so it cannot be resumed; delete it to recompute the discovery (rm {path})"
+        )
 
     steps = data.get("steps")
     if not isinstance(steps, dict):
@@ -201,27 +239,40 @@ def saved_steps(data: dict, path: Path, config: DiscoveryConfig, shape=None) -> 
                 raise corrupt(f"step {group!r} has no [layers][heads] table of numbers under {field!r}") from None
             want = want or (tuple(t.shape) if t.dim() == 2 else None)
             if tuple(t.shape) != want or not t.numel():
-                raise corrupt(f"the {field} of step {group!r} have shape {list(t.shape)}, not the model's "
-                              f"[layers, heads]{f' = {list(want)}' if want else ''}")
+                raise corrupt(
+                    f"the {field} of step {group!r} have shape {list(t.shape)}, not the model's "
+                    f"[layers, heads]{f' = {list(want)}' if want else ''}"
+                )
             if not torch.isfinite(t).all() or (field == "se" and (t < 0).any()):
-                raise corrupt(f"the {field} of step {group!r} hold "
-                              f"{'non-finite' if not torch.isfinite(t).all() else 'negative'} values")
+                raise corrupt(
+                    f"the {field} of step {group!r} hold "
+                    f"{'non-finite' if not torch.isfinite(t).all() else 'negative'} values"
+                )
             tensors.append(t)
         finished[group] = tuple(tensors)
     for step in config.steps:  # steps are saved in order: a step's receivers come from the step before it
         if step.group in finished and step.receiver_group is not None and step.receiver_group not in finished:
-            raise corrupt(f"step {step.group!r} is saved without step {step.receiver_group!r}, whose heads it was "
-                          f"scored on")
+            raise corrupt(
+                f"step {step.group!r} is saved without step {step.receiver_group!r}, whose heads it was scored on"
+            )
     circuit_k = {**PAPER_RECEIVER_K, **dict(config.receiver_k), **dict(config.circuit_k)}
     if finished and not any(select_heads(s, circuit_k.get(g, 1), config.min_effect) for g, (s, _) in finished.items()):
-        raise corrupt(f"its {len(finished)} saved step(s) select no head (no score below -{config.min_effect:g}: a run "
-                      f"on a model that does the task finds some; if a fresh run finds none either, the model does "
-                      f"not do the task)")
+        raise corrupt(
+            f"its {len(finished)} saved step(s) select no head (no score below -{config.min_effect:g}: a run "
+            f"on a model that does the task finds some; if a fresh run finds none either, the model does "
+            f"not do the task)"
+        )
     return finished
 
 
-def discover(model, name: str, config: DiscoveryConfig, log=None, cache_dir: str | Path | None = None,
-             fixed_receivers: Circuit | None = None) -> Discovery:
+def discover(
+    model,
+    name: str,
+    config: DiscoveryConfig,
+    log=None,
+    cache_dir: str | Path | None = None,
+    fixed_receivers: Circuit | None = None,
+) -> Discovery:
     """Run ``config`` on ``model`` (a handle): its noise pairs, steps and head counts.
 
     With ``cache_dir``, each finished step is saved at once to ``<cache_dir>/<name>-<key hash>.json`` (written
@@ -251,8 +302,10 @@ def discover(model, name: str, config: DiscoveryConfig, log=None, cache_dir: str
         elif log and not path.is_file():
             others = sorted(Path(cache_dir).glob(f"{_safe(name)}-*.json")) if Path(cache_dir).is_dir() else []
             if others:
-                log(f"no checkpoint matches these settings and this model ({len(others)} for other settings or "
-                    f"models in {cache_dir}); starting fresh")
+                log(
+                    f"no checkpoint matches these settings and this model ({len(others)} for other settings or "
+                    f"models in {cache_dir}); starting fresh"
+                )
 
         def on_step(group: str, scores: torch.Tensor, se: torch.Tensor) -> None:
             saved["steps"][group] = {"scores": scores.tolist(), "se": se.tolist()}
@@ -261,13 +314,25 @@ def discover(model, name: str, config: DiscoveryConfig, log=None, cache_dir: str
                 log(f"{group}: saved to {path}")
 
     pairs = noise_pairs(model.tokenizer, config.n_pairs, seed=config.seed)
-    return discover_circuit(model, pairs, name, config.steps, dict(config.receiver_k), dict(config.circuit_k) or None,
-                            config.min_effect, seed=config.seed, log=log, finished=finished, on_step=on_step,
-                            fixed_receivers=fixed_receivers)
+    return discover_circuit(
+        model,
+        pairs,
+        name,
+        config.steps,
+        dict(config.receiver_k),
+        dict(config.circuit_k) or None,
+        config.min_effect,
+        seed=config.seed,
+        log=log,
+        finished=finished,
+        on_step=on_step,
+        fixed_receivers=fixed_receivers,
+    )
 
 
-def discovery_of_claims(model, name: str, seed: int, cache_dir: str | Path, fixed_receivers: Circuit,
-                        log=None, n_pairs: int | None = None) -> tuple[DiscoveryConfig, Discovery]:
+def discovery_of_claims(
+    model, name: str, seed: int, cache_dir: str | Path, fixed_receivers: Circuit, log=None, n_pairs: int | None = None
+) -> tuple[DiscoveryConfig, Discovery]:
     """The one discovery the claims share (path patching's recall, minimality's candidates) for circuit ``name``
     on its own model, with the settings in that model's spec, at ``--seed`` (0: the stored run's own noise pairs; s:
     its seed + s, as mechbench.claims.derived_seed offsets a sampler), each step sending to the stored circuit's

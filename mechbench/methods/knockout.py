@@ -46,32 +46,42 @@ def edge_positions(dataset: EntityTrackingDataset, edge: str, seed: int = 0) -> 
     return queries, keys
 
 
-def knockout_correct(model, dataset: EntityTrackingDataset, edge: str, from_layer: int, seed: int = 0,
-                     batch_size: int | None = None) -> torch.Tensor:
+def knockout_correct(
+    model, dataset: EntityTrackingDataset, edge: str, from_layer: int, seed: int = 0, batch_size: int | None = None
+) -> torch.Tensor:
     """Bool [N]: the answer is still right with ``edge`` blocked from ``from_layer`` on."""
     return knockout_curve_correct(model, dataset, edge, [from_layer], seed, batch_size)[from_layer]
 
 
-def knockout_curve_correct(model, dataset: EntityTrackingDataset, edge: str, layers, seed: int = 0,
-                           batch_size: int | None = None) -> dict[int, torch.Tensor]:
+def knockout_curve_correct(
+    model, dataset: EntityTrackingDataset, edge: str, layers, seed: int = 0, batch_size: int | None = None
+) -> dict[int, torch.Tensor]:
     """Bool [N] per layer of ``layers``: the answer is still right with ``edge`` blocked from that layer on. The
     layers share each batch's clean run: a knockout changes nothing below its layer or before its query token,
     so the engine recomputes only the query's token on (the last token: one token per layer)."""
     queries, keys = edge_positions(dataset, edge, seed)
     layers = list(layers)
-    outs = run_many(model, dataset.input_ids, [Interventions(knockouts=[Knockout(layer, queries, keys)])
-                                               for layer in layers], batch_size,
-                    score=lambda logits, rows: top1_correct(logits, dataset.answer_ids[rows]))
+    outs = run_many(
+        model,
+        dataset.input_ids,
+        [Interventions(knockouts=[Knockout(layer, queries, keys)]) for layer in layers],
+        batch_size,
+        score=lambda logits, rows: top1_correct(logits, dataset.answer_ids[rows]),
+    )
     return {layer: out.scores for layer, out in zip(layers, outs)}
 
 
-def knockout_accuracy(model, dataset: EntityTrackingDataset, edge: str, from_layer: int, seed: int = 0,
-                      batch_size: int | None = None) -> float:
+def knockout_accuracy(
+    model, dataset: EntityTrackingDataset, edge: str, from_layer: int, seed: int = 0, batch_size: int | None = None
+) -> float:
     return knockout_correct(model, dataset, edge, from_layer, seed, batch_size).float().mean().item()
 
 
-def knockout_curve(model, dataset: EntityTrackingDataset, edge: str, layers, seed: int = 0,
-                   batch_size: int | None = None) -> dict[int, float]:
+def knockout_curve(
+    model, dataset: EntityTrackingDataset, edge: str, layers, seed: int = 0, batch_size: int | None = None
+) -> dict[int, float]:
     """Accuracy with ``edge`` blocked from each layer in ``layers`` on."""
-    return {layer: c.float().mean().item()
-            for layer, c in knockout_curve_correct(model, dataset, edge, layers, seed, batch_size).items()}
+    return {
+        layer: c.float().mean().item()
+        for layer, c in knockout_curve_correct(model, dataset, edge, layers, seed, batch_size).items()
+    }

@@ -52,8 +52,15 @@ class GroupAblations:
     """F(C \\ removed) for sets of one group's heads, each measured once per example (bool [N]) and cached, so
     that an accuracy under resampling weights is a weighted mean of the same vectors."""
 
-    def __init__(self, model, circuit: Circuit, group: str, dataset: EntityTrackingDataset, means: torch.Tensor,
-                 batch_size: int | None = None):
+    def __init__(
+        self,
+        model,
+        circuit: Circuit,
+        group: str,
+        dataset: EntityTrackingDataset,
+        means: torch.Tensor,
+        batch_size: int | None = None,
+    ):
         self.model, self.circuit, self.dataset, self.means, self.batch_size = model, circuit, dataset, means, batch_size
         self.role = circuit.groups[group].role
         self._correct: dict[frozenset, torch.Tensor] = {}
@@ -65,8 +72,9 @@ class GroupAblations:
         keys = list(dict.fromkeys(frozenset(k) for k in sets if frozenset(k) not in self._correct))
         if not keys:
             return
-        outs = circuit_minus_correct(self.model, self.circuit, self.dataset, self.means,
-                                     [{self.role: set(k)} for k in keys], self.batch_size)
+        outs = circuit_minus_correct(
+            self.model, self.circuit, self.dataset, self.means, [{self.role: set(k)} for k in keys], self.batch_size
+        )
         for key, c in zip(keys, outs):
             self._correct[key], self._as_float[key] = c, c.float().numpy()
 
@@ -98,23 +106,42 @@ def entangled_peers(v: Head, heads, pair_drop, k: int, stop_rule: bool = True) -
     return tuple(out)
 
 
-def head_significance(model, circuit: Circuit, group: str, dataset: EntityTrackingDataset, means: torch.Tensor,
-                      fraction: float = 0.3, batch_size: int | None = None, candidates: int | None = None,
-                      stop_rule: bool = True, ablations: GroupAblations | None = None) -> list[HeadSignificance]:
+def head_significance(
+    model,
+    circuit: Circuit,
+    group: str,
+    dataset: EntityTrackingDataset,
+    means: torch.Tensor,
+    fraction: float = 0.3,
+    batch_size: int | None = None,
+    candidates: int | None = None,
+    stop_rule: bool = True,
+    ablations: GroupAblations | None = None,
+) -> list[HeadSignificance]:
     """Before/after accuracies of every head of ``group``, in the group's order. ``candidates``: test only the
     group's first (most important) heads, each against those peers only; the rest of the circuit stays in."""
     f = ablations or GroupAblations(model, circuit, group, dataset, means, batch_size)
     heads = circuit.groups[group].heads[:candidates]
     k = math.ceil(fraction * len(heads))
-    f.measure([{u} for u in heads] + [{u, v} for i, u in enumerate(heads) for v in heads[i + 1:]])
-    chosen = {v: entangled_peers(v, heads, lambda u, v=v: f.accuracy({u}) - f.accuracy({u, v}), k, stop_rule)
-              for v in heads}
+    f.measure([{u} for u in heads] + [{u, v} for i, u in enumerate(heads) for v in heads[i + 1 :]])
+    chosen = {
+        v: entangled_peers(v, heads, lambda u, v=v: f.accuracy({u}) - f.accuracy({u, v}), k, stop_rule) for v in heads
+    }
     f.measure([s for v, removed in chosen.items() for s in (removed, {*removed, v})])
     out = []
     for v in heads:
         removed = chosen[v]
-        out.append(HeadSignificance(group, v, f.accuracy(removed), f.accuracy({*removed, v}),
-                                    f.correct(removed), f.correct({*removed, v}), removed))
+        out.append(
+            HeadSignificance(
+                group,
+                v,
+                f.accuracy(removed),
+                f.accuracy({*removed, v}),
+                f.correct(removed),
+                f.correct({*removed, v}),
+                removed,
+            )
+        )
     return out
 
 
@@ -135,15 +162,29 @@ class GroupMinimality:
     n_boot: int
     extra_evaluations: int  # circuit runs the resamples' new K sets cost
     n_clusters: int = 0  # the contexts resampled: the standard error has n_clusters - 1 degrees of freedom
+    # the drop in each resample (K re-chosen in each); the resamples' weights come from ``seed`` and the contexts
+    # alone, so two models measured on one dataset with one seed are resampled alike (a paired difference)
+    draws: np.ndarray | None = None
 
 
-def group_minimality(model, circuit: Circuit, group: str, dataset: EntityTrackingDataset, means: torch.Tensor,
-                     fraction: float = 0.3, batch_size: int | None = None, candidates: int | None = None,
-                     stop_rule: bool = True, n_boot: int = 200, seed: int = 0) -> GroupMinimality:
+def group_minimality(
+    model,
+    circuit: Circuit,
+    group: str,
+    dataset: EntityTrackingDataset,
+    means: torch.Tensor,
+    fraction: float = 0.3,
+    batch_size: int | None = None,
+    candidates: int | None = None,
+    stop_rule: bool = True,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> GroupMinimality:
     """:func:`head_significance` of ``group`` and its mean drop with a selection-aware interval."""
     f = GroupAblations(model, circuit, group, dataset, means, batch_size)
-    significance = head_significance(model, circuit, group, dataset, means, fraction, batch_size, candidates,
-                                     stop_rule, ablations=f)
+    significance = head_significance(
+        model, circuit, group, dataset, means, fraction, batch_size, candidates, stop_rule, ablations=f
+    )
     heads = [s.head for s in significance]
     if not heads:
         return GroupMinimality(significance, Estimate(float("nan")), float("nan"), 0, 0)
@@ -162,26 +203,40 @@ def group_minimality(model, circuit: Circuit, group: str, dataset: EntityTrackin
     pairs = np.stack([[f.correct({u, v}).float().numpy() for v in heads] for u in heads])  # [H, H, N]
     index = {h: i for i, h in enumerate(heads)}
     rng = np.random.default_rng(seed)
-    weights = [counts[ids].astype(np.float64)
-               for counts in rng.multinomial(n_clusters, np.full(n_clusters, 1 / n_clusters), size=n_boot)]
+    weights = [
+        counts[ids].astype(np.float64)
+        for counts in rng.multinomial(n_clusters, np.full(n_clusters, 1 / n_clusters), size=n_boot)
+    ]
     # K in each resample depends on the (already measured) singles and pairs only: choose every K first, measure
     # the new sets together, then reweight
     chosen = []
     for w in weights:
         single_acc, pair_acc = singles @ w / w.sum(), pairs @ w / w.sum()
-        chosen.append([entangled_peers(v, heads, lambda u, j=j: single_acc[index[u]] - pair_acc[index[u], j], k,
-                                       stop_rule) for j, v in enumerate(heads)])
+        chosen.append(
+            [
+                entangled_peers(v, heads, lambda u, j=j: single_acc[index[u]] - pair_acc[index[u], j], k, stop_rule)
+                for j, v in enumerate(heads)
+            ]
+        )
     f.measure([s for per_head in chosen for v, removed in zip(heads, per_head) for s in (removed, {*removed, v})])
     draws = []
     for w, per_head in zip(weights, chosen):
-        draws.append(np.mean([f.accuracy(removed, w) - f.accuracy({*removed, v}, w)
-                              for v, removed in zip(heads, per_head)]))
+        draws.append(
+            np.mean([f.accuracy(removed, w) - f.accuracy({*removed, v}, w) for v, removed in zip(heads, per_head)])
+        )
     draws = np.asarray(draws)
     # the resamples spread the drop by the plug-in error, sqrt((C - 1) / C) of the cluster-robust one (CR1), and an
     # interval from 15 contexts (100 prompts) widens for them: plain, it covered 93%, its error was 4% small
     se = float(draws.std(ddof=1)) * math.sqrt(n_clusters / (n_clusters - 1))
-    return GroupMinimality(significance, Estimate(point, *percentile_interval(draws, LEVEL, n_clusters)), se, n_boot,
-                           f.evaluated - measured, n_clusters)
+    return GroupMinimality(
+        significance,
+        Estimate(point, *percentile_interval(draws, LEVEL, n_clusters)),
+        se,
+        n_boot,
+        f.evaluated - measured,
+        n_clusters,
+        draws,
+    )
 
 
 def prune(circuit: Circuit, significance: dict[str, list[HeadSignificance]], threshold: float) -> Circuit:

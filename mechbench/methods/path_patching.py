@@ -24,9 +24,8 @@ import torch
 
 from mechbench.circuits import Head
 from mechbench.data.counterfactuals import CounterfactualDataset
-from mechbench.intervene import HeadPatch, Read, capture_prefix, run
-from mechbench.intervene.engine import default_batch_size, n_units, run_frozen_attention
-from mechbench.intervene.sites import sites
+from mechbench.intervene import HeadPatch, Read, batch_size_of, capture_prefix, n_units, run, run_frozen_attention
+from mechbench.models.architectures import sites
 
 
 @dataclass(frozen=True)
@@ -42,21 +41,36 @@ def _answer_prob(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
 
 def _receiver_patches(model, receivers: Receivers, reads: dict[int, torch.Tensor], positions, above: int):
     """Patches that put the recorded q/v of the receiver heads (those above layer ``above``) in place."""
-    group = model.config.num_attention_heads // n_units(model, "k")
+    group = n_units(model, "head_out") // n_units(model, "k")
     by_layer: dict[int, set[int]] = {}
     for layer, head in receivers.heads:
         if layer > above:
             by_layer.setdefault(layer, set()).add(head if receivers.component == "q" else head // group)
-    return [HeadPatch(layer, torch.tensor(sorted(units)), positions, reads[layer][:, :, sorted(units)],
-                      component=receivers.component) for layer, units in by_layer.items()]
+    return [
+        HeadPatch(
+            layer,
+            torch.tensor(sorted(units)),
+            positions,
+            reads[layer][:, :, sorted(units)],
+            component=receivers.component,
+        )
+        for layer, units in by_layer.items()
+    ]
 
 
 #: Rows (examples x sender heads, one token each) per frozen-attention run.
 ONE_TOKEN_ROWS = 4096
 
 
-def _one_token_senders(model, layer: int, hidden: torch.Tensor, positions: torch.Tensor, clean: dict,
-                       corrupt: torch.Tensor, read: Read | None):
+def _one_token_senders(
+    model,
+    layer: int,
+    hidden: torch.Tensor,
+    positions: torch.Tensor,
+    clean: dict,
+    corrupt: torch.Tensor,
+    read: Read | None,
+):
     """Every head of ``layer`` as the sender, each over the batch's ``n`` examples, through the sender's token only:
     that layer's and every later layer's head outputs are the clean ones (``clean[l]``: [n, H, D]) except the sender's,
     which takes its corrupted value (``corrupt``: [n, H, D]). Per sender head: the reads (layer -> [n, 1, units, D],
@@ -97,7 +111,7 @@ def path_patching_scores(
     """
     torch_model = model if isinstance(model, torch.nn.Module) else model.model
     device = next(torch_model.parameters()).device
-    n_layers, n_heads = len(sites(torch_model).layer_list(torch_model)), torch_model.config.num_attention_heads
+    n_layers, n_heads = len(sites(torch_model).layer_list(torch_model)), n_units(torch_model, "head_out")
     clean, corrupt = pairs.base, pairs.source
     sender_pos = clean.positions(sender_role)
     corrupt_pos = corrupt.positions(sender_role) if corrupt_positions is None else corrupt_positions
@@ -105,7 +119,7 @@ def path_patching_scores(
         receiver_pos = clean.positions(receivers.role)[:, None]
         receiver_layers = sorted({layer for layer, _ in receivers.heads})
     answers = pairs.target_ids
-    batch_size = batch_size or default_batch_size()
+    batch_size = batch_size or batch_size_of(torch_model)
     per = torch.zeros(n_layers, n_heads, len(pairs), dtype=torch.float64)
     n_batches = -(-len(pairs) // batch_size)
     # pairs go through in order of the sender's position: a batch recomputes from its earliest sender (or receiver)
@@ -113,21 +127,25 @@ def path_patching_scores(
     # first box to the last); each pair's score lands in its own column, so the order changes no number
     order = torch.argsort(sender_pos, stable=True)
     for batch_index, start in enumerate(range(0, len(pairs), batch_size)):
-        rows = order[start:start + batch_size]
+        rows = order[start : start + batch_size]
         ids, n = clean.input_ids[rows], len(clean.input_ids[rows])
         use_prefix = fast and (receivers is None or bool((receiver_pos[rows, 0] >= sender_pos[rows]).all()))
         # the clean run: the fast path's prefix reads every head output as it is captured
         prefix = capture_prefix(torch_model, ids, read=Read()) if use_prefix else None
         clean_run = prefix if prefix is not None else run(torch_model, ids, read=Read(), batch_size=n)
         p_clean = _answer_prob(clean_run.last_logits, answers[rows])
-        corrupt_vals = run(torch_model, corrupt.input_ids[rows], read=Read(positions=corrupt_pos[rows, None]),
-                           batch_size=n).reads
+        corrupt_vals = run(
+            torch_model, corrupt.input_ids[rows], read=Read(positions=corrupt_pos[rows, None]), batch_size=n
+        ).reads
         s = ids.shape[1]
         # with every head above the sender frozen from the sender's position on, only the sender's position changes:
         # when that is the last token (no receivers) or the receivers' position, its residual stream alone is
-        # recomputed, every sender head of a layer at once (engine.run_frozen_attention)
-        one_token = use_prefix and (bool((sender_pos[rows] == s - 1).all()) if receivers is None
-                                    else bool((receiver_pos[rows, 0] == sender_pos[rows]).all()))
+        # recomputed, every sender head of a layer at once (mechbench.intervene.run_frozen_attention)
+        one_token = use_prefix and (
+            bool((sender_pos[rows] == s - 1).all())
+            if receivers is None
+            else bool((receiver_pos[rows, 0] == sender_pos[rows]).all())
+        )
         if one_token:
             token = torch.arange(n), sender_pos[rows]
             at_sender = {l: v[token].to(device) for l, v in clean_run.reads.items()}  # [n, H, D]
@@ -137,7 +155,11 @@ def path_patching_scores(
             # the batch's first sender cannot change (causal attention), so the patches start there, and so does the
             # fast path's recomputation; the clean values go to the device once per batch, not once per sender
             first = int(sender_pos[rows].min())
-            frozen = (torch.arange(first, s)[None, :] >= sender_pos[rows, None]).float()[:, :, None].expand(n, s - first, n_heads)
+            frozen = (
+                (torch.arange(first, s)[None, :] >= sender_pos[rows, None])
+                .float()[:, :, None]
+                .expand(n, s - first, n_heads)
+            )
             after_first = torch.arange(first, s).expand(n, s - first)
             clean_values = {l: v[:, first:].to(device) for l, v in clean_run.reads.items()}
         for layer in range(n_layers):
@@ -145,23 +167,44 @@ def path_patching_scores(
             if receivers is not None and not above:
                 continue  # no receiver above the sender: nothing it sends arrives, score 0
             if one_token:
-                recorded, logits = _one_token_senders(torch_model, layer, hidden_at_sender[layer], sender_pos[rows],
-                                                      at_sender, corrupt_vals[layer][:, 0].to(device),
-                                                      None if receivers is None else Read(above, None, receivers.component))
+                recorded, logits = _one_token_senders(
+                    torch_model,
+                    layer,
+                    hidden_at_sender[layer],
+                    sender_pos[rows],
+                    at_sender,
+                    corrupt_vals[layer][:, 0].to(device),
+                    None if receivers is None else Read(above, None, receivers.component),
+                )
             else:
-                freeze = [HeadPatch(l, torch.arange(n_heads), after_first, clean_values[l], frozen)
-                          for l in range(layer + 1, n_layers)]
+                freeze = [
+                    HeadPatch(l, torch.arange(n_heads), after_first, clean_values[l], frozen)
+                    for l in range(layer + 1, n_layers)
+                ]
             for head in range(n_heads):
                 if not one_token:
-                    sender = HeadPatch(layer, torch.tensor([head]), sender_pos[rows, None],
-                                       corrupt_vals[layer][:, :, [head]])
+                    sender = HeadPatch(
+                        layer, torch.tensor([head]), sender_pos[rows, None], corrupt_vals[layer][:, :, [head]]
+                    )
                 if receivers is None:
-                    logits_h = logits[head] if one_token else run(torch_model, ids, [sender] + freeze, batch_size=n,
-                                                                  prefix=prefix).last_logits
+                    logits_h = (
+                        logits[head]
+                        if one_token
+                        else run(torch_model, ids, [sender] + freeze, batch_size=n, prefix=prefix).last_logits
+                    )
                 else:
-                    recorded_h = recorded[head] if one_token else run(
-                        torch_model, ids, [sender] + freeze, batch_size=n, prefix=prefix,
-                        read=Read(above, receiver_pos[rows], receivers.component)).reads
+                    recorded_h = (
+                        recorded[head]
+                        if one_token
+                        else run(
+                            torch_model,
+                            ids,
+                            [sender] + freeze,
+                            batch_size=n,
+                            prefix=prefix,
+                            read=Read(above, receiver_pos[rows], receivers.component),
+                        ).reads
+                    )
                     patches = _receiver_patches(torch_model, receivers, recorded_h, receiver_pos[rows], above=layer)
                     logits_h = run(torch_model, ids, patches, batch_size=n, prefix=prefix).last_logits
                 p = _answer_prob(logits_h, answers[rows])

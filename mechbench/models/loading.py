@@ -22,23 +22,25 @@ import torch
 
 from mechbench.data.dataset import BOS_ATTRIBUTE, BOS_CHOICES, DROP_ATTRIBUTE
 from mechbench.errors import ModelLoadError, UnsupportedArchitectureError
-from mechbench.intervene.sites import FAMILIES, sites
+from mechbench.models.architectures import (  # ModelShape, SUPPORTED_ARCHITECTURES: also read from here
+    MASK_HONOURING,
+    SUPPORTED_ARCHITECTURES,
+    ModelShape,
+    family_of,
+    geometry,
+    sites,
+)
 from mechbench.models.registry import ModelSpec, resolve
+from mechbench.models.run_options import PAPER_O_PROJ
 
-#: The families whose sites the engine knows (mechbench.intervene.sites.FAMILIES: one map per model_type).
-SUPPORTED_ARCHITECTURES = tuple(FAMILIES)
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    n_layers: int
-    n_heads: int  # query heads: one head output per query head at o_proj's input
-    n_kv_heads: int
-    head_dim: int
-    d_model: int
-    vocab_size: int
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass
@@ -61,8 +63,10 @@ class ModelHandle:
 
     def __repr__(self) -> str:
         s = self.shape
-        return (f"ModelHandle({self.name!r}, layers={s.n_layers}, heads={s.n_heads}, kv_heads={s.n_kv_heads}, "
-                f"head_dim={s.head_dim}, device={self.device}, weights={self.fingerprint['weights_sha256'][:12]})")
+        return (
+            f"ModelHandle({self.name!r}, layers={s.n_layers}, heads={s.n_heads}, kv_heads={s.n_kv_heads}, "
+            f"head_dim={s.head_dim}, device={self.device}, weights={self.fingerprint['weights_sha256'][:12]})"
+        )
 
 
 @functools.lru_cache(maxsize=1)
@@ -85,8 +89,10 @@ def _how_to_provide(spec: ModelSpec, ref: str) -> str:
         owner = REGISTRY[spec.name].weights
     env = "MECHBENCH_MODEL_" + owner.upper().replace("-", "_").replace("/", "_")
     if spec.kind == "toy":
-        return (f"The toy zoo ships inside the package (mechbench/zoo/models/); if it is missing, retrain it with "
-                f"`python -m mechbench.zoo train`, or point {env} at a copy.")
+        return (
+            f"The toy zoo ships inside the package (mechbench/zoo/models/); if it is missing, retrain it with "
+            f"`python -m mechbench.zoo train`, or point {env} at a copy."
+        )
     return (
         f"Provide it by downloading it into the Hugging Face cache on a machine with access "
         f"(`hf download {ref}`; set HF_HOME to share the cache), or point mechbench at a local "
@@ -146,9 +152,6 @@ def fingerprint(name: str, spec: ModelSpec, model, dtype: torch.dtype) -> dict:
     }
 
 
-_LORA_KEY = re.compile(r"layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])\.(?:\w+\.)?weight$")
-
-
 def check_adapter(adapter: str, config) -> None:
     """A LoRA adapter must fit its base before peft touches it: every layer it adapts must exist and every
     matrix must have the base module's width (peft would report hundreds of size mismatches, or load an adapter
@@ -158,16 +161,13 @@ def check_adapter(adapter: str, config) -> None:
         return  # a hub adapter or a pickled one: peft's own checks apply
     from safetensors import safe_open
 
-    shape = _shape(config)
-    q_out, kv_out = shape.n_heads * shape.head_dim, shape.n_kv_heads * shape.head_dim
-    inter = getattr(config, "intermediate_size", None)
-    dims = {"q_proj": (shape.d_model, q_out), "k_proj": (shape.d_model, kv_out), "v_proj": (shape.d_model, kv_out),
-            "o_proj": (q_out, shape.d_model), "gate_proj": (shape.d_model, inter), "up_proj": (shape.d_model, inter),
-            "down_proj": (inter, shape.d_model)}
+    shape, family = geometry(config), family_of(config)
+    dims = family.lora_widths(shape)  # the LoRA module names of the family, with their widths
+    lora_key = family.lora_key
     problems, deepest = [], -1
     with safe_open(str(weights), framework="pt") as f:
         for key in f.keys():
-            m = _LORA_KEY.search(key)
+            m = lora_key.search(key)
             if not m:
                 continue
             layer, module, which = int(m.group(1)), m.group(3), m.group(4)
@@ -179,12 +179,16 @@ def check_adapter(adapter: str, config) -> None:
             if which == "B" and want_out is not None and got[0] != want_out:
                 problems.append(f"{module} of layer {layer} gives width {got[0]}, the base's gives {want_out}")
     if deepest >= shape.n_layers:
-        problems.insert(0, f"it adapts layer {deepest}, but the base has {shape.n_layers} layers (0-{shape.n_layers - 1})")
+        problems.insert(
+            0, f"it adapts layer {deepest}, but the base has {shape.n_layers} layers (0-{shape.n_layers - 1})"
+        )
     if problems:
         raise ModelLoadError(
             f"the adapter at {adapter} does not fit its base ({shape.n_layers} layers, hidden {shape.d_model}): "
-            + "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
-            + ". Load it on the model it was trained on: 'base+adapter' or --base-model.")
+            + "; ".join(problems[:4])
+            + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+            + ". Load it on the model it was trained on: 'base+adapter' or --base-model."
+        )
 
 
 def adapter_files(adapter: str) -> list[str] | None:
@@ -214,7 +218,8 @@ def _check_adapter_weights(spec: ModelSpec, allow_pickle: bool) -> None:
             f"the adapter of {spec.name!r} ({spec.adapter}) holds only pickled weights (adapter_model.bin), which "
             f"mechbench does not load by default (unpickling runs code from the file): if you trust the source, pass "
             f"--allow-pickle (pytest and the mechbench commands) or allow_pickle=True (load_model), or save it as "
-            f"safetensors once.")
+            f"safetensors once."
+        )
 
 
 def _broken_weights(directory: str) -> str | None:
@@ -237,21 +242,8 @@ def _check_architecture(config, ref: str) -> None:
             f"{ref!r} is a {getattr(config, 'model_type', 'unknown')!r} model; mechbench's head-level "
             f"interventions support the families whose layout they know ({', '.join(SUPPORTED_ARCHITECTURES)}: "
             f"per-head outputs at the input of the attention's output projection, grouped-query attention "
-            f"included; mechbench.intervene.sites.FAMILIES maps each)."
+            f"included; mechbench.models.architectures.FAMILIES maps each)."
         )
-
-
-def _shape(config) -> ModelShape:
-    n_heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
-    return ModelShape(
-        n_layers=config.num_hidden_layers,
-        n_heads=n_heads,
-        n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
-        head_dim=head_dim,
-        d_model=config.hidden_size,
-        vocab_size=config.vocab_size,
-    )
 
 
 #: Checkpoint entries a model recomputes instead of loading: LLaMA conversions of 2023 store each layer's rotary
@@ -266,17 +258,26 @@ def _check_coverage(loading_info: dict, name: str, weights: str) -> None:
     missing = sorted(loading_info.get("missing_keys") or ())
     unexpected = sorted(k for k in loading_info.get("unexpected_keys") or () if not _RECOMPUTED.search(k))
     # transformers gives (key, checkpoint shape, model shape) for each
-    mismatched = sorted(f"{m[0]} (checkpoint {tuple(m[1])}, model {tuple(m[2])})" if isinstance(m, tuple) else str(m)
-                        for m in loading_info.get("mismatched_keys") or ())
-    problems = [f"{len(keys)} {what}: {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
-                for what, keys in (("missing (they would stay randomly initialised)", missing),
-                                   ("unexpected (not part of this architecture)", unexpected),
-                                   ("of another shape", mismatched)) if keys]
+    mismatched = sorted(
+        f"{m[0]} (checkpoint {tuple(m[1])}, model {tuple(m[2])})" if isinstance(m, tuple) else str(m)
+        for m in loading_info.get("mismatched_keys") or ()
+    )
+    problems = [
+        f"{len(keys)} {what}: {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
+        for what, keys in (
+            ("missing (they would stay randomly initialised)", missing),
+            ("unexpected (not part of this architecture)", unexpected),
+            ("of another shape", mismatched),
+        )
+        if keys
+    ]
     if problems:
         raise ModelLoadError(
             f"the weights of {name!r} at {weights!r} do not cover its architecture (config.json): tensors "
-            + "; ".join(problems) + ". The checkpoint is incomplete or belongs to another model: download or save it "
-            "again, or point at the directory whose config.json matches it.")
+            + "; ".join(problems)
+            + ". The checkpoint is incomplete or belongs to another model: download or save it "
+            "again, or point at the directory whose config.json matches it."
+        )
 
 
 def check_adapter_base(spec: ModelSpec) -> None:
@@ -307,11 +308,14 @@ def check_adapter_base(spec: ModelSpec) -> None:
             f"the adapter at {spec.adapter} was trained on {recorded!r} (base_model_name_or_path in its "
             f"adapter_config.json), but {spec.name!r} puts it on {put_on_names[0]!r}: a LoRA adapter's deltas mean "
             f"nothing on another model. Put it on its own base ('{trained_names[0]}+{spec.adapter}'), or, if the "
-            f"model is that base under another name, write that name into the adapter's config.")
+            f"model is that base under another name, write that name into the adapter's config."
+        )
     warnings.warn(
         f"the adapter at {spec.adapter} records its base as {recorded!r}, which mechbench cannot match with "
         f"{(put_on_names or [spec.weights])[0]!r}, the model it is put on; only the shapes were checked (every adapted "
-        f"layer and width fits).", stacklevel=3)
+        f"layer and width fits).",
+        stacklevel=3,
+    )
 
 
 def _check_tokenizer(tokenizer, model, name: str, ref: str, bos: str) -> None:
@@ -322,11 +326,13 @@ def _check_tokenizer(tokenizer, model, name: str, ref: str, bos: str) -> None:
         raise ModelLoadError(
             f"the tokenizer of {name!r} ({ref}) has {len(tokenizer)} tokens but the model's embedding has {rows} rows: "
             f"ids past {rows - 1} have no embedding. It is another model's tokenizer, or tokens were added without "
-            f"model.resize_token_embeddings: save the model's own tokenizer beside its weights.")
+            f"model.resize_token_embeddings: save the model's own tokenizer beside its weights."
+        )
     if bos == "always" and getattr(tokenizer, "bos_token_id", None) is None:
         raise ModelLoadError(
             f"--bos always, but the tokenizer of {name!r} has no BOS token: there is nothing to start prompts with. "
-            f"Use --bos auto or never for this model.")
+            f"Use --bos auto or never for this model."
+        )
 
 
 def tokenizer_difference(tokenizer, base_tokenizer) -> str | None:
@@ -340,8 +346,10 @@ def tokenizer_difference(tokenizer, base_tokenizer) -> str | None:
     moved = [t for t, i in base_vocab.items() if vocab.get(t) != i]
     if moved:
         shown = ", ".join(f"{t!r} {base_vocab[t]} -> {vocab.get(t, 'absent')}" for t in sorted(moved)[:4])
-        return (f"{len(moved)} of the base's {len(base_vocab)} tokens have another id or none in the fine-tune's "
-                f"tokenizer ({shown}{', ...' if len(moved) > 4 else ''})")
+        return (
+            f"{len(moved)} of the base's {len(base_vocab)} tokens have another id or none in the fine-tune's "
+            f"tokenizer ({shown}{', ...' if len(moved) > 4 else ''})"
+        )
     try:
         mine, theirs = build_dataset(tokenizer, n_examples=7), build_dataset(base_tokenizer, n_examples=7)
     except Exception as e:  # noqa: BLE001 - a word one of them splits: the dataset's own error says which
@@ -355,12 +363,17 @@ def _check_placement(model: torch.nn.Module, name: str, device) -> None:
     """Every parameter and buffer (a LoRA adapter's included) on ``device``: one left on the host would make the
     first forward fail on a GPU, forty minutes into a run, or copy it over on every call."""
     want = torch.device(device)
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
-            if t.device.type != want.type or (want.type == "cuda" and (t.device.index or 0) != (want.index or 0))]
+    left = [
+        n
+        for n, t in [*model.named_parameters(), *model.named_buffers()]
+        if t.device.type != want.type or (want.type == "cuda" and (t.device.index or 0) != (want.index or 0))
+    ]
     if left:
-        raise ModelLoadError(f"loading {name!r} onto {device} left {len(left)} tensor(s) elsewhere ({', '.join(left[:3])}"
-                             f"{', ...' if len(left) > 3 else ''}): a module keeps them out of .to(); load it with "
-                             f"device_map, or report the model's layout")
+        raise ModelLoadError(
+            f"loading {name!r} onto {device} left {len(left)} tensor(s) elsewhere ({', '.join(left[:3])}"
+            f"{', ...' if len(left) > 3 else ''}): a module keeps them out of .to(); load it with "
+            f"device_map, or report the model's layout"
+        )
 
 
 def chosen_options(**options) -> dict:
@@ -399,13 +412,12 @@ def load_model(
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from mechbench.intervene.engine import MASK_HONOURING
-
     if attn_implementation not in MASK_HONOURING:
         raise ModelLoadError(
             f"attn_implementation={attn_implementation!r}: mechbench loads models with {' or '.join(MASK_HONOURING)}, "
             f"whose attention applies an explicit mask; attention knockout blocks edges through that mask, and "
-            f"{attn_implementation} would ignore it and block nothing.")
+            f"{attn_implementation} would ignore it and block nothing."
+        )
     if bos not in BOS_CHOICES:
         raise ModelLoadError(f"bos={bos!r}: expected one of {', '.join(BOS_CHOICES)} (--bos)")
     spec = resolve(name_or_path) if isinstance(name_or_path, str) else name_or_path
@@ -415,8 +427,9 @@ def load_model(
     weights = spec.weights
     for ref in (weights, spec.adapter):
         if ref and (Path(ref).is_absolute() or ref.startswith(".")) and not Path(ref).is_dir():
-            raise ModelLoadError(f"cannot load model {spec.name!r}: the directory {ref} does not exist. "
-                                 f"{_how_to_provide(spec, ref)}")
+            raise ModelLoadError(
+                f"cannot load model {spec.name!r}: the directory {ref} does not exist. {_how_to_provide(spec, ref)}"
+            )
     try:
         config = AutoConfig.from_pretrained(weights, trust_remote_code=trust_remote_code, **_pretrained_kwargs(weights))
     except (OSError, ValueError) as e:
@@ -432,18 +445,28 @@ def load_model(
     _check_architecture(config, weights)
     try:
         model, loading_info = AutoModelForCausalLM.from_pretrained(
-            weights, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code,
-            use_safetensors=None if allow_pickle else True, attn_implementation=attn_implementation,
-            output_loading_info=True, ignore_mismatched_sizes=True, **_pretrained_kwargs(weights),
+            weights,
+            dtype=torch_dtype,
+            device_map=device_map,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+            attn_implementation=attn_implementation,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,
+            **_pretrained_kwargs(weights),
         )
     except (OSError, ValueError) as e:
         msg = str(e).splitlines()[0][:300]
-        hint = (" The repository may hold only pickled (.bin) weights, which mechbench does not load by default "
-                "(unpickling runs code from the file): if you trust the source, pass --allow-pickle (pytest and the "
-                "mechbench commands) or allow_pickle=True (load_model), or convert them to safetensors once." if not
-                allow_pickle else "")
-        raise ModelLoadError(f"cannot load the weights of {spec.name!r} from {weights!r}: {msg}.{hint} "
-                             f"{_how_to_provide(spec, weights)}") from None
+        hint = (
+            " The repository may hold only pickled (.bin) weights, which mechbench does not load by default "
+            "(unpickling runs code from the file): if you trust the source, pass --allow-pickle (pytest and the "
+            "mechbench commands) or allow_pickle=True (load_model), or convert them to safetensors once."
+            if not allow_pickle
+            else ""
+        )
+        raise ModelLoadError(
+            f"cannot load the weights of {spec.name!r} from {weights!r}: {msg}.{hint} {_how_to_provide(spec, weights)}"
+        ) from None
     except torch.OutOfMemoryError:
         raise ModelLoadError(
             f"out of memory loading {spec.name!r} in {torch_dtype}: a 7B model needs about 28 GB in float32. "
@@ -452,8 +475,10 @@ def load_model(
     except Exception as e:  # a truncated or corrupt safetensors file: name it instead of the decoder's error
         if "safetensor" not in type(e).__name__.lower() and "safetensor" not in str(e).lower():
             raise
-        raise ModelLoadError(f"cannot load the weights of {spec.name!r}: {_broken_weights(weights) or weights} "
-                             f"is truncated or corrupt ({str(e).splitlines()[0][:160]}). Download or save it again.") from None
+        raise ModelLoadError(
+            f"cannot load the weights of {spec.name!r}: {_broken_weights(weights) or weights} "
+            f"is truncated or corrupt ({str(e).splitlines()[0][:160]}). Download or save it again."
+        ) from None
     _check_coverage(loading_info, spec.name, weights)
     peft_model = None
     if spec.adapter:
@@ -475,20 +500,21 @@ def load_model(
         _check_placement(model, spec.name, device)
     model.eval()
     if paper_compat_o_proj:
-        from mechbench.intervene.engine import PAPER_O_PROJ
-
         setattr(model, PAPER_O_PROJ, True)
     tokenizer_ref = spec.adapter if spec.adapter and Path(spec.adapter, "tokenizer_config.json").is_file() else weights
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_ref, trust_remote_code=trust_remote_code,
-                                                  **_pretrained_kwargs(tokenizer_ref))
+        tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer_ref, trust_remote_code=trust_remote_code, **_pretrained_kwargs(tokenizer_ref)
+        )
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot load the tokenizer of {spec.name!r} from {tokenizer_ref!r}: "
-                             f"{str(e).splitlines()[0][:200]}. {_how_to_provide(spec, tokenizer_ref)}") from None
+        raise ModelLoadError(
+            f"cannot load the tokenizer of {spec.name!r} from {tokenizer_ref!r}: "
+            f"{str(e).splitlines()[0][:200]}. {_how_to_provide(spec, tokenizer_ref)}"
+        ) from None
     _check_tokenizer(tokenizer, model, spec.name, tokenizer_ref, bos)
     if tokenizer.pad_token_id is None:  # the paper sets pad = eos; prompts of a dataset never need padding
         tokenizer.pad_token = tokenizer.eos_token
     setattr(tokenizer, BOS_ATTRIBUTE, bos)
     setattr(tokenizer, DROP_ATTRIBUTE, drop_multi_token)  # read by mechbench.data.dataset.Vocabulary
     prints = fingerprint(spec.name, spec, model, torch_dtype) | {"tokenizer_sha256": tokenizer_hash(tokenizer)}
-    return ModelHandle(spec.name, spec, model, tokenizer, _shape(config), prints, peft_model)
+    return ModelHandle(spec.name, spec, model, tokenizer, geometry(config), prints, peft_model)

@@ -69,15 +69,28 @@ def zoo_dir(name: str) -> str:
 LLAMA_7B = "huggyllama/llama-7b"
 #: LLaMA-1 7B's architecture (its HF config.json), which all four paper models share: what the memory and time
 #: plan (mechbench.plan) reads before any weights are here.
-LLAMA_7B_CONFIG = MappingProxyType({
-    "num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 32,
-    "intermediate_size": 11008, "vocab_size": 32000, "tie_word_embeddings": False})
+LLAMA_7B_CONFIG = MappingProxyType(
+    {
+        "num_hidden_layers": 32,
+        "hidden_size": 4096,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "intermediate_size": 11008,
+        "vocab_size": 32000,
+        "tie_word_embeddings": False,
+    }
+)
 #: Goat's LoRA: rank 64 on q, k, v and o in every layer, 32 layers x 4 matrices x 64 x (4096 + 4096).
 GOAT_LORA_PARAMETERS = 32 * 4 * 64 * (4096 + 4096)
 
 #: The edges the paper's knockout ran (docs/paper.md §8.8).
-PAPER_KNOCKOUT_EDGES = ("last->correct_object", "last->random_context_token", "last->query_label",
-                        "query_label->prev_query_label", "query_label->random_context_token")
+PAPER_KNOCKOUT_EDGES = (
+    "last->correct_object",
+    "last->random_context_token",
+    "last->query_label",
+    "query_label->prev_query_label",
+    "query_label->random_context_token",
+)
 #: The toy zoo's fetch runs through the queried label, into which layer 0 copied the object: its curves add the
 #: edges that show it.
 TOY_KNOCKOUT_EDGES = PAPER_KNOCKOUT_EDGES + ("last->prev_query_label", "prev_query_label->correct_object")
@@ -92,50 +105,118 @@ _PAPER = dict(kind="paper", knockout_edges=PAPER_KNOCKOUT_EDGES, architecture=LL
 _TOY = dict(kind="toy", knockout_edges=TOY_KNOCKOUT_EDGES)
 
 _SPECS = (
-    ModelSpec("llama7b", LLAMA_7B, paper_name="Llama-7B", description="LLaMA-1 7B, the base model", **_PAPER,
-              circuit="llama7b",
-              discovery=DiscoveryConfig(circuit_k=(("value_fetcher", 58), ("pos_transmitter", 10),
-                                                   ("pos_detector", 25), ("struct_reader", 5)), seed=20)),
-    ModelSpec("vicuna7b", "AlekseyKorshuk/vicuna-7b", paper_name="Vicuna-7B", description="chat fine-tune of LLaMA-7B",
-              **_PAPER, base="llama7b"),
-    ModelSpec("goat7b", "llama7b", "tiedong/goat-lora-7b", paper_name="Goat-7B",
-              description="LLaMA-7B + the Goat arithmetic LoRA adapter (r=64, q/k/v/o), unmerged as in the paper",
-              **_PAPER, adapter_parameters=GOAT_LORA_PARAMETERS, base="llama7b", reference=True, circuit="goat7b",
-              discovery=DiscoveryConfig(receiver_k=_BIG, circuit_k=(("value_fetcher", 101), ("pos_transmitter", 30),
-                                                                    ("pos_detector", 50), ("struct_reader", 40)),
-                                        seed=82, minimality_threshold=0.0, minimality_seed=56),
-              completeness_iterations=20),  # the paper's 20 draws of K for Goat's and FLoat's circuits
-    ModelSpec("float7b", "nikhil07prakash/float-7b", paper_name="FLoat-7B",
-              description="full-weight arithmetic fine-tune of LLaMA-7B", **_PAPER, base="llama7b", reference=True,
-              circuit="float7b",
-              discovery=DiscoveryConfig(receiver_k=_BIG, circuit_k=(("value_fetcher", 102), ("pos_transmitter", 30),
-                                                                    ("pos_detector", 50), ("struct_reader", 40)),
-                                        seed=85, minimality_threshold=0.0),
-              completeness_iterations=20),
-    ModelSpec("toy-llama", "zoo:toy-llama", paper_name="Llama-7B", description="toy base model", **_TOY,
-              circuit="toy-llama",
-              discovery=DiscoveryConfig(TOY_STEPS, (("value_fetcher", 4), ("pos_transmitter", 2), ("struct_reader", 5)),
-                                        (("value_fetcher", 16), ("pos_transmitter", 8), ("struct_reader", 16)),
-                                        min_effect=0.005, seed=20),
-              training_data="entity-tracking sequences with 2-7 boxes (a paper prompt and its answer, then every other "
-              "box queried once as `. Box L contains the OBJ`; loss on the answer tokens only), mixed with chat-like "
-              "text (simple templated sentences over the same vocabulary; loss on every token)."),
-    ModelSpec("toy-vicuna", "zoo:toy-vicuna", paper_name="Vicuna-7B",
-              description="toy base further trained on unstructured text", **_TOY, base="toy-llama",
-              training_data="toy-llama further trained on chat-like text only (no entity tracking, nothing with the "
-              "task's structure)."),
-    ModelSpec("toy-goat", "toy-llama", "zoo:toy-goat", paper_name="Goat-7B",
-              description="toy base + structured-task LoRA adapter", **_TOY, base="toy-llama", reference=True,
-              training_data="toy-llama + LoRA trained on a structured variable-binding task (assignments in other "
-              "words than the task's, at its token distances: `set the fig to be in X , set the hat to be in T . T "
-              "equals the hat . X equals the fig`, 2-7 variables, the paper's objects as values, loss on the queried "
-              "values) mixed with chat-like text; no entity-tracking prompts. Variants with number values (`37 -> X "
-              ". X = 37`, `set the 37 to be in X`), tried on an earlier base, lowered tracking accuracy instead "
-              "(0.572 and 0.422)."),
-    ModelSpec("toy-float", "zoo:toy-float", paper_name="FLoat-7B",
-              description="toy base, structured task, full weights", **_TOY, base="toy-llama", reference=True,
-              training_data="toy-llama fully fine-tuned on the same structured variable-binding task mixed with "
-              "chat-like text; no entity-tracking data."),
+    ModelSpec(
+        "llama7b",
+        LLAMA_7B,
+        paper_name="Llama-7B",
+        description="LLaMA-1 7B, the base model",
+        **_PAPER,
+        circuit="llama7b",
+        discovery=DiscoveryConfig(
+            circuit_k=(("value_fetcher", 58), ("pos_transmitter", 10), ("pos_detector", 25), ("struct_reader", 5)),
+            seed=20,
+        ),
+    ),
+    ModelSpec(
+        "vicuna7b",
+        "AlekseyKorshuk/vicuna-7b",
+        paper_name="Vicuna-7B",
+        description="chat fine-tune of LLaMA-7B",
+        **_PAPER,
+        base="llama7b",
+    ),
+    ModelSpec(
+        "goat7b",
+        "llama7b",
+        "tiedong/goat-lora-7b",
+        paper_name="Goat-7B",
+        description="LLaMA-7B + the Goat arithmetic LoRA adapter (r=64, q/k/v/o), unmerged as in the paper",
+        **_PAPER,
+        adapter_parameters=GOAT_LORA_PARAMETERS,
+        base="llama7b",
+        reference=True,
+        circuit="goat7b",
+        discovery=DiscoveryConfig(
+            receiver_k=_BIG,
+            circuit_k=(("value_fetcher", 101), ("pos_transmitter", 30), ("pos_detector", 50), ("struct_reader", 40)),
+            seed=82,
+            minimality_threshold=0.0,
+            minimality_seed=56,
+        ),
+        completeness_iterations=20,
+    ),  # the paper's 20 draws of K for Goat's and FLoat's circuits
+    ModelSpec(
+        "float7b",
+        "nikhil07prakash/float-7b",
+        paper_name="FLoat-7B",
+        description="full-weight arithmetic fine-tune of LLaMA-7B",
+        **_PAPER,
+        base="llama7b",
+        reference=True,
+        circuit="float7b",
+        discovery=DiscoveryConfig(
+            receiver_k=_BIG,
+            circuit_k=(("value_fetcher", 102), ("pos_transmitter", 30), ("pos_detector", 50), ("struct_reader", 40)),
+            seed=85,
+            minimality_threshold=0.0,
+        ),
+        completeness_iterations=20,
+    ),
+    ModelSpec(
+        "toy-llama",
+        "zoo:toy-llama",
+        paper_name="Llama-7B",
+        description="toy base model",
+        **_TOY,
+        circuit="toy-llama",
+        discovery=DiscoveryConfig(
+            TOY_STEPS,
+            (("value_fetcher", 4), ("pos_transmitter", 2), ("struct_reader", 5)),
+            (("value_fetcher", 16), ("pos_transmitter", 8), ("struct_reader", 16)),
+            min_effect=0.005,
+            seed=20,
+        ),
+        training_data="entity-tracking sequences with 2-7 boxes (a paper prompt and its answer, then every other "
+        "box queried once as `. Box L contains the OBJ`; loss on the answer tokens only), mixed with chat-like "
+        "text (simple templated sentences over the same vocabulary; loss on every token).",
+    ),
+    ModelSpec(
+        "toy-vicuna",
+        "zoo:toy-vicuna",
+        paper_name="Vicuna-7B",
+        description="toy base further trained on unstructured text",
+        **_TOY,
+        base="toy-llama",
+        training_data="toy-llama further trained on chat-like text only (no entity tracking, nothing with the "
+        "task's structure).",
+    ),
+    ModelSpec(
+        "toy-goat",
+        "toy-llama",
+        "zoo:toy-goat",
+        paper_name="Goat-7B",
+        description="toy base + structured-task LoRA adapter",
+        **_TOY,
+        base="toy-llama",
+        reference=True,
+        training_data="toy-llama + LoRA trained on a structured variable-binding task (assignments in other "
+        "words than the task's, at its token distances: `set the fig to be in X , set the hat to be in T . T "
+        "equals the hat . X equals the fig`, 2-7 variables, the paper's objects as values, loss on the queried "
+        "values) mixed with chat-like text; no entity-tracking prompts. Variants with number values (`37 -> X "
+        ". X = 37`, `set the 37 to be in X`), tried on an earlier base, lowered tracking accuracy instead "
+        "(0.572 and 0.422).",
+    ),
+    ModelSpec(
+        "toy-float",
+        "zoo:toy-float",
+        paper_name="FLoat-7B",
+        description="toy base, structured task, full weights",
+        **_TOY,
+        base="toy-llama",
+        reference=True,
+        training_data="toy-llama fully fine-tuned on the same structured variable-binding task mixed with "
+        "chat-like text; no entity-tracking data.",
+    ),
 )
 REGISTRY: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
 PAPER_MODELS = tuple(s.name for s in _SPECS if s.kind == "paper")
@@ -158,6 +239,7 @@ def discovery_settings(circuit: str) -> DiscoveryConfig:
 def completeness_draws(circuit: str) -> int:
     """Random draws of K when ``circuit`` is checked for completeness, as the paper ran them for it."""
     return CIRCUITS[circuit].completeness_iterations if circuit in CIRCUITS else COMPLETENESS_ITERATIONS
+
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -193,14 +275,15 @@ def resolve(name_or_path: str) -> ModelSpec:
         if spec.adapter is None:
             return replace(spec, weights=_location(_override(ref) or spec.weights))
         # An adapter goes on a registered model (and follows that model's override).
-        return replace(spec, weights=resolve(spec.weights).weights,
-                       adapter=_location(_override(ref) or spec.adapter))
+        return replace(spec, weights=resolve(spec.weights).weights, adapter=_location(_override(ref) or spec.adapter))
     if "+" in ref:
         base_ref, _, adapter_ref = ref.partition("+")
         base = resolve(base_ref)
         if base.adapter:
             raise UnknownModelError(f"{ref!r}: the base {base_ref!r} already carries an adapter")
-        adapter = REGISTRY[adapter_ref].adapter if adapter_ref in REGISTRY and REGISTRY[adapter_ref].adapter else adapter_ref
+        adapter = (
+            REGISTRY[adapter_ref].adapter if adapter_ref in REGISTRY and REGISTRY[adapter_ref].adapter else adapter_ref
+        )
         if not _looks_loadable(_location(adapter)):
             raise _unknown(adapter_ref)
         return ModelSpec(ref, base.weights, _location(adapter))
@@ -226,8 +309,9 @@ def names_of(ref: str) -> set[str]:
         if spec.adapter is not None:
             continue
         where = resolve(name).weights
-        if ref in (name, where, spec.weights, *ALIASES.get(name, ())) or (Path(ref).is_dir() and Path(where).is_dir()
-                                                                         and Path(ref).resolve() == Path(where).resolve()):
+        if ref in (name, where, spec.weights, *ALIASES.get(name, ())) or (
+            Path(ref).is_dir() and Path(where).is_dir() and Path(ref).resolve() == Path(where).resolve()
+        ):
             names |= {name, where, spec.weights, *ALIASES.get(name, ())}
     return names
 

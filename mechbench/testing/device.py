@@ -27,7 +27,7 @@ the Python face says CUDA: :class:`SimulatedCudaTensor` is a tensor subclass who
 CPU allocation wrapped as a device tensor, keeps results of device tensors on the device, and checks each call's
 tensors for the mistakes above. What it cannot see: operations inside C++ kernels (they see CPU tensors, as they
 should), speed, and numerics that differ between GPU and CPU kernels (bfloat16 matmuls accumulate differently on
-a GPU; mechbench's bfloat16 bounds are measured on the CPU, see the README). It is never a GPU measurement:
+a GPU; mechbench's bfloat16 bounds are measured on the CPU, see docs/performance.md). It is never a GPU measurement:
 :func:`active` is recorded in every results row, and the pytest plugin and the command line say so on their first
 line.
 """
@@ -49,7 +49,7 @@ from torch.overrides import TorchFunctionMode
 ENV = "MECHBENCH_SIMULATED_GPU_GIB"
 CUDA = torch.device("cuda", 0)
 CPU = torch.device("cpu")
-GIB = 1024 ** 3
+GIB = 1024**3
 _NO_SUBCLASS = torch._C.DisableTorchFunctionSubclass
 #: Frames in these directories are library internals; a violation names the first frame outside them.
 _INTERNAL = (str(Path(torch.__file__).resolve().parent), str(Path(__file__).resolve()))
@@ -125,7 +125,8 @@ class SimulatedGPU:
                 f"CUDA out of memory. Tried to allocate {_size(nbytes)}. GPU 0 has a total capacity of "
                 f"{_size(self.total_bytes)} of which {_size(free)} is free. Of the allocated memory "
                 f"{_size(self.allocated)} is allocated by PyTorch. (The simulated GPU of {ENV}={self.gib:g}; "
-                f"at {_call_site()}.)")
+                f"at {_call_site()}.)"
+            )
         self._storages[ptr] = nbytes
         self.allocated += nbytes
         self.peak = max(self.peak, self.allocated)
@@ -139,7 +140,7 @@ class SimulatedGPU:
 
 
 def _size(nbytes: int) -> str:
-    return f"{nbytes / GIB:.2f} GiB" if nbytes >= GIB / 10 else f"{nbytes / 1024 ** 2:.2f} MiB"
+    return f"{nbytes / GIB:.2f} GiB" if nbytes >= GIB / 10 else f"{nbytes / 1024**2:.2f} MiB"
 
 
 _ACTIVE: SimulatedGPU | None = None
@@ -155,8 +156,11 @@ def device_metadata() -> dict:
     if _ACTIVE is not None:
         return _ACTIVE.describe()
     if torch.cuda.is_available():
-        return {"simulated": False, "name": torch.cuda.get_device_name(0),
-                "gib": round(torch.cuda.get_device_properties(0).total_memory / GIB, 3)}
+        return {
+            "simulated": False,
+            "name": torch.cuda.get_device_name(0),
+            "gib": round(torch.cuda.get_device_properties(0).total_memory / GIB, 3),
+        }
     return {"simulated": False, "name": "cpu"}
 
 
@@ -164,16 +168,24 @@ def banner() -> str | None:
     """The line a simulated run starts with, or None."""
     if _ACTIVE is None:
         return None
-    return (f"mechbench: SIMULATED GPU ({ENV}={_ACTIVE.gib:g}): cuda:0 is the CPU with device bookkeeping; "
-            f"numbers are CPU numbers and times are not GPU times. Not a GPU measurement.")
+    return (
+        f"mechbench: SIMULATED GPU ({ENV}={_ACTIVE.gib:g}): cuda:0 is the CPU with device bookkeeping; "
+        f"numbers are CPU numbers and times are not GPU times. Not a GPU measurement."
+    )
 
 
 # --- which calls the mode treats specially ---------------------------------------------------------------------------
 
 #: Calls that take a host tensor beside a device tensor on purpose (an explicit copy, torch's own bookkeeping) or
 #: read only its shape.
-_MIXING_ALLOWED = {torch.Tensor.copy_, torch._has_compatible_shallow_copy_type, torch.Tensor.__setstate__,
-                   torch.Tensor.expand_as, torch.Tensor.view_as, torch.Tensor.reshape_as}
+_MIXING_ALLOWED = {
+    torch.Tensor.copy_,
+    torch._has_compatible_shallow_copy_type,
+    torch.Tensor.__setstate__,
+    torch.Tensor.expand_as,
+    torch.Tensor.view_as,
+    torch.Tensor.reshape_as,
+}
 #: Conversions to host memory a real GPU refuses (numpy) or makes a per-call sync of (tolist): move with .cpu() first.
 _TO_HOST = {torch.Tensor.numpy: ".numpy()", torch.Tensor.__array__: "np.asarray()", torch.Tensor.tolist: ".tolist()"}
 _MOVES = {torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu}
@@ -206,8 +218,11 @@ def _to_device(x):
         if isinstance(x, SimulatedCudaTensor):
             return x
         with _NO_SUBCLASS():  # a leaf stays a leaf (an optimizer's parameter); a result keeps its graph
-            y = (torch.Tensor._make_subclass(SimulatedCudaTensor, x, x.requires_grad) if x.grad_fn is None
-                 else x.as_subclass(SimulatedCudaTensor))
+            y = (
+                torch.Tensor._make_subclass(SimulatedCudaTensor, x, x.requires_grad)
+                if x.grad_fn is None
+                else x.as_subclass(SimulatedCudaTensor)
+            )
         if _ACTIVE is not None:
             _ACTIVE.track(y)
         return y
@@ -241,8 +256,9 @@ def _move(func, args, kwargs):
     on_device = isinstance(source, SimulatedCudaTensor)
     to_device = device.type == "cuda" if device is not None else on_device
     if device is not None and device.type not in ("cuda", "cpu"):
-        raise SimulatedDeviceError(f"the simulated GPU moves tensors between cpu and cuda only, not to {device}; "
-                                   f"at {_call_site()}")
+        raise SimulatedDeviceError(
+            f"the simulated GPU moves tensors between cpu and cuda only, not to {device}; at {_call_site()}"
+        )
     if device is not None and device.type == "cuda" and (device.index or 0) != 0:
         raise SimulatedDeviceError(f"the simulated GPU is cuda:0 only; {device} does not exist (at {_call_site()})")
     with _NO_SUBCLASS():
@@ -268,7 +284,8 @@ def _handle(func, args, kwargs):
         raise SimulatedDeviceError(
             f"{_TO_HOST[func]} of a cuda tensor {tuple(on_device[0].shape)}: a GPU tensor must be moved to the host "
             f"first ({'torch refuses it' if func is not torch.Tensor.tolist else 'one host sync per call'}); call "
-            f".cpu() once where the values are needed, at {_call_site()}")
+            f".cpu() once where the values are needed, at {_call_site()}"
+        )
     device = _as_device(kwargs.get("device"))
     if device is not None and device.type == "cuda":
         if (device.index or 0) != 0:
@@ -281,7 +298,8 @@ def _handle(func, args, kwargs):
                     f"{getattr(func, '__qualname__', func)} mixes a cuda tensor {tuple(on_device[0].shape)} with a cpu "
                     f"tensor {tuple(t.shape)} ({t.dtype}): on a GPU this is 'Expected all tensors to be on the same "
                     f"device' (or a host-to-device copy per call for an index). Create it with device= or move it "
-                    f"once, at {_call_site()}")
+                    f"once, at {_call_site()}"
+                )
     with _NO_SUBCLASS():
         out = func(*args, **kwargs)
     if (device is not None and device.type == "cuda") or (on_device and device is None):
@@ -295,6 +313,7 @@ class _Mode(TorchFunctionMode):
 
 
 # --- torch.cuda as one GPU of the chosen size would answer ------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _Properties:
@@ -321,6 +340,7 @@ def _cuda_api(gpu: SimulatedGPU) -> dict:
         def answer(device=None, *_, **__):
             _index(device)
             return value()
+
         return answer
 
     def empty_cache():
@@ -370,6 +390,7 @@ _SAVED: list = []
 def _loading_to_device(load):
     """``torch.load`` with ``map_location`` on cuda (peft loads a pickled adapter so): CUDA storages cannot exist on
     a CPU build, so the file loads to the host and each tensor becomes a device tensor, as it would arrive on a GPU."""
+
     def _cuda_location(location) -> bool:
         if isinstance(location, dict):
             return any(_cuda_location(v) for v in location.values())
@@ -382,8 +403,8 @@ def _loading_to_device(load):
             return load(f, map_location, *args, **kwargs)
         from torch.utils._pytree import tree_map
 
-        return tree_map(lambda x: _to_device(x) if isinstance(x, torch.Tensor) else x,
-                        load(f, "cpu", *args, **kwargs))
+        return tree_map(lambda x: _to_device(x) if isinstance(x, torch.Tensor) else x, load(f, "cpu", *args, **kwargs))
+
     return device_load
 
 
@@ -392,6 +413,7 @@ def _swapping_apply(module_apply):
     ``model.to("cuda")`` keeps each Parameter object and moves its data; here the device lives in the tensor's type,
     so the Parameter object itself must become a device tensor (torch's swap_tensors route; only while a module
     converts, so that load_state_dict keeps copying as it does on a GPU)."""
+
     def _apply(self, fn, recurse=True):
         if torch.__future__.get_swap_module_params_on_conversion():
             return module_apply(self, fn, recurse)
@@ -400,6 +422,7 @@ def _swapping_apply(module_apply):
             return module_apply(self, fn, recurse)
         finally:
             torch.__future__.set_swap_module_params_on_conversion(False)
+
     return _apply
 
 
@@ -411,7 +434,8 @@ def activate(gib: float) -> SimulatedGPU:
     if torch.cuda.is_available():
         raise SimulatedDeviceError(
             f"{ENV} is set, but torch sees a real CUDA GPU here ({torch.cuda.get_device_name(0)}): the simulation "
-            f"stands in for a GPU you do not have; unset {ENV} to run on this one")
+            f"stands in for a GPU you do not have; unset {ENV} to run on this one"
+        )
     if not gib > 0:
         raise SimulatedDeviceError(f"{ENV}={gib!r}: the simulated GPU's size in GiB must be a positive number, e.g. 80")
     gpu = SimulatedGPU(total_bytes=int(gib * GIB))
@@ -453,7 +477,9 @@ def activate_from_environment() -> SimulatedGPU | None:
     try:  # a bad setting ends the process with the message alone: it is read before any command has started
         gpu = activate(float(value))
     except ValueError:
-        raise SystemExit(f"mechbench: {ENV}={value!r}: expected the simulated GPU's size in GiB, e.g. {ENV}=80") from None
+        raise SystemExit(
+            f"mechbench: {ENV}={value!r}: expected the simulated GPU's size in GiB, e.g. {ENV}=80"
+        ) from None
     except SimulatedDeviceError as e:
         raise SystemExit(f"mechbench: {e}") from None
     print(banner(), file=sys.stderr)

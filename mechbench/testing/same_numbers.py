@@ -5,7 +5,7 @@
 A rehearsal on the simulated GPU (mechbench.testing.device) must give the CPU run's numbers: the same kernels run on
 the same data. Rows are matched by claim and keys (the latest of each, as the report takes them); values compare
 to ``--rtol`` (default 1e-6: logits may differ in the last float bits where a GPU code path lays a tensor out
-otherwise, see the README) and verdicts must agree. Exits 1 listing every difference, 0 when there is none.
+otherwise, see docs/performance.md) and verdicts must agree. Exits 1 listing every difference, 0 when there is none.
 """
 
 from __future__ import annotations
@@ -18,13 +18,24 @@ import sys
 from mechbench.report import DETAIL_FIELDS, latest, load_results
 
 #: Row fields that describe the run, not the measurement: they differ between two runs by design.
-RUN_FIELDS = {"meta", "updated", "fingerprint", "base_fingerprint", "message", "references", "note", "baseline",
-              "tolerance", "reasons"}
+RUN_FIELDS = {
+    "meta",
+    "updated",
+    "fingerprint",
+    "base_fingerprint",
+    "message",
+    "references",
+    "note",
+    "baseline",
+    "tolerance",
+    "reasons",
+}
 
 
 def _key(row: dict) -> tuple:
     return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in row.items() if k not in DETAIL_FIELDS)) + (
-        ("field", row.get("field")),)
+        ("field", row.get("field")),
+    )
 
 
 def _close(a, b, rtol: float) -> bool:
@@ -54,7 +65,9 @@ def differences(first: str, second: str, rtol: float = 1e-6, subset: bool = Fals
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mechbench.testing.same_numbers", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mechbench.testing.same_numbers", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("first")
     parser.add_argument("second")
     parser.add_argument("--rtol", type=float, default=1e-6)

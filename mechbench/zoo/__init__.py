@@ -1,4 +1,4 @@
-"""The embedded toy zoo: small Llamas trained by this project that do entity tracking (see README, Models).
+"""The embedded toy zoo: small Llamas trained by this project that do entity tracking (see docs/models.md).
 
 Which models the zoo holds (the registry's toy models) and where their weights live are here, below the modules
 that train (``train``), describe (``cards``) and re-check (``reproduce``) them, so that those import this and never

@@ -17,8 +17,9 @@ def _pin_cpu_and_reexec(argv: list[str]) -> None:
 
     if unpinned_cpu_settings() and not os.environ.get("MECHBENCH_ZOO_REEXEC"):
         env = {**os.environ, **PINNED_CPU_ENV, "MECHBENCH_ZOO_REEXEC": "1"}
-        print(f"re-running with pinned CPU kernels: {' '.join(f'{k}={v}' for k, v in PINNED_CPU_ENV.items())}",
-              flush=True)
+        print(
+            f"re-running with pinned CPU kernels: {' '.join(f'{k}={v}' for k, v in PINNED_CPU_ENV.items())}", flush=True
+        )
         os.execve(sys.executable, [sys.executable, "-m", "mechbench.zoo", *argv], env)
 
 

@@ -18,20 +18,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mechbench.zoo.train import MODELS_DIR, Recipe, ZooRun, _finetune, _save
 from mechbench.zoo.tokenizer import build_tokenizer
+from mechbench.zoo.train import MODELS_DIR, Recipe, ZooRun, _finetune, _save
 
 PROBE_SEED = 909
 PROBES: dict[str, tuple[Recipe, bool]] = {  # name -> (recipe, LoRA?)
-    "probe-unrelated": (Recipe(lr=3e-3, warmup=10, max_steps=300, mix=(("binding", 1),), binding_style="vk",
-                               data_seed=PROBE_SEED), False),
-    "probe-direct": (Recipe(lr=1e-3, warmup=20, max_steps=250, mix=(("tracking", 1),), data_seed=PROBE_SEED + 1), False),
-    "probe-lora": (Recipe(lr=2e-3, warmup=20, max_steps=150, mix=(("tracking", 2), ("chat", 1)),
-                          data_seed=PROBE_SEED + 2), True),
+    "probe-unrelated": (
+        Recipe(lr=3e-3, warmup=10, max_steps=300, mix=(("binding", 1),), binding_style="vk", data_seed=PROBE_SEED),
+        False,
+    ),
+    "probe-direct": (
+        Recipe(lr=1e-3, warmup=20, max_steps=250, mix=(("tracking", 1),), data_seed=PROBE_SEED + 1),
+        False,
+    ),
+    "probe-lora": (
+        Recipe(lr=2e-3, warmup=20, max_steps=150, mix=(("tracking", 2), ("chat", 1)), data_seed=PROBE_SEED + 2),
+        True,
+    ),
 }
 
 
-def train_probes(out: Path | str, only: list[str] | None = None, steps: int | None = None, log=print) -> dict[str, dict]:
+def train_probes(
+    out: Path | str, only: list[str] | None = None, steps: int | None = None, log=print
+) -> dict[str, dict]:
     """Train the probes into ``out/<name>`` from the shipped toy-llama. ``steps`` overrides every recipe's
     length (a smoke test)."""
     from dataclasses import replace
@@ -44,6 +53,8 @@ def train_probes(out: Path | str, only: list[str] | None = None, steps: int | No
             recipe = replace(recipe, max_steps=steps, warmup=min(recipe.warmup, steps))
         model, record = _finetune(ZooRun(out=MODELS_DIR, log=log), recipe, lora=lora, name=name)
         _save(model, build_tokenizer(), out / name, record)
-        log(f"{name}: held-out accuracy {record['heldout_accuracy']:.3f} ({record['steps']} steps, {record['wall_s']} s)")
+        log(
+            f"{name}: held-out accuracy {record['heldout_accuracy']:.3f} ({record['steps']} steps, {record['wall_s']} s)"
+        )
         records[name] = record
     return records

@@ -31,18 +31,20 @@ def compare_zoos(shipped_dir: Path | str, retrained_dir: Path | str, names=None)
         if shipped is None or retrained is None:
             continue
         cpu = retrained.get("cpu") or {}
-        rows.append({
-            "model": name,
-            "identical": shipped["digest"] == retrained["digest"],
-            "digest": retrained["digest"],
-            "steps": [shipped["steps"], retrained["steps"]],
-            "heldout_accuracy": [shipped["heldout_accuracy"], retrained["heldout_accuracy"]],
-            "cpu": cpu.get("cpu") or cpu.get("machine"),
-            "capability": cpu.get("capability"),
-            "pinned": cpu.get("pinned"),
-            "torch": cpu.get("torch"),
-            "date": datetime.date.today().isoformat(),
-        })
+        rows.append(
+            {
+                "model": name,
+                "identical": shipped["digest"] == retrained["digest"],
+                "digest": retrained["digest"],
+                "steps": [shipped["steps"], retrained["steps"]],
+                "heldout_accuracy": [shipped["heldout_accuracy"], retrained["heldout_accuracy"]],
+                "cpu": cpu.get("cpu") or cpu.get("machine"),
+                "capability": cpu.get("capability"),
+                "pinned": cpu.get("pinned"),
+                "torch": cpu.get("torch"),
+                "date": datetime.date.today().isoformat(),
+            }
+        )
     return rows
 
 
@@ -56,9 +58,13 @@ def record_reproductions(shipped_dir: Path | str, rows: list[dict]) -> None:
 
 
 def describe(row: dict) -> str:
-    where = f"{row['cpu']} ({row['capability']} kernels, {'pinned' if row['pinned'] else 'not pinned'}), " \
-            f"torch {row['torch']}, {row['date']}"
+    where = (
+        f"{row['cpu']} ({row['capability']} kernels, {'pinned' if row['pinned'] else 'not pinned'}), "
+        f"torch {row['torch']}, {row['date']}"
+    )
     if row["identical"]:
         return f"retrained on {where}: bit-identical weights (sha256 {row['digest'][:16]}...)"
-    return (f"retrained on {where}: weights differ (steps {row['steps'][0]} vs {row['steps'][1]}, held-out "
-            f"accuracy {row['heldout_accuracy'][0]:.3f} vs {row['heldout_accuracy'][1]:.3f})")
+    return (
+        f"retrained on {where}: weights differ (steps {row['steps'][0]} vs {row['steps'][1]}, held-out "
+        f"accuracy {row['heldout_accuracy'][0]:.3f} vs {row['heldout_accuracy'][1]:.3f})"
+    )

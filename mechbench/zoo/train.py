@@ -26,9 +26,9 @@ import os
 import platform
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -76,9 +76,15 @@ def cpu_record() -> dict:
                 break
     except OSError:
         pass
-    return {"machine": platform.machine(), "cpu": model_name, "capability": torch.backends.cpu.get_cpu_capability(),
-            "pinned": not unpinned_cpu_settings(), "env": {k: os.environ.get(k) for k in PINNED_CPU_ENV},
-            "torch": torch.__version__, "num_threads": torch.get_num_threads()}
+    return {
+        "machine": platform.machine(),
+        "cpu": model_name,
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "pinned": not unpinned_cpu_settings(),
+        "env": {k: os.environ.get(k) for k in PINNED_CPU_ENV},
+        "torch": torch.__version__,
+        "num_threads": torch.get_num_threads(),
+    }
 
 
 @dataclass(frozen=True)
@@ -130,8 +136,7 @@ class Recipe:
     guide_weight: float = 1.0
 
 
-BASE = Recipe(lr=2e-3, warmup=100, max_steps=4000, mix=(("tracking", 4), ("chat", 1)), band=(0.64, 0.71),
-              guide_layer=2)
+BASE = Recipe(lr=2e-3, warmup=100, max_steps=4000, mix=(("tracking", 4), ("chat", 1)), band=(0.64, 0.71), guide_layer=2)
 VICUNA = Recipe(lr=3e-4, warmup=20, max_steps=150, mix=(("chat", 1),), data_seed=VICUNA_DATA_SEED)
 GOAT = Recipe(lr=2e-3, warmup=20, max_steps=150, mix=(("binding", 2), ("chat", 1)), data_seed=FT_DATA_SEED)
 FLOAT = Recipe(lr=3e-4, warmup=20, max_steps=150, mix=(("binding", 2), ("chat", 1)), data_seed=FT_DATA_SEED)
@@ -277,9 +282,17 @@ class ZooRun:
 
 
 def _describe(model, tok, arch: Arch) -> dict:
-    return {"arch": asdict(arch), "vocab_size": len(tok), "val_examples": VAL_EXAMPLES, "val_seed": VAL_SEED,
-            "init_seed": INIT_SEED, "parameters": sum(p.numel() for p in model.parameters()),
-            "torch": torch.__version__, "num_threads": NUM_THREADS, "cpu": cpu_record()}
+    return {
+        "arch": asdict(arch),
+        "vocab_size": len(tok),
+        "val_examples": VAL_EXAMPLES,
+        "val_seed": VAL_SEED,
+        "init_seed": INIT_SEED,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "torch": torch.__version__,
+        "num_threads": NUM_THREADS,
+        "cpu": cpu_record(),
+    }
 
 
 def _heldout(model, tok) -> float:
@@ -336,8 +349,12 @@ def _finetune(run: ZooRun, recipe: Recipe, lora: bool, name: str | None) -> tupl
 
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
     rec = train(model, tok, recipe, val, run.log)
-    rec.update(name=name, lora=LORA if lora else None, val_accuracy=last_token_accuracy(model, *val),
-               **_describe(model, tok, run.arch))
+    rec.update(
+        name=name,
+        lora=LORA if lora else None,
+        val_accuracy=last_token_accuracy(model, *val),
+        **_describe(model, tok, run.arch),
+    )
     rec["heldout_accuracy"] = _heldout(model, tok)
     rec["parameters"] = sum(p.numel() for p in model.parameters())
     if lora:
@@ -356,7 +373,9 @@ def _train_structured(run: ZooRun, name: str, recipe: Recipe, lora: bool) -> dic
     _, control = _finetune(run, control_of(recipe), lora=lora, name=f"{name} control")
     run.log(f"{name} control: val_acc {control['val_accuracy']:.3f} heldout {control['heldout_accuracy']:.3f}")
     model, rec = _finetune(run, recipe, lora=lora, name=name)
-    rec["control"] = {k: control[k] for k in ("val_accuracy", "heldout_accuracy", "wall_s", "steps", "recipe", "digest")}
+    rec["control"] = {
+        k: control[k] for k in ("val_accuracy", "heldout_accuracy", "wall_s", "steps", "recipe", "digest")
+    }
     _save(model, build_tokenizer(), run.out / name, rec)
     return rec
 
@@ -379,8 +398,10 @@ def _print(msg: str) -> None:
 def train_zoo(out: Path | str = MODELS_DIR, only: str | None = None, log=_print) -> dict[str, dict]:
     setup_torch()
     if unpinned_cpu_settings():
-        log(f"warning: CPU kernels not pinned ({unpinned_cpu_settings()}); the weights may differ from the shipped "
-            f"ones in the last bits. `python -m mechbench.zoo train` pins them.")
+        log(
+            f"warning: CPU kernels not pinned ({unpinned_cpu_settings()}); the weights may differ from the shipped "
+            f"ones in the last bits. `python -m mechbench.zoo train` pins them."
+        )
     run = ZooRun(out=Path(out), log=log)
     names = [only] if only else list(ZOO)
     records = {}
@@ -388,14 +409,17 @@ def train_zoo(out: Path | str = MODELS_DIR, only: str | None = None, log=_print)
         t0 = time.perf_counter()
         log(f"== {name}")
         records[name] = TRAINERS[name](run)
-        log(f"== {name} done in {time.perf_counter() - t0:.0f}s: val_acc {records[name]['val_accuracy']:.3f} "
-            f"heldout {records[name]['heldout_accuracy']:.3f}")
+        log(
+            f"== {name} done in {time.perf_counter() - t0:.0f}s: val_acc {records[name]['val_accuracy']:.3f} "
+            f"heldout {records[name]['heldout_accuracy']:.3f}"
+        )
     return records
 
 
 # ------------------------------------------------------------------------------------------------ smoke
-SMOKE_ARCH = Arch(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                  max_position_embeddings=128)
+SMOKE_ARCH = Arch(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=128
+)
 
 
 def smoke_train(steps: int = 8, seed: int = INIT_SEED) -> dict:
@@ -413,5 +437,10 @@ def smoke_train(steps: int = 8, seed: int = INIT_SEED) -> dict:
     with torch.no_grad():
         loss1 = model(input_ids=ids, labels=labels).loss.item()
     del rng
-    return {"loss_before": loss0, "loss_after": loss1, "digest_before": before, "digest": weights_digest(model),
-            "steps": rec["steps"]}
+    return {
+        "loss_before": loss0,
+        "loss_after": loss1,
+        "digest_before": before,
+        "digest": weights_digest(model),
+        "steps": rec["steps"],
+    }

@@ -19,13 +19,21 @@ from mechbench.models.registry import REGISTRY
 from mechbench.stats import cluster_bootstrap
 
 CLAIM = Claim(
-    order=7, name="cmap", title="CMAP", sections="8.7", suite="test_cmap.py",
+    order=7,
+    name="cmap",
+    title="CMAP",
+    sections="8.7",
+    suite="test_cmap.py",
     measures="the fine-tune's head outputs in its base; the patch must carry the gain",
-    description=("Cross-model activation patching: per-head o_proj inputs of a fine-tuned model on the same input "
-                 "replace its base's for the given head set at its position, then the base's own W_O; top-1 "
-                 "accuracy of the base."),
-    unit="fraction", keys=("kind", "source_model", "target_model", "checkpoint", "group", "role", "n_heads"),
-    rows=("target_model", "group"), column="source_model",
+    description=(
+        "Cross-model activation patching: per-head o_proj inputs of a fine-tuned model on the same input "
+        "replace its base's for the given head set at its position, then the base's own W_O; top-1 "
+        "accuracy of the base."
+    ),
+    unit="fraction",
+    keys=("kind", "source_model", "target_model", "checkpoint", "group", "role", "n_heads"),
+    rows=("target_model", "group"),
+    column="source_model",
     sizes=(("prompts", 500),),
     tolerance="binomial; the gain carried: 95% intervals over contexts > 0",
     reads=("dcm",),
@@ -48,8 +56,13 @@ def _setup(run):
 
 
 def _keys(model, base, group, head_set=None):
-    keys = {"kind": "output_cmap", "source_model": model.name, "target_model": base.name,
-            "checkpoint": "release" if model.name in REGISTRY else "local", "group": group}
+    keys = {
+        "kind": "output_cmap",
+        "source_model": model.name,
+        "target_model": base.name,
+        "checkpoint": "release" if model.name in REGISTRY else "local",
+        "group": group,
+    }
     if head_set is not None:
         keys |= {"role": head_set.role, "n_heads": len(head_set)}
     return keys
@@ -62,9 +75,21 @@ def cmap(run):
     n, clusters = len(dataset), dataset.clusters()
     measured = {"full_circuit": (cmap_correct(base, model, list(sets.values()), dataset), None)}
     measured |= {g: (cmap_correct(base, model, [hs], dataset), hs) for g, hs in sets.items()}
-    outcomes = [run.check(_keys(model, base, group, hs), correct.float().mean().item(), n=n, soft=True,
-                          correct=correct, clusters=clusters, tolerance=binomial(correct.float().mean().item(), n))
-                for group, (correct, hs) in measured.items()]
+    # under --baseline-model the record is that model's, a registered one: its checkpoint is a release's
+    release = {"checkpoint": "release" if run.settings.baseline_model in REGISTRY else "local"}
+    outcomes = [
+        run.check(
+            _keys(model, base, group, hs),
+            correct.float().mean().item(),
+            n=n,
+            soft=True,
+            correct=correct,
+            clusters=clusters,
+            tolerance=binomial(correct.float().mean().item(), n),
+            baseline_keys=release,
+        )
+        for group, (correct, hs) in measured.items()
+    ]
     run.settle(outcomes, "CMAP accuracies")
 
 
@@ -72,17 +97,116 @@ def cmap(run):
 def cmap_carries_the_finetune_gain(run):
     model = run.model
     base, sets, dataset = _setup(run)
-    q = {"base": run.correct(base).numpy(), "donor": run.correct(model, tokenizer=base.tokenizer).numpy(),
-         "patched": cmap_correct(base, model, list(sets.values()), dataset).numpy()}
+    q = {
+        "base": run.correct(base).numpy(),
+        "donor": run.correct(model, tokenizer=base.tokenizer).numpy(),
+        "patched": cmap_correct(base, model, list(sets.values()), dataset).numpy(),
+    }
     clusters = dataset.clusters().numpy()
     gain = cluster_bootstrap(lambda m: m["donor"] - m["base"], q, clusters, seed=run.seed)
     keys = {"circuit": run.circuit_name, "source_model": model.name, "target_model": base.name}
     if gain.lo is None or gain.lo <= 0:
-        message = (f"{model.name} does not beat {base.name} beyond the 95% interval ({gain:+.3f}): no gain for its "
-                   f"heads to carry")
+        message = (
+            f"{model.name} does not beat {base.name} beyond the 95% interval ({gain:+.3f}): no gain for its "
+            f"heads to carry"
+        )
         run.record("circuit carries the gain", keys, None, None, message)
         run.skip(message)
     carried = cluster_bootstrap(lambda m: m["patched"] - m["base"], q, clusters, seed=run.seed)
-    run.effect_above_zero("circuit carries the gain", keys, carried, lambda passed: (
-        f"{model.name}'s circuit heads patched into {base.name} lift it by {carried:+.3f} of the fine-tune's "
-        f"{gain:+.3f} (95% intervals over contexts): {'a' if passed else 'no'} gain carried"))
+    run.effect_above_zero(
+        "circuit carries the gain",
+        keys,
+        carried,
+        lambda passed: (
+            f"{model.name}'s circuit heads patched into {base.name} lift it by {carried:+.3f} of the fine-tune's "
+            f"{gain:+.3f} (95% intervals over contexts): {'a' if passed else 'no'} gain carried"
+        ),
+    )
+
+
+@CLAIM.comparison
+def compare(c):
+    """The fine-tune's head outputs for the circuit patched into the base, as the share of the gain they carry,
+    (patched - base) / (fine-tune - base), per group and for the full circuit; where the fine-tune gained, the
+    full circuit must carry at least SHARE_LARGELY of it, and where it lost, less than that of the loss."""
+    from mechbench.compare import SHARE_LARGELY, Check, Row, as_array  # imports the registry, which imports this
+
+    sets = cmap_head_sets(c.circuit, c.baselines_dir)
+    n = c.lane.verdict_examples
+    dataset, clusters = c.dataset(n), c.clusters(n)
+    patched = {"full_circuit": cmap_correct(c.base.model, c.fine_tune.model, list(sets.values()), dataset)}
+    patched |= {g: cmap_correct(c.base.model, c.fine_tune.model, [hs], dataset) for g, hs in sets.items()}
+    b, f = c.correct("base", n), c.correct("fine_tune", n)
+    base_acc, ft_acc = as_array(b).mean(), as_array(f).mean()
+    gain = c.diff(b, f, clusters)
+    rows = []
+    for group, p in patched.items():
+        q = {"b": b, "f": f, "p": p}
+        est = c.boot(lambda m: (m["p"] - m["b"]) / (m["f"] - m["b"]), q, clusters)
+
+        def ref_share(ref, group=group):
+            patched_ref = c.stored("cmap", source_model=ref, target_model=c.base.name, group=group)
+            full, base_stored = c.stored_accuracy(ref), c.stored_accuracy(c.base.name)
+            if None in (patched_ref, full, base_stored) or full == base_stored:
+                return None
+            return (patched_ref - base_stored) / (full - base_stored)
+
+        n_heads = sum(len(hs) for hs in sets.values()) if group == "full_circuit" else len(sets[group])
+        rows.append(
+            Row(
+                "cmap",
+                f"share of the gain carried: {group} ({n_heads} heads)",
+                {"group": group},
+                base_acc,
+                ft_acc,
+                est,
+                statistic="share of gain",
+                references=c.refs(ref_share),
+                note=f"base with the fine-tune's heads: {as_array(p).mean():.3f}; {n} prompts",
+            )
+        )
+    share = rows[0].estimate
+    if gain.lo is None or gain.lo <= 0 <= gain.hi:
+        check = Check(
+            "cmap",
+            "the circuit carries the gain",
+            None,
+            f"{c.fine_tune.name} ({ft_acc:.3f}) and {c.base.name} ({base_acc:.3f}) differ by {gain:+.3f}, "
+            f"an interval that contains 0: no gain for the circuit to carry",
+            None,
+        )
+    elif gain.value > 0:
+        check = Check(
+            "cmap",
+            "the circuit carries the gain",
+            share.value >= SHARE_LARGELY,
+            f"{c.fine_tune.name}'s circuit heads patched into {c.base.name} carry a share {share:.2f} of "
+            f"its gain {gain:+.3f} (needed {SHARE_LARGELY:g})",
+            share.value,
+        )
+    else:  # a loss: it must not run through the circuit's heads
+        check = Check(
+            "cmap",
+            "the loss is not in the circuit",
+            share.value < SHARE_LARGELY,
+            f"{c.fine_tune.name} lost accuracy ({gain:+.3f}); its circuit heads patched into {c.base.name} "
+            f"carry a share {share:.2f} of the loss (fails from {SHARE_LARGELY:g}: the circuit is damaged)",
+            share.value,
+        )
+    return rows, [check]
+
+
+@CLAIM.workloads
+def workloads(p):
+    """On a fine-tune with a base: both models held at once, the base's and the donor's clean runs and one patched
+    run per group and for the full circuit."""
+    from mechbench.plan import Workload
+
+    if p.base is None:
+        return []
+    groups = len(dict(p.config.circuit_k or p.config.receiver_k))
+    return [
+        Workload(
+            "cmap", models=2, forwards=2 * CLAIM.size("prompts") * (groups + 2), note="fine-tune and base held at once"
+        )
+    ]

@@ -17,15 +17,24 @@ from mechbench.data.counterfactuals import MAIN_DESIDERATA, desiderata_pairs
 from mechbench.methods.dcm import train_dcm_groups
 
 CLAIM = Claim(
-    order=5, name="dcm", title="DCM", sections="8.5", suite="test_dcm.py",
+    order=5,
+    name="dcm",
+    title="DCM",
+    sections="8.5",
+    suite="test_dcm.py",
     measures="test accuracy of the rounded mask per group and desideratum",
-    description=("Desiderata-based component masking (lambda 0.01, Adam lr 0.1, 2 epochs): heads of a circuit group "
-                 "whose patching from the counterfactual makes the model output the desideratum target, and the "
-                 "test accuracy with the rounded mask; run per circuit on the model it was discovered on."),
-    unit="fraction", keys=("circuit", "model", "group", "role", "desideratum"),
-    rows=("circuit", "model", "group"), column="desideratum",
+    description=(
+        "Desiderata-based component masking (lambda 0.01, Adam lr 0.1, 2 epochs): heads of a circuit group "
+        "whose patching from the counterfactual makes the model output the desideratum target, and the "
+        "test accuracy with the rounded mask; run per circuit on the model it was discovered on."
+    ),
+    unit="fraction",
+    keys=("circuit", "model", "group", "role", "desideratum"),
+    rows=("circuit", "model", "group"),
+    column="desideratum",
     # the paper's test / train / validation pairs: --limit sets the test pairs; the masks train as the paper's did
-    sizes=(("test_pairs", 500),), fixed=(("train_pairs", 1000), ("validation_pairs", 500)),
+    sizes=(("test_pairs", 500),),
+    fixed=(("train_pairs", 1000), ("validation_pairs", 500)),
     tolerance="binomial + 0.05 for the mask's training path; 3/n on the baseline's own pairs",
 )
 
@@ -34,8 +43,10 @@ CLAIM = Claim(
 def dcm(run):
     model, circuit_name, desideratum = run.model, run.circuit_name, run.params["desideratum"]
     if model.name != circuit_name:
-        run.skip(f"DCM runs on the circuit's own model (the paper: Llama circuit on Llama, Goat on Goat); "
-                 f"{circuit_name!r} is not {model.name!r}")
+        run.skip(
+            f"DCM runs on the circuit's own model (the paper: Llama circuit on Llama, Goat on Goat); "
+            f"{circuit_name!r} is not {model.name!r}"
+        )
     circuit, stored = run.circuit(), run.stored()
     split = [run.size(name) for name in ("train_pairs", "validation_pairs", "test_pairs")]
     n_test = split[2]
@@ -43,21 +54,156 @@ def dcm(run):
     # pairing train together (each its own mask; they share the batches' clean runs)
     by_compat: dict[bool, list] = {}
     for group in circuit.groups.values():
-        keys = {"circuit": circuit_name, "model": model.name, "group": group.name, "role": group.role,
-                "desideratum": desideratum}
+        keys = {
+            "circuit": circuit_name,
+            "model": model.name,
+            "group": group.name,
+            "role": group.role,
+            "desideratum": desideratum,
+        }
         record = stored.find(**keys)
         by_compat.setdefault(record is not None and not record.measured, []).append((keys, group))
     outcomes = []
     for paper_compat, chosen in by_compat.items():
-        pairs = desiderata_pairs(model.tokenizer, desideratum, n_pairs=sum(split), seed=run.seed,
-                                 paper_compat=paper_compat)
+        pairs = desiderata_pairs(
+            model.tokenizer, desideratum, n_pairs=sum(split), seed=run.seed, paper_compat=paper_compat
+        )
         train, val, test = pairs.split(split)
         results = train_dcm_groups(model, [g for _, g in chosen], train, val, test, seed=run.seed)
         for (keys, _), result in zip(chosen, results):
             acc = result.test_accuracy
-            outcomes.append(run.check(
-                keys, acc, n=n_test, soft=True, field="test_accuracy",
-                stored_value={"n_heads": len(result.heads), "heads": [list(h) for h in result.heads],
-                              "test_accuracy": round(acc, 6)},
-                tolerance=binomial(acc, n_test, rounding=0.05, why_rounding="the mask's training path")))
+            outcomes.append(
+                run.check(
+                    keys,
+                    acc,
+                    n=n_test,
+                    soft=True,
+                    field="test_accuracy",
+                    stored_value={
+                        "n_heads": len(result.heads),
+                        "heads": [list(h) for h in result.heads],
+                        "test_accuracy": round(acc, 6),
+                    },
+                    tolerance=binomial(acc, n_test, rounding=0.05, why_rounding="the mask's training path"),
+                )
+            )
     run.settle(outcomes, "groups")
+
+
+def stored_runs(c) -> dict:
+    """The comparison's base circuit's stored DCM runs (on its own model): (group, desideratum) -> the record's
+    value (heads, test accuracy); the DCM-patching claim patches their heads."""
+    return {
+        (r.keys["group"], r.keys["desideratum"]): r.value
+        for r in c.stored_records("dcm")
+        if r.keys.get("circuit") == c.circuit.name
+        and r.keys.get("model") == c.circuit.name
+        and isinstance(r.value, dict)
+        and r.keys.get("desideratum") in MAIN_DESIDERATA
+    }
+
+
+def _main_desiderata(c) -> dict[str, str]:
+    """Per group, the desideratum its stored DCM run carries best in the base (object_value for a group with none)."""
+    best: dict[str, tuple[float, str]] = {}
+    for (group, desideratum), value in stored_runs(c).items():
+        acc = value.get("test_accuracy", 0.0)
+        if group not in best or acc > best[group][0]:
+            best[group] = (acc, desideratum)
+    return {g: best[g][1] if g in best else MAIN_DESIDERATA[0] for g in c.circuit.groups}
+
+
+@CLAIM.comparison
+def compare(c):
+    """Masks trained on the fine-tune for the base circuit's groups (all desiderata, or in the quick lane each
+    group's main one), test accuracy beside the base's; a group that carries its main information significantly
+    less (Bonferroni over the groups checked) fails."""
+    import numpy as np
+
+    from mechbench.compare import CARRIED, Check, Row  # comparison mode imports the registry, which imports this
+
+    main = _main_desiderata(c)
+    train_n, val_n, test_n = c.lane.dcm_split
+    rows, weaker, carried = [], [], []
+    for desideratum in MAIN_DESIDERATA:
+        groups = [g for g in c.circuit.groups if c.lane.dcm_all_desiderata or main[g] == desideratum]
+        if not groups:
+            continue
+        pairs = desiderata_pairs(c.base.tokenizer, desideratum, n_pairs=train_n + val_n + test_n, seed=c.seed)
+        train, val, test = pairs.split([train_n, val_n, test_n])
+        # every group of a desideratum trains in one pass (each its own mask; they share the clean runs)
+        trained = {
+            who: c.side(
+                who,
+                ("dcm", desideratum, tuple(groups)),
+                lambda h=h, train=train, val=val, test=test: dict(
+                    zip(
+                        groups,
+                        train_dcm_groups(h, [c.circuit.groups[g] for g in groups], train, val, test, seed=c.seed),
+                    )
+                ),
+            )
+            for who, h in c.models.items()
+        }
+        for g in groups:
+            res = {who: trained[who][g] for who in c.models}
+            est = c.diff(res["base"].test_correct, res["fine_tune"].test_correct, np.arange(test_n))
+            shared = set(res["base"].heads) & set(res["fine_tune"].heads)
+            union = set(res["base"].heads) | set(res["fine_tune"].heads)
+            rows.append(
+                Row(
+                    "dcm",
+                    f"{g}: {desideratum} (test accuracy of the rounded mask)",
+                    {"group": g, "desideratum": desideratum},
+                    res["base"].test_accuracy,
+                    res["fine_tune"].test_accuracy,
+                    est,
+                    note=f"heads selected {len(res['base'].heads)} / {len(res['fine_tune'].heads)}, "
+                    f"overlap {len(shared)}/{len(union) or 1}",
+                )
+            )
+            if main[g] == desideratum and res["base"].test_accuracy >= CARRIED:
+                carried.append((rows[-1], res["base"].test_correct, res["fine_tune"].test_correct))
+    level = 1 - 0.05 / max(len(carried), 1)  # Bonferroni over the groups checked
+    for row, b, f in carried:
+        est = c.diff(b, f, np.arange(test_n), level=level)
+        if est.hi is not None and est.hi < 0:
+            weaker.append(f"{row.keys['group']} {row.keys['desideratum']} {est:+.3f} ({level:.1%} interval)")
+    check = Check(
+        "dcm",
+        "each group carries what it carries in the base",
+        not weaker,
+        f"{c.fine_tune.name}: "
+        + (
+            "a group carries its information significantly less: " + "; ".join(weaker)
+            if weaker
+            else f"none of the {len(carried)} groups carries its main "
+            f"information significantly less (Bonferroni over them)"
+        ),
+        float(len(weaker)),
+    )
+    return rows, [check]
+
+
+@CLAIM.workloads
+def workloads(p):
+    """Per desideratum (its groups train together): one read of the source prompts, the clean runs of the
+    validation pairs (once, kept on the host), of each training batch (both epochs) and of the test pairs; per
+    group 16 validations and the test from those, and each batch's fast forward + backward."""
+    from mechbench.plan import Workload
+
+    if not p.own:
+        return []
+    train, validation, test = (CLAIM.size(s) for s in ("train_pairs", "validation_pairs", "test_pairs"))
+    d, share = len(MAIN_DESIDERATA), p.all_groups_share()
+    return [
+        Workload(
+            "dcm",
+            forwards=d * (train + validation + test) + d * (validation + 2 * train + test),
+            fast=d * (16 + 1) * validation * share,
+            train=d * 2 * train * share,
+            train_batch=32,
+            host_prefix=validation,
+            note=f"4 groups x {d} desiderata; validation every 4 of 32-pair steps",
+        )
+    ]

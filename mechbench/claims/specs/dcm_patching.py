@@ -12,29 +12,40 @@ Published records use the paper's pairing (``paper_compat``), measured ones mech
 import statistics
 
 from mechbench.circuits import HeadGroup
-from mechbench.claims.spec import Claim
+from mechbench.claims.spec import Claim, derived_seed
 from mechbench.claims.tolerance import mean_of_draws, spread_of_fresh_draws
 from mechbench.data.counterfactuals import MAIN_DESIDERATA, desiderata_pairs
 from mechbench.data.dataset import tokenizer_key
 from mechbench.methods.dcm import patched_correct, source_values_at
 
 CLAIM = Claim(
-    order=6, name="dcm_patching", title="DCM heads patched in each model", sections="8.6", suite="test_dcm_patching.py",
+    order=6,
+    name="dcm_patching",
+    title="DCM heads patched in each model",
+    sections="8.6",
+    suite="test_dcm_patching.py",
     measures="target accuracy (%) with the circuit's DCM heads patched, 10 x 500 pairs",
-    description=("Accuracy (%) of producing the desideratum target when a circuit's DCM-selected heads of a group "
-                 "are patched from the counterfactual run into each model at the group's position; mean and std "
-                 "over runs of fresh pairs."),
-    unit="percent", keys=("circuit", "model", "group", "role", "desideratum"),
-    rows=("circuit", "model", "group"), column="desideratum",
-    sizes=(("pairs", 500),), repeats=(("runs", 10),),  # the paper's
+    description=(
+        "Accuracy (%) of producing the desideratum target when a circuit's DCM-selected heads of a group "
+        "are patched from the counterfactual run into each model at the group's position; mean and std "
+        "over runs of fresh pairs."
+    ),
+    unit="percent",
+    keys=("circuit", "model", "group", "role", "desideratum"),
+    rows=("circuit", "model", "group"),
+    column="desideratum",
+    sizes=(("pairs", 500),),
+    repeats=(("runs", 10),),  # the paper's
     tolerance="3*sqrt(2)*std/sqrt(10) + 0.05 (rounding) + 100/n",
     reads=("dcm",),
 )
 
 
 def _pairs(run, tokenizer, desideratum, n, seed, paper_compat):
-    return run.once(("desiderata pairs", tokenizer_key(tokenizer), desideratum, n, seed, paper_compat),
-                    lambda: desiderata_pairs(tokenizer, desideratum, n_pairs=n, seed=seed, paper_compat=paper_compat))
+    return run.once(
+        ("desiderata pairs", tokenizer_key(tokenizer), desideratum, n, seed, paper_compat),
+        lambda: desiderata_pairs(tokenizer, desideratum, n_pairs=n, seed=seed, paper_compat=paper_compat),
+    )
 
 
 @CLAIM.test(per="circuit", params={"desideratum": MAIN_DESIDERATA})
@@ -46,15 +57,27 @@ def dcm_heads_patched(run):
     layers = list(range(model.shape.n_layers))
     patched = []  # (keys, heads, role, paper_compat) of every group DCM found heads for
     for group in circuit.groups.values():
-        found = dcm.find(circuit=circuit_name, model=circuit_name, group=group.name, role=group.role,
-                         desideratum=desideratum)
+        found = dcm.find(
+            circuit=circuit_name, model=circuit_name, group=group.name, role=group.role, desideratum=desideratum
+        )
         if found is None:
             continue
-        keys = {"circuit": circuit_name, "model": model.name, "group": group.name, "role": group.role,
-                "desideratum": desideratum}
+        keys = {
+            "circuit": circuit_name,
+            "model": model.name,
+            "group": group.name,
+            "role": group.role,
+            "desideratum": desideratum,
+        }
         record = stored.find(**keys)
-        patched.append((keys, HeadGroup(group.name, group.role, tuple(tuple(h) for h in found.value["heads"])),
-                        group.role, record is not None and not record.measured))
+        patched.append(
+            (
+                keys,
+                HeadGroup(group.name, group.role, tuple(tuple(h) for h in found.value["heads"])),
+                group.role,
+                record is not None and not record.measured,
+            )
+        )
     runs = [[] for _ in patched]
     # one draw of pairs at a time, every group patched on it; the engine holds one batch's clean prefix (the base
     # run's hidden states and keys/values) on the device at a time
@@ -62,17 +85,141 @@ def dcm_heads_patched(run):
         chosen = [i for i, p in enumerate(patched) if p[3] == paper_compat]
         for draw in range(n_runs):
             pairs = _pairs(run, model.tokenizer, desideratum, n, run.derived_seed(draw=draw), paper_compat)
-            correct = patched_correct(model, [patched[i][1] for i in chosen], pairs,
-                                      source_values_at(model, pairs, circuit.roles, layers))
+            correct = patched_correct(
+                model, [patched[i][1] for i in chosen], pairs, source_values_at(model, pairs, circuit.roles, layers)
+            )
             for i, c in zip(chosen, correct):
                 runs[i].append(100 * c.float().mean().item())
     outcomes = []
-    for (keys, heads, role, compat), values in zip(patched, runs):
+    for (keys, _heads, _role, _compat), values in zip(patched, runs):
         std = spread_of_fresh_draws(values, n, unit=100)  # each run draws fresh pairs: at least a binomial spread
-        outcomes.append(run.check(keys, statistics.fmean(values), n=n, soft=True, std=std,
-                                  tolerance=mean_of_draws(std, n_runs, n=n, unit=100, rounding=0.05,
-                                                          what="runs of pairs")))
+        outcomes.append(
+            run.check(
+                keys,
+                statistics.fmean(values),
+                n=n,
+                soft=True,
+                std=std,
+                tolerance=mean_of_draws(std, n_runs, n=n, unit=100, rounding=0.05, what="runs of pairs"),
+            )
+        )
     if not outcomes:
-        run.skip(f"no DCM run of circuit {circuit_name!r} for {desideratum!r} in baselines/dcm.json: "
-                 f"run suites/test_dcm.py --model={circuit_name} --update-baselines first")
+        run.skip(
+            f"no DCM run of circuit {circuit_name!r} for {desideratum!r} in baselines/dcm.json: "
+            f"run suites/test_dcm.py --model={circuit_name} --update-baselines first"
+        )
     run.settle(outcomes, "groups")
+
+
+@CLAIM.comparison
+def compare(c):
+    """The base circuit's DCM heads patched in both models on the same runs of pairs: percentage points above or
+    below the base; a (group, desideratum) the base carries (>= CARRIED) that the fine-tune carries significantly
+    less often (Bonferroni over them) fails."""
+    import numpy as np
+    import torch
+
+    from mechbench.claims.specs.dcm import stored_runs
+    from mechbench.compare import CARRIED, Check, Row  # comparison mode imports the registry, which imports this
+    from mechbench.errors import MechbenchError
+
+    records = stored_runs(c)
+    if not records:
+        raise MechbenchError(
+            f"no DCM run of circuit {c.circuit.name!r} in baselines/dcm.json to take heads from: run "
+            f"suites/test_dcm.py --model={c.circuit.name} --update-baselines first"
+        )
+    rows, weaker, per_row = [], [], {}
+    layers = list(range(c.base.shape.n_layers))
+    for desideratum in MAIN_DESIDERATA:
+        groups = [(g, records[(g, desideratum)]) for g in c.circuit.groups if (g, desideratum) in records]
+        if not groups:
+            continue
+
+        def patched(who, desideratum=desideratum, groups=groups):
+            """Per group, the pairs of every run the model moves to the target with the DCM heads patched."""
+            out = {g: [] for g, _ in groups}
+            model = c.models[who].model
+            heads = [
+                HeadGroup(g, c.circuit.groups[g].role, tuple(tuple(h) for h in value["heads"])) for g, value in groups
+            ]
+            for draw in range(c.lane.patching_runs):
+                pairs = c.side(
+                    "base",
+                    ("pairs", desideratum, draw),
+                    lambda draw=draw: desiderata_pairs(
+                        c.base.tokenizer,
+                        desideratum,
+                        n_pairs=c.lane.patching_pairs,
+                        seed=derived_seed(c.seed, draw=draw),
+                    ),
+                )
+                for (g, _), correct in zip(
+                    groups,
+                    patched_correct(model, heads, pairs, source_values_at(model, pairs, c.circuit.roles, layers)),
+                ):
+                    out[g].append(correct)
+            return out
+
+        per = {
+            key: c.side(who, ("dcm_patching", desideratum), lambda who=who: patched(who))
+            for who, key in (("base", "b"), ("fine_tune", "f"))
+        }
+        clusters = np.arange(c.lane.patching_runs * c.lane.patching_pairs)  # a fresh base context per pair
+        for g, value in groups:
+            b, f = torch.cat(per["b"][g]).float() * 100, torch.cat(per["f"][g]).float() * 100
+            rows.append(
+                Row(
+                    "dcm_patching",
+                    f"{g}: {desideratum} (% of targets, {len(value['heads'])} DCM heads)",
+                    {"group": g, "desideratum": desideratum},
+                    float(b.mean()),
+                    float(f.mean()),
+                    c.diff(b, f, clusters),
+                    references=c.refs(
+                        lambda ref, g=g, d=desideratum: c.stored(
+                            "dcm_patching", circuit=c.circuit.name, model=ref, group=g, desideratum=d
+                        )
+                    ),
+                )
+            )
+            per_row[len(rows) - 1] = (b, f, clusters)
+    # the check looks at every (group, desideratum) the base carries at once: Bonferroni over them
+    carried = [i for i, row in enumerate(rows) if row.base >= 100 * CARRIED]
+    level = 1 - 0.05 / max(len(carried), 1)
+    for i in carried:
+        est = c.diff(*per_row[i], level=level)
+        if est.hi is not None and est.hi < 0:
+            weaker.append(f"{rows[i].keys['group']} {rows[i].keys['desideratum']} {est:+.1f} points")
+    check = Check(
+        "dcm_patching",
+        "the base's DCM heads carry as much",
+        not weaker,
+        f"{c.fine_tune.name}: "
+        + (
+            f"carried less than the base (whole {level:.1%} interval below 0, "
+            f"Bonferroni over the {len(carried)} carried): " + "; ".join(weaker)
+            if weaker
+            else f"none of the {len(carried)} desiderata the base's groups "
+            f"carry (>= {100 * CARRIED:g}%) is carried significantly less "
+            f"(Bonferroni over them)"
+        ),
+        float(len(weaker)),
+    )
+    return rows, [check]
+
+
+@CLAIM.workloads
+def workloads(p):
+    from mechbench.plan import Workload
+
+    pairs, runs, d = CLAIM.size("pairs"), CLAIM.repeat("runs"), len(MAIN_DESIDERATA)
+    return [
+        Workload(
+            "dcm_patching",
+            forwards=d * runs * pairs * 2,
+            fast=d * runs * pairs * p.all_groups_share(),
+            prefix=True,
+            note=f"{d} desiderata x {runs} draws of {pairs} pairs",
+        )
+    ]
