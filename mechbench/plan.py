@@ -343,15 +343,6 @@ def minimality_fast(shape: Shape, config, circuit, examples: int, seq: int) -> f
     return total
 
 
-#: Roles of the paper's four groups, for a plan with no stored circuit to read them from.
-DEFAULT_ROLES = {
-    "value_fetcher": "last",
-    "pos_transmitter": "last",
-    "pos_detector": "query_label",
-    "struct_reader": "prev_query_label",
-}
-
-
 @dataclass(frozen=True)
 class PlanInputs:
     """What a claim's workloads (``@CLAIM.workloads`` in its spec) are computed from: the model and its shape, the
@@ -380,7 +371,10 @@ class PlanInputs:
 
     @property
     def roles(self) -> dict[str, str]:
-        return {g.name: g.role for g in self.stored.groups.values()} if self.stored else dict(DEFAULT_ROLES)
+        """Each group's role: the stored circuit's, or the paper's four groups' where none is stored."""
+        from mechbench.circuits import GROUP_ROLES
+
+        return {g.name: g.role for g in self.stored.groups.values()} if self.stored else dict(GROUP_ROLES)
 
     def above(self, layer: int) -> float:
         """The share of the layers a run patched at ``layer`` recomputes."""
