@@ -13,7 +13,12 @@ def pytest_configure(config):
     modules first imported during them when they end, and torch's operator libraries refuse to register a second
     time when such a module is imported again (``Only a single TORCH_LIBRARY can be used``): every module a model
     load imports (transformers' supported families, peft, torch.distributed through them) is imported here first.
-    The plugin used to import them as it configured the session; it is inert until a session uses it."""
+    The plugin used to import them as it configured the session; it is inert until a session uses it, so the
+    share of the cores each pytest-xdist worker's torch takes is set here too (most of these tests use none of the
+    plugin's fixtures)."""
+    from mechbench.pytest_plugin import share_cores_among_workers
+
+    share_cores_among_workers(config)
     import peft  # noqa: F401
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES

@@ -218,3 +218,30 @@ def test_the_command_line_and_the_plugin_share_their_options_and_defaults():
         "--allow-pickle",
         "--drop-multi-token",
     }
+
+
+def test_each_xdist_worker_takes_its_share_of_the_cores(monkeypatch):
+    """Two workers of two torch threads each on two cores spin on each other (the library tests took three times as
+    long): a worker's torch, and the subprocesses its tests start, take cores / workers threads, unless the user
+    set OMP_NUM_THREADS; outside a worker nothing changes."""
+    import os
+    from types import SimpleNamespace
+
+    import torch
+
+    from mechbench.pytest_plugin import share_cores_among_workers
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    try:
+        share_cores_among_workers(SimpleNamespace())  # the controller, or no xdist
+        assert torch.get_num_threads() == before and "OMP_NUM_THREADS" not in os.environ
+        share_cores_among_workers(SimpleNamespace(workerinput={"workercount": 2}))
+        assert torch.get_num_threads() == 2 and os.environ["OMP_NUM_THREADS"] == "2"
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stands
+        torch.set_num_threads(before)
+        share_cores_among_workers(SimpleNamespace(workerinput={"workercount": 4}))
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
