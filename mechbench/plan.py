@@ -384,6 +384,11 @@ class PlanInputs:
         """The share of a prompt's tokens a run patched at ``role`` recomputes."""
         return _span(role, self.seq)
 
+    @property
+    def group_sizes(self) -> dict[str, int]:
+        """Heads per group, as the circuit's discovery settings cut them (``circuit_k``, else ``receiver_k``)."""
+        return dict(self.config.circuit_k or self.config.receiver_k)
+
     def group_share(self, name: str) -> float:
         """The share of a forward a run patching a whole group recomputes: from its lowest layer, at its role."""
         lowest = {g.name: min(l for l, _ in g.heads) for g in self.stored.groups.values()} if self.stored else {}

@@ -204,7 +204,7 @@ def workloads(p):
 
     if p.base is None:
         return []
-    groups = len(dict(p.config.circuit_k or p.config.receiver_k))
+    groups = len(p.group_sizes)
     return [
         Workload(
             "cmap", models=2, forwards=2 * CLAIM.size("prompts") * (groups + 2), note="fine-tune and base held at once"

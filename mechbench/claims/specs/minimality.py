@@ -267,7 +267,7 @@ def workloads(p):
 
     if not p.own:
         return []
-    groups = list(dict(p.config.circuit_k or p.config.receiver_k).values())
+    groups = list(p.group_sizes.values())
     means, examples = CLAIM.size("ablation_prompts"), p.config.minimality_examples
     return [
         Workload(
