@@ -63,3 +63,25 @@ def accuracy(
     handle = get_model(model, device=device, dtype=dtype, **load_options)
     dataset = build_dataset(handle.tokenizer, n_examples=n_examples, num_boxes=num_boxes, seed=seed)
     return accuracy_on(handle, dataset, batch_size=batch_size)
+
+
+def accuracy_check(
+    model: str | ModelHandle,
+    n_examples: int = 500,
+    seed: int = 0,
+    num_boxes: int = 7,
+    batch_size: int = 50,
+    device: str = "cpu",
+    dtype: str = "float32",
+    **load_options,
+):
+    """:func:`accuracy` with the chance guard's verdict (a :class:`mechbench.stats.ChanceCheck`: its ``accuracy``,
+    ``chance`` = 1/``num_boxes``, ``passed``, ``below``), on the same prompts: whether the accuracy is above chance
+    by 3 cluster-robust standard errors, as every circuit claim requires of a model."""
+    from mechbench.evaluate import correct_on
+    from mechbench.stats import chance_check
+
+    handle = get_model(model, device=device, dtype=dtype, **load_options)
+    dataset = build_dataset(handle.tokenizer, n_examples=n_examples, num_boxes=num_boxes, seed=seed)
+    correct = correct_on(handle, dataset, batch_size=batch_size)
+    return chance_check(correct.float().numpy(), dataset.clusters().numpy(), dataset.num_boxes)

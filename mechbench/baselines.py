@@ -63,6 +63,7 @@ RECORD_FIELDS = (
     "note",
     "fingerprint",
     "measured_at",
+    "discovery",  # a stored circuit's discovery settings (an object: mechbench.models.discovery_settings)
 )
 TEXT_FIELDS = ("tolerance_rule", "dtype", "note", "fingerprint", "measured_at")
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "baselines"
@@ -269,6 +270,8 @@ def _record_problems(raw: dict, where: str, unit: str) -> list[str]:
         v = raw.get(name)
         if name in raw and not (isinstance(v, int) and not isinstance(v, bool) and v >= least):
             problems.append(f"{where}.{name} must be an integer >= {least}, got {_shown(v)}")
+    if "discovery" in raw and not isinstance(raw["discovery"], dict):
+        problems.append(f"{where}.discovery must be an object of discovery settings, got {_shown(raw['discovery'])}")
     for name in TEXT_FIELDS:
         if name in raw and (not isinstance(raw[name], str) or not raw[name]):
             problems.append(f"{where}.{name} must be a non-empty string, got {_shown(raw[name])}")

@@ -9,7 +9,7 @@ occurrence of the query label. A :class:`Circuit` is plain data; the published c
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mechbench import baselines
@@ -68,6 +68,30 @@ class HeadGroup:
 class Circuit:
     name: str
     groups: dict[str, HeadGroup] = field(default_factory=dict)
+    # where it came from, when it was stored by mechbench discover or baseline: the weights fingerprint of the
+    # model it was found on and the discovery settings it was found with (DiscoveryConfig as JSON), so that any
+    # claim can tell whether it runs on that model and re-run the discovery as it was run
+    fingerprint: str | None = None
+    discovery: dict | None = None
+
+    def found_on(self, model) -> bool:
+        """Whether the circuit was found on ``model`` (a handle): its name is one the model is known by (a
+        registered name, its location, a directory's name), or it was stored with the model's weights'
+        fingerprint."""
+        from mechbench.models.registry import names_of
+
+        weights = (getattr(model, "fingerprint", None) or {}).get("weights_sha256")
+        return self.name in names_of(model.name) or (self.fingerprint is not None and self.fingerprint == weights)
+
+    def discovery_settings(self):
+        """The settings the circuit was found with (a :class:`DiscoveryConfig`): its model's spec's for a
+        registered circuit, else the ones stored with it; None when neither says (a hand-written circuit)."""
+        from mechbench.models.discovery_settings import config_from_json
+        from mechbench.models.registry import CIRCUITS
+
+        if self.name in CIRCUITS:
+            return CIRCUITS[self.name].discovery
+        return config_from_json(self.discovery) if self.discovery else None
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -91,9 +115,9 @@ class Circuit:
                 )
 
     def without(self, removed: dict[str, set[Head]]) -> Circuit:
-        return Circuit(
-            self.name,
-            {
+        return replace(
+            self,
+            groups={
                 n: HeadGroup(n, g.role, tuple(h for h in g.heads if h not in removed.get(n, set())))
                 for n, g in self.groups.items()
             },
@@ -103,6 +127,8 @@ class Circuit:
         return {
             "name": self.name,
             "groups": {n: {"role": g.role, "heads": [list(h) for h in g.heads]} for n, g in self.groups.items()},
+            **({"fingerprint": self.fingerprint} if self.fingerprint else {}),
+            **({"discovery": self.discovery} if self.discovery else {}),
         }
 
     @classmethod
@@ -132,7 +158,12 @@ class Circuit:
             except ValueError as e:
                 raise bad(str(e)) from None
             groups[n] = HeadGroup(n, g["role"], heads)
-        return cls(data["name"], groups)
+        fingerprint, discovery = data.get("fingerprint"), data.get("discovery")
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            raise bad(f"'fingerprint' is {fingerprint!r}, not the weights' sha256 as a string")
+        if discovery is not None:
+            _check_discovery(discovery, bad)
+        return cls(data["name"], groups, fingerprint, discovery)
 
     @classmethod
     def load(cls, name_or_path: str, baselines_dir=None) -> Circuit:
@@ -145,9 +176,11 @@ class Circuit:
                 raise MechbenchError(f"circuit file {name_or_path} is not valid JSON ({e})") from None
             return cls.from_json(data, where=f"circuit file {name_or_path}")
         table = baselines.load("circuits", baselines_dir)
-        groups = {}
+        groups, fingerprint, discovery = {}, None, None
         for r in table.records:
             if r.keys.get("circuit") == name_or_path:
+                fingerprint = fingerprint or r.get("fingerprint")
+                discovery = discovery or r.get("discovery")
                 try:
                     heads = checked_heads(r.value, f"circuit {name_or_path!r} group {r.keys.get('group')!r}")
                 except ValueError as e:
@@ -158,7 +191,41 @@ class Circuit:
         if not groups:
             names = sorted({r.keys.get("circuit") for r in table.records})
             raise MechbenchError(f"no circuit {name_or_path!r} in {table.path}; known: {', '.join(names)}")
-        return cls(name_or_path, {g: groups[g] for g in GROUPS if g in groups} | groups)
+        if discovery is not None:
+            _check_discovery(discovery, lambda what: MechbenchError(f"{table.path}: circuit {name_or_path!r}: {what}"))
+        return cls(name_or_path, {g: groups[g] for g in GROUPS if g in groups} | groups, fingerprint, discovery)
+
+
+def _check_discovery(discovery, bad) -> None:
+    """A circuit's stored discovery settings read back into a DiscoveryConfig, or ``bad(what)`` raised."""
+    from mechbench.models.discovery_settings import config_from_json
+
+    try:
+        config_from_json(discovery)
+    except (TypeError, ValueError, KeyError) as e:
+        raise bad(f"its 'discovery' settings do not read as discovery settings ({e})") from None
+
+
+def stored_circuit_name(model: str, baselines_dir=None, fingerprint: str | None = None) -> str | None:
+    """The circuit stored in ``<baselines_dir>/circuits.json`` for ``model`` (a name, directory or hub id): one
+    named as the model is known (:func:`mechbench.models.registry.names_of`: a registered name, its location, a
+    directory's own name), else one stored with the model's weights fingerprint (once it is loaded); None if
+    there is none. Every mode finds a model's circuit this way (pytest, compare, plan, calibrate)."""
+    from mechbench.models.registry import names_of
+
+    try:
+        records = baselines.load("circuits", baselines_dir).records
+    except MechbenchError:
+        return None
+    stored = list(dict.fromkeys(r.keys.get("circuit") for r in records if r.keys.get("circuit")))
+    for name in [model.strip(), *sorted(names_of(model) - {model.strip()})]:
+        if name in stored:
+            return name
+    if fingerprint:
+        for r in records:
+            if r.get("fingerprint") == fingerprint and r.keys.get("circuit"):
+                return r.keys["circuit"]
+    return None
 
 
 def check_storable(name: str, baselines_dir=None) -> None:
@@ -171,7 +238,9 @@ def check_storable(name: str, baselines_dir=None) -> None:
         raise MechbenchError(f"{path}: circuit {name!r} is published; store under another --name")
 
 
-def store_circuit(circuit: Circuit, how: str, baselines_dir=None, fingerprint: str | None = None) -> str:
+def store_circuit(
+    circuit: Circuit, how: str, baselines_dir=None, fingerprint: str | None = None, discovery: dict | None = None
+) -> str:
     """Write ``circuit`` into ``baselines/circuits.json`` as measured records, one per group, replacing the
     groups it had before (a published circuit is never overwritten). Returns the diff, a line per group."""
     from mechbench.results import git_state
@@ -214,6 +283,7 @@ def store_circuit(circuit: Circuit, how: str, baselines_dir=None, fingerprint: s
                 [list(h) for h in g.heads],
                 source=f"measured by mechbench at commit {commit}: {how}",
                 fingerprint=fingerprint,
+                **({"discovery": discovery} if discovery else {}),
             )
         )
     return "\n".join(diffs)

@@ -7,6 +7,7 @@ mechbench discover toy-llama --store     # path-patching circuit -> baselines/ci
 mechbench report                         # results/results.jsonl -> results/report.md and figures
 mechbench compare /ckpt/my-ft --base toy-llama [--quick]   # side-by-side report and a mechanism verdict
 mechbench calibrate toy-llama --seeds 10 [--plant readers]  # false-alarm audit (and power on a planted change)
+mechbench baseline /ckpt/my-base --baselines-dir mine/ [--boxes 3]  # a new base: circuit and every baseline
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     acc = sub.add_parser("accuracy", help="top-1 entity-tracking accuracy of a model")
     acc.add_argument("model")
     acc.add_argument("--n", type=int, default=500)
-    acc.add_argument("--boxes", type=int, default=7)
     add_command_options(acc, "accuracy")
     base = sub.add_parser("baselines", help="check every baseline file against the schema")
     base.add_argument("--dir", default=None, help="the baseline files' directory (default: the checkout's baselines/)")
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         default=None,
         help=f"discovery settings of a stored circuit ({', '.join(CIRCUITS)}; default: the model's own if "
-        f"it has one, else the paper's Llama settings)",
+        f"it has one, else chosen from its shape: the paper's chain from 16 layers, the toy chain below, "
+        f"head counts scaled by its heads; the choice is printed)",
     )
     disc.add_argument(
         "--steps",
@@ -68,6 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the score tables and circuit to this JSON file (--circuit FILE reads it as is)",
     )
     add_command_options(disc, "discover")
+    bl = sub.add_parser(
+        "baseline",
+        help="a new base end to end: chance guard, discovery, circuit stored, every claim's baselines stored "
+        "and checked (resumable)",
+    )
+    bl.add_argument("model", help="the base: a directory, hub id or registered name")
+    bl.add_argument("--config", default=None, help="discovery settings of a stored circuit (default: from the shape)")
+    bl.add_argument("--name", default=None, help="circuit name (default: the directory's name)")
+    bl.add_argument("--claims", default=None, help="comma-separated subset of the claims (default: all)")
+    bl.add_argument(
+        "--check-seed",
+        type=int,
+        default=0,
+        help="seed of the check run after storing (default 0: the stored sample, re-measured; S > 0: fresh "
+        "prompts, each claim judged by its independent-sample tolerance)",
+    )
+    add_command_options(bl, "baseline")
     rep = sub.add_parser("report", help="tables and figures of the latest measurements in a results file")
     rep.add_argument("--results", default=f"{RESULTS_DIR}/results.jsonl")
     rep.add_argument("--out", default=RESULTS_DIR, help="directory for report.md and the figures")
@@ -97,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     pln.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     pln.add_argument("--batch-size", default="50", help="prompts per forward, or auto (the largest that fits)")
     pln.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory to plan against (default 80)")
+    add_command_options(pln, "plan")
     pln.add_argument(
         "--own-circuit",
         action="store_true",
@@ -125,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name:12} {spec.kind:6} {r.weights}{' + ' + r.adapter if r.adapter else ''}  {spec.description}"
                 )
         elif args.command == "accuracy":
-            from mechbench.api import accuracy
+            from mechbench.api import accuracy_check
 
-            value = accuracy(
+            task = accuracy_check(
                 args.model,
                 n_examples=args.n,
                 seed=args.seed,
@@ -136,7 +155,19 @@ def main(argv: list[str] | None = None) -> int:
                 dtype=args.dtype,
                 **_load_options(args),
             )
-            print(f"{args.model}: accuracy {value:.4f} on {args.n} examples (seed {args.seed}, {args.boxes} boxes)")
+            # the chance guard's verdict beside the number: a model at (or below) chance has no mechanism to measure
+            margin = f"{task.z:g} cluster-robust standard errors ({task.z:g} x {task.se:.3f})"
+            if task.passed:
+                verdict = f"does the task (above chance by more than {margin})"
+            else:
+                verdict = (
+                    f"{'BELOW CHANCE' if task.below else 'AT CHANCE'}: not above chance by {margin}; the model does "
+                    f"not do the task and no circuit claim applies to it"
+                )
+            print(
+                f"{args.model}: accuracy {task.accuracy:.4f} on {args.n} examples (seed {args.seed}, {args.boxes} "
+                f"boxes; chance {task.chance:.3f}): {verdict}"
+            )
         elif args.command == "baselines":
             from mechbench import baselines
 
@@ -157,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                 ) from None
         elif args.command == "discover":
             _discover(args)
+        elif args.command == "baseline":
+            _baseline(args)
         elif args.command == "compare":
             _compare(args)
         elif args.command == "calibrate":
@@ -180,11 +213,13 @@ def _plan(args) -> None:
             if args.batch_size == "auto"
             else plan.resolve_batch_size(args.batch_size, "cpu", args.dtype, [model])
         )
-        circuits = [plan.default_circuit(model)]
+        circuits = [plan.default_circuit(model, args.baselines_dir)]
         if args.own_circuit and model not in circuits and model in CIRCUITS:
             circuits.append(model)
         for circuit in circuits:
-            plans = plan.plan(model, args.dtype, batch, tflops=args.tflops, circuit=circuit)
+            plans = plan.plan(
+                model, args.dtype, batch, tflops=args.tflops, circuit=circuit, baselines_dir=args.baselines_dir
+            )
             print(plan.format_plan(model, plans, args.dtype, batch, args.gpu_gib, circuit) + "\n")
             hours += sum(p.gpu_seconds for p in plans) / 3600
             fits &= all(p.fits(args.gpu_gib * plan.GIB) for p in plans)
@@ -202,7 +237,12 @@ def _load_options(args) -> dict:
     """The loader's opt-ins a command was given (mechbench.models.loading.chosen_options)."""
     from mechbench.models.loading import chosen_options
 
-    return chosen_options(allow_pickle=args.allow_pickle, bos=args.bos, drop_multi_token=args.drop_multi_token)
+    return chosen_options(
+        allow_pickle=args.allow_pickle,
+        bos=args.bos,
+        drop_multi_token=args.drop_multi_token,
+        tokenizer=getattr(args, "tokenizer", None),
+    )
 
 
 def _validate(args) -> None:
@@ -224,7 +264,7 @@ def _validate(args) -> None:
             validate.positive(f"--{name}", getattr(args, name))
     for name in ("model", "base"):
         if isinstance(getattr(args, name, None), str):
-            validate.model_directory(getattr(args, name))
+            validate.model_directory(getattr(args, name), getattr(args, "tokenizer", None))
     if getattr(args, "results_dir", None) and args.command == "compare":
         validate.writable_dir("--results-dir", Path(args.results_dir))
     if getattr(args, "out", None) and args.command in ("compare", "calibrate"):  # report's, once its results are read
@@ -245,10 +285,13 @@ def _calibrate(args) -> None:
     out = writable_dir("--out", Path(args.out) / name)
     model, extra = args.model, ["-k", args.select] if args.select else []
     extra += [f"--device={args.device}", f"--dtype={args.dtype}"]
+    extra += [f"--boxes={args.boxes}"] if args.boxes != 7 else []
+    extra += [f"--tokenizer={args.tokenizer}"] if args.tokenizer else []
+    extra += [f"--baselines-dir={args.baselines_dir}"] if args.baselines_dir else []
     if args.plant:  # in the circuit the suites evaluate on the model, the one its baselines were measured with
         from mechbench.plan import default_circuit
 
-        circuit = default_circuit(args.model)
+        circuit = default_circuit(args.model, args.baselines_dir)
         model = str(plant(args.model, args.plant, out, circuit, getattr(args, "baselines_dir", None)))
         extra += [f"--baseline-model={args.model}", f"--circuit={circuit}"]
         print(
@@ -279,21 +322,36 @@ def _compare(args) -> None:
     if unknown:
         raise MechbenchError(f"unknown claim(s) {', '.join(unknown)}; known: {', '.join(CLAIMS)}")
     base_name = args.base or base_name_of(args.model)
-    circuit = Circuit.load(args.circuit or base_circuit_name(base_name, args.baselines_dir), args.baselines_dir)
+    circuit, no_circuit = None, None
+    if args.circuit:  # a circuit the user named must load
+        circuit = Circuit.load(args.circuit, args.baselines_dir)
+    else:  # none found: the claims that need one are reported as not run, the others (accuracy) run
+        try:
+            circuit = Circuit.load(base_circuit_name(base_name, args.baselines_dir), args.baselines_dir)
+        except MechbenchError as e:
+            no_circuit = str(e)
     try:  # the base's shape from its config, where it can be read without loading: a wrong circuit fails first
         from mechbench.plan import shape_of
 
         shape = shape_of(base_name)
     except MechbenchError:
         shape = None  # checked once the base has loaded
-    if shape is not None:
+    if shape is not None and circuit is not None:
         try:
             circuit.check_fits(shape.n_layers, shape.n_heads)
         except MechbenchError as e:
             raise MechbenchError(f"--circuit {args.circuit or circuit.name} on {base_name}: {e}") from None
-    results = ResultsWriter(args.results_dir)  # made before any model loads: a bad directory fails first
+    results = ResultsWriter(
+        args.results_dir, boxes=args.boxes
+    )  # made before any model loads: a bad directory fails first
     fine_tune = get_model(args.model, device=args.device, dtype=args.dtype, **_load_options(args))
     base = get_model(base_name, device=args.device, dtype=args.dtype, **_load_options(args))
+    if circuit is None:  # stored under another name with the base's weights fingerprint
+        try:
+            name = base_circuit_name(base_name, args.baselines_dir, base.fingerprint.get("weights_sha256"))
+            circuit, no_circuit = Circuit.load(name, args.baselines_dir), None
+        except MechbenchError:
+            print(f"mechbench: {no_circuit}; the claims that need a circuit are reported as not run", file=sys.stderr)
     comparison = Comparison(
         fine_tune,
         base,
@@ -304,6 +362,8 @@ def _compare(args) -> None:
         tuple(args.reference) if args.reference else None,
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
         discovery_cache=Path(args.results_dir) / "discovery",
+        boxes=args.boxes,
+        no_circuit=no_circuit,
     )
     for claim in claims:
         record(results, comparison, comparison.claim(claim))
@@ -311,6 +371,8 @@ def _compare(args) -> None:
         verdict = comparison.verdict()
         record_verdict(results, comparison, verdict)
         print(f"{fine_tune.name} against {base.name}: {verdict.label}")
+    for claim, why in comparison.not_run().items():
+        print(f"{claim}: could not run: {why}", file=sys.stderr)
     print(
         validate.written_or_kept(
             f"the comparison report (its measurements are in {results.path})",
@@ -318,6 +380,42 @@ def _compare(args) -> None:
             lambda out: write_comparison_report(comparison, out, results_path=str(results.path)),
         )
     )
+
+
+def _baseline(args) -> None:
+    from pathlib import Path
+
+    from mechbench.claims import CLAIMS
+    from mechbench.newbase import baseline
+
+    if not args.baselines_dir:
+        raise MechbenchError(
+            "mechbench baseline needs --baselines-dir DIR: the directory its circuit and baselines go to (made if "
+            "missing; the checkout's baselines/ holds the paper's and the toy zoo's)"
+        )
+    claims = None if args.claims is None else [c.strip() for c in args.claims.split(",") if c.strip()]
+    unknown = [c for c in claims or () if c not in CLAIMS]
+    if unknown or claims == []:
+        raise MechbenchError(f"--claims {args.claims!r}: unknown or empty; known: {', '.join(CLAIMS)}")
+    summary = baseline(
+        args.model,
+        Path(args.baselines_dir),
+        Path(args.results_dir),
+        _load_options(args),
+        boxes=args.boxes,
+        device=args.device,
+        dtype=args.dtype,
+        config_name=args.config,
+        name=args.name,
+        claims=claims,
+        check_seed=args.check_seed,
+        log=lambda m: print(m, flush=True),
+    )
+    if summary["check"]["exit_code"] != 0:
+        raise MechbenchError(
+            f"the check run failed ({summary['check']['counts']}): the failures are listed above; the baselines "
+            f"are stored in {args.baselines_dir}"
+        )
 
 
 def _group_ints(option: str, text: str | None, groups) -> dict[str, int]:
@@ -351,14 +449,28 @@ def _discover(args) -> None:
 
     from mechbench import validate
     from mechbench.api import get_model
-    from mechbench.methods.discovery import PAPER_STEPS, TOY_STEPS, DiscoveryConfig, checkpoint_path, discover
+    from mechbench.methods.discovery import PAPER_STEPS, TOY_STEPS, checkpoint_path, discover
+    from mechbench.models.discovery_settings import config_to_json
     from mechbench.models.registry import CIRCUITS
 
     # a stored circuit's settings are in the spec of the model it was found on
     config_name = args.config or (args.model if args.model in CIRCUITS else None)
     if args.config and args.config not in CIRCUITS:
         raise MechbenchError(f"no discovery settings named {args.config!r}; known: {', '.join(CIRCUITS)}")
-    config = CIRCUITS[config_name].discovery if config_name else DiscoveryConfig()
+    handle = None
+    if config_name:
+        config, why = CIRCUITS[config_name].discovery, f"{config_name}'s stored settings"
+    else:  # chosen from the model's shape (mechbench.newbase.settings_for), read from its config where it can be
+        from mechbench.newbase import settings_for
+        from mechbench.plan import shape_of
+
+        try:
+            shape = shape_of(args.model)
+        except MechbenchError:
+            handle = get_model(args.model, device=args.device, dtype=args.dtype, **_load_options(args))
+            shape = handle.shape
+        config, why = settings_for(shape)
+    config = replace(config, num_boxes=args.boxes)
     if args.min_effect is not None and not (math.isfinite(args.min_effect) and args.min_effect >= 0):
         raise MechbenchError(
             f"--min-effect {args.min_effect:g}: give a non-negative number (a head is kept when its "
@@ -393,35 +505,54 @@ def _discover(args) -> None:
 
         validate.writable_dir("--baselines-dir", Path(args.baselines_dir or baselines.DEFAULT_DIR))
         check_storable(name, args.baselines_dir)
-    handle = get_model(args.model, device=args.device, dtype=args.dtype, **_load_options(args))
+    from mechbench.newbase import require_task, without_null_groups
+
+    handle = handle or get_model(args.model, device=args.device, dtype=args.dtype, **_load_options(args))
+    task = require_task(handle, args.boxes)  # the chance guard first: a circuit found on a model at chance is noise
+    print(f"{task.message(handle.name)} ({args.boxes} boxes)", file=sys.stderr)
+    print(
+        f"discovery settings: {why}{' (changed: ' + ', '.join(changes) + ')' if changes else ''}",
+        file=sys.stderr,
+    )
     found = discover(
         handle, name, config, log=lambda msg: print(msg, file=sys.stderr, flush=True), cache_dir=args.work_dir
     )
     saved = checkpoint_path(handle, name, config, args.work_dir)[1]
-    if not found.circuit.groups:
+    circuit, dropped, weak = without_null_groups(found, config.min_effect)
+    for group, reason in dropped.items():
+        print(f"dropped group {group}: {reason}", file=sys.stderr)
+    for group, reason in weak.items():
+        print(f"warning: group {group}: {reason}", file=sys.stderr)
+    if not circuit.groups:
         raise MechbenchError(
-            f"the discovery found no head in any group (no score below -{config.min_effect:g}; its "
-            f"scores are in {saved}): does {args.model} do the task (mechbench accuracy)? Lower "
-            f"--min-effect if it does"
+            f"the discovery found no group with an effect (no head's score below -{config.min_effect:g} and 3 "
+            f"standard errors; its scores are in {saved}): {args.model} does the task, but not through heads "
+            f"these settings find; try other --config/--steps/--receivers, or lower --min-effect"
         )
-    for group, g in found.circuit.groups.items():
+    for group, g in circuit.groups.items():
         print(f"{group} ({g.role}): " + ", ".join(f"L{l}H{h} {found.scores[group][l, h]:+.3f}" for l, h in g.heads))
+    # what it was found on and with: a claim finds it by the fingerprint and re-runs the discovery as it was run
+    stored = replace(circuit, fingerprint=handle.fingerprint.get("weights_sha256"), discovery=config_to_json(config))
     if args.scores:
         scores = Path(args.scores)
         validate.written_or_kept(
             f"--scores {scores}",
             scores.parent,
-            lambda d: _write_text(d / scores.name, json.dumps(found.to_json(), indent=1) + "\n"),
+            lambda d: _write_text(
+                d / scores.name,
+                json.dumps({**found.to_json(), "circuit": stored.to_json()}, indent=1) + "\n",
+            ),
         )
     if args.store:
-        how = f"mechbench discover {args.model} ({config_name or 'paper Llama'} settings{', changed: ' + ', '.join(changes) if changes else ''})"
+        how = f"mechbench discover {args.model} ({why.split(':')[0]}{', changed: ' + ', '.join(changes) if changes else ''})"
         try:
             print(
                 store_circuit(
-                    found.circuit,
+                    stored,
                     how,
                     baselines_dir=args.baselines_dir,
-                    fingerprint=handle.fingerprint.get("weights_sha256"),
+                    fingerprint=stored.fingerprint,
+                    discovery=stored.discovery,
                 )
             )
         except OSError as e:  # checked before: the directory went read-only or full since

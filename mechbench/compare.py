@@ -25,6 +25,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -129,6 +130,7 @@ class ClaimComparison:
     rows: list[Row]
     checks: list[Check]
     seconds: float = 0.0
+    error: str | None = None  # why the claim could not run (its rows and checks are then empty)
 
     @property
     def failed(self) -> list[Check]:
@@ -196,24 +198,31 @@ class Comparison:
     """The fine-tune ``fine_tune`` (a ModelHandle) against ``base`` on the base's ``circuit``.
 
     Each claim is computed once on demand (:meth:`claim`), the pieces both models share (datasets, ablation
-    means, clean correctness) once per run. ``log`` (a callable) hears progress.
+    means, clean correctness) once per run. ``log`` (a callable) hears progress. ``circuit`` None: none was found
+    (``no_circuit`` says why, with the advice); the claims that need one are reported as not run. ``boxes``: boxes per context of
+    every prompt it builds (--boxes; chance is 1/boxes), and the stored numbers shown beside it are those measured
+    at as many boxes.
     """
 
     def __init__(
         self,
         fine_tune,
         base,
-        circuit: Circuit,
+        circuit: Circuit | None,
         lane: Lane = FULL,
         seed: int = 0,
         baselines_dir=None,
         references: tuple[str, ...] | None = None,
         log: Callable | None = None,
         discovery_cache=None,
+        *,
+        boxes: int = 7,
+        no_circuit: str | None = None,
     ):
         if fine_tune.name == base.name:
             raise MechbenchError(f"comparison needs two models; {fine_tune.name!r} was given as its own base")
-        circuit.check_fits(base.shape.n_layers, base.shape.n_heads)
+        if circuit is not None:
+            circuit.check_fits(base.shape.n_layers, base.shape.n_heads)
         if (fine_tune.shape.n_layers, fine_tune.shape.n_heads) != (base.shape.n_layers, base.shape.n_heads):
             raise MechbenchError(
                 f"{fine_tune.name!r} ({fine_tune.shape.n_layers} layers x {fine_tune.shape.n_heads} heads) and its base "
@@ -227,8 +236,9 @@ class Comparison:
                 f"measures both on one set of token ids; compare it with the model whose tokenizer it kept, or check "
                 f"it against stored baselines instead (--baseline-model)"
             )
-        self.fine_tune, self.base, self.circuit, self.lane, self.seed = fine_tune, base, circuit, lane, seed
-        self.baselines_dir, self.discovery_cache = baselines_dir, discovery_cache
+        self.fine_tune, self.base, self.lane, self.seed = fine_tune, base, lane, seed
+        self._circuit, self.no_circuit = circuit, no_circuit
+        self.baselines_dir, self.discovery_cache, self.boxes = baselines_dir, discovery_cache, boxes
         # the base's own stored numbers come first: the same-run measurement should agree with them
         refs = tuple(references) if references is not None else REFERENCES.get(base.name, ())
         if references is not None:  # a reference the user named must have stored numbers to show
@@ -252,10 +262,11 @@ class Comparison:
             (
                 base.name,
                 base.fingerprint.get("weights_sha256"),
-                json.dumps(circuit.to_json()),
+                json.dumps(circuit.to_json()) if circuit is not None else None,
                 lane,
                 seed,
                 str(baselines_dir),
+                boxes,
             ),
             {},
         )
@@ -284,7 +295,9 @@ class Comparison:
         n = n or self.lane.n_examples
         return self._once(
             ("dataset", n, seed_offset),
-            lambda: build_dataset(self.base.tokenizer, n_examples=n, seed=self.seed + seed_offset),
+            lambda: build_dataset(
+                self.base.tokenizer, n_examples=n, num_boxes=self.boxes, seed=self.seed + seed_offset
+            ),
         )
 
     def means(self, who: str):
@@ -296,7 +309,9 @@ class Comparison:
             "means",
             lambda: position_means(
                 self.models[who].model,
-                ablation_prompts(self.models[who].tokenizer, self.lane.n_examples, seed=self.seed),
+                ablation_prompts(
+                    self.models[who].tokenizer, self.lane.n_examples, num_boxes=self.boxes, seed=self.seed
+                ),
             ),
         )
 
@@ -323,12 +338,14 @@ class Comparison:
         return self.boot(lambda m: m["f"] - m["b"], {"b": base_values, "f": ft_values}, clusters, level)
 
     def stored_records(self, claim: str) -> list:
-        """The stored records of ``claim`` in this comparison's baselines (none where its file is missing or
-        unreadable: a comparison shows stored numbers beside its own, it does not depend on them)."""
+        """The stored records of ``claim`` in this comparison's baselines measured at its boxes (none where its
+        file is missing or unreadable: a comparison shows stored numbers beside its own, it does not depend on
+        them). A record without ``boxes`` is at the paper's 7."""
         try:
-            return baselines.load(claim, self.baselines_dir).records
+            records = baselines.load(claim, self.baselines_dir).records
         except MechbenchError:
             return []
+        return [r for r in records if r.keys.get("boxes", 7) == self.boxes]
 
     def stored(self, claim: str, field_name: str | None = None, **keys):
         """A reference model's stored value for ``keys`` (a subset of the record's keys), or None."""
@@ -346,6 +363,18 @@ class Comparison:
 
     # --- claims ---------------------------------------------------------------------------------------------
 
+    @property
+    def circuit(self) -> Circuit:
+        """The base's circuit; a claim that needs one where none was found cannot run (:attr:`no_circuit` says
+        why), while the others (accuracy) do."""
+        if self._circuit is None:
+            raise MechbenchError(f"no circuit to evaluate: {self.no_circuit or 'none was given'}")
+        return self._circuit
+
+    @property
+    def circuit_name(self) -> str | None:
+        return self._circuit.name if self._circuit is not None else None
+
     def claim(self, name: str) -> ClaimComparison:
         if name not in CLAIMS:
             why = without_comparison().get(name)
@@ -357,11 +386,27 @@ class Comparison:
         if name not in self._claims:
             start = time.perf_counter()
             self.log(f"{self.fine_tune.name} vs {self.base.name}: {name} ...")
-            rows, checks = CLAIMS[name](self)
-            if get(name).needs_working_model:  # the chance guard, as the claim's spec says
-                checks = self.task_checks() + checks
-            self._claims[name] = ClaimComparison(name, rows, checks, time.perf_counter() - start)
-            self.log(f"{self.fine_tune.name} vs {self.base.name}: {name} done in {self._claims[name].seconds:.1f} s")
+            try:
+                rows, checks = CLAIMS[name](self)
+                if get(name).needs_working_model:  # the chance guard, as the claim's spec says
+                    checks = self.task_checks() + checks
+                result = ClaimComparison(name, rows, checks, time.perf_counter() - start)
+            except (MechbenchError, torch.OutOfMemoryError) as e:
+                # a claim that cannot run (no circuit, no stored DCM heads, out of memory) is reported as such
+                # and the others still run: a comparison never loses the claims that finished
+                if isinstance(e, torch.OutOfMemoryError):
+                    import gc
+
+                    gc.collect()
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                why = str(e).splitlines()[0] if isinstance(e, torch.OutOfMemoryError) else str(e)
+                result = ClaimComparison(name, [], [], time.perf_counter() - start, error=why)
+            self._claims[name] = result
+            self.log(
+                f"{self.fine_tune.name} vs {self.base.name}: {name} "
+                + (f"could not run: {result.error}" if result.error else f"done in {result.seconds:.1f} s")
+            )
         return self._claims[name]
 
     def all_claims(self) -> list[ClaimComparison]:
@@ -376,7 +421,11 @@ class Comparison:
         return out
 
     def verdict_ready(self) -> bool:
-        return all(name in self._claims for name in VERDICT_CLAIMS)
+        return all(name in self._claims and self._claims[name].error is None for name in VERDICT_CLAIMS)
+
+    def not_run(self) -> dict[str, str]:
+        """The claims asked for that could not run, with the reason."""
+        return {name: r.error for name, r in self._claims.items() if r.error is not None}
 
     def verdict(self) -> Verdict:
         """The first of :data:`VERDICT_RULES` that applies (computes the claims it needs)."""
@@ -460,18 +509,24 @@ def without_comparison() -> dict[str, str]:
     return {name: claim.without("comparison") for name, claim in REGISTERED.items() if claim.mode("comparison") is None}
 
 
-def base_circuit_name(base: str, baselines_dir=None) -> str:
-    """The circuit found on ``base`` (stored in baselines/circuits.json under the base's name)."""
-    try:
-        names = {r.keys.get("circuit") for r in baselines.load("circuits", baselines_dir).records}
-    except MechbenchError:
-        names = set()
-    if base not in names:
+def base_circuit_name(base: str, baselines_dir=None, fingerprint: str | None = None) -> str:
+    """The circuit found on ``base``, stored in ``<baselines_dir>/circuits.json`` under a name the base is known by
+    or with its weights fingerprint (:func:`mechbench.circuits.stored_circuit_name`, the one lookup)."""
+    from mechbench.circuits import stored_circuit_name
+
+    found = stored_circuit_name(base, baselines_dir, fingerprint)
+    if found is None:
+        try:
+            names = {r.keys.get("circuit") for r in baselines.load("circuits", baselines_dir).records}
+        except MechbenchError:
+            names = set()
+        where = Path(baselines_dir or baselines.DEFAULT_DIR)
         raise MechbenchError(
-            f"no circuit stored for the base {base!r} (known: {', '.join(sorted(n for n in names if n))}): "
-            f"find one with `mechbench discover {base} --store`, or pass --circuit NAME or FILE"
+            f"no circuit stored for the base {base!r} in {where / 'circuits.json'} (known: "
+            f"{', '.join(sorted(n for n in names if n)) or 'none'}): discover it and store its baselines with "
+            f"`mechbench baseline {base} --baselines-dir {where}`, or pass --circuit NAME or FILE"
         )
-    return base
+    return found
 
 
 def record(results, comparison: Comparison, result: ClaimComparison) -> None:
@@ -481,9 +536,20 @@ def record(results, comparison: Comparison, result: ClaimComparison) -> None:
     common = {
         "model": comparison.fine_tune.name,
         "base_model": comparison.base.name,
-        "circuit": comparison.circuit.name,
+        "circuit": comparison.circuit_name,
         "lane": comparison.lane.name,
+        "boxes": comparison.boxes,
     }
+    if result.error is not None:
+        results.write(
+            f"check:{result.claim}",
+            {**common, "check": "could not run"},
+            None,
+            passed=None,
+            message=result.error,
+            seed=comparison.seed,
+            fingerprint=comparison.fine_tune.fingerprint,
+        )
     for row in result.rows:
         results.write(
             f"compare:{row.claim}",
@@ -521,6 +587,7 @@ def record_verdict(results, comparison: Comparison, verdict: Verdict) -> None:
                 "base_model": comparison.base.name,
                 "circuit": comparison.circuit.name,
                 "lane": comparison.lane.name,
+                "boxes": comparison.boxes,
             },
             verdict.label,
             passed=verdict.same_mechanism,

@@ -53,8 +53,8 @@ class Option:
         return out
 
 
-_LOADING = ("accuracy", "discover", "compare")  # the commands that load a model with the loader's opt-ins
-_MEASURING = ("accuracy", "discover", "compare", "calibrate")
+_LOADING = ("accuracy", "discover", "compare", "baseline")  # the commands that load a model with the loader's opt-ins
+_MEASURING = (*_LOADING, "calibrate")
 
 OPTIONS: tuple[Option, ...] = (
     Option(
@@ -106,7 +106,7 @@ OPTIONS: tuple[Option, ...] = (
         "--baselines-dir",
         "directory of the baseline JSON files and circuits.json (default: the checkout's "
         "baselines/; mechbench discover --store creates it if missing)",
-        commands=("discover", "compare"),
+        commands=("discover", "compare", "baseline", "plan", "calibrate"),
     ),
     Option(
         "--update-baselines",
@@ -122,6 +122,22 @@ OPTIONS: tuple[Option, ...] = (
         default="auto",
         choices=BOS_CHOICES,
         commands=_LOADING,
+    ),
+    Option(
+        "--boxes",
+        "boxes per context in every prompt the run builds (the paper's task: 7; a smaller model may track "
+        "fewer). Chance is 1/K; baselines and circuits measured at K boxes are keyed by it",
+        default=7,
+        type=int,
+        metavar="K",
+        commands=_MEASURING,
+    ),
+    Option(
+        "--tokenizer",
+        "the tokenizer to load instead of the model's own (a directory or hub id), e.g. where the "
+        "family's tokenizer class would replace the one the directory holds",
+        metavar="DIR|ID",
+        commands=_MEASURING,
     ),
     Option(
         "--drop-multi-token",
@@ -142,7 +158,14 @@ OPTIONS: tuple[Option, ...] = (
         f"discovery cache go (made when first written to). A relative path is relative to the current "
         f"directory (default: {RESULTS_DIR})",
         default=RESULTS_DIR,
-        commands=("compare",),
+        commands=("compare", "baseline"),
+    ),
+    Option(
+        "--claim",
+        "run only these claims' tests (registered names, e.g. dcm,dcm_patching; repeat or comma-separate); "
+        "the others are deselected",
+        action="append",
+        metavar="NAME",
     ),
     Option("--require-models", "fail, instead of skip, when a model cannot be loaded", action="store_true"),
     Option(

@@ -217,12 +217,15 @@ class Workload:
     note: str = ""
 
 
-def default_circuit(model: str) -> str:
+def default_circuit(model: str, baselines_dir=None) -> str:
     """The circuit ``pytest suites/ --model=MODEL`` evaluates: the one found on the model's base (the paper
-    evaluates the Llama-7B circuit on all four models), else the model's own."""
-    from mechbench.models.registry import BASE_OF
+    evaluates the Llama-7B circuit on all four models), else the model's own: a registered one, or the one stored
+    for it in ``baselines_dir`` (:func:`mechbench.circuits.stored_circuit_name`, as pytest and compare find it)."""
+    from mechbench.circuits import stored_circuit_name
+    from mechbench.models.registry import BASE_OF, CIRCUITS
 
-    return BASE_OF.get(model, model)
+    owner = BASE_OF.get(model, model)
+    return owner if owner in CIRCUITS else stored_circuit_name(owner, baselines_dir) or owner
 
 
 #: Tokens a fast run recomputes in a 54-token prompt from a role's position to the end: the last token; the query
@@ -249,28 +252,29 @@ def _span(role: str, seq: int) -> float:
 
 
 #: Box labels in the paper's 7-box prompt: the earlier query-label occurrence is one of them, about 7 tokens apart
-#: from 5 tokens in (the first) to 7 before the end (the last).
+#: from 5 tokens in (the first) to 7 before the end (the last). A discovery at another --boxes K has K
+#: (its settings' ``num_boxes``).
 N_BOXES = 7
 
 
-def _sorted_span(role: str, seq: int, n: int, batch: int) -> float:
+def _sorted_span(role: str, seq: int, n: int, batch: int, boxes: int = N_BOXES) -> float:
     """:func:`_span` when the pairs go through in order of the role's position (path patching sorts them): a batch
     recomputes from its own earliest position, the quantile it starts at, with the queried box uniform over the
-    seven. Roles at a fixed distance from the end gain nothing."""
+    ``boxes`` (the paper's seven). Roles at a fixed distance from the end gain nothing."""
     if role != "prev_query_label":
         return _span(role, seq)
     first, last = 5, seq - 7
-    labels = [first + (last - first) * i / (N_BOXES - 1) for i in range(N_BOXES)]
+    labels = [first + (last - first) * i / max(boxes - 1, 1) for i in range(boxes)]
     starts = range(0, n, batch)
-    return sum((seq - labels[min(N_BOXES - 1, int(N_BOXES * s / n))]) / seq for s in starts) / len(starts)
+    return sum((seq - labels[min(boxes - 1, int(boxes * s / n))]) / seq for s in starts) / len(starts)
 
 
-def _stored_circuit(name: str):
+def _stored_circuit(name: str, baselines_dir=None):
     from mechbench.circuits import Circuit
     from mechbench.errors import MechbenchError
 
     try:
-        return Circuit.load(name)
+        return Circuit.load(name, baselines_dir)
     except MechbenchError:
         return None
 
@@ -302,7 +306,7 @@ def path_patching_fast(shape: Shape, config, circuit, seq: int, batch: int = 50)
                     config.n_pairs
                     * heads
                     * _above(above[0], layers)
-                    * _sorted_span(step.receiver_role, seq, config.n_pairs, batch)
+                    * _sorted_span(step.receiver_role, seq, config.n_pairs, batch, config.num_boxes)
                 )
     return total
 
@@ -399,12 +403,20 @@ class PlanInputs:
 
 
 def plan_inputs(
-    model: str, shape: Shape, circuit: str | None = None, seq: int = PAPER_SEQ_LEN, batch_size: int = 50
+    model: str,
+    shape: Shape,
+    circuit: str | None = None,
+    seq: int = PAPER_SEQ_LEN,
+    batch_size: int = 50,
+    baselines_dir=None,
 ) -> PlanInputs:
     from mechbench.models.registry import discovery_settings
 
-    circuit = circuit or default_circuit(model)
-    return PlanInputs(model, shape, circuit, _stored_circuit(circuit), discovery_settings(circuit), seq, batch_size)
+    circuit = circuit or default_circuit(model, baselines_dir)
+    stored = _stored_circuit(circuit, baselines_dir)
+    # the settings it was found with (its model's spec's, or stored with it); the paper's for an unknown circuit
+    settings = (stored.discovery_settings() if stored is not None else None) or discovery_settings(circuit)
+    return PlanInputs(model, shape, circuit, stored, settings, seq, batch_size)
 
 
 def planned_claims() -> dict:
@@ -416,7 +428,12 @@ def planned_claims() -> dict:
 
 
 def workloads(
-    model: str, shape: Shape, circuit: str | None = None, seq: int = PAPER_SEQ_LEN, batch_size: int = 50
+    model: str,
+    shape: Shape,
+    circuit: str | None = None,
+    seq: int = PAPER_SEQ_LEN,
+    batch_size: int = 50,
+    baselines_dir=None,
 ) -> list[Workload]:
     """The suites' work for ``model`` evaluated with ``circuit``: each claim's own workloads (its spec's
     ``@CLAIM.workloads``, at the paper's sample sizes), in the registry's order.
@@ -424,7 +441,7 @@ def workloads(
     ``forwards`` counts full forwards (a fast path's clean or ablated prefix is one), ``fast`` the prompt-equivalents
     of the runs served by a prefix, from where each intervention starts (layers and tokens, from the stored
     circuit's heads; half the layers where there is none)."""
-    inputs = plan_inputs(model, shape, circuit, seq, batch_size)
+    inputs = plan_inputs(model, shape, circuit, seq, batch_size, baselines_dir)
     return [w for claim in planned_claims().values() for w in claim.mode("workloads")(inputs)]
 
 
@@ -448,9 +465,10 @@ def plan(
     tflops: float = 50.0,
     shape: Shape | None = None,
     circuit: str | None = None,
+    baselines_dir=None,
 ) -> list[ClaimPlan]:
     """Peak device memory, host memory and GPU time of every claim ``pytest suites/ --model=MODEL
-    [--circuit=CIRCUIT]`` runs."""
+    [--circuit=CIRCUIT] [--baselines-dir=DIR]`` runs."""
     from mechbench.validate import positive_number
 
     positive_number("--tflops", tflops)
@@ -459,7 +477,7 @@ def plan(
     rate = tflops * 1e12 * (0.5 if b == 4 else 1.0)
     flops_per_prompt = 2 * (shape.n_params + shape.adapter_params) * seq
     out = []
-    for w in workloads(model, shape, circuit, seq, batch_size):
+    for w in workloads(model, shape, circuit, seq, batch_size, baselines_dir):
         device = (
             w.models * weights_bytes(shape, b)
             + forward_bytes(shape, batch_size, seq, b)

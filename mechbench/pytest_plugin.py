@@ -62,6 +62,23 @@ def _models(config) -> tuple[str, ...]:
     return names
 
 
+def _claims(config) -> tuple[str, ...] | None:
+    """--claim values: the registered claims whose tests run (None: every claim's)."""
+    from mechbench.claims import CLAIMS
+
+    raw = config.getoption("--claim")
+    if not raw:
+        return None
+    names = tuple(dict.fromkeys(n.strip() for item in raw for n in item.split(",") if n.strip()))
+    unknown = [n for n in names if n not in CLAIMS]
+    if unknown or not names:
+        raise pytest.UsageError(
+            f"--claim {','.join(raw)}: {'unknown claim(s) ' + ', '.join(unknown) if unknown else 'no claim named'}; "
+            f"known: {', '.join(CLAIMS)}"
+        )
+    return names
+
+
 def _known_model(option: str, name: str) -> None:
     """--base-model and --baseline-model name a registered model, a directory or a hub id: a typo would otherwise
     deselect or skip every claim of the run."""
@@ -179,7 +196,7 @@ class Tally:
 
 
 MARKERS = (
-    "claim: a claim of the paper checked against a stored baseline",
+    "claim(name): a claim of the paper checked against a stored baseline (--claim NAME runs one claim's tests)",
     "paper: needs the paper's 7B weights (skips with the reason when they cannot be loaded)",
     "gpu: needs a CUDA GPU (skips without one)",
 )
@@ -209,7 +226,7 @@ class MechbenchSession:
         if self._results is None:
             from mechbench.results import ResultsWriter
 
-            self._results = ResultsWriter(self.settings.results_dir)
+            self._results = ResultsWriter(self.settings.results_dir, boxes=self.settings.boxes)
         return self._results
 
     def pytest_runtest_logreport(self, report) -> None:
@@ -295,7 +312,7 @@ def _settings(config, notes: list) -> Settings:
             _models(config),
             notes,
         )
-        validate.baselines_dir(baselines_dir)
+        validate.baselines_dir(baselines_dir, create=config.getoption("--update-baselines"))
         if config.getoption("--update-baselines"):  # found now, not when the run ends with its work to store
             validate.writable_baselines(baselines_dir)
         for option in ("--base-model", "--baseline-model"):
@@ -303,7 +320,7 @@ def _settings(config, notes: list) -> Settings:
                 _known_model(option, config.getoption(option))
         check_results_dir(config.getoption("--results-dir"))  # not made: the first result written makes it
         for name in _models(config):
-            validate.model_directory(name)
+            validate.model_directory(name, config.getoption("--tokenizer"))
     except MechbenchError as e:
         raise pytest.UsageError(str(e)) from None
     circuits, circuit_files = _circuits(config)
@@ -330,6 +347,9 @@ def _settings(config, notes: list) -> Settings:
         drop_multi_token=config.getoption("--drop-multi-token"),
         staging=Staging() if config.getoption("--update-baselines") else None,
         batch_size=batch_size,  # each model loaded for the session runs it (claims.run.load_model)
+        boxes=config.getoption("--boxes"),
+        claims=_claims(config),
+        tokenizer=config.getoption("--tokenizer"),
     )
     if not s.baseline_model and not s.update_baselines:
         # comparison mode: a fine-tune with a known base and no baselines of its own (or --compare) is measured
@@ -477,7 +497,10 @@ def pytest_generate_tests(metafunc):
                 id=f"{n}-no-circuit",
                 marks=[
                     pytest.mark.skip(
-                        reason=f"no circuit known for {n!r}: pass --circuit NAME (e.g. llama7b) or --base-model"
+                        reason=f"no circuit known for {n!r} (none registered, none stored in "
+                        f"{settings.baselines_dir / 'circuits.json'} under a name it is known by): find and "
+                        f"store one with `mechbench baseline {settings.base_of(n) or n} --baselines-dir "
+                        f"{settings.baselines_dir}`, or pass --circuit NAME|FILE or --base-model"
                     ),
                     pytest.mark.xdist_group(name=n),
                 ],
@@ -527,7 +550,10 @@ def pytest_collection_modifyitems(config, items):
     keep, drop = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        (drop if params.get("model_name") in compared else keep).append(item)
+        marker = item.get_closest_marker("claim")  # a claim test's mark names its claim; a comparison's, its param
+        claim = (marker.args[0] if marker.args else params.get("claim")) if marker is not None else None
+        unasked = settings.claims is not None and claim is not None and claim not in settings.claims
+        (drop if unasked or params.get("model_name") in compared else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
     order = {name: i for i, name in enumerate(settings.models)}
@@ -540,8 +566,9 @@ def pytest_collection_modifyitems(config, items):
     items[:] = sorted(keep, key=model_of)  # stable: each model's items keep their order
     tally = ms.tally
     for item in drop:
-        name = item.callspec.params["model_name"]
-        tally.dropped[name] = tally.dropped.get(name, 0) + 1
+        name = item.callspec.params.get("model_name")
+        if name in compared:
+            tally.dropped[name] = tally.dropped.get(name, 0) + 1
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         name = params.get("model_name", params.get("compared_model"))
@@ -691,7 +718,7 @@ def _pytest_function(claim, test):
         ]
     )
     ids = dict(test.ids)
-    run_claim.pytestmark = [pytest.mark.claim] + [
+    run_claim.pytestmark = [pytest.mark.claim(claim.name)] + [
         pytest.mark.parametrize(k, list(values), ids=ids.get(k)) for k, values in test.params
     ]
     return run_claim
@@ -707,16 +734,24 @@ def comparison(compared_model, settings, request):
     ms = start(request.config)
     if compared_model not in ms.comparisons:
         base_name = settings.base_of(compared_model)
+        circuit, no_circuit = None, None
         try:
-            circuit_ref = (
-                settings.circuits[0] if settings.circuits else base_circuit_name(base_name, settings.baselines_dir)
-            )
-            circuit = Circuit.load((settings.circuit_files or {}).get(circuit_ref, circuit_ref), settings.baselines_dir)
+            circuit_ref = settings.circuits[0] if settings.circuits else None
+            if circuit_ref is not None:  # a circuit the user named must load
+                circuit = Circuit.load(
+                    (settings.circuit_files or {}).get(circuit_ref, circuit_ref), settings.baselines_dir
+                )
         except MechbenchError as e:
             pytest.fail(str(e), pytrace=False)
         fine_tune = _outcome_of(load_model, compared_model, settings)
         ms.tally.loaded.add(compared_model)
         base = _outcome_of(load_model, base_name, settings, keep=(compared_model,))
+        if circuit is None:  # the base's, by name or weights fingerprint; none: the claims that need one are not run
+            try:
+                name = base_circuit_name(base_name, settings.baselines_dir, base.fingerprint.get("weights_sha256"))
+                circuit = Circuit.load(name, settings.baselines_dir)
+            except MechbenchError as e:
+                no_circuit = str(e)
         try:
             ms.comparisons[compared_model] = Comparison(
                 fine_tune,
@@ -727,6 +762,8 @@ def comparison(compared_model, settings, request):
                 settings.baselines_dir,
                 settings.references,
                 discovery_cache=settings.results_dir / "discovery",
+                boxes=settings.boxes,
+                no_circuit=no_circuit,
             )
         except MechbenchError as e:
             pytest.fail(str(e), pytrace=False)

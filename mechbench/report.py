@@ -108,10 +108,12 @@ def _is_record(row) -> bool:
 
 
 def latest(rows: list[dict]) -> list[dict]:
-    """The last line per (claim, keys, field): later runs supersede earlier ones."""
+    """The last line per (claim, keys, field): later runs supersede earlier ones. A row without ``boxes`` (written
+    before rows carried it) is at the paper's 7 boxes, as a row with ``boxes: 7`` is."""
     out: dict[tuple, dict] = {}
     for row in rows:
-        keys = tuple(sorted((k, json.dumps(v)) for k, v in row.items() if k not in DETAIL_FIELDS))
+        keyed = {"boxes": 7, **row}
+        keys = tuple(sorted((k, json.dumps(v)) for k, v in keyed.items() if k not in DETAIL_FIELDS))
         out[(keys, row.get("field"))] = row
     return list(out.values())
 
@@ -124,6 +126,8 @@ def _frame(rows: list[dict]):
     )
     if "field" in frame and frame["field"].isna().all():
         frame = frame.drop(columns="field")
+    if "boxes" in frame and frame["boxes"].fillna(7).eq(7).all():  # all at the paper's 7 boxes: no column for it
+        frame = frame.drop(columns="boxes")
     return frame.dropna(axis=1, how="all")
 
 
@@ -293,7 +297,8 @@ def comparison_markdown(comparison, results_path: str | None = None) -> str:
         [
             f"# mechbench comparison: `{ft}` against its base `{base}`",
             "",
-            f"Circuit `{c.circuit.name}` (the base's). Lane **{lane.name}**: {lane.n_examples} prompts ({n_contexts} "
+            (f"Circuit `{c.circuit_name}` (the base's)." if c.circuit_name else f"No circuit: {c.no_circuit}.")
+            + f" Lane **{lane.name}**: {lane.n_examples} prompts ({n_contexts} "
             f"contexts) per claim ({lane.verdict_examples} for accuracy and CMAP), {lane.n_random} random circuits, {lane.completeness_draws} draws of K, DCM "
             f"{'/'.join(map(str, lane.dcm_split))} pairs, DCM heads patched {lane.patching_runs} x {lane.patching_pairs} pairs, "
             f"path patching {lane.discovery_pairs} pairs, minimality {lane.minimality_examples} examples. Intervals are 95% "
@@ -319,9 +324,10 @@ def comparison_markdown(comparison, results_path: str | None = None) -> str:
             if verdict
             else [
                 f"- the verdict needs the claims {', '.join(VERDICT_CLAIMS)}; this run computed "
-                f"{', '.join(c._claims) or 'none'}"
+                f"{', '.join(n for n in c._claims if n not in c.not_run()) or 'none'}"
             ]
         )
+        + [f"- **{name} could not run**: {why}" for name, why in c.not_run().items()]
         + ["", "| verdict | rule (first that applies) |", "|---|---|"]
     )
     lines += [
@@ -338,6 +344,9 @@ def comparison_markdown(comparison, results_path: str | None = None) -> str:
     ]
     refs = list(c.references)
     for name, result in c._claims.items():
+        if result.error is not None:
+            lines += ["", f"## {name}: could not run", "", result.error]
+            continue
         stat = result.rows[0].statistic if result.rows else "difference"
         lines += [
             "",

@@ -86,13 +86,17 @@ def check_results_dir(path: str | Path, name: str = "--results-dir") -> Path:
 
 class ResultsWriter:
     """Appends measurements to ``<results_dir>/results.jsonl``; the directory is made on the first write (a
-    session that writes nothing leaves none behind)."""
+    session that writes nothing leaves none behind). Every row carries the ``boxes`` per context of the prompts it
+    was measured on: the row's keys' (a measurement at other than the paper's 7 boxes has it among its keys,
+    mechbench.claims.check.with_boxes), else the writer's ``boxes`` (the run's --boxes)."""
 
-    def __init__(self, results_dir: str | Path):
+    def __init__(self, results_dir: str | Path, boxes: int = 7):
         self.path = Path(results_dir) / "results.jsonl"
+        self.boxes = boxes
         self._meta = run_metadata()
 
     def write(self, claim: str, keys: dict, value, **details) -> dict:
+        keys = {**keys, "boxes": keys.get("boxes", self.boxes)}
         record = {"claim": claim, **keys, "value": value, **details, "meta": self._meta}
         line = (json.dumps(record, default=str) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -158,11 +158,18 @@ class ChanceCheck:
     def passed(self) -> bool:
         return self.accuracy - self.chance > self.z * self.se
 
+    @property
+    def below(self) -> bool:
+        """The accuracy is below chance: the model picks the queried box's object less often than at random (a
+        systematic error, such as naming a neighbouring box's object, or a prompt format it was not trained on)."""
+        return self.accuracy < self.chance
+
     def message(self, model: str) -> str:
         verdict = "does the task" if self.passed else "does not do the task"
+        below = " (below chance)" if self.below else ""
         return (
-            f"{model} {verdict}: accuracy {self.accuracy:.3f} vs chance {self.chance:.3f} (1 in the number of "
-            f"boxes); needed more than {self.z:g} cluster-robust standard errors ({self.z:g} x {self.se:.3f})"
+            f"{model} {verdict}: accuracy {self.accuracy:.3f} vs chance {self.chance:.3f}{below} (1 in the number "
+            f"of boxes); needed more than {self.z:g} cluster-robust standard errors ({self.z:g} x {self.se:.3f})"
         )
 
 

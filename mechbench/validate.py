@@ -144,18 +144,35 @@ def writable_baselines(path: Path) -> None:
         )
 
 
-def baselines_dir(path: Path) -> Path:
+def baselines_dir(path: Path, create: bool = False) -> Path:
+    """The baselines directory a run reads; ``create`` (a run that stores baselines): made where it does not exist
+    yet, as ``mechbench discover --store`` and ``mechbench baseline`` make it."""
     path = Path(path)
+    if create and not path.exists():
+        try:
+            path.mkdir(parents=True)
+        except OSError as e:
+            raise MechbenchError(
+                f"--baselines-dir {path} does not exist and cannot be made ({e.strerror or e}): pass a "
+                f"directory you can write"
+            ) from None
     if not path.is_dir():
         raise MechbenchError(
             f"--baselines-dir {path} is not a directory: pass the directory that holds the baseline "
             f"JSON files (the checkout's baselines/ by default)"
+            + (
+                ""
+                if path.exists()
+                else "; to start one, store into it: add --update-baselines, or run `mechbench baseline MODEL "
+                f"--baselines-dir {path}` for a new base"
+            )
         )
     return path
 
 
-def model_directory(ref: str) -> None:
-    """A path the user typed that exists must be a model (or adapter) directory: broken is not absent."""
+def model_directory(ref: str, tokenizer: str | None = None) -> None:
+    """A path the user typed that exists must be a model (or adapter) directory: broken is not absent. With
+    ``tokenizer`` (--tokenizer) the directory needs no tokenizer of its own."""
     path = Path(ref)
     if not path.exists():
         return
@@ -170,10 +187,14 @@ def model_directory(ref: str) -> None:
             f"not a model saved with save_pretrained; point at the directory that holds them"
         )
     tokenizer_files = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
-    if (path / "config.json").is_file() and not any((path / f).is_file() for f in tokenizer_files):
+    if (
+        tokenizer is None
+        and (path / "config.json").is_file()
+        and not any((path / f).is_file() for f in tokenizer_files)
+    ):
         raise MechbenchError(
             f"--model {ref}: the directory has no tokenizer (none of {', '.join(tokenizer_files)}); "
-            f"save the tokenizer beside the weights (tokenizer.save_pretrained(dir))"
+            f"save the tokenizer beside the weights (tokenizer.save_pretrained(dir)) or name one with --tokenizer"
         )
     if os.access(path, os.R_OK) is False:
         raise MechbenchError(f"--model {ref}: the directory cannot be read")

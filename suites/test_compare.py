@@ -14,7 +14,7 @@ is written to the results directory when the session ends.
 
 import pytest
 
-from mechbench.compare import CLAIMS, SAME_MECHANISM, record, record_verdict
+from mechbench.compare import CLAIMS, SAME_MECHANISM, VERDICT_CLAIMS, record, record_verdict
 
 pytestmark = pytest.mark.claim
 
@@ -23,6 +23,8 @@ pytestmark = pytest.mark.claim
 def test_compared_with_base(compared_model, claim, comparison, results, request):
     result = comparison.claim(claim)
     record(results, comparison, result)
+    if result.error is not None:  # reported as not run (in the report too); the other claims ran
+        pytest.skip(f"{claim} could not run for {compared_model} against {comparison.base.name}: {result.error}")
     for row in result.rows:
         request.node.user_properties.append(
             (
@@ -43,6 +45,12 @@ def test_compared_with_base(compared_model, claim, comparison, results, request)
 
 
 def test_mechanism_verdict(compared_model, comparison, results, request):
+    for claim in VERDICT_CLAIMS:
+        comparison.claim(claim)
+    if not comparison.verdict_ready():
+        pytest.skip(
+            "no verdict: " + "; ".join(f"{name} could not run: {why}" for name, why in comparison.not_run().items())
+        )
     verdict = comparison.verdict()
     record_verdict(results, comparison, verdict)
     request.node.user_properties.append(

@@ -44,6 +44,9 @@ DEFAULTS = {
     "--drop-multi-token": False,
     "--batch-size": "auto",
     "--allow-skips": False,
+    "--boxes": 7,
+    "--tokenizer": None,
+    "--claim": None,
 }
 
 
@@ -621,7 +624,11 @@ def test_a_discovery_that_finds_no_head_is_an_error_not_an_empty_circuit(tmp_pat
     import mechbench.methods.discovery
     from mechbench.circuits import Circuit
 
+    import mechbench.newbase
+    from mechbench.stats import ChanceCheck
+
     monkeypatch.setattr(mechbench.api, "get_model", lambda *a, **k: _stand_in_model())
+    monkeypatch.setattr(mechbench.newbase, "require_task", lambda *a, **k: ChanceCheck(0.9, 1 / 7, 0.01))
     monkeypatch.setattr(
         mechbench.methods.discovery,
         "discover",
@@ -631,7 +638,7 @@ def test_a_discovery_that_finds_no_head_is_an_error_not_an_empty_circuit(tmp_pat
         main(["discover", "toy-llama", "--work-dir", str(tmp_path), "--store", "--baselines-dir", str(tmp_path)]) == 2
     )
     err = capsys.readouterr().err
-    assert "the discovery found no head in any group" in err and str(tmp_path) in err
+    assert "the discovery found no group with an effect" in err and str(tmp_path) in err
     assert not (tmp_path / "circuits.json").exists()  # nothing stored over the circuit's records
 
 
@@ -642,7 +649,10 @@ def _stand_in_model():
     """What :func:`discover` reads of a model before it runs anything: its fingerprint and shape (3 layers x 4
     heads). No tokenizer: a checkpoint that is refused must be refused before the noise pairs are built."""
     return types.SimpleNamespace(
-        fingerprint={"weights_sha256": "0" * 64}, shape=types.SimpleNamespace(n_layers=3, n_heads=4), tokenizer=None
+        name="stand-in",
+        fingerprint={"weights_sha256": "0" * 64},
+        shape=types.SimpleNamespace(n_layers=3, n_heads=4),
+        tokenizer=None,
     )
 
 

@@ -376,7 +376,8 @@ def _minimality_run(tmp_path, monkeypatch, drop, *, seed=0, limit=None, se=0.05,
     monkeypatch.setattr(spec, "discovery_of_claims", lambda *a, **k: (config, SimpleNamespace(circuit=circuit)))
     monkeypatch.setattr(spec, "build_dataset", lambda *a, **k: None)
     monkeypatch.setattr(spec, "group_minimality", lambda *a, **k: measured)
-    monkeypatch.setattr(Run, "circuit", lambda self, *a, **k: None)
+    monkeypatch.setattr(Run, "circuit", lambda self, *a, **k: circuit)
+    monkeypatch.setattr(Run, "discovery_settings", lambda self, *a, **k: config)
     monkeypatch.setattr(Run, "ablation_means", lambda self: None)
     calls, rows = [], []
     check = Run.check

@@ -418,7 +418,7 @@ def test_bases_and_circuits_are_found_or_asked_for():
     with pytest.raises(MechbenchError, match="--base"):
         base_name_of(zoo_dir("toy-float"))
     assert base_circuit_name("toy-llama") == "toy-llama"
-    with pytest.raises(MechbenchError, match="mechbench discover"):
+    with pytest.raises(MechbenchError, match="mechbench baseline toy-vicuna --baselines-dir"):
         base_circuit_name("toy-vicuna")
 
 

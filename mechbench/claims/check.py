@@ -19,6 +19,15 @@ from mechbench.claims.spec import Claim
 from mechbench.claims.tolerance import Judgement, Tolerance
 from mechbench.results import ResultsWriter, git_state
 
+#: The paper's boxes per context. A measurement at another number K of boxes (--boxes K) gains the key ``boxes: K``
+#: (:func:`with_boxes`): its baselines are records of their own, and every record at 7 boxes keeps the keys it has.
+PAPER_BOXES = 7
+
+
+def with_boxes(keys: dict, boxes: int = PAPER_BOXES) -> dict:
+    """``keys`` of a measurement on prompts of ``boxes`` boxes: with ``boxes`` besides where it is not the paper's 7."""
+    return dict(keys) if boxes == PAPER_BOXES else {**keys, "boxes": boxes}
+
 
 @dataclass
 class ClaimOutcome:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mechbench.claims.check import ClaimOutcome, check_claim
+from mechbench.claims.check import ClaimOutcome, check_claim, with_boxes
 from mechbench.claims.registry import CLAIMS
 from mechbench.claims.settings import Settings
 from mechbench.claims.spec import Claim
@@ -63,6 +63,7 @@ def load_model(name: str, settings: Settings, keep=()):
                 paper_compat_o_proj=settings.paper_compat_o_proj,
                 bos=settings.bos,
                 drop_multi_token=settings.drop_multi_token,
+                tokenizer=settings.tokenizer,
             ),
         )
         # the session's batch size (--batch-size, or the memory plan's choice for this device and dtype) is the
@@ -91,6 +92,39 @@ def _locations(name: str) -> list[str]:
     except MechbenchError:
         pass
     return refs
+
+
+def store_command(
+    claim: str,
+    model: str,
+    circuit: str | None,
+    baselines_dir,
+    boxes: int = 7,
+    tokenizer: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> str:
+    """The pytest command that measures ``claim`` on ``model`` and stores its baselines in ``baselines_dir``, as a
+    shell line (the suites' path relative to the current directory): the advice of every skip or error that
+    lacks a claim's stored numbers, executed as written by tests/test_new_base.py."""
+    import os
+    import shlex
+
+    suites = Path(__file__).resolve().parent.parent.parent / "suites"
+    try:
+        suites_arg = os.path.relpath(suites)
+    except ValueError:  # another drive (Windows)
+        suites_arg = str(suites)
+    parts = ["pytest", suites_arg, f"--claim={claim}", f"--model={model}"]
+    parts += [f"--circuit={circuit}"] if circuit else []
+    from mechbench.baselines import DEFAULT_DIR
+
+    parts += [f"--baselines-dir={os.path.relpath(baselines_dir or DEFAULT_DIR)}", "--update-baselines"]
+    parts += [f"--boxes={boxes}"] if boxes != 7 else []
+    parts += [f"--tokenizer={tokenizer}"] if tokenizer else []
+    parts += [f"--device={device}"] if device != "cpu" else []
+    parts += [f"--dtype={dtype}"] if dtype != "float32" else []
+    return " ".join(shlex.quote(str(p)) for p in parts)
 
 
 def settle(outcomes: list[ClaimOutcome], what: str = "numbers") -> None:
@@ -149,25 +183,31 @@ class Run:
     def derived_seed(self, offset: int = 0, draw: int | None = None) -> int:
         return self.settings.derived_seed(offset, draw)
 
+    def with_boxes(self, keys: dict) -> dict:
+        """``keys`` of a record measured at the run's --boxes: with ``boxes`` besides at other than the paper's 7
+        (:func:`mechbench.claims.check.with_boxes`); what a claim looks its own stored records up by."""
+        return with_boxes(keys, self.settings.boxes)
+
     def prompts(self, name: str = "prompts", tokenizer=None):
         """The claim's sample ``name`` of task prompts (its size under --limit, the run's seed) for the model's
         tokenizer (or ``tokenizer``): every claim measured on prompts draws them this one way, once per session."""
         from mechbench.data.dataset import build_dataset
 
-        tokenizer, n = tokenizer or self.model.tokenizer, self.size(name)
+        tokenizer, n, boxes = tokenizer or self.model.tokenizer, self.size(name), self.settings.boxes
         return self.once(
-            ("prompts", tokenizer_key(tokenizer), n, self.seed),
-            lambda: build_dataset(tokenizer, n_examples=n, seed=self.seed),
+            ("prompts", tokenizer_key(tokenizer), n, self.seed, boxes),
+            lambda: build_dataset(tokenizer, n_examples=n, num_boxes=boxes, seed=self.seed),
         )
 
     def prompt_length(self) -> int:
-        """Tokens per task prompt under the model's tokenizer (7 boxes: 54 with LLaMA's), what the memory plan
-        counts by."""
+        """Tokens per task prompt under the model's tokenizer at the run's boxes (7 boxes: 54 with LLaMA's), what
+        the memory plan counts by."""
         from mechbench.data.dataset import build_dataset
 
-        tokenizer = self.model.tokenizer
+        tokenizer, boxes = self.model.tokenizer, self.settings.boxes
         return self.once(
-            ("prompt length", tokenizer_key(tokenizer)), lambda: build_dataset(tokenizer, n_examples=7).seq_len
+            ("prompt length", tokenizer_key(tokenizer), boxes),
+            lambda: build_dataset(tokenizer, n_examples=boxes, num_boxes=boxes).seq_len,
         )
 
     def correct(self, model=None, tokenizer=None):
@@ -180,7 +220,7 @@ class Run:
         tokenizer = tokenizer or model.tokenizer
         dataset = self.prompts(tokenizer=tokenizer)
         return self.once(
-            ("correct", model.name, tokenizer_key(tokenizer), len(dataset), self.seed),
+            ("correct", model.name, tokenizer_key(tokenizer), len(dataset), self.seed, dataset.num_boxes),
             lambda: correct_on(model, dataset),
         )
 
@@ -226,16 +266,35 @@ class Run:
             raise ClaimFailed(str(e)) from None
         return circuit
 
+    def discovery_settings(self, circuit, why: str):
+        """The settings ``circuit`` was found with, where the run's model is the one it was found on (by name, or
+        by the weights fingerprint stored with it) and the settings are known (its model's spec's, or stored with
+        it by ``mechbench discover --store`` / ``mechbench baseline``); else a skip saying which is missing."""
+        if not circuit.found_on(self.model):
+            self.skip(
+                f"{why}: circuit {circuit.name!r} was found on another model than {self.model.name!r} (neither "
+                f"its name nor its stored weights fingerprint is this model's)"
+            )
+        settings = circuit.discovery_settings()
+        if settings is None:
+            self.skip(
+                f"{why} with the settings it was found with, and circuit {circuit.name!r} carries none (a "
+                f"hand-written circuit?): store it with `mechbench discover {self.model.name} --store --name "
+                f"{circuit.name}` or `mechbench baseline {self.model.name}`, which keep them"
+            )
+        return settings
+
     def stored(self, claim: str | None = None):
         """The baseline file of ``claim`` (default: this run's), or a failure naming what is wrong with it."""
         from mechbench import baselines
 
         name = claim or self.claim.name
         spec = CLAIMS.get(name, self.claim if name == self.claim.name else None)
+        # under --update-baselines, the run's staged records: a claim that reads another's stored numbers (DCM
+        # patching reads DCM's heads) sees what this run measured, so one run stores both
+        load = self.settings.staging.load if self.settings.staging is not None else baselines.load
         try:  # a registered claim whose file does not exist yet has no records (--update-baselines writes it)
-            return baselines.load(
-                name, self.settings.baselines_dir, None if spec is None else (spec.description, spec.unit)
-            )
+            return load(name, self.settings.baselines_dir, None if spec is None else (spec.description, spec.unit))
         except MechbenchError as e:
             raise ClaimFailed(str(e)) from None
 
@@ -245,10 +304,25 @@ class Run:
         from mechbench.data.counterfactuals import ablation_prompts
         from mechbench.methods.ablation import position_means
 
-        n, model = self.size("ablation_prompts"), self.model
+        n, model, boxes = self.size("ablation_prompts"), self.model, self.settings.boxes
         return self.once(
-            ("ablation means", model.name, n, self.seed),
-            lambda: position_means(model, ablation_prompts(model.tokenizer, n, seed=self.seed)),
+            ("ablation means", model.name, n, self.seed, boxes),
+            lambda: position_means(model, ablation_prompts(model.tokenizer, n, num_boxes=boxes, seed=self.seed)),
+        )
+
+    def store_command(self, claim: str, model: str | None = None) -> str:
+        """The command that stores ``claim``'s baselines for ``model`` (default: the run's) with this run's circuit,
+        baselines directory and task: what a skip for want of another claim's stored numbers advises."""
+        settings = self.settings
+        return store_command(
+            claim,
+            model or self.model.name,
+            (settings.circuit_files or {}).get(self.circuit_name, self.circuit_name),
+            settings.baselines_dir,
+            boxes=settings.boxes,
+            tokenizer=settings.tokenizer,
+            device=settings.device,
+            dtype=settings.dtype,
         )
 
     # --- judging ----------------------------------------------------------------------------------------------
@@ -278,17 +352,18 @@ class Run:
         ``baseline_keys`` (the key fields whose value differs in that model's record beyond its name: CMAP's
         checkpoint). ``expected`` (with ``derived_from``, ``expected_source`` and ``bound_at``): a stored number no
         record holds, derived from stored records (minimality's group drop), judged the same way
-        (:func:`mechbench.claims.check.check_claim`); no record is looked up for it."""
+        (:func:`mechbench.claims.check.check_claim`); no record is looked up for it. At other than the paper's 7
+        boxes (--boxes K) the keys gain ``boxes: K`` (:func:`mechbench.claims.check.with_boxes`): the record looked
+        up, stored and written to the results file is the one measured at K boxes."""
         from mechbench.stats import design_effect
 
         settings, model = self.settings, model or self.model
+        keys = with_boxes(keys, settings.boxes)
         if clusters is not None:
-            from mechbench.data.prompts import MAX_BOXES
-
             per_context = np.unique(np.asarray(clusters), return_counts=True)[1]
-            # a context is queried once per box, up to MAX_BOXES times: the contexts a larger sample would hold
+            # a context is queried once per box, up to --boxes times: the contexts a larger sample would hold
             # (a sample of one context may have cut it short)
-            tolerances.update(n_clusters=len(per_context), per_context=max(int(per_context.max()), MAX_BOXES))
+            tolerances.update(n_clusters=len(per_context), per_context=max(int(per_context.max()), settings.boxes))
         if correct is not None:
             tolerances["design_effect"] = design_effect(np.asarray(correct, dtype=float), np.asarray(clusters))
         seed, lookup = settings.seed, None
@@ -333,12 +408,12 @@ class Run:
 
     def record(self, check: str, keys: dict, value, passed: bool | None, message: str, claim: str | None = None):
         """A check with no stored number (circuit beats random, the fine-tune's gain carried, the chance guard):
-        written to the results file like every measurement."""
+        written to the results file like every measurement (its keys with ``boxes`` at other than 7 boxes)."""
         claim = claim or self.claim.name
         if self.results is not None:
             self.results.write(
                 f"check:{claim}",
-                {**keys, "check": check},
+                {**with_boxes(keys, self.settings.boxes), "check": check},
                 value,
                 passed=passed,
                 message=message,
@@ -369,7 +444,7 @@ class Run:
             )
             return task
 
-        task = self.once(("does the task", model.name, n, self.seed), check)
+        task = self.once(("does the task", model.name, n, self.seed, self.settings.boxes), check)
         if not task.passed:
             raise ClaimFailed(
                 task.message(model.name) + ": no circuit claim applies to it. If it should do the task, check what "

@@ -38,6 +38,9 @@ class Settings:
     drop_multi_token: bool = False
     staging: object = None  # mechbench.baselines.Staging of an --update-baselines run
     batch_size: int = 50
+    boxes: int = 7  # --boxes: boxes per context of every prompt built (chance 1/boxes)
+    tokenizer: str | None = None  # --tokenizer: the tokenizer loaded instead of the model's own
+    claims: tuple[str, ...] | None = None  # --claim: the claims whose tests run (None: all)
 
     def size(self, claim, name: str, default: int | None = None) -> int:
         """Sample size ``name`` of ``claim`` (a :class:`mechbench.claims.Claim`) under --limit: the claim's spec
@@ -58,8 +61,16 @@ class Settings:
 
     def circuits_for(self, model: str) -> tuple[str, ...]:
         """The circuits evaluated on ``model``: --circuit, else the one discovered on its base (the paper
-        evaluates the Llama-7B circuit on all four models)."""
+        evaluates the Llama-7B circuit on all four models), or on the model itself where it has no base: a
+        registered model's, else one stored in the baselines directory under a name the model is known by
+        (:func:`mechbench.circuits.stored_circuit_name`, as compare and plan find it)."""
         if self.circuits:
             return self.circuits
-        base = REGISTRY.get(self.base_of(model) or model)
-        return (base.circuit,) if base is not None and base.circuit else ()
+        owner = self.base_of(model) or model
+        base = REGISTRY.get(owner)
+        if base is not None and base.circuit:
+            return (base.circuit,)
+        from mechbench.circuits import stored_circuit_name
+
+        found = stored_circuit_name(owner, self.baselines_dir)
+        return (found,) if found else ()

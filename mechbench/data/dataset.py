@@ -63,8 +63,9 @@ def single_token_ids(
 ) -> dict[str, int]:
     """Map each word to its token id as it appears after ``lead`` ("the fig", "Box X").
 
-    A word that is not exactly one token in that context is an error naming every such word and the
-    tokenizer, unless ``drop_multi_token`` (then those words are left out).
+    A word that is not exactly one token in that context is an error naming every such word, the tokenizer (where
+    it was loaded from and its class) and how the first such word was split, unless ``drop_multi_token`` (then
+    those words are left out).
     """
     lead_ids = _encode(tokenizer, lead)
     ids, bad = {}, []
@@ -78,7 +79,8 @@ def single_token_ids(
     unknown = [w for w, i in ids.items() if unk is not None and i == unk]
     if unknown:  # an unknown word is not a token of its own: every such word would be "the same" answer
         raise TokenizationError(
-            f"{len(unknown)} {kind} map to the unknown token for tokenizer {tokenizer_name(tokenizer)!r}: "
+            f"{len(unknown)} {kind} map to the unknown token for tokenizer {tokenizer_name(tokenizer)!r} "
+            f"({tokenizer_class(tokenizer)}): "
             f"{', '.join(repr(w) for w in unknown[:20])}. Use a tokenizer that knows them, or pass {kind} it knows."
         )
     by_id: dict[int, list[str]] = {}
@@ -95,10 +97,34 @@ def single_token_ids(
         shown = ", ".join(repr(w) for w in bad[:20]) + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")
         raise TokenizationError(
             f"{len(bad)} {kind} are not a single token for tokenizer {tokenizer_name(tokenizer)!r} "
-            f"(after {lead!r}): {shown}. Pass a list of single-token {kind}, or leave them out with "
-            f"--drop-multi-token (pytest option and mechbench flag; drop_multi_token=True in Python)."
+            f"({tokenizer_class(tokenizer)}; after {lead!r}): {shown}; {split_shown(tokenizer, lead, bad[0])}. "
+            f"Pass a list of single-token {kind}, or leave them out with --drop-multi-token (pytest option and "
+            f"mechbench flag; drop_multi_token=True in Python), or load the tokenizer the model was trained with: "
+            f"--tokenizer DIR|ID (tokenizer=... in Python; transformers 5 may load a family's own tokenizer class, "
+            f"e.g. Qwen2Tokenizer, instead of the one a directory saved)."
         )
     return ids
+
+
+def tokenizer_class(tokenizer) -> str:
+    """The class of the tokenizer that was loaded, for messages (with :func:`tokenizer_name`, where it was loaded
+    from): ``class Qwen2Tokenizer``."""
+    return f"class {type(tokenizer).__name__}"
+
+
+def split_shown(tokenizer, lead: str, word: str) -> str:
+    """How ``tokenizer`` splits ``word`` after ``lead``, as token strings: ``' apple' -> [' app', 'le']`` (the whole
+    text's tokens where the word's do not start where the lead's end)."""
+    lead_ids, enc = _encode(tokenizer, lead), _encode(tokenizer, f"{lead} {word}")
+    if enc[: len(lead_ids)] == lead_ids:
+        shown, ids = f" {word}", enc[len(lead_ids) :]
+    else:
+        shown, ids = f"{lead} {word}", enc
+    try:
+        tokens = tokenizer.convert_ids_to_tokens(list(ids))
+    except Exception:  # noqa: BLE001 - a stand-in tokenizer without the method: show the ids
+        tokens = list(ids)
+    return f"{shown!r} -> {tokens!r}" if tokens else f"{shown!r} -> [] (no token at all)"
 
 
 @dataclass(frozen=True)

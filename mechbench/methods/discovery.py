@@ -29,7 +29,6 @@ from mechbench.methods.path_patching import Receivers, path_patching_scores, top
 
 # the settings are data the models layer holds (each spec names its circuit's); callers keep importing them here
 from mechbench.models.discovery_settings import PAPER_RECEIVER_K, PAPER_STEPS, TOY_STEPS, DiscoveryConfig, Step  # noqa: F401
-from mechbench.models.registry import CIRCUITS
 from mechbench.stats import cluster_se_last_axis
 
 
@@ -313,7 +312,7 @@ def discover(
             if log:
                 log(f"{group}: saved to {path}")
 
-    pairs = noise_pairs(model.tokenizer, config.n_pairs, seed=config.seed)
+    pairs = noise_pairs(model.tokenizer, config.n_pairs, num_boxes=config.num_boxes, seed=config.seed)
     return discover_circuit(
         model,
         pairs,
@@ -331,13 +330,28 @@ def discover(
 
 
 def discovery_of_claims(
-    model, name: str, seed: int, cache_dir: str | Path, fixed_receivers: Circuit, log=None, n_pairs: int | None = None
+    model,
+    name: str,
+    seed: int,
+    cache_dir: str | Path,
+    fixed_receivers: Circuit,
+    log=None,
+    n_pairs: int | None = None,
+    num_boxes: int = 7,
 ) -> tuple[DiscoveryConfig, Discovery]:
     """The one discovery the claims share (path patching's recall, minimality's candidates) for circuit ``name``
-    on its own model, with the settings in that model's spec, at ``--seed`` (0: the stored run's own noise pairs; s:
+    on its own model, with the settings it was found with (its model's spec's, or those stored with it), at ``--seed`` (0: the stored run's own noise pairs; s:
     its seed + s, as mechbench.claims.derived_seed offsets a sampler), each step sending to the stored circuit's
     receivers, saved under ``cache_dir`` and read back by whichever claim comes second. ``n_pairs``: noise pairs
-    per step (default the stored run's; ``--limit`` sets it)."""
-    stored = CIRCUITS[name].discovery
-    config = replace(stored, seed=stored.seed + seed, n_pairs=n_pairs or stored.n_pairs)
+    per step (default the stored run's; ``--limit`` sets it). ``num_boxes``: boxes per context of its noise pairs
+    (``--boxes``; a discovery at another number is saved apart, its settings being part of the checkpoint's key)."""
+    stored = fixed_receivers.discovery_settings()  # its model's spec's, or the settings stored with it
+    if stored is None:
+        from mechbench.errors import MechbenchError
+
+        raise MechbenchError(
+            f"circuit {name!r} carries no discovery settings (a hand-written circuit?): store it with "
+            f"`mechbench discover MODEL --store` or `mechbench baseline MODEL`, which keep them"
+        )
+    config = replace(stored, seed=stored.seed + seed, n_pairs=n_pairs or stored.n_pairs, num_boxes=num_boxes)
     return config, discover(model, name, config, log=log, cache_dir=cache_dir, fixed_receivers=fixed_receivers)

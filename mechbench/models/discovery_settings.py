@@ -50,8 +50,38 @@ class DiscoveryConfig:
     min_effect: float = 0.0
     n_pairs: int = 300
     seed: int = 20
+    num_boxes: int = 7  # boxes per context of the noise pairs (--boxes; the paper's 7)
     # minimality pruning of the candidates (mechbench.methods.minimality; docs/paper.md §4)
     minimality_threshold: float = 0.01
     minimality_examples: int = 100
     minimality_seed: int = 10
     minimality_boot: int = 40  # resamples behind a group's selection-aware error (each can cost new circuit runs)
+
+
+def config_to_json(config: DiscoveryConfig) -> dict:
+    """``config`` as plain JSON (stored with a circuit, so that a claim can re-run the discovery it came from)."""
+    from dataclasses import asdict
+
+    out = asdict(config)
+    out["receiver_k"], out["circuit_k"] = dict(config.receiver_k), dict(config.circuit_k)
+    return out
+
+
+def config_from_json(data: dict) -> DiscoveryConfig:
+    """The :class:`DiscoveryConfig` that :func:`config_to_json` wrote; a field it does not know is an error (settings
+    from another version would otherwise be half read)."""
+    from dataclasses import fields
+
+    if not isinstance(data, dict):
+        raise TypeError(f"expected an object, got {type(data).__name__}")
+    known = {f.name for f in fields(DiscoveryConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    values = dict(data)
+    if "steps" in values:
+        values["steps"] = tuple(Step(**step) for step in values["steps"])
+    for name in ("receiver_k", "circuit_k"):
+        if name in values:
+            values[name] = tuple((str(g), int(k)) for g, k in dict(values[name]).items())
+    return DiscoveryConfig(**values)

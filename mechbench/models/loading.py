@@ -318,21 +318,157 @@ def check_adapter_base(spec: ModelSpec) -> None:
     )
 
 
-def _check_tokenizer(tokenizer, model, name: str, ref: str, bos: str) -> None:
+def _check_tokenizer(tokenizer, model, name: str, ref: str, bos: str, chosen: bool = False) -> None:
     """The tokenizer fits the model: every id it can produce has an embedding row (a tokenizer of a larger
     vocabulary would index past the embedding in the first forward), and ``bos='always'`` has a BOS to add."""
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
+        fix = (
+            f"--tokenizer {ref} is another model's tokenizer: point --tokenizer at one of this model's vocabulary."
+            if chosen
+            else "It is another model's tokenizer, or tokens were added without model.resize_token_embeddings: "
+            "save the model's own tokenizer beside its weights."
+        )
         raise ModelLoadError(
             f"the tokenizer of {name!r} ({ref}) has {len(tokenizer)} tokens but the model's embedding has {rows} rows: "
-            f"ids past {rows - 1} have no embedding. It is another model's tokenizer, or tokens were added without "
-            f"model.resize_token_embeddings: save the model's own tokenizer beside its weights."
+            f"ids past {rows - 1} have no embedding. {fix}"
         )
     if bos == "always" and getattr(tokenizer, "bos_token_id", None) is None:
         raise ModelLoadError(
             f"--bos always, but the tokenizer of {name!r} has no BOS token: there is nothing to start prompts with. "
             f"Use --bos auto or never for this model."
         )
+
+
+#: Files that make a directory a saved tokenizer (any one of them).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+CHOSEN_TOKENIZER_FIX = (
+    "Point --tokenizer (load_model(tokenizer=...)) at a directory that holds a saved tokenizer (tokenizer.json and "
+    "tokenizer_config.json, as tokenizer.save_pretrained(DIR) writes them) or at a hub id (from the local cache "
+    "when offline), or leave it out to load the model's own."
+)
+#: Tokenizer classes that load ``tokenizer.json`` as it is, without a family's own pipeline (aliases in transformers 5).
+_GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast", "PythonBackend")
+
+
+def _chosen_tokenizer(ref: str) -> str:
+    """Where ``--tokenizer`` points: a directory that exists (looked at first), else a hub id. A path that is not
+    there, or a directory without a tokenizer, is an error naming the option."""
+    ref = str(ref).strip()
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not any((path / f).is_file() for f in TOKENIZER_FILES):
+            raise ModelLoadError(
+                f"--tokenizer {ref}: the directory holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}). "
+                f"{CHOSEN_TOKENIZER_FIX}"
+            )
+        return str(path)
+    if path.exists():
+        raise ModelLoadError(f"--tokenizer {ref}: a file, not a tokenizer directory. {CHOSEN_TOKENIZER_FIX}")
+    if path.is_absolute() or ref.startswith((".", "~")) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", ref):
+        raise ModelLoadError(f"--tokenizer {ref}: the directory does not exist. {CHOSEN_TOKENIZER_FIX}")
+    return ref
+
+
+def _saved_file(ref: str, name: str, kwargs: dict) -> str | None:
+    """The path of ``name`` in the tokenizer at ``ref`` (a directory, or a hub repository as the cache or hub has
+    it), or None where it has none."""
+    if Path(ref).is_dir():
+        return str(Path(ref, name)) if Path(ref, name).is_file() else None
+    try:
+        from transformers.utils import cached_file
+
+        return cached_file(ref, name, _raise_exceptions_for_missing_entries=False, **kwargs)
+    except Exception:  # noqa: BLE001 - no answer: the tokenizer is taken as transformers loaded it
+        return None
+
+
+def _probe_texts() -> list[str]:
+    """Texts that show whether two tokenizers split the task alike: the template, the objects, the labels."""
+    from mechbench.data.prompts import LETTERS, paper_objects
+
+    return [
+        "The book is in Box A, the car is in Box B. Box A contains the",
+        *(f"the {o}" for o in paper_objects()),
+        *(f"Box {x}" for x in LETTERS),
+    ]
+
+
+def _base_name(name: str | None) -> str | None:
+    if name is None:
+        return None
+    return "TokenizersBackend" if name in _GENERIC_TOKENIZERS else name.removesuffix("Fast")
+
+
+def load_tokenizer(ref: str, trust_remote_code: bool = False):
+    """The tokenizer saved at ``ref`` (a directory or a hub id), as it was saved.
+
+    ``AutoTokenizer`` in transformers 5 picks the class from the *model's* config, not only from the tokenizer's
+    own ``tokenizer_config.json``: for a ``model_type`` listed in ``MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS``
+    (``qwen2`` among them) it replaces the declared class with the family's registered one (``Qwen2Tokenizer``),
+    and such a class's ``__init__`` rebuilds the backend from the vocabulary alone (BPE, byte-level
+    pre-tokenizer, Qwen's split regex), discarding ``tokenizer.json``'s model, normalizer and pre-tokenizer. A
+    Qwen2 directory holding another tokenizer (a word-level one, a SentencePiece one) then splits every word into
+    characters. So where the class transformers loaded is not the one the directory declares and it tokenizes the
+    task's text differently from ``tokenizer.json`` itself, the declared class is loaded instead (or
+    ``TokenizersBackend``, which reads ``tokenizer.json`` as it is). Real Qwen and Llama tokenizers, which their
+    family's class reproduces, load exactly as before; custom tokenizer code (``auto_map``) is left alone."""
+    from transformers import AutoTokenizer
+
+    kwargs = _pretrained_kwargs(ref)
+    tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code, **kwargs)
+    saved_json, saved_config = (
+        _saved_file(ref, "tokenizer.json", kwargs),
+        _saved_file(ref, "tokenizer_config.json", kwargs),
+    )
+    if saved_json is None:
+        return tokenizer
+    declared = None
+    if saved_config is not None:
+        try:
+            tokenizer_config = json.loads(Path(saved_config).read_text())
+        except (OSError, json.JSONDecodeError):
+            tokenizer_config = {}
+        if tokenizer_config.get("auto_map"):
+            return tokenizer
+        declared = tokenizer_config.get("tokenizer_class")
+    if _base_name(type(tokenizer).__name__) == _base_name(declared or "TokenizersBackend"):
+        return tokenizer
+    return _as_saved(tokenizer, ref, saved_json, declared, kwargs)
+
+
+def _as_saved(tokenizer, ref: str, saved_json: str, declared: str | None, kwargs: dict):
+    """``tokenizer`` if it splits the probe texts as ``tokenizer.json`` does, else the tokenizer loaded through the
+    declared class or ``TokenizersBackend`` (the first of them that does)."""
+    from tokenizers import Tokenizer
+    from transformers import TokenizersBackend
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    texts = _probe_texts()
+    try:
+        want = [e.ids for e in Tokenizer.from_file(saved_json).encode_batch(texts, add_special_tokens=False)]
+    except Exception:  # noqa: BLE001 - a tokenizer.json the installed tokenizers cannot read: nothing to compare
+        return tokenizer
+
+    def same(candidate) -> bool:
+        return [list(ids) for ids in candidate(texts, add_special_tokens=False)["input_ids"]] == want
+
+    if same(tokenizer):
+        return tokenizer
+    candidates = []
+    if declared and _base_name(declared) != "TokenizersBackend":
+        declared_class = tokenizer_class_from_name(declared) or tokenizer_class_from_name(declared + "Fast")
+        if declared_class is not None:
+            candidates.append(declared_class)
+    candidates.append(TokenizersBackend)
+    for candidate_class in candidates:
+        try:
+            candidate = candidate_class.from_pretrained(ref, **kwargs)
+        except (OSError, ValueError, TypeError):
+            continue
+        if same(candidate):
+            return candidate
+    return tokenizer  # nothing splits it as saved: the dataset's single-token check names the class and the split
 
 
 def tokenizer_difference(tokenizer, base_tokenizer) -> str | None:
@@ -396,6 +532,7 @@ def load_model(
     paper_compat_o_proj: bool = False,
     bos: str = "auto",
     drop_multi_token: bool = False,
+    tokenizer: str | None = None,
 ) -> ModelHandle:
     """Load a registered name, a hub id, a local directory or ``base+adapter`` into a :class:`ModelHandle`.
 
@@ -408,9 +545,11 @@ def load_model(
     with a published number from such a run. Runs without interventions (accuracy) keep the adapter.
     ``bos``: whether prompts start with the tokenizer's BOS token (``auto``, ``always``, ``never``; see
     :func:`mechbench.data.dataset.starts_with_bos`). ``drop_multi_token``: datasets for this model leave out the
-    task words its tokenizer splits into several tokens, instead of refusing them.
+    task words its tokenizer splits into several tokens, instead of refusing them. ``tokenizer``: a directory or
+    hub id whose tokenizer is loaded instead of the model's own (``--tokenizer``; a directory that exists is read
+    as one, else it is a hub id); the fingerprint's ``tokenizer_sha256`` is then that tokenizer's.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     if attn_implementation not in MASK_HONOURING:
         raise ModelLoadError(
@@ -425,6 +564,8 @@ def load_model(
     if isinstance(dtype, str) and dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     weights = spec.weights
+    chosen = bool(tokenizer)  # --tokenizer: checked before the weights load, so a typo costs no load
+    chosen_ref = _chosen_tokenizer(tokenizer) if chosen else None
     for ref in (weights, spec.adapter):
         if ref and (Path(ref).is_absolute() or ref.startswith(".")) and not Path(ref).is_dir():
             raise ModelLoadError(
@@ -501,20 +642,30 @@ def load_model(
     model.eval()
     if paper_compat_o_proj:
         setattr(model, PAPER_O_PROJ, True)
-    tokenizer_ref = spec.adapter if spec.adapter and Path(spec.adapter, "tokenizer_config.json").is_file() else weights
+    if chosen:
+        tokenizer_ref = chosen_ref
+    else:
+        has_own = spec.adapter and Path(spec.adapter, "tokenizer_config.json").is_file()
+        tokenizer_ref = spec.adapter if has_own else weights
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            tokenizer_ref, trust_remote_code=trust_remote_code, **_pretrained_kwargs(tokenizer_ref)
-        )
-    except (OSError, ValueError) as e:
+        tokenizer = load_tokenizer(tokenizer_ref, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as e:
+        if chosen:
+            raise ModelLoadError(
+                f"--tokenizer {tokenizer_ref}: cannot load a tokenizer from it ({str(e).splitlines()[0][:200]}). "
+                f"{CHOSEN_TOKENIZER_FIX}"
+            ) from None
         raise ModelLoadError(
             f"cannot load the tokenizer of {spec.name!r} from {tokenizer_ref!r}: "
             f"{str(e).splitlines()[0][:200]}. {_how_to_provide(spec, tokenizer_ref)}"
         ) from None
-    _check_tokenizer(tokenizer, model, spec.name, tokenizer_ref, bos)
+    _check_tokenizer(tokenizer, model, spec.name, tokenizer_ref, bos, chosen=chosen)
     if tokenizer.pad_token_id is None:  # the paper sets pad = eos; prompts of a dataset never need padding
         tokenizer.pad_token = tokenizer.eos_token
     setattr(tokenizer, BOS_ATTRIBUTE, bos)
     setattr(tokenizer, DROP_ATTRIBUTE, drop_multi_token)  # read by mechbench.data.dataset.Vocabulary
+    # the hash of the tokenizer the handle holds: the chosen one (--tokenizer) where one was chosen, recorded too
     prints = fingerprint(spec.name, spec, model, torch_dtype) | {"tokenizer_sha256": tokenizer_hash(tokenizer)}
+    if chosen:
+        prints["tokenizer"] = tokenizer_ref
     return ModelHandle(spec.name, spec, model, tokenizer, geometry(config), prints, peft_model)

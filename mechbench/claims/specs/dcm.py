@@ -42,12 +42,13 @@ CLAIM = Claim(
 @CLAIM.test(per="circuit", params={"desideratum": MAIN_DESIDERATA})
 def dcm(run):
     model, circuit_name, desideratum = run.model, run.circuit_name, run.params["desideratum"]
-    if model.name != circuit_name:
-        run.skip(
-            f"DCM runs on the circuit's own model (the paper: Llama circuit on Llama, Goat on Goat); "
-            f"{circuit_name!r} is not {model.name!r}"
-        )
     circuit, stored = run.circuit(), run.stored()
+    if not circuit.found_on(model):
+        run.skip(
+            f"DCM runs on the circuit's own model (the paper: Llama circuit on Llama, Goat on Goat); circuit "
+            f"{circuit_name!r} was found on another model than {model.name!r} (neither its name nor its stored "
+            f"weights fingerprint is this model's)"
+        )
     split = [run.size(name) for name in ("train_pairs", "validation_pairs", "test_pairs")]
     n_test = split[2]
     # published records are compared on the paper's pairing, measured ones on mechbench's: the groups of each
@@ -61,12 +62,17 @@ def dcm(run):
             "role": group.role,
             "desideratum": desideratum,
         }
-        record = stored.find(**keys)
+        record = stored.find(**run.with_boxes(keys))
         by_compat.setdefault(record is not None and not record.measured, []).append((keys, group))
     outcomes = []
     for paper_compat, chosen in by_compat.items():
         pairs = desiderata_pairs(
-            model.tokenizer, desideratum, n_pairs=sum(split), seed=run.seed, paper_compat=paper_compat
+            model.tokenizer,
+            desideratum,
+            n_pairs=sum(split),
+            num_boxes=run.settings.boxes,
+            seed=run.seed,
+            paper_compat=paper_compat,
         )
         train, val, test = pairs.split(split)
         results = train_dcm_groups(model, [g for _, g in chosen], train, val, test, seed=run.seed)
@@ -90,16 +96,25 @@ def dcm(run):
     run.settle(outcomes, "groups")
 
 
+def on_own_model(record, circuit) -> bool:
+    """A DCM record of ``circuit`` measured on the model it was found on: named as the circuit (the registered
+    circuits), or carrying the weights fingerprint the circuit was stored with (a directory's circuit)."""
+    return record.keys.get("circuit") == circuit.name and (
+        record.keys.get("model") == circuit.name
+        or (circuit.fingerprint is not None and record.get("fingerprint") == circuit.fingerprint)
+    )
+
+
 def stored_runs(c) -> dict:
     """The comparison's base circuit's stored DCM runs (on its own model): (group, desideratum) -> the record's
     value (heads, test accuracy); the DCM-patching claim patches their heads."""
     return {
         (r.keys["group"], r.keys["desideratum"]): r.value
         for r in c.stored_records("dcm")
-        if r.keys.get("circuit") == c.circuit.name
-        and r.keys.get("model") == c.circuit.name
+        if on_own_model(r, c.circuit)
         and isinstance(r.value, dict)
         and r.keys.get("desideratum") in MAIN_DESIDERATA
+        and r.keys.get("boxes", 7) == c.boxes
     }
 
 
@@ -129,7 +144,9 @@ def compare(c):
         groups = [g for g in c.circuit.groups if c.lane.dcm_all_desiderata or main[g] == desideratum]
         if not groups:
             continue
-        pairs = desiderata_pairs(c.base.tokenizer, desideratum, n_pairs=train_n + val_n + test_n, seed=c.seed)
+        pairs = desiderata_pairs(
+            c.base.tokenizer, desideratum, n_pairs=train_n + val_n + test_n, num_boxes=c.boxes, seed=c.seed
+        )
         train, val, test = pairs.split([train_n, val_n, test_n])
         # every group of a desideratum trains in one pass (each its own mask; they share the clean runs)
         trained = {

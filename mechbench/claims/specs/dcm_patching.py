@@ -10,9 +10,11 @@ Published records use the paper's pairing (``paper_compat``), measured ones mech
 """
 
 import statistics
+from pathlib import Path
 
 from mechbench.circuits import HeadGroup
 from mechbench.claims.spec import Claim, derived_seed
+from mechbench.claims.specs.dcm import on_own_model
 from mechbench.claims.tolerance import mean_of_draws, spread_of_fresh_draws
 from mechbench.data.counterfactuals import MAIN_DESIDERATA, desiderata_pairs
 from mechbench.data.dataset import tokenizer_key
@@ -41,10 +43,19 @@ CLAIM = Claim(
 )
 
 
+def _own_model(run, circuit) -> str:
+    """The model DCM runs on for ``circuit``: the run's model where the circuit was found on it, else the circuit's
+    name (a registered circuit is named by its model)."""
+    return run.model.name if circuit.found_on(run.model) else circuit.name
+
+
 def _pairs(run, tokenizer, desideratum, n, seed, paper_compat):
+    boxes = run.settings.boxes
     return run.once(
-        ("desiderata pairs", tokenizer_key(tokenizer), desideratum, n, seed, paper_compat),
-        lambda: desiderata_pairs(tokenizer, desideratum, n_pairs=n, seed=seed, paper_compat=paper_compat),
+        ("desiderata pairs", tokenizer_key(tokenizer), desideratum, n, seed, paper_compat, boxes),
+        lambda: desiderata_pairs(
+            tokenizer, desideratum, n_pairs=n, num_boxes=boxes, seed=seed, paper_compat=paper_compat
+        ),
     )
 
 
@@ -57,8 +68,15 @@ def dcm_heads_patched(run):
     layers = list(range(model.shape.n_layers))
     patched = []  # (keys, heads, role, paper_compat) of every group DCM found heads for
     for group in circuit.groups.values():
-        found = dcm.find(
-            circuit=circuit_name, model=circuit_name, group=group.name, role=group.role, desideratum=desideratum
+        wanted = run.with_boxes({"group": group.name, "role": group.role, "desideratum": desideratum})
+        found = next(
+            (
+                r
+                for r in dcm.records
+                if on_own_model(r, circuit)
+                and {k: v for k, v in r.keys.items() if k not in ("circuit", "model")} == wanted
+            ),
+            None,
         )
         if found is None:
             continue
@@ -69,7 +87,7 @@ def dcm_heads_patched(run):
             "role": group.role,
             "desideratum": desideratum,
         }
-        record = stored.find(**keys)
+        record = stored.find(**run.with_boxes(keys))
         patched.append(
             (
                 keys,
@@ -105,8 +123,9 @@ def dcm_heads_patched(run):
         )
     if not outcomes:
         run.skip(
-            f"no DCM run of circuit {circuit_name!r} for {desideratum!r} in baselines/dcm.json: "
-            f"run suites/test_dcm.py --model={circuit_name} --update-baselines first"
+            f"no DCM run of circuit {circuit_name!r} on its own model for {desideratum!r} in "
+            f"{run.settings.baselines_dir / 'dcm.json'}: store one first, in the same run or before it: "
+            f"{run.store_command('dcm', model=_own_model(run, circuit))}"
         )
     run.settle(outcomes, "groups")
 
@@ -125,9 +144,13 @@ def compare(c):
 
     records = stored_runs(c)
     if not records:
+        from mechbench.baselines import DEFAULT_DIR
+        from mechbench.claims.run import store_command
+
+        where = Path(c.baselines_dir or DEFAULT_DIR) / "dcm.json"
         raise MechbenchError(
-            f"no DCM run of circuit {c.circuit.name!r} in baselines/dcm.json to take heads from: run "
-            f"suites/test_dcm.py --model={c.circuit.name} --update-baselines first"
+            f"no DCM run of circuit {c.circuit.name!r} on its own model in {where} to take heads from: store "
+            f"them with {store_command('dcm', c.base.name, c.circuit.name, c.baselines_dir, boxes=c.boxes)}"
         )
     rows, weaker, per_row = [], [], {}
     layers = list(range(c.base.shape.n_layers))
@@ -151,6 +174,7 @@ def compare(c):
                         c.base.tokenizer,
                         desideratum,
                         n_pairs=c.lane.patching_pairs,
+                        num_boxes=c.boxes,
                         seed=derived_seed(c.seed, draw=draw),
                     ),
                 )

@@ -26,7 +26,6 @@ from mechbench.data.dataset import build_dataset
 from mechbench.methods.discovery import discovery_of_claims
 from mechbench.methods.minimality import group_minimality
 from mechbench.models.discovery_settings import DiscoveryConfig
-from mechbench.models.registry import CIRCUITS
 
 CLAIM = Claim(
     order=8,
@@ -74,22 +73,27 @@ def _stored_candidates(found: Circuit, records: dict) -> Circuit:
 @CLAIM.test(per="circuit")
 def minimality(run):
     model, circuit_name, settings = run.model, run.circuit_name, run.settings
-    if circuit_name not in CIRCUITS or model.name != circuit_name:
-        run.skip(f"minimality re-runs the discovery of {circuit_name!r} on its own model ({', '.join(CIRCUITS)})")
+    run.discovery_settings(run.circuit(), "minimality re-runs the circuit's discovery on its own model")
     stored = run.stored()
     # the candidates are the stored run's (seed 0's discovery, shared with the path-patching claim at --seed 0 and
     # read back from the results directory): the stored numbers are per candidate head, so a fresh discovery under
     # --seed S would judge other heads (measured: 10/10 seeds failed for heads with no record). --seed S draws
     # fresh minimality prompts; the discovery's own sampling is the path-patching claim's to check
-    config, found = discovery_of_claims(model, circuit_name, 0, settings.results_dir / "discovery", run.circuit())
+    config, found = discovery_of_claims(
+        model, circuit_name, 0, settings.results_dir / "discovery", run.circuit(), num_boxes=settings.boxes
+    )
     candidates = found.circuit
     n = run.size("prompts", default=config.minimality_examples)
-    dataset = build_dataset(model.tokenizer, n_examples=n, seed=run.derived_seed(offset=config.minimality_seed))
+    dataset = build_dataset(
+        model.tokenizer, n_examples=n, num_boxes=settings.boxes, seed=run.derived_seed(offset=config.minimality_seed)
+    )
     means = run.ablation_means()
     records = {
         (r.keys["group"], r.keys["layer"], r.keys["head"]): r
         for r in stored.records
-        if r.keys.get("circuit") == circuit_name and r.keys.get("kind") == "head"
+        if r.keys.get("circuit") == circuit_name
+        and r.keys.get("kind") == "head"
+        and r.keys.get("boxes", 7) == settings.boxes  # the records measured at --boxes
     }
     dtype = model.fingerprint.get("dtype")
     if (
@@ -138,7 +142,7 @@ def minimality(run):
             elif run.results is not None:  # recorded for the report, judged per group below
                 run.results.write(
                     "minimality",
-                    keys,
+                    run.with_boxes(keys),
                     value,
                     n=n,
                     seed=run.seed,

@@ -2,7 +2,7 @@
 logits, position transmitters through the fetchers' queries, position detectors and structure readers
 through values; the published circuits are pruned from these candidates).
 
-Re-runs the circuit's discovery (its model's spec: ``registry.CIRCUITS[name].discovery``) on that model and checks,
+Re-runs the circuit's discovery (its model's spec's settings, or those stored with it) on that model and checks,
 per group, the fraction of the stored heads that the re-run selects, or scores within sampling error of its cut
 (recall within a margin, see ``Z``), against the baseline. ``--seed S`` re-runs it on fresh noise pairs. A circuit
 found on another model (the Llama circuit under --model=goat7b) is not re-discovered there: the paper found
@@ -16,7 +16,6 @@ from mechbench.claims.spec import Claim
 from mechbench.claims.tolerance import fixed
 from mechbench.methods.discovery import discovery_of_claims
 from mechbench.models.discovery_settings import DiscoveryConfig
-from mechbench.models.registry import CIRCUITS
 
 #: A stored head counts as recovered unless the re-run scores it worse than the cut by more than Z of its
 #: cluster-robust standard errors: heads within sampling error of the cut are near ties, and fresh pairs reorder
@@ -54,16 +53,18 @@ CLAIM = Claim(
 @CLAIM.test(per="circuit")
 def path_patching_recovers_the_circuit(run):
     model, circuit_name = run.model, run.circuit_name
-    if circuit_name not in CIRCUITS or model.name != circuit_name:
-        run.skip(
-            f"circuit {circuit_name!r} was not found on {model.name!r} by a known discovery run; "
-            f"path patching re-discovers a circuit on its own model ({', '.join(CIRCUITS)})"
-        )
     stored = run.circuit()
+    settings = run.discovery_settings(stored, "path patching re-discovers a circuit on its own model")
     # each step sends to the stored circuit's receivers: a near tie at one cut must not reroute the next step
-    n_pairs = run.size("pairs", default=CIRCUITS[circuit_name].discovery.n_pairs)
+    n_pairs = run.size("pairs", default=settings.n_pairs)
     config, found = discovery_of_claims(
-        model, circuit_name, run.seed, run.settings.results_dir / "discovery", stored, n_pairs=n_pairs
+        model,
+        circuit_name,
+        run.seed,
+        run.settings.results_dir / "discovery",
+        stored,
+        n_pairs=n_pairs,
+        num_boxes=run.settings.boxes,
     )
     circuit_k = {**dict(config.receiver_k), **dict(config.circuit_k)}
     outcomes = []
