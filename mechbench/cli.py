@@ -505,7 +505,7 @@ def _discover(args) -> None:
 
         validate.writable_dir("--baselines-dir", Path(args.baselines_dir or baselines.DEFAULT_DIR))
         check_storable(name, args.baselines_dir)
-    from mechbench.newbase import require_task, without_null_groups
+    from mechbench.newbase import circuit_lines, require_task, without_null_groups
 
     handle = handle or get_model(args.model, device=args.device, dtype=args.dtype, **_load_options(args))
     task = require_task(handle, args.boxes)  # the chance guard first: a circuit found on a model at chance is noise
@@ -519,18 +519,17 @@ def _discover(args) -> None:
     )
     saved = checkpoint_path(handle, name, config, args.work_dir)[1]
     circuit, dropped, weak = without_null_groups(found, config.min_effect)
-    for group, reason in dropped.items():
-        print(f"dropped group {group}: {reason}", file=sys.stderr)
-    for group, reason in weak.items():
-        print(f"warning: group {group}: {reason}", file=sys.stderr)
+    lines = circuit_lines(found, circuit, dropped, weak)
+    for line in lines[: len(dropped) + len(weak)]:
+        print(line, file=sys.stderr)
     if not circuit.groups:
         raise MechbenchError(
             f"the discovery found no group with an effect (no head's score below -{config.min_effect:g} and 3 "
             f"standard errors; its scores are in {saved}): {args.model} does the task, but not through heads "
             f"these settings find; try other --config/--steps/--receivers, or lower --min-effect"
         )
-    for group, g in circuit.groups.items():
-        print(f"{group} ({g.role}): " + ", ".join(f"L{l}H{h} {found.scores[group][l, h]:+.3f}" for l, h in g.heads))
+    for line in lines[len(dropped) + len(weak) :]:  # the circuit itself, on stdout
+        print(line)
     # what it was found on and with: a claim finds it by the fingerprint and re-runs the discovery as it was run
     stored = replace(circuit, fingerprint=handle.fingerprint.get("weights_sha256"), discovery=config_to_json(config))
     if args.scores:

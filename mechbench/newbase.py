@@ -78,12 +78,9 @@ def settings_for(shape):
 def require_task(handle, boxes: int = 7, n_examples: int = 500, seed: int = 0):
     """The chance guard on ``n_examples`` prompts of ``boxes`` boxes: the :class:`mechbench.stats.ChanceCheck`, or
     an error that names the accuracy, chance and what to try."""
-    from mechbench.data.dataset import build_dataset
-    from mechbench.evaluate import correct_on
-    from mechbench.stats import chance_check
+    from mechbench.api import accuracy_check
 
-    dataset = build_dataset(handle.tokenizer, n_examples=n_examples, num_boxes=boxes, seed=seed)
-    task = chance_check(correct_on(handle, dataset).numpy(), dataset.clusters().numpy(), boxes)
+    task = accuracy_check(handle, n_examples, seed, num_boxes=boxes)
     if not task.passed:
         fewer = f"fewer boxes (--boxes {max(2, boxes // 2)}), " if boxes > 2 else ""
         raise MechbenchError(
@@ -122,6 +119,19 @@ def without_null_groups(found, min_effect: float = 0.0) -> tuple[object, dict[st
         else:
             weak[name] = f"weak evidence: {what}; kept: {-float(scores[best]) / strongest:.0%} of the strongest score)"
     return replace(circuit, groups={n: g for n, g in circuit.groups.items() if n not in dropped}), dropped, weak
+
+
+def circuit_lines(found, circuit, dropped: dict, weak: dict) -> list[str]:
+    """What a discovery found, as ``discover`` and ``baseline`` print it: the dropped groups and why, the warnings,
+    then each kept group's heads with their scores."""
+    return (
+        [f"dropped group {group}: {reason}" for group, reason in dropped.items()]
+        + [f"warning: group {group}: {reason}" for group, reason in weak.items()]
+        + [
+            f"{group} ({g.role}): " + ", ".join(f"L{l}H{h} {found.scores[group][l, h]:+.3f}" for l, h in g.heads)
+            for group, g in circuit.groups.items()
+        ]
+    )
 
 
 def claim_order(claims=None) -> list[str]:
@@ -265,10 +275,8 @@ def baseline(
     log(f"2. discovery settings: {why}")
     found = discover(handle, name, config, log=lambda m: log("   " + m), cache_dir=work / "discovery")
     circuit, dropped, weak = without_null_groups(found, config.min_effect)
-    for group, reason in dropped.items():
-        log(f"3. dropped group {group}: {reason}")
-    for group, reason in weak.items():
-        log(f"3. warning: group {group}: {reason}")
+    for line in circuit_lines(found, circuit, dropped, weak):
+        log(f"3. {line}")
     if not circuit.groups:
         saved = checkpoint_path(handle, name, config, work / "discovery")[1]
         raise MechbenchError(
@@ -276,8 +284,6 @@ def baseline(
             f"task ({task.accuracy:.3f} vs chance {task.chance:.3f}) but not through heads path patching finds "
             f"with these settings; try --config with other settings"
         )
-    for group, g in circuit.groups.items():
-        log(f"3. {group} ({g.role}): " + ", ".join(f"L{l}H{h} {found.scores[group][l, h]:+.3f}" for l, h in g.heads))
     how = f"mechbench baseline {model} ({why.split(':')[0]})"
     diff = store_circuit(
         circuit, how, baselines_dir, handle.fingerprint.get("weights_sha256"), discovery=config_to_json(config)

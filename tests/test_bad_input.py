@@ -622,9 +622,8 @@ def test_the_checks_let_good_inputs_through(tmp_path, no_work, capsys):
 def test_a_discovery_that_finds_no_head_is_an_error_not_an_empty_circuit(tmp_path, monkeypatch, capsys):
     import mechbench.api
     import mechbench.methods.discovery
-    from mechbench.circuits import Circuit
-
     import mechbench.newbase
+    from mechbench.circuits import Circuit
     from mechbench.stats import ChanceCheck
 
     monkeypatch.setattr(mechbench.api, "get_model", lambda *a, **k: _stand_in_model())
