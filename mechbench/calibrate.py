@@ -25,6 +25,7 @@ from pathlib import Path
 PLANTS = {
     "readers": ("struct_reader", "the circuit's leading structure readers silenced"),
     "fetchers": ("value_fetcher", "the circuit's leading value fetchers' W_O zeroed"),
+    "transmitters": ("pos_transmitter", "the circuit's leading position transmitters' W_O zeroed"),
 }
 #: Heads silenced per plant, at most.
 PLANTED_HEADS = 4
@@ -70,17 +71,33 @@ def plant(model_name: str, which: str, out: Path, circuit: str | None = None, ba
 
     heads = planted_heads(model_name, which, circuit, baselines_dir)
     handle = get_model(model_name)
-    model = copy.deepcopy(handle.model)
+    # an adapter model's LoRA deltas merged first: zeroing the base weight alone would leave o_proj's B @ A columns
+    # (and the saved copy would not load as a plain model of its architecture)
+    model = _merged(copy.deepcopy(handle.model))
     d = handle.shape.head_dim
     with torch.no_grad():
         for layer, head in heads:
             sites(model).module(model, layer, "head_out").weight[:, head * d : (head + 1) * d] = 0
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
     path = out / f"{model_name.strip('/').replace('/', '_')}-{which}"
     model.save_pretrained(path, safe_serialization=True)
     handle.tokenizer.save_pretrained(path)
     return path
+
+
+def _merged(model):
+    """``model`` with every LoRA layer peft injected merged into its base layer and replaced by it."""
+    if hasattr(model, "merge_and_unload"):  # a PeftModel
+        return model.merge_and_unload()
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # no peft: no adapter layers either
+        return model
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    return model
 
 
 def describe_plant(model_name: str, which: str, circuit: str | None = None, baselines_dir=None) -> str:

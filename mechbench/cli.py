@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mechbench.calibrate import PLANTS
 from mechbench.errors import MechbenchError
 from mechbench.options import RESULTS_DIR, add_command_options
 
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--seeds", type=int, default=10, help="seeds 1..N (the baselines were measured at seed 0)")
     cal.add_argument(
         "--plant",
-        choices=("readers", "fetchers"),
+        choices=tuple(PLANTS),
         default=None,
         help="audit a planted change of mechanism instead (a copy of MODEL with circuit heads silenced, "
         "checked against MODEL's baselines): it should fail",
@@ -294,6 +295,12 @@ def _calibrate(args) -> None:
         circuit = default_circuit(args.model, args.baselines_dir)
         model = str(plant(args.model, args.plant, out, circuit, getattr(args, "baselines_dir", None)))
         extra += [f"--baseline-model={args.model}", f"--circuit={circuit}"]
+        from mechbench.models.registry import base_name_of
+
+        try:  # the copy's base is the model's: CMAP patches the planted fine-tune into it
+            extra += [f"--base-model={base_name_of(args.model)}"]
+        except MechbenchError:
+            pass  # a model with no base: the claims that need one skip, as on the model itself
         print(
             f"planted: {describe_plant(args.model, args.plant, circuit, getattr(args, 'baselines_dir', None))} -> {model}"
         )

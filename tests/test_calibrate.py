@@ -70,3 +70,37 @@ def test_a_run_that_judges_no_claim_is_an_error_not_an_empty_table(tmp_path):
         run_seeds("toy-llama", [1], tmp_path, ["-k", "no_such_claim"], log=lambda m: None)
     with pytest.raises(MechbenchError, match="no claim suites at"):
         run_seeds("toy-llama", [1], tmp_path, suites=tmp_path / "nowhere", log=lambda m: None)
+
+
+def test_a_plant_of_an_adapter_model_silences_the_merged_heads(tmp_path):
+    """toy-goat is a LoRA fine-tune: the plant merges the adapters first, so the saved copy is a plain model whose
+    silenced heads write nothing (zeroing the base weight alone left the adapters' B @ A columns), and whose other
+    heads are the fine-tune's merged weights."""
+    import copy
+
+    from mechbench.api import get_model
+    from mechbench.calibrate import _merged
+    from mechbench.models.loading import load_model
+
+    path = plant("toy-goat", "readers", tmp_path, "toy-llama")
+    assert not any("lora" in f.name for f in path.iterdir())
+    original, planted = get_model("toy-goat"), load_model(str(path))
+    merged = _merged(copy.deepcopy(original.model))
+    silenced = planted_heads("toy-goat", "readers", "toy-llama")
+    d = original.shape.head_dim
+    changed = 0
+    for layer in range(original.shape.n_layers):
+        o0 = original.model.model.layers[layer].self_attn.o_proj
+        w0 = merged.model.layers[layer].self_attn.o_proj.weight
+        w1 = planted.model.model.layers[layer].self_attn.o_proj.weight
+        assert type(w1) is torch.nn.Parameter and not hasattr(
+            planted.model.model.layers[layer].self_attn.o_proj, "base_layer"
+        )
+        changed += int(hasattr(o0, "base_layer"))
+        for head in range(original.shape.n_heads):
+            cols = slice(head * d, (head + 1) * d)
+            if (layer, head) in silenced:
+                assert not w1[:, cols].any()
+            else:
+                torch.testing.assert_close(w0[:, cols], w1[:, cols])
+    assert changed, "toy-goat has no LoRA o_proj here: the test no longer tests a merge"

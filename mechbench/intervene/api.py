@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mechbench.intervene.hooks import hooked, require_mask_honouring
+from mechbench.intervene.hooks import ReadsDone, hooked, require_mask_honouring
 from mechbench.intervene.prefix import Prefix, capture_prefix, run_from_prefix
 from mechbench.intervene.requests import HeadPatch, Interventions, Knockout, Read, RunOutput
 from mechbench.models.architectures import causal_lm
@@ -80,6 +80,7 @@ def run(
     batch_size: int | None = None,
     grad: bool = False,
     prefix: Prefix | Sequence[Prefix] | None = None,
+    logits: bool = True,
 ) -> RunOutput:
     """Forward ``input_ids`` in batches with ``patches`` and ``knockouts`` applied; last-position logits and
     the requested reads. With ``grad=True`` (DCM) the logits keep their graph and stay on the model's device.
@@ -89,6 +90,9 @@ def run(
     positions the interventions can change are recomputed: the same numbers to float tolerance, for a
     fraction of the work when patches sit late in the prompt or deep in the model. A prefix captured under
     ``common`` patches applies them too: ``patches`` add to them.
+
+    ``logits=False`` (a run for its ``read`` alone, from the full prompts): the forward stops once the deepest
+    layer read has run, and ``last_logits`` comes back empty (a source run read at layer 0 of 32 costs 1/32 of one).
     """
     model = causal_lm(model_or_handle)
     if knockouts:
@@ -124,7 +128,8 @@ def run(
         return run_from_prefix(model, prefix, patches, read, knockouts, grad)
     device = next(model.parameters()).device
     batch_size = batch_size or batch_size_of(model)
-    logits, store = [], {}
+    stop = not logits and read is not None
+    kept, store = [], {}
     for start in range(0, len(input_ids), batch_size):
         rows = slice(start, start + batch_size)
         with (
@@ -135,9 +140,13 @@ def run(
                 None if read is None else read.rows(rows),
                 store,
                 [k.rows(rows) for k in knockouts],
+                stop_after_reads=stop,
             ),
         ):
-            out = model(input_ids=input_ids[rows].to(device), logits_to_keep=1).logits[:, -1]
-        logits.append(out.float() if grad else out.float().cpu())
+            try:
+                out = model(input_ids=input_ids[rows].to(device), logits_to_keep=1).logits[:, -1]
+            except ReadsDone:
+                continue
+        kept.append(out.float() if grad else out.float().cpu())
     reads = {layer: torch.cat(chunks) for layer, chunks in store.items()}
-    return RunOutput(torch.cat(logits) if logits else torch.empty(0), reads)
+    return RunOutput(torch.cat(kept) if kept else torch.empty(0), reads)

@@ -23,6 +23,10 @@ from mechbench.models.architectures import MASK_HONOURING, geometry, sites
 from mechbench.models.run_options import paper_compat_o_proj
 
 
+class ReadsDone(Exception):
+    """Raised by a hook once a reads-only run has read its deepest layer (``hooked(stop_after_reads=True)``)."""
+
+
 def head_dim(model) -> int:
     """The width of one head of ``model`` (a causal-LM module)."""
     return geometry(model.config).head_dim
@@ -101,12 +105,15 @@ def hooked(
     knockouts: Sequence[Knockout] = (),
     offset: int = 0,
     intervened: bool = False,
+    stop_after_reads: bool = False,
 ) -> Iterator[None]:
     """Within the block, forwards of ``model`` apply ``patches`` and ``knockouts`` and record ``read``.
 
     ``offset``: the forwarded tokens start at this position (the fast path recomputes a suffix only).
     ``intervened``: treat the run as hooked even without patches or reads (a fast path's prefix, whose later
     runs are patched: under ``paper_compat_o_proj`` both must drop the o_proj LoRA alike).
+    ``stop_after_reads``: end the forward (raising :class:`ReadsDone`) once the deepest layer read has run: a run
+    for its reads alone need not compute the layers above them.
     """
     family = sites(model)
     d = head_dim(model)
@@ -168,4 +175,11 @@ def hooked(
 
                 handle = family.attention_of(model, layer).register_forward_pre_hook(mask_hook, with_kwargs=True)
                 stack.callback(handle.remove)
+        if stop_after_reads and read_layers:
+
+            def stop(module, args, output):
+                raise ReadsDone
+
+            handle = family.layer_list(model)[max(read_layers)].register_forward_hook(stop)
+            stack.callback(handle.remove)
         yield

@@ -39,7 +39,7 @@ def source_values(model, pairs: CounterfactualDataset, role: str, layers: list[i
 def source_values_at(model, pairs: CounterfactualDataset, roles, layers: list[int], batch_size: int | None = None):
     """``{role: source_values(...)}`` for several roles from one forward pass."""
     positions = torch.stack([pairs.source.positions(role) for role in roles], 1)
-    reads = run(model, pairs.source.input_ids, read=Read(layers, positions), batch_size=batch_size).reads
+    reads = run(model, pairs.source.input_ids, read=Read(layers, positions), batch_size=batch_size, logits=False).reads
     return {role: {layer: values[:, [i]] for layer, values in reads.items()} for i, role in enumerate(roles)}
 
 
@@ -99,16 +99,35 @@ def patched_correct(
     batch_size: int | None = None,
 ) -> list[torch.Tensor]:
     """Per group, bool [N]: each pair predicts the target with every head of the group patched from the source
-    (DCM's selected heads, mask 0). The groups share each batch's clean run (the engine's fast path recomputes
-    only the patched layers and positions), one batch on the device at a time. ``reads``: role -> the source's
-    head outputs there (:func:`source_values_at`)."""
+    (DCM's selected heads, mask 0): :func:`patched_correct_cases` of the groups on one set of pairs. ``reads``:
+    role -> the source's head outputs there (:func:`source_values_at`)."""
     layers = sorted({l for g in groups for l, _ in g.heads})
     reads = reads or source_values_at(model, pairs, tuple(dict.fromkeys(g.role for g in groups)), layers, batch_size)
-    runs = [Interventions(masked_patches(g, pairs, torch.zeros(len(g.heads)), reads[g.role])) for g in groups]
+    return patched_correct_cases(model, [(g, pairs, reads[g.role]) for g in groups], batch_size)
+
+
+def patched_correct_cases(model, cases, batch_size: int | None = None) -> list[torch.Tensor]:
+    """Per case ``(group, pairs, reads)`` (``reads``: the source's head outputs at the group's role), bool [N]: each
+    pair predicts its target with every head of the group patched from its source. The cases' pairs share their
+    base prompts (groups on one set of pairs, or desiderata drawn with one seed whose sources differ only in form):
+    each batch's clean run serves them all (the engine's fast path recomputes only the patched layers and
+    positions), one batch on the device at a time."""
+    base_ids = _shared_base(pair for _, pair, _ in cases)
+    runs = [Interventions(masked_patches(g, pair, torch.zeros(len(g.heads)), reads)) for g, pair, reads in cases]
     return [
-        top1_correct(out.last_logits, pairs.target_ids).cpu()
-        for out in run_many(model, pairs.base.input_ids, runs, batch_size)
+        top1_correct(out.last_logits, pair.target_ids).cpu()
+        for out, (_, pair, _) in zip(run_many(model, base_ids, runs, batch_size), cases)
     ]
+
+
+def _shared_base(pairs) -> torch.Tensor:
+    """The base prompts every one of ``pairs`` shares (an error where they differ: such cases run apart)."""
+    pairs = list(pairs)
+    ids = pairs[0].base.input_ids
+    for other in pairs[1:]:
+        if other is not pairs[0] and not torch.equal(other.base.input_ids, ids):
+            raise ValueError(f"pairs {pairs[0].name!r} and {other.name!r} have other base prompts: run them apart")
+    return ids
 
 
 def train_dcm(
@@ -134,31 +153,59 @@ def train_dcm_groups(
     train: CounterfactualDataset,
     val: CounterfactualDataset,
     test: CounterfactualDataset,
+    reads: dict[str, dict[str, dict]] | None = None,
+    **options,
+) -> list[DCMResult]:
+    """One mask per group on one desideratum's pairs: :func:`train_dcm_cases` (``options``: its lam, lr, epochs,
+    batch_size, validate_every, seed). ``reads``: ``{role: {"train"|"val"|"test": {layer: source head outputs at
+    the role}}}``, when the caller has them."""
+    return train_dcm_cases(
+        model,
+        [(g, train, val, test) for g in groups],
+        reads=None if reads is None else [reads[g.role] for g in groups],
+        **options,
+    )
+
+
+def train_dcm_cases(
+    model,
+    cases: list[tuple[HeadGroup, CounterfactualDataset, CounterfactualDataset, CounterfactualDataset]],
     lam: float = 0.01,
     lr: float = 0.1,
     epochs: int = 2,
     batch_size: int = 32,
     validate_every: int = 4,
     seed: int = 0,
-    reads: dict[str, dict[str, dict]] | None = None,
+    reads: list[dict[str, dict]] | None = None,
 ) -> list[DCMResult]:
-    """One mask per group, each learnt on ``train`` on its own (its own optimizer; the same seeded batch order for
-    every group, so each result is what training that group alone gives), the best rounded mask kept on ``val``,
-    scored on ``test``. ``reads``: ``{role: {"train"|"val"|"test": {layer: source head outputs at the role}}}``,
-    when the caller has them.
+    """One mask per case ``(group, train, val, test)``, each learnt on its train pairs on its own (its own
+    optimizer; the same seeded batch order for every case, so each result is what training that case alone gives),
+    the best rounded mask kept on its validation pairs, scored on its test pairs. The cases' pairs share their base
+    prompts split by split (groups on one desideratum's pairs; or desiderata drawn with one seed whose sources
+    differ only in form, the additional desiderata). ``reads``: per case ``{"train"|"val"|"test": {layer: source
+    head outputs at the group's role}}``, when the caller has them.
 
-    The groups share the work that does not depend on their masks: each training batch's clean run (the engine's
-    prefix; every group then runs only its patched layers and positions forward and backward), the validation
+    The cases share the work that does not depend on their masks: each training batch's clean run (the engine's
+    prefix; every case then runs only its patched layers and positions forward and backward), the validation
     pairs' clean runs (captured once, reused at every validation) and the test pairs' clean runs."""
     torch_model = model if isinstance(model, torch.nn.Module) else model.model
-    if reads is None:
-        layers = sorted({l for g in groups for l, _ in g.heads})
-        roles = tuple(dict.fromkeys(g.role for g in groups))
-        by_split = {
-            name: source_values_at(torch_model, ds, roles, layers)
-            for name, ds in (("train", train), ("val", val), ("test", test))
-        }
-        reads = {role: {name: by_split[name][role] for name in by_split} for role in roles}
+    groups = [g for g, _, _, _ in cases]
+    train, val, test = (_shared_base_of(cases, split) for split in (1, 2, 3))
+    if reads is None:  # one read of each set of pairs, at the roles and layers of the groups trained on it
+        reads = [None] * len(cases)
+        by_pairs: dict[int, list[int]] = {}
+        for i, (_, tr, _, _) in enumerate(cases):
+            by_pairs.setdefault(id(tr), []).append(i)
+        for chosen in by_pairs.values():
+            _, tr, va, te = cases[chosen[0]]
+            layers = sorted({l for i in chosen for l, _ in groups[i].heads})
+            roles = tuple(dict.fromkeys(groups[i].role for i in chosen))
+            by_split = {
+                name: source_values_at(torch_model, ds, roles, layers)
+                for name, ds in (("train", tr), ("val", va), ("test", te))
+            }
+            for i in chosen:
+                reads[i] = {name: by_split[name][groups[i].role] for name in by_split}
     device = next(torch_model.parameters()).device
     on_host = device.type != "cpu"
     val_prefixes = capture_prefixes(torch_model, val.base.input_ids, on_host=on_host)
@@ -169,7 +216,7 @@ def train_dcm_groups(
     for p in frozen:
         p.requires_grad_(False)
     best = [(-1.0, -1, m.detach().clone()) for m in masks]
-    base_positions = [train.base.positions(g.role) for g in groups]
+    base_positions = [case[1].base.positions(g.role) for g, case in zip(groups, cases)]
     try:
         step = 0
         for _ in range(epochs):
@@ -178,11 +225,11 @@ def train_dcm_groups(
                 rows = order[start : start + batch_size]
                 ids = train.base.input_ids[rows]
                 prefix = capture_prefix(torch_model, ids)
-                targets = train.target_ids[rows]
-                for group, mask, optimizer, positions in zip(groups, masks, optimizers, base_positions):
+                for i, (group, mask, optimizer, positions) in enumerate(zip(groups, masks, optimizers, base_positions)):
+                    targets = cases[i][1].target_ids[rows]
                     with torch.no_grad():
                         mask.clamp_(0, 1)
-                    patches = _patches(group, 1 - mask, positions, reads[group.role]["train"], rows)
+                    patches = _patches(group, 1 - mask, positions, reads[i]["train"], rows)
                     logits = run(torch_model, ids, patches, grad=True, prefix=prefix).last_logits
                     target_logit = logits[torch.arange(len(rows), device=logits.device), targets.to(logits.device)]
                     loss = -target_logit.mean() + lam * (1 - mask).sum()
@@ -196,7 +243,7 @@ def train_dcm_groups(
                         with torch.no_grad():
                             m = mask.detach().clamp(0, 1)
                             acc = masked_accuracy(
-                                torch_model, group, val, m, reads=reads[group.role]["val"], prefixes=val_prefixes
+                                torch_model, group, cases[i][2], m, reads=reads[i]["val"], prefixes=val_prefixes
                             )
                         n_selected = int((m.round() == 0).sum())
                         if (acc, n_selected) > best[i][:2]:
@@ -205,17 +252,29 @@ def train_dcm_groups(
         for p in frozen:
             p.requires_grad_(True)
     del val_prefixes
-    test_prefixes = capture_prefixes(torch_model, test.base.input_ids, on_host=on_host) if len(groups) > 1 else None
+    test_prefixes = capture_prefixes(torch_model, test.base.input_ids, on_host=on_host) if len(cases) > 1 else None
     out = []
-    for group, mask, (acc, _, kept) in zip(groups, masks, best):
+    for i, (group, mask, (acc, _, kept)) in enumerate(zip(groups, masks, best)):
         final = (kept if acc >= 0 else mask.detach().clamp(0, 1)).cpu()
         test_correct = masked_correct(
-            torch_model, group, test, final, reads=reads[group.role]["test"], prefixes=test_prefixes
+            torch_model, group, cases[i][3], final, reads=reads[i]["test"], prefixes=test_prefixes
         )
         heads = tuple(h for h, m in zip(group.heads, final.round().tolist()) if m == 0)
         out.append(
             DCMResult(
-                group.name, train.name, heads, final, max(acc, 0.0), test_correct.float().mean().item(), test_correct
+                group.name,
+                cases[i][1].name,
+                heads,
+                final,
+                max(acc, 0.0),
+                test_correct.float().mean().item(),
+                test_correct,
             )
         )
     return out
+
+
+def _shared_base_of(cases, split: int) -> CounterfactualDataset:
+    """The pairs of ``split`` (1 train, 2 validation, 3 test) whose base prompts every case shares."""
+    _shared_base(case[split] for case in cases)
+    return cases[0][split]

@@ -40,8 +40,8 @@ CLAIM = Claim(
 )
 
 
-def _setup(run):
-    """The base (the receiver), the head sets patched and the prompts, all on the base's side."""
+def base_and_head_sets(run):
+    """The base (the receiver), the head sets patched and the prompts, all on the base's side (input CMAP's too)."""
     model = run.model
     base_name = run.settings.base_of(model.name)
     if base_name is None or base_name == model.name:
@@ -55,9 +55,10 @@ def _setup(run):
     return base, sets, run.prompts(tokenizer=base.tokenizer)
 
 
-def _keys(model, base, group, head_set=None):
-    keys = {
-        "kind": "output_cmap",
+def record_keys(model, base, group, head_set=None, kind="output_cmap"):
+    """A CMAP record's keys (input CMAP's without ``kind``: its own file)."""
+    keys = {} if kind is None else {"kind": kind}
+    keys |= {
         "source_model": model.name,
         "target_model": base.name,
         "checkpoint": "release" if model.name in REGISTRY else "local",
@@ -71,7 +72,7 @@ def _keys(model, base, group, head_set=None):
 @CLAIM.test(per="circuit")
 def cmap(run):
     model = run.model
-    base, sets, dataset = _setup(run)
+    base, sets, dataset = base_and_head_sets(run)
     n, clusters = len(dataset), dataset.clusters()
     measured = {"full_circuit": (cmap_correct(base, model, list(sets.values()), dataset), None)}
     measured |= {g: (cmap_correct(base, model, [hs], dataset), hs) for g, hs in sets.items()}
@@ -79,7 +80,7 @@ def cmap(run):
     release = {"checkpoint": "release" if run.settings.baseline_model in REGISTRY else "local"}
     outcomes = [
         run.check(
-            _keys(model, base, group, hs),
+            record_keys(model, base, group, hs),
             correct.float().mean().item(),
             n=n,
             soft=True,
@@ -96,7 +97,7 @@ def cmap(run):
 @CLAIM.test(per="circuit")
 def cmap_carries_the_finetune_gain(run):
     model = run.model
-    base, sets, dataset = _setup(run)
+    base, sets, dataset = base_and_head_sets(run)
     q = {
         "base": run.correct(base).numpy(),
         "donor": run.correct(model, tokenizer=base.tokenizer).numpy(),

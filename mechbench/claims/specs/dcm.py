@@ -11,10 +11,12 @@ training path (stated in each record). --limit N sets the test pairs to N (the m
 pairs and validate on its 500 whatever the limit).
 """
 
+import torch
+
 from mechbench.claims.spec import Claim
 from mechbench.claims.tolerance import binomial
 from mechbench.data.counterfactuals import MAIN_DESIDERATA, desiderata_pairs
-from mechbench.methods.dcm import train_dcm_groups
+from mechbench.methods.dcm import train_dcm_cases, train_dcm_groups
 
 CLAIM = Claim(
     order=5,
@@ -41,59 +43,106 @@ CLAIM = Claim(
 
 @CLAIM.test(per="circuit", params={"desideratum": MAIN_DESIDERATA})
 def dcm(run):
-    model, circuit_name, desideratum = run.model, run.circuit_name, run.params["desideratum"]
-    circuit, stored = run.circuit(), run.stored()
-    if not circuit.found_on(model):
+    run.settle(dcm_checks(run, [run.params["desideratum"]], list(run.circuit().groups.values())), "groups")
+
+
+def require_own_model(run, or_checked_against_it: bool = False):
+    """Skip unless the run's model is the circuit's own (DCM learns which of a circuit's heads carry what on the
+    model the circuit was found on). ``or_checked_against_it``: a model checked against the own model's baselines
+    (``--baseline-model``: a planted copy, a fine-tune held to its base) runs too."""
+    from mechbench.models.registry import names_of
+
+    circuit, against = run.circuit(), run.settings.baseline_model
+    if circuit.found_on(run.model) or (or_checked_against_it and against and circuit.name in names_of(against)):
+        return
+    if or_checked_against_it:
+        run.skip(
+            f"the paper measures this on the circuit's own model; circuit {run.circuit_name!r} was not found on "
+            f"{run.model.name!r}: pass --baseline-model={circuit.name} to hold this model to that model's numbers"
+        )
+    else:
         run.skip(
             f"DCM runs on the circuit's own model (the paper: Llama circuit on Llama, Goat on Goat); circuit "
-            f"{circuit_name!r} was found on another model than {model.name!r} (neither its name nor its stored "
-            f"weights fingerprint is this model's)"
+            f"{run.circuit_name!r} was found on another model than {run.model.name!r} (neither its name nor its "
+            f"stored weights fingerprint is this model's)"
         )
+
+
+def same_base_buckets(items, base_of) -> list[list]:
+    """``items`` bucketed by the base prompts ``base_of(item)`` they share (in order): desiderata drawn with one seed
+    share their base prompts where they differ only in the source's form, and those share the base's clean runs."""
+    buckets: list[list] = []
+    for item in items:
+        ids = base_of(item)
+        for bucket in buckets:
+            if torch.equal(base_of(bucket[0]), ids):
+                bucket.append(item)
+                break
+        else:
+            buckets.append([item])
+    return buckets
+
+
+def dcm_checks(run, desiderata, groups, extra_keys: dict | None = None, or_checked_against_it=False) -> list:
+    """DCM of ``groups`` for each of ``desiderata`` on the circuit's own model, each (group, desideratum)'s test
+    accuracy checked against its record (keys: circuit, model, group, role, desideratum, and ``extra_keys``) with
+    the heads it selected stored beside it; the soft outcomes, for :meth:`Run.settle`. The additional desiderata's
+    claim runs it too (``or_checked_against_it``: :func:`require_own_model`'s)."""
+    require_own_model(run, or_checked_against_it)
+    model, stored = run.model, run.stored()
     split = [run.size(name) for name in ("train_pairs", "validation_pairs", "test_pairs")]
     n_test = split[2]
-    # published records are compared on the paper's pairing, measured ones on mechbench's: the groups of each
-    # pairing train together (each its own mask; they share the batches' clean runs)
+    # published records are compared on the paper's pairing, measured ones on mechbench's; every case of a pairing
+    # whose pairs share base prompts trains together (each its own mask; they share the batches' clean runs)
     by_compat: dict[bool, list] = {}
-    for group in circuit.groups.values():
-        keys = {
-            "circuit": circuit_name,
-            "model": model.name,
-            "group": group.name,
-            "role": group.role,
-            "desideratum": desideratum,
-        }
-        record = stored.find(**run.with_boxes(keys))
-        by_compat.setdefault(record is not None and not record.measured, []).append((keys, group))
+    for desideratum in desiderata:
+        for group in groups:
+            keys = {
+                "circuit": run.circuit_name,
+                "model": model.name,
+                "group": group.name,
+                "role": group.role,
+                "desideratum": desideratum,
+            } | (extra_keys or {})
+            record = stored.find(**run.with_boxes(keys))
+            by_compat.setdefault(record is not None and not record.measured, []).append((keys, group))
     outcomes = []
     for paper_compat, chosen in by_compat.items():
-        pairs = desiderata_pairs(
-            model.tokenizer,
-            desideratum,
-            n_pairs=sum(split),
-            num_boxes=run.settings.boxes,
-            seed=run.seed,
-            paper_compat=paper_compat,
-        )
-        train, val, test = pairs.split(split)
-        results = train_dcm_groups(model, [g for _, g in chosen], train, val, test, seed=run.seed)
-        for (keys, _), result in zip(chosen, results):
-            acc = result.test_accuracy
-            outcomes.append(
-                run.check(
-                    keys,
-                    acc,
-                    n=n_test,
-                    soft=True,
-                    field="test_accuracy",
-                    stored_value={
-                        "n_heads": len(result.heads),
-                        "heads": [list(h) for h in result.heads],
-                        "test_accuracy": round(acc, 6),
-                    },
-                    tolerance=binomial(acc, n_test, rounding=0.05, why_rounding="the mask's training path"),
+        splits = {
+            d: desiderata_pairs(
+                model.tokenizer,
+                d,
+                n_pairs=sum(split),
+                num_boxes=run.settings.boxes,
+                seed=run.seed,
+                paper_compat=paper_compat,
+            ).split(split)
+            for d in dict.fromkeys(keys["desideratum"] for keys, _ in chosen)
+        }
+
+        def bases(item, splits=splits):
+            return torch.cat([pairs.base.input_ids for pairs in splits[item[0]["desideratum"]]])
+
+        for bucket in same_base_buckets(chosen, bases):
+            cases = [(g, *splits[keys["desideratum"]]) for keys, g in bucket]
+            for (keys, _), result in zip(bucket, train_dcm_cases(model, cases, seed=run.seed)):
+                acc = result.test_accuracy
+                outcomes.append(
+                    run.check(
+                        keys,
+                        acc,
+                        n=n_test,
+                        soft=True,
+                        field="test_accuracy",
+                        stored_value={
+                            "n_heads": len(result.heads),
+                            "heads": [list(h) for h in result.heads],
+                            "test_accuracy": round(acc, 6),
+                        },
+                        tolerance=binomial(acc, n_test, rounding=0.05, why_rounding="the mask's training path"),
+                    )
                 )
-            )
-    run.settle(outcomes, "groups")
+    return outcomes
 
 
 def on_own_model(record, circuit) -> bool:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from mechbench.circuits import HeadGroup
 from mechbench.claims.spec import Claim, derived_seed
-from mechbench.claims.specs.dcm import on_own_model
+from mechbench.claims.specs.dcm import on_own_model, same_base_buckets
 from mechbench.claims.tolerance import mean_of_draws, spread_of_fresh_draws
 from mechbench.data.counterfactuals import MAIN_DESIDERATA, desiderata_pairs
 from mechbench.data.dataset import tokenizer_key
-from mechbench.methods.dcm import patched_correct, source_values_at
+from mechbench.methods.dcm import patched_correct, patched_correct_cases, source_values_at
 
 CLAIM = Claim(
     order=6,
@@ -61,55 +61,78 @@ def _pairs(run, tokenizer, desideratum, n, seed, paper_compat):
 
 @CLAIM.test(per="circuit", params={"desideratum": MAIN_DESIDERATA})
 def dcm_heads_patched(run):
-    model, circuit_name, desideratum = run.model, run.circuit_name, run.params["desideratum"]
-    circuit = run.circuit()
-    dcm, stored = run.stored("dcm"), run.stored()
+    desideratum = run.params["desideratum"]
+    outcomes = patching_checks(run, [desideratum], run.stored("dcm"))
+    if not outcomes:
+        run.skip(
+            f"no DCM run of circuit {run.circuit_name!r} on its own model for {desideratum!r} in "
+            f"{run.settings.baselines_dir / 'dcm.json'}: store one first, in the same run or before it: "
+            f"{run.store_command('dcm', model=_own_model(run, run.circuit()))}"
+        )
+    run.settle(outcomes, "groups")
+
+
+def patching_checks(run, desiderata, dcm, heads_keys: dict | None = None, extra_keys: dict | None = None) -> list:
+    """The heads of the circuit's DCM runs on its own model in ``dcm`` (a baseline file; records matching
+    ``heads_keys`` too) patched for each of ``desiderata`` in the run's model on its draws of pairs, each (group,
+    desideratum)'s mean percentage checked against its record (keys: circuit, model, group, role, desideratum, and
+    ``extra_keys``); the soft outcomes, none where no DCM run is stored. The additional desiderata's claim runs
+    it too."""
+    model, circuit_name = run.model, run.circuit_name
+    circuit, stored = run.circuit(), run.stored()
     n, n_runs = run.size("pairs"), run.repeat("runs")
-    layers = list(range(model.shape.n_layers))
-    patched = []  # (keys, heads, role, paper_compat) of every group DCM found heads for
-    for group in circuit.groups.values():
-        wanted = run.with_boxes({"group": group.name, "role": group.role, "desideratum": desideratum})
-        found = next(
-            (
-                r
-                for r in dcm.records
-                if on_own_model(r, circuit)
-                and {k: v for k, v in r.keys.items() if k not in ("circuit", "model")} == wanted
-            ),
-            None,
-        )
-        if found is None:
-            continue
-        keys = {
-            "circuit": circuit_name,
-            "model": model.name,
-            "group": group.name,
-            "role": group.role,
-            "desideratum": desideratum,
-        }
-        record = stored.find(**run.with_boxes(keys))
-        patched.append(
-            (
-                keys,
-                HeadGroup(group.name, group.role, tuple(tuple(h) for h in found.value["heads"])),
-                group.role,
-                record is not None and not record.measured,
+    patched = []  # (keys, heads, paper_compat) of every (group, desideratum) DCM found heads for
+    for desideratum in desiderata:
+        for group in circuit.groups.values():
+            wanted = run.with_boxes(
+                {"group": group.name, "role": group.role, "desideratum": desideratum} | (heads_keys or {})
             )
-        )
+            found = next(
+                (
+                    r
+                    for r in dcm.records
+                    if on_own_model(r, circuit)
+                    and {k: v for k, v in r.keys.items() if k not in ("circuit", "model")} == wanted
+                ),
+                None,
+            )
+            if found is None:
+                continue
+            keys = {
+                "circuit": circuit_name,
+                "model": model.name,
+                "group": group.name,
+                "role": group.role,
+                "desideratum": desideratum,
+            } | (extra_keys or {})
+            record = stored.find(**run.with_boxes(keys))
+            heads = HeadGroup(group.name, group.role, tuple(tuple(h) for h in found.value["heads"]))
+            patched.append((keys, heads, record is not None and not record.measured))
     runs = [[] for _ in patched]
-    # one draw of pairs at a time, every group patched on it; the engine holds one batch's clean prefix (the base
-    # run's hidden states and keys/values) on the device at a time
-    for paper_compat in sorted({p[3] for p in patched}):
-        chosen = [i for i, p in enumerate(patched) if p[3] == paper_compat]
+    # one draw of pairs at a time, every group of every desideratum patched on it; the desiderata whose pairs share
+    # base prompts share each batch's clean prefix (the engine holds one batch's on the device at a time)
+    for paper_compat in sorted({p[2] for p in patched}):
+        chosen = [i for i, p in enumerate(patched) if p[2] == paper_compat]
         for draw in range(n_runs):
-            pairs = _pairs(run, model.tokenizer, desideratum, n, run.derived_seed(draw=draw), paper_compat)
-            correct = patched_correct(
-                model, [patched[i][1] for i in chosen], pairs, source_values_at(model, pairs, circuit.roles, layers)
-            )
-            for i, c in zip(chosen, correct):
-                runs[i].append(100 * c.float().mean().item())
+            seed = run.derived_seed(draw=draw)
+            pairs = {
+                d: _pairs(run, model.tokenizer, d, n, seed, paper_compat)
+                for d in dict.fromkeys(patched[i][0]["desideratum"] for i in chosen)
+            }
+            reads = {}  # per desideratum: the source read once, at the layers of its groups' heads
+            for d, pair in pairs.items():
+                heads = [patched[i][1] for i in chosen if patched[i][0]["desideratum"] == d]
+                layers = sorted({layer for h in heads for layer, _ in h.heads})
+                reads[d] = source_values_at(model, pair, circuit.roles, layers)
+            for bucket in same_base_buckets(chosen, lambda i: pairs[patched[i][0]["desideratum"]].base.input_ids):
+                cases = []
+                for i in bucket:
+                    d, heads = patched[i][0]["desideratum"], patched[i][1]
+                    cases.append((heads, pairs[d], reads[d][heads.role]))
+                for i, correct in zip(bucket, patched_correct_cases(model, cases)):
+                    runs[i].append(100 * correct.float().mean().item())
     outcomes = []
-    for (keys, _heads, _role, _compat), values in zip(patched, runs):
+    for (keys, _heads, _compat), values in zip(patched, runs):
         std = spread_of_fresh_draws(values, n, unit=100)  # each run draws fresh pairs: at least a binomial spread
         outcomes.append(
             run.check(
@@ -121,13 +144,7 @@ def dcm_heads_patched(run):
                 tolerance=mean_of_draws(std, n_runs, n=n, unit=100, rounding=0.05, what="runs of pairs"),
             )
         )
-    if not outcomes:
-        run.skip(
-            f"no DCM run of circuit {circuit_name!r} on its own model for {desideratum!r} in "
-            f"{run.settings.baselines_dir / 'dcm.json'}: store one first, in the same run or before it: "
-            f"{run.store_command('dcm', model=_own_model(run, circuit))}"
-        )
-    run.settle(outcomes, "groups")
+    return outcomes
 
 
 @CLAIM.comparison
@@ -153,7 +170,6 @@ def compare(c):
             f"them with {store_command('dcm', c.base.name, c.circuit.name, c.baselines_dir, boxes=c.boxes)}"
         )
     rows, weaker, per_row = [], [], {}
-    layers = list(range(c.base.shape.n_layers))
     for desideratum in MAIN_DESIDERATA:
         groups = [(g, records[(g, desideratum)]) for g in c.circuit.groups if (g, desideratum) in records]
         if not groups:
@@ -166,6 +182,7 @@ def compare(c):
             heads = [
                 HeadGroup(g, c.circuit.groups[g].role, tuple(tuple(h) for h in value["heads"])) for g, value in groups
             ]
+            layers = sorted({layer for h in heads for layer, _ in h.heads})  # the source is read there only
             for draw in range(c.lane.patching_runs):
                 pairs = c.side(
                     "base",
