@@ -246,6 +246,23 @@ def test_dcm_patching_matches_raw():
         assert r["std"] == pytest.approx(statistics.pstdev(runs), abs=1e-4), r["source"]
 
 
+def test_input_cmap_is_the_notebooks_table():
+    """docs/paper.md §8.7 'Input CMAP': Goat -> Llama, value fetchers and position transmitters, Q K V QK QKV; the
+    head-set and donor ambiguities are stated in the records."""
+    recs = paper("input_cmap")
+    table = {(r["group"], r["inputs"]): r["value"] for r in recs}
+    assert table == {
+        **dict(zip((("value_fetcher", i) for i in ("Q", "K", "V", "QK", "QKV")), (0.77, 0.63, 0.69, 0.76, 0.77))),
+        **dict(zip((("pos_transmitter", i) for i in ("Q", "K", "V", "QK", "QKV")), (0.66, 0.65, 0.69, 0.65, 0.67))),
+    }
+    assert {(r["source_model"], r["target_model"], r["role"]) for r in recs} == {("goat7b", "llama7b", "last")}
+    assert {r["group"]: r["n_heads"] for r in recs} == {"value_fetcher": 56, "pos_transmitter": 15}
+    assert all("naive" in r["note"] for r in recs)  # the donor's ambiguity
+    assert all("commented out" in r["note"] for r in recs if r["group"] == "value_fetcher")  # the A head set's
+    dcm = {(r["group"], r["desideratum"]): r["value"]["n_heads"] for r in paper("dcm") if r["circuit"] == "goat7b"}
+    assert (dcm[("value_fetcher", "object_value")], dcm[("pos_transmitter", "positional")]) == (56, 15)
+
+
 def test_dcm_matches_raw():
     data = need_data()
     for r in paper("dcm"):
@@ -280,13 +297,14 @@ from mechbench.claims.tolerance import judge  # noqa: E402
 
 #: claim -> (which published records its suite compares, the n it measures on, the field it compares). The
 #: suites: test_accuracy, test_faithfulness, test_completeness, test_dcm, test_dcm_patching, test_cmap,
-#: test_knockout, test_minimality, test_path_patching.
+#: test_knockout, test_minimality, test_path_patching, and the registered claims' (input_cmap).
 SUITE_COMPARISONS = {
     "accuracy": (lambda k: True, 500, None),
     "faithfulness": (lambda k: k.get("metric") in ("circuit_accuracy", "random_circuit_accuracy"), 500, None),
     "completeness": (lambda k: True, 500, None),
     "dcm": (lambda k: True, 500, "test_accuracy"),
     "dcm_patching": (lambda k: True, 500, None),
+    "input_cmap": (lambda k: k.get("checkpoint") == "release", 500, None),
     "cmap": (lambda k: k.get("kind") == "output_cmap" and k.get("checkpoint") == "release", 500, None),
     "attention_knockout": (lambda k: True, 500, None),
     "minimality": (lambda k: k.get("kind") == "head", 100, ("before", "after")),

@@ -124,6 +124,7 @@ RULES: dict[str, Callable] = {
     "completeness": _completeness,
     "dcm": _dcm,
     "dcm_patching": _dcm_patching,
+    "input_cmap": _binomial,
     "faithfulness": _faithfulness,
     "minimality": _minimality,
     "path_patching": _path_patching,
@@ -147,6 +148,7 @@ SPEC_CALLS = {
         "std = spread_of_fresh_draws(values, n, unit=100)",
         'tolerance=mean_of_draws(std, n_runs, n=n, unit=100, rounding=0.05, what="runs of pairs")',
     ],
+    "input_cmap": ["tolerance=binomial(value, n)"],
     "faithfulness": [
         "tolerance=binomial(f.circuit_accuracy, n)",
         'n_random=run.repeat("random_circuits")',
