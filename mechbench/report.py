@@ -143,6 +143,8 @@ def _table(claim: str, frame) -> str:
             frame[index].astype(object).where(frame[index].notna(), "").astype(str)
         )  # NaN rows vanish in a pivot
         table = frame.pivot_table(index=index, columns=column, values="value", aggfunc="last")
+        # columns in the order they were measured (the spec's: Q K V QK QKV, the desiderata), not sorted
+        table = table[[c for c in dict.fromkeys(frame[column]) if c in table.columns]]
         return table.round(3).reset_index().to_markdown(index=False)
     cols = [c for c in frame.columns if c != "claim"]
     return frame[cols].round(4).to_markdown(index=False)
