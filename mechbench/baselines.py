@@ -69,8 +69,12 @@ TEXT_FIELDS = ("tolerance_rule", "dtype", "note", "fingerprint", "measured_at")
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "baselines"
 
 #: Records whose value is not in their file's unit, as (claim, key field, its value): unit. Faithfulness is the
-#: circuit's accuracy over the full model's, a ratio that passes 1 where the circuit beats the model (1.17).
-RECORD_UNITS = {("faithfulness", "metric", "faithfulness"): "ratio"}
+#: circuit's accuracy over the full model's, a ratio that passes 1 where the circuit beats the model (1.17); the
+#: additional desiderata's patching percentages sit beside their DCM fractions.
+RECORD_UNITS = {
+    ("faithfulness", "metric", "faithfulness"): "ratio",
+    ("dcm_additional", "measure", "patching"): "percent",  # the DCM-patching claim's unit, beside DCM's fractions
+}
 #: The unit of an entry of an object-valued record (DCM's mask, minimality's per-head accuracies and group
 #: summaries) where it is not the file's: an entry named ``n_...`` is a count too. ``percentage`` is minimality's
 #: share of candidates removed first (0.3), ``threshold`` its minimum relative drop (0.01).

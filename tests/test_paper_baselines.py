@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mechbench.baselines import RECORD_FIELDS
+from mechbench.baselines import RECORD_FIELDS, record_unit
 from mechbench.claims import CLAIMS
+from mechbench.data.counterfactuals import ADDITIONAL_DESIDERATA
 from mechbench.models.registry import TOY_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,9 +113,10 @@ def test_schema(name):
                 assert rec[k] in (MODELS if k == "model" else CIRCUITS), rec
         if "group" in rec and rec["group"] in GROUPS and "role" in rec:
             assert rec["role"] == ROLE[rec["group"]], rec
-        if d["unit"] == "fraction" and is_num(v) and rec.get("metric") != "faithfulness":  # a ratio: can pass 1
+        unit = record_unit(name, rec, d["unit"])  # faithfulness is a ratio (can pass 1), DCM patching a percent
+        if unit == "fraction" and is_num(v):
             assert 0.0 <= v <= 1.0, rec
-        if d["unit"] == "percent" and is_num(v):
+        if unit == "percent" and is_num(v):
             assert 0.0 <= v <= 100.0, rec
         k = key_of(rec)
         assert k not in keys, f"duplicate record key {k}"
@@ -195,7 +197,7 @@ def test_minimality_reproduces_circuits():
 
 def test_dcm_heads_within_circuit():
     circuits = {(r["circuit"], r["group"]): r["value"] for r in paper("circuits")}
-    recs = paper("dcm")
+    recs = paper("dcm") + [r for r in paper("dcm_additional") if r["measure"] == "dcm"]
     assert len(recs) == 36 + 11
     for r in recs:
         v = r["value"]
@@ -230,7 +232,7 @@ def test_attention_knockout_matches_raw():
 
 def test_dcm_patching_matches_raw():
     data = need_data()
-    recs = paper("dcm_patching")
+    recs = paper("dcm_patching") + [r for r in paper("dcm_additional") if r["measure"] == "patching"]
     assert len(recs) == 3 * 4 * 4 * 3 + 11
     for r in recs:
         c, m = SHORT[r["circuit"]], SHORT[r["model"]]
@@ -244,6 +246,37 @@ def test_dcm_patching_matches_raw():
         assert len(runs) == r["n_runs"] == 10
         assert r["value"] == pytest.approx(statistics.mean(runs), abs=1e-6), r["source"]
         assert r["std"] == pytest.approx(statistics.pstdev(runs), abs=1e-4), r["source"]
+
+
+def test_dcm_additional_is_the_eleven_on_the_llama_transmitters():
+    recs = paper("dcm_additional")
+    assert sorted({r["desideratum"] for r in recs}) == sorted(ADDITIONAL_DESIDERATA)
+    assert sorted((r["desideratum"], r["measure"]) for r in recs) == sorted(
+        (d, m) for d in ADDITIONAL_DESIDERATA for m in ("dcm", "patching")
+    )
+    assert {(r["circuit"], r["model"], r["group"], r["role"]) for r in recs} == {
+        ("llama7b", "llama7b", "pos_transmitter", "last")
+    }
+    # docs/paper.md §8.6: (DCM heads, test accuracy, patching %) per additional desideratum
+    published = {
+        "random_text_start": (5, 0.348, 34.78),
+        "random_text_end": (5, 0.356, 34.06),
+        "add_tokens_btw_box_and_obj": (5, 0.408, 38.80),
+        "add_seg_start": (6, 0.276, 25.50),
+        "add_seg_end": (6, 0.33, 30.46),
+        "add_box_before_correct_segment": (4, 0.194, 19.40),
+        "incorrect_segment": (5, 0.166, 16.16),
+        "altered_box_obj_order": (5, 0.328, 16.12),
+        "altered_box_obj_association": (4, 0.214, 18.04),
+        "no_comma": (5, 0.386, 37.50),
+        "add_comma": (6, 0.354, 36.30),
+    }
+    for r in recs:
+        heads, acc, pct = published[r["desideratum"]]
+        if r["measure"] == "dcm":
+            assert (r["value"]["n_heads"], r["value"]["test_accuracy"]) == (heads, acc), r["desideratum"]
+        else:
+            assert r["value"] == pytest.approx(pct, abs=0.005), r["desideratum"]
 
 
 def test_input_cmap_is_the_notebooks_table():
@@ -265,7 +298,7 @@ def test_input_cmap_is_the_notebooks_table():
 
 def test_dcm_matches_raw():
     data = need_data()
-    for r in paper("dcm"):
+    for r in paper("dcm") + [r for r in paper("dcm_additional") if r["measure"] == "dcm"]:
         txt = (data / "dcm" / f"{SHORT[r['circuit']]}_circuit" / r["group"] / r["desideratum"] / "0.01.txt").read_text()
         heads = json.loads(re.search(r"Heads: (\[.*\])", txt).group(1))
         acc = float(re.search(r"Test Accuracy: ([\d.]+)", txt).group(1))
@@ -297,13 +330,15 @@ from mechbench.claims.tolerance import judge  # noqa: E402
 
 #: claim -> (which published records its suite compares, the n it measures on, the field it compares). The
 #: suites: test_accuracy, test_faithfulness, test_completeness, test_dcm, test_dcm_patching, test_cmap,
-#: test_knockout, test_minimality, test_path_patching, and the registered claims' (input_cmap).
+#: test_knockout, test_minimality, test_path_patching, and the registered claims' (dcm_additional, input_cmap).
 SUITE_COMPARISONS = {
     "accuracy": (lambda k: True, 500, None),
     "faithfulness": (lambda k: k.get("metric") in ("circuit_accuracy", "random_circuit_accuracy"), 500, None),
     "completeness": (lambda k: True, 500, None),
     "dcm": (lambda k: True, 500, "test_accuracy"),
     "dcm_patching": (lambda k: True, 500, None),
+    # a DCM record's test accuracy, a patching record's percentage
+    "dcm_additional": (lambda k: True, 500, lambda r: "test_accuracy" if isinstance(r.value, dict) else None),
     "input_cmap": (lambda k: k.get("checkpoint") == "release", 500, None),
     "cmap": (lambda k: k.get("kind") == "output_cmap" and k.get("checkpoint") == "release", 500, None),
     "attention_knockout": (lambda k: True, 500, None),
@@ -319,7 +354,8 @@ def test_every_published_record_is_comparable_by_its_suite(claim):
     records = [r for r in table.records if not r.measured and compared(r.keys)]
     assert records, f"{claim}: the suite compares no published record"
     for record in records:
-        for field in fields if isinstance(fields, tuple) else (fields,):
+        chosen = fields(record) if callable(fields) else fields
+        for field in chosen if isinstance(chosen, tuple) else (chosen,):
             expected = record.value[field] if field else record.value
             # the value itself (another seed: the independent-sample tolerance) must be within tolerance, and a
             # value far outside must not be

@@ -66,8 +66,8 @@ def _dcm(record, records):
     )
 
 
-def _dcm_patching(record, records):
-    n, runs = record.get("n"), CLAIMS["dcm_patching"].repeat("runs")
+def _dcm_patching(record, records, claim="dcm_patching"):
+    n, runs = record.get("n"), CLAIMS[claim].repeat("runs")
 
     def rule(x):
         # spread_of_fresh_draws(runs) = max(pstdev(runs), one run's binomial spread at their mean); of the mean alone
@@ -76,6 +76,13 @@ def _dcm_patching(record, records):
         return _bound(rules.mean_of_draws(std, runs, n=n, unit=100, rounding=0.05, what="runs of pairs"), std=std)
 
     return {"mean": record.value, "std": record.get("std")}, rule
+
+
+def _dcm_additional(record, records):
+    # the DCM claim's rule for its heads, DCM patching's (with this claim's runs) for its percentages
+    if record.keys["measure"] == "dcm":
+        return _dcm(record, records)
+    return _dcm_patching(record, records, claim="dcm_additional")
 
 
 def _completeness(record, records):
@@ -124,6 +131,7 @@ RULES: dict[str, Callable] = {
     "completeness": _completeness,
     "dcm": _dcm,
     "dcm_patching": _dcm_patching,
+    "dcm_additional": _dcm_additional,
     "input_cmap": _binomial,
     "faithfulness": _faithfulness,
     "minimality": _minimality,
@@ -148,6 +156,7 @@ SPEC_CALLS = {
         "std = spread_of_fresh_draws(values, n, unit=100)",
         'tolerance=mean_of_draws(std, n_runs, n=n, unit=100, rounding=0.05, what="runs of pairs")',
     ],
+    "dcm_additional": ["dcm_checks(run,", "patching_checks("],  # the two rules above, called through them
     "input_cmap": ["tolerance=binomial(value, n)"],
     "faithfulness": [
         "tolerance=binomial(f.circuit_accuracy, n)",
