@@ -39,6 +39,13 @@ def _suites(results: Path, *options: str, env: dict | None = None) -> subprocess
     return subprocess.run(cmd, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=1200)
 
 
+#: Claims whose plan is another claim's upper bound, checked for the upper end only (the plan must not promise a
+#: GPU less than the claim holds): the additional desiderata's DCM is the DCM claim's workload, written for four
+#: groups trained together; it trains the one group of position transmitters, which on toy-llama holds 0.20 of
+#: that plan (23.1 MiB of 116.2; the DCM claim's four groups 62.1 MiB, 0.53).
+UPPER_END_ONLY = {"dcm_additional"}
+
+
 def _checked(results: Path, shapes=None) -> dict[str, float]:
     rows = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
     compared = plan.measured_against_plan(rows, shapes)
@@ -47,7 +54,7 @@ def _checked(results: Path, shapes=None) -> dict[str, float]:
         f"{row['claim']} on {row['model']} ({row['test']}): {row['value'] / 2**20:.1f} MiB measured, "
         f"{planned / 2**20:.1f} MiB planned, x{ratio:.2f}"
         for row, planned, ratio in compared
-        if not low <= ratio <= high
+        if not (0 if row["claim"].removeprefix("memory:") in UPPER_END_ONLY else low) <= ratio <= high
     ]
     assert not outside, "\n".join(outside)
     for row, _planned, ratio in compared:  # shown with -s: docs/performance.md's table
@@ -66,7 +73,7 @@ def test_the_toy_zoo_claims_pass_on_the_simulated_gpu_within_the_plan(tmp_path):
         "--batch-size=20",
         "-k",
         "not minimality and not (test_dcm and positional) and not (test_dcm and box_label) "
-        "and not (toy-goat and not cmap) and not (dcm_additional and not patched)",
+        "and not (toy-goat and not cmap)",
         "--allow-skips",
     )
     # --allow-skips: at --limit 40 most bounds are too wide to judge (inconclusive skips); what is checked here is
@@ -83,6 +90,8 @@ def test_the_toy_zoo_claims_pass_on_the_simulated_gpu_within_the_plan(tmp_path):
         "cmap",
         "dcm",
         "path_patching",
+        "dcm_additional",
+        "input_cmap",
     }
 
 
