@@ -610,10 +610,10 @@ def measured_against_plan(rows: list[dict], shapes: dict[str, Shape] | None = No
     out = []
     for (claim, model, circuit), row in sorted(peaks.items()):
         shape = (shapes or {}).get(model) or shape_of(model)
-        plans = {
-            p.claim: p
-            for p in plan(model, row["dtype"], row["batch_size"], row["seq_len"], shape=shape, circuit=circuit)
-        }
+        plans: dict[str, ClaimPlan] = {}  # a claim of several workloads: its peak is the largest one's
+        for p in plan(model, row["dtype"], row["batch_size"], row["seq_len"], shape=shape, circuit=circuit):
+            if p.claim not in plans or p.device_bytes > plans[p.claim].device_bytes:
+                plans[p.claim] = p
         planned = plans.get(claim.removeprefix("memory:"))
         if planned is not None:
             out.append((row, planned.device_bytes, row["value"] / planned.device_bytes))

@@ -83,6 +83,18 @@ def same_base_buckets(items, base_of) -> list[list]:
     return buckets
 
 
+def record_keys(run, group, desideratum: str, extra_keys: dict | None = None) -> dict:
+    """The keys of a DCM-type record of ``group`` under ``desideratum`` on the run's model (DCM's, DCM patching's,
+    the additional desiderata's with their ``measure``)."""
+    return {
+        "circuit": run.circuit_name,
+        "model": run.model.name,
+        "group": group.name,
+        "role": group.role,
+        "desideratum": desideratum,
+    } | (extra_keys or {})
+
+
 def dcm_checks(run, desiderata, groups, extra_keys: dict | None = None, or_checked_against_it=False) -> list:
     """DCM of ``groups`` for each of ``desiderata`` on the circuit's own model, each (group, desideratum)'s test
     accuracy checked against its record (keys: circuit, model, group, role, desideratum, and ``extra_keys``) with
@@ -97,13 +109,7 @@ def dcm_checks(run, desiderata, groups, extra_keys: dict | None = None, or_check
     by_compat: dict[bool, list] = {}
     for desideratum in desiderata:
         for group in groups:
-            keys = {
-                "circuit": run.circuit_name,
-                "model": model.name,
-                "group": group.name,
-                "role": group.role,
-                "desideratum": desideratum,
-            } | (extra_keys or {})
+            keys = record_keys(run, group, desideratum, extra_keys)
             record = stored.find(**run.with_boxes(keys))
             by_compat.setdefault(record is not None and not record.measured, []).append((keys, group))
     outcomes = []
@@ -256,20 +262,27 @@ def workloads(p):
     """Per desideratum (its groups train together): one read of the source prompts, the clean runs of the
     validation pairs (once, kept on the host), of each training batch (both epochs) and of the test pairs; per
     group 16 validations and the test from those, and each batch's fast forward + backward."""
-    from mechbench.plan import Workload
 
     if not p.own:
         return []
-    train, validation, test = (CLAIM.size(s) for s in ("train_pairs", "validation_pairs", "test_pairs"))
-    d, share = len(MAIN_DESIDERATA), p.all_groups_share()
-    return [
-        Workload(
-            "dcm",
-            forwards=d * (train + validation + test) + d * (validation + 2 * train + test),
-            fast=d * (16 + 1) * validation * share,
-            train=d * 2 * train * share,
-            train_batch=32,
-            host_prefix=validation,
-            note=f"4 groups x {d} desiderata; validation every 4 of 32-pair steps",
-        )
-    ]
+    d = len(MAIN_DESIDERATA)
+    return [training_workload(CLAIM, d, p.all_groups_share(), f"4 groups x {d} desiderata")]
+
+
+def training_workload(claim, desiderata: int, share: float, what: str):
+    """DCM's training as the plan sees it, for ``claim``'s sizes: per desideratum one read of the source prompts,
+    the clean runs of the validation pairs (once, kept on the host), of each training batch (both epochs) and of
+    the test pairs; 16 validations and the test from those, and each batch's fast forward + backward, over the
+    ``share`` of the model the trained groups' fast path runs."""
+    from mechbench.plan import Workload
+
+    train, validation, test = (claim.size(s) for s in ("train_pairs", "validation_pairs", "test_pairs"))
+    return Workload(
+        claim.name,
+        forwards=desiderata * (train + validation + test) + desiderata * (validation + 2 * train + test),
+        fast=desiderata * (16 + 1) * validation * share,
+        train=desiderata * 2 * train * share,
+        train_batch=32,
+        host_prefix=validation,
+        note=f"{what}; validation every 4 of 32-pair steps",
+    )

@@ -28,8 +28,8 @@ corrected pairs.
 """
 
 from mechbench.claims.spec import Claim
-from mechbench.claims.specs.dcm import dcm_checks, require_own_model
-from mechbench.claims.specs.dcm_patching import _own_model, patching_checks
+from mechbench.claims.specs.dcm import dcm_checks, require_own_model, training_workload
+from mechbench.claims.specs.dcm_patching import _own_model, patching_checks, patching_workload
 from mechbench.data.counterfactuals import ADDITIONAL_DESIDERATA, DESIDERATA
 
 CLAIM = Claim(
@@ -95,31 +95,12 @@ CLAIM.no_comparison(
 
 @CLAIM.workloads
 def workloads(p):
-    """On the circuit's own model: DCM per desideratum (as the DCM claim's, for the one group), and its stored
-    heads patched over 10 draws of 500 pairs (as DCM patching's)."""
-    from mechbench.plan import Workload
-
-    d = len(ADDITIONAL_DESIDERATA)
-    train, validation, test = (CLAIM.size(s) for s in ("train_pairs", "validation_pairs", "test_pairs"))
-    pairs, runs = CLAIM.size("pairs"), CLAIM.repeat("runs")
-    share = p.group_share("pos_transmitter")
+    """On the circuit's own model: DCM per desideratum (the DCM claim's training, for the one group), and its stored
+    heads patched over 10 draws of 500 pairs (DCM patching's)."""
     if not p.own:
         return []
+    d, share = len(ADDITIONAL_DESIDERATA), p.group_share("pos_transmitter")
     return [
-        Workload(
-            "dcm_additional",
-            forwards=d * runs * pairs * 2,
-            fast=d * runs * pairs * share,
-            prefix=True,
-            note=f"{d} desiderata x {runs} draws of {pairs} pairs, the position transmitters' stored heads",
-        ),
-        Workload(
-            "dcm_additional",
-            forwards=d * (train + validation + test) + d * (validation + 2 * train + test),
-            fast=d * (16 + 1) * validation * share,
-            train=d * 2 * train * share,
-            train_batch=32,
-            host_prefix=validation,
-            note=f"DCM of the position transmitters, {d} desiderata",
-        ),
+        patching_workload(CLAIM, d, share, f"{d} desiderata, the position transmitters' stored heads"),
+        training_workload(CLAIM, d, share, f"DCM of the position transmitters, {d} desiderata"),
     ]

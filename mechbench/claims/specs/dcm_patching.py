@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mechbench.circuits import HeadGroup
 from mechbench.claims.spec import Claim, derived_seed
-from mechbench.claims.specs.dcm import on_own_model, same_base_buckets
+from mechbench.claims.specs.dcm import on_own_model, record_keys, same_base_buckets
 from mechbench.claims.tolerance import mean_of_draws, spread_of_fresh_draws
 from mechbench.data.counterfactuals import MAIN_DESIDERATA, desiderata_pairs
 from mechbench.data.dataset import tokenizer_key
@@ -78,8 +78,7 @@ def patching_checks(run, desiderata, dcm, heads_keys: dict | None = None, extra_
     desideratum)'s mean percentage checked against its record (keys: circuit, model, group, role, desideratum, and
     ``extra_keys``); the soft outcomes, none where no DCM run is stored. The additional desiderata's claim runs
     it too."""
-    model, circuit_name = run.model, run.circuit_name
-    circuit, stored = run.circuit(), run.stored()
+    model, circuit, stored = run.model, run.circuit(), run.stored()
     n, n_runs = run.size("pairs"), run.repeat("runs")
     patched = []  # (keys, heads, paper_compat) of every (group, desideratum) DCM found heads for
     for desideratum in desiderata:
@@ -98,13 +97,7 @@ def patching_checks(run, desiderata, dcm, heads_keys: dict | None = None, extra_
             )
             if found is None:
                 continue
-            keys = {
-                "circuit": circuit_name,
-                "model": model.name,
-                "group": group.name,
-                "role": group.role,
-                "desideratum": desideratum,
-            } | (extra_keys or {})
+            keys = record_keys(run, group, desideratum, extra_keys)
             record = stored.find(**run.with_boxes(keys))
             heads = HeadGroup(group.name, group.role, tuple(tuple(h) for h in found.value["heads"]))
             patched.append((keys, heads, record is not None and not record.measured))
@@ -252,15 +245,21 @@ def compare(c):
 
 @CLAIM.workloads
 def workloads(p):
+
+    d = len(MAIN_DESIDERATA)
+    return [patching_workload(CLAIM, d, p.all_groups_share(), f"{d} desiderata")]
+
+
+def patching_workload(claim, desiderata: int, share: float, what: str):
+    """DCM patching as the plan sees it, for ``claim``'s sizes: per desideratum and draw of pairs, the clean runs of
+    both prompts and the patched fast run over the ``share`` of the model the patched groups' fast path runs."""
     from mechbench.plan import Workload
 
-    pairs, runs, d = CLAIM.size("pairs"), CLAIM.repeat("runs"), len(MAIN_DESIDERATA)
-    return [
-        Workload(
-            "dcm_patching",
-            forwards=d * runs * pairs * 2,
-            fast=d * runs * pairs * p.all_groups_share(),
-            prefix=True,
-            note=f"{d} desiderata x {runs} draws of {pairs} pairs",
-        )
-    ]
+    pairs, runs = claim.size("pairs"), claim.repeat("runs")
+    return Workload(
+        claim.name,
+        forwards=desiderata * runs * pairs * 2,
+        fast=desiderata * runs * pairs * share,
+        prefix=True,
+        note=f"{what} x {runs} draws of {pairs} pairs",
+    )
