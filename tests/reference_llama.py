@@ -12,6 +12,13 @@ def _rms(x, w, eps):
     return w * (x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps))
 
 
+def with_mlp(layer, x, eps):
+    """The residual stream ``x`` [S, d_model] after ``layer``'s MLP block (RMSNorm, SwiGLU, added back)."""
+    m = layer.mlp
+    h = _rms(x, layer.post_attention_layernorm.weight, eps)
+    return x + (torch.nn.functional.silu(h @ m.gate_proj.weight.T) * (h @ m.up_proj.weight.T)) @ m.down_proj.weight.T
+
+
 def _rope(x, positions, theta):
     d = x.shape[-1]
     inv = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
@@ -63,12 +70,6 @@ def reference_last_logits(model, ids, head_patches=(), knockouts=(), record=None
                 heads[i, head] = w @ v[:, kvh]
         heads = patch(layer_idx, "head_out", heads)
         x = x + heads.reshape(S, H * d) @ a.o_proj.weight.T
-        m = layer.mlp
-        h_mlp = _rms(x, layer.post_attention_layernorm.weight, cfg.rms_norm_eps)
-        x = (
-            x
-            + (torch.nn.functional.silu(h_mlp @ m.gate_proj.weight.T) * (h_mlp @ m.up_proj.weight.T))
-            @ m.down_proj.weight.T
-        )
+        x = with_mlp(layer, x, cfg.rms_norm_eps)
     x = _rms(x, model.model.norm.weight, cfg.rms_norm_eps)
     return x[-1] @ model.lm_head.weight.T

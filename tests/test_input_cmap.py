@@ -11,7 +11,7 @@ from mechbench.evaluate import correct_on
 from mechbench.intervene import Read, run
 from mechbench.methods.cmap import INPUT_SETS, input_cmap_correct, input_cmap_patches
 from tests.helpers import random_llama
-from tests.reference_llama import _rms, _rope, reference_last_logits
+from tests.reference_llama import _rms, _rope, reference_last_logits, with_mlp
 
 LAYERS, HEADS, D = 3, 4, 8
 ROLES = ("last", "query_label", "prev_query_label")
@@ -73,13 +73,7 @@ def reference_input_cmap(base, ids, group, position, inputs, donor_qkv, clean_he
                 w = torch.softmax((kr @ qr) / D**0.5, -1)
                 heads[i, head] = w @ values
         x = x + heads.reshape(S, H * D) @ a.o_proj.weight.T
-        m = layer.mlp
-        h_mlp = _rms(x, layer.post_attention_layernorm.weight, cfg.rms_norm_eps)
-        x = (
-            x
-            + (torch.nn.functional.silu(h_mlp @ m.gate_proj.weight.T) * (h_mlp @ m.up_proj.weight.T))
-            @ m.down_proj.weight.T
-        )
+        x = with_mlp(layer, x, cfg.rms_norm_eps)
     x = _rms(x, base.model.norm.weight, cfg.rms_norm_eps)
     return x[-1] @ base.lm_head.weight.T
 
