@@ -465,28 +465,81 @@ def update(baseline: Baseline, keys: dict, value: Any, *, write: bool = True, fo
 
 class Staging:
     """The baseline updates of one run, held in memory and written together when the run ends: an interrupted
-    ``--update-baselines`` run leaves every file as it was, never half old and half new records."""
+    ``--update-baselines`` run leaves every file as it was, never half old and half new records.
+
+    Under pytest-xdist each worker stages its own updates and sends them, as :meth:`to_json`, to the controller,
+    which :meth:`replay` s them into its staging and writes every file once when the run ends; two workers storing
+    different numbers under the same keys is a conflict, and a run with one writes nothing."""
 
     def __init__(self):
         self._files: dict[Path, Baseline] = {}
+        self._new: dict[Path, tuple[str, str] | None] = {}
         self._changed: set[Path] = set()
+        self._updates: list[dict] = []  # every update as it was asked for, for the controller (to_json)
+        self._by_record: dict[tuple, tuple[str, dict]] = {}  # (file, keys) -> (who, the update) for replay
+        self.conflicts: list[str] = []
+        self.lost: list[str] = []  # why some process's updates never arrived (a worker that crashed)
         self.diffs: list[str] = []
 
     def load(self, claim: str, baselines_dir=None, new: tuple[str, str] | None = None) -> Baseline:
         path = (Path(baselines_dir or DEFAULT_DIR) / f"{claim}.json").resolve()
         if path not in self._files:
             self._files[path] = load(claim, baselines_dir, new)
+            self._new[path] = new
         return self._files[path]
 
     def update(self, baseline: Baseline, keys: dict, value: Any, **fields) -> str:
         diff = update(baseline, keys, value, write=False, **fields)
         self._changed.add(baseline.path)
+        self._updates.append(
+            {
+                "claim": baseline.claim,
+                "dir": str(baseline.path.parent),
+                "new": self._new.get(baseline.path),
+                "keys": dict(keys),
+                "value": value,
+                "fields": dict(fields),
+            }
+        )
         self.diffs.append(diff)
         return diff
 
+    def to_json(self) -> list[dict]:
+        """The staged updates, as a pytest-xdist worker sends them to its controller (JSON-safe)."""
+        return json.loads(json.dumps(self._updates, default=str))
+
+    def replay(self, updates: list[dict], who: str) -> None:
+        """Stage ``updates`` (another process's :meth:`to_json`, ``who`` naming it) on this process's copies of the
+        files. An update of a record another process staged differently is a conflict (:attr:`conflicts`):
+        :meth:`commit` then refuses to write anything."""
+        for u in updates:
+            baseline = self.load(u["claim"], u["dir"], tuple(u["new"]) if u["new"] else None)
+            record = (str(baseline.path), json.dumps(u["keys"], sort_keys=True))
+            mine = {k: u[k] for k in ("value", "fields")}
+            other, theirs = self._by_record.get(record, (who, mine))
+            if other != who:  # (one process storing a record twice keeps its last, as it did)
+                if theirs != mine:
+                    self.conflicts.append(
+                        f"{baseline.path.name} {u['keys']}: {other} stored {theirs['value']!r}, {who} "
+                        f"{u['value']!r}"
+                    )
+                continue
+            self._by_record[record] = (who, mine)
+            self.update(baseline, u["keys"], u["value"], **u["fields"])
+
     def commit(self, into: Path | None = None) -> list[Path]:
         """Write every changed file (each atomically); returns the paths written. ``into``: a directory to write
-        them to instead, under their own names (where the baselines directory refused them)."""
+        them to instead, under their own names (where the baselines directory refused them). Refused, writing
+        nothing, where replayed updates conflict."""
+        if self.conflicts or self.lost:
+            why = [
+                f"{len(self.conflicts)} record(s) stored with different numbers by two processes of one run "
+                f"(pytest -n): " + "; ".join(self.conflicts)
+            ] * bool(self.conflicts) + self.lost
+            raise BaselineError(
+                "baselines NOT updated: " + "; ".join(why) + ". Every file is as it was; rerun the update (without "
+                "-n, or with each model's tests on one worker: --dist loadgroup, the default under -n)"
+            )
         changed = [b for b in self._files.values() if b.path in self._changed]
         paths = [b.path if into is None else Path(into) / b.path.name for b in changed]
         for b, path in zip(changed, paths):

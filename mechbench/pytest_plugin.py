@@ -31,7 +31,7 @@ from mechbench import options
 from mechbench.claims import get
 from mechbench.claims.run import ClaimFailed, ClaimSkipped, Run, load_model
 from mechbench.claims.settings import Settings
-from mechbench.errors import MechbenchError, UnknownModelError
+from mechbench.errors import BaselineError, MechbenchError, UnknownModelError
 from mechbench.models.registry import PAPER_MODELS, TOY_MODELS, resolve
 from mechbench.results import DevicePeak
 
@@ -133,6 +133,7 @@ class Tally:
         self.compare_items: set[str] = set()  # compared models with a test in suites/test_compare.py collected
         self.reports: list[str] = []  # comparison reports written (by this process or its xdist workers)
         self.baselines: list[str] = []  # what became of the run's baseline updates
+        self.workers: dict[str, tuple[str, list[str]]] = {}  # pytest -n: worker id -> (its device, its models)
 
     def pytest_runtest_logreport(self, report) -> None:  # called by the session's hook (MechbenchSession)
         model = self.model_of.get(report.nodeid, self.model_of.get(report.nodeid.rpartition("@")[0]))
@@ -170,6 +171,8 @@ class Tally:
             self.merge(output["mechbench_tally"])
         self.reports.extend(output.get("mechbench_reports", []))
         self.baselines.extend(output.get("mechbench_baselines", []))
+        if "mechbench_device" in output:
+            self.workers[node.gateway.id] = (output["mechbench_device"], output["mechbench_tally"]["loaded"])
 
     def problems(self, settings) -> list[str]:
         """Why the run checked nothing about a model, one line per model; empty when every model that loaded has a
@@ -329,7 +332,7 @@ def _settings(config, notes: list) -> Settings:
         base_model=config.getoption("--base-model"),
         baseline_model=config.getoption("--baseline-model"),
         circuits=circuits,
-        device=config.getoption("--device"),
+        device=worker_device(config),
         dtype=config.getoption("--dtype"),
         limit=config.getoption("--limit"),
         seed=config.getoption("--seed"),
@@ -376,20 +379,34 @@ def _configure_workers(config) -> None:
     """pytest-xdist (``pytest -n 2``): each model's tests go to one worker (``--dist loadgroup``, grouped by model
     in :func:`pytest_generate_tests`), so a model is loaded, and its prompts and ablation means computed, once;
     each worker gets its share of the CPU's cores for torch's threads (two workers of two threads on two cores
-    would wait on each other). The workers append to one results.jsonl (a locked write per line); baseline
-    updates are written by one process at the end, so --update-baselines runs without -n. Called when the session
+    would wait on each other). The workers append to one results.jsonl (a locked write per line); under
+    --update-baselines each worker stages its updates and sends them to the controller, which writes every file once
+    at the end (refused, writing nothing, where two workers stored one record differently). Called when the session
     starts using mechbench (:func:`start`): on the controller, when that is known before collection (a mechbench
     option, or its suites; the controller collects nothing), on a worker, at the latest when it has collected."""
     option = getattr(config, "option", None)
     workers = getattr(option, "numprocesses", None)
     if workers and getattr(option, "dist", "no") == "load":
         config.option.dist = "loadgroup"  # -n alone: keep a model's tests together (groups of one otherwise)
-    if workers and config.getoption("--update-baselines"):
-        raise pytest.UsageError(
-            "--update-baselines with -n: the baseline files are written once, when the run ends, "
-            "by one process; run the update without -n"
-        )
     share_cores_among_workers(config)
+
+
+def worker_device(config, gpus: int | None = None) -> str:
+    """The device of this process's tests: ``--device``, except that a pytest-xdist worker under ``--device cuda``
+    (no index) on a machine with several GPUs takes its own, ``cuda:<worker number mod GPUs>`` (worker gw3 of 8
+    on 4 GPUs: cuda:3), so that N workers spread over N GPUs instead of all loading onto cuda:0. ``gpus``: the
+    number of visible GPUs (torch's count when not given)."""
+    device = config.getoption("--device")
+    if device != "cuda" or not hasattr(config, "workerinput"):
+        return device
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    if gpus < 2:
+        return device
+    number = int(str(config.workerinput.get("workerid", "gw0")).removeprefix("gw") or 0)
+    return f"cuda:{number % gpus}"
 
 
 def share_cores_among_workers(config) -> None:
@@ -418,7 +435,15 @@ def pytest_configure_node(node) -> None:
 def pytest_testnodedown(node, error) -> None:
     output = getattr(node, "workeroutput", {})
     if "mechbench_tally" in output:  # the worker's session used mechbench: so did this one
-        start(node.config).tally.pytest_testnodedown(node, error)
+        ms = start(node.config)
+        ms.tally.pytest_testnodedown(node, error)
+        staging, who = ms.settings.staging, f"worker {node.gateway.id}"
+        if staging is not None:
+            staging.replay(output.get("mechbench_staged", []), who)
+    elif error is not None:  # a worker that went down sent nothing: the run's updates are not whole
+        ms = session_of(node.config)
+        if ms is not None and ms.settings.staging is not None:
+            ms.settings.staging.lost.append(f"worker {node.gateway.id} went down ({error}), its updates lost")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -572,9 +597,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         name = params.get("model_name", params.get("compared_model"))
-        if name is not None and (item.get_closest_marker("claim") or "compared_model" in params):
+        if isinstance(name, str) and (item.get_closest_marker("claim") or "compared_model" in params):
             tally.model_of[item.nodeid] = name
-        if "compared_model" in params:
+        if "compared_model" in params and isinstance(name, str):  # (an empty parameter set's is pytest's NOTSET)
             tally.compare_items.add(name)
 
 
@@ -780,13 +805,18 @@ def pytest_sessionfinish(session, exitstatus):
         return
     tally, settings = ms.tally, ms.settings
     staging = settings.staging
-    if staging is not None and staging.diffs:
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: its updates go to the controller, which writes them
+        config.workeroutput["mechbench_staged"] = staging.to_json() if staging is not None else []
+        staging = None
+    if staging is not None and (staging.diffs or staging.lost):
         if exitstatus == pytest.ExitCode.INTERRUPTED:
             tally.baselines.append(
                 f"interrupted: {len(staging.diffs)} baseline update(s) discarded, every baseline file is as it was"
             )
         else:
             tally.baselines.append(_commit(staging, settings.results_dir))
+            if tally.baselines[-1].startswith("baselines NOT updated"):  # refused or kept elsewhere: not green
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if ms.comparisons:
         from mechbench import validate
         from mechbench.report import write_comparison_report
@@ -807,7 +837,10 @@ def pytest_sessionfinish(session, exitstatus):
                     session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: its controller reports and judges
         config.workeroutput.update(
-            mechbench_tally=tally.to_json(), mechbench_reports=tally.reports, mechbench_baselines=tally.baselines
+            mechbench_tally=tally.to_json(),
+            mechbench_reports=tally.reports,
+            mechbench_baselines=tally.baselines,
+            mechbench_device=settings.device,
         )
         return
     if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
@@ -825,6 +858,8 @@ def _commit(staging, results_dir: Path) -> str:
     measurements are never lost."""
     try:
         written = staging.commit()
+    except BaselineError as e:  # the workers' updates conflict, or some never arrived: nothing written
+        return str(e) + "\n" + "\n".join(staging.diffs)
     except OSError as e:
         kept = Path(results_dir) / "baselines-not-written"
         kept.mkdir(parents=True, exist_ok=True)
@@ -854,6 +889,10 @@ def pytest_terminal_summary(terminalreporter):
         for line in lines:
             terminalreporter.write_line(line)
     tally = ms.tally
+    if tally.workers:  # pytest -n: which worker ran which models where
+        terminalreporter.section("mechbench workers")
+        for worker, (device, models) in sorted(tally.workers.items()):
+            terminalreporter.write_line(f"{worker}: {device}, {', '.join(models) or 'no model loaded'}")
     if tally.baselines:
         terminalreporter.section("mechbench baselines")
         for line in tally.baselines:

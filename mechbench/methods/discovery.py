@@ -12,6 +12,7 @@ transmitters stays a transmitter.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -280,6 +281,38 @@ def discover(
     one). A file made with other settings or another model has another hash and is never read; one with this
     discovery's key is checked before it is resumed (:func:`saved_steps`) and refused, naming it, where it is corrupt.
     """
+    if cache_dir is None:
+        return _discover(model, name, config, log, None, fixed_receivers)
+    _, path = checkpoint_path(model, name, config, cache_dir, fixed_receivers)
+    # one discovery at a time per checkpoint: a second process (a pytest -n worker, a job of an array sharing the
+    # results directory) waits for the first and reads its finished steps back instead of computing them again
+    with _locked(path.with_name(path.name + ".lock"), log):
+        return _discover(model, name, config, log, cache_dir, fixed_receivers)
+
+
+@contextlib.contextmanager
+def _locked(lock: Path, log=None):
+    """An exclusive advisory lock on ``lock`` (made if missing) for the block; none where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; one process at a time there
+        yield
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log:
+                log(f"{lock.name}: another process is running this discovery; waiting to read its steps back")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _discover(model, name, config, log, cache_dir, fixed_receivers) -> Discovery:
     from mechbench.data.counterfactuals import noise_pairs
 
     finished, on_step, path = {}, None, None
