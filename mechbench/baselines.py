@@ -520,8 +520,7 @@ class Staging:
             if other != who:  # (one process storing a record twice keeps its last, as it did)
                 if theirs != mine:
                     self.conflicts.append(
-                        f"{baseline.path.name} {u['keys']}: {other} stored {theirs['value']!r}, {who} "
-                        f"{u['value']!r}"
+                        f"{baseline.path.name} {u['keys']}: {other} stored {theirs['value']!r}, {who} {u['value']!r}"
                     )
                 continue
             self._by_record[record] = (who, mine)
