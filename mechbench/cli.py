@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     pln.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     pln.add_argument("--batch-size", default="50", help="prompts per forward, or auto (the largest that fits)")
     pln.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory to plan against (default 80)")
+    pln.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        help="GPUs of the node: the wall time of pytest -n GPUS (a model's claims on one GPU, the longest the floor)",
+    )
     add_command_options(pln, "plan")
     pln.add_argument(
         "--own-circuit",
@@ -207,7 +213,10 @@ def _plan(args) -> None:
     from mechbench import plan
     from mechbench.models.registry import CIRCUITS
 
-    hours, fits = 0.0, True
+    from mechbench.validate import positive
+
+    positive("--gpus", args.gpus)
+    hours, fits, per_model = 0.0, True, {}
     for model in args.models:
         batch = (
             plan.choose_batch_size(model, args.dtype, args.gpu_gib * plan.GIB)
@@ -223,11 +232,20 @@ def _plan(args) -> None:
             )
             print(plan.format_plan(model, plans, args.dtype, batch, args.gpu_gib, circuit) + "\n")
             hours += sum(p.gpu_seconds for p in plans) / 3600
+            per_model[model] = per_model.get(model, 0.0) + sum(p.gpu_seconds for p in plans) / 3600
             fits &= all(p.fits(args.gpu_gib * plan.GIB) for p in plans)
     print(
         f"in all: {hours:.1f} GPU hours at {args.tflops:g} TFLOP/s; "
         f"{'every claim fits' if fits else 'SOME CLAIM DOES NOT FIT'} in {args.gpu_gib:g} GiB"
     )
+    if args.gpus > 1:
+        wall, ran = plan.wall_hours(per_model, args.gpus)
+        longest = max(per_model, key=per_model.get)
+        print(
+            f"on {args.gpus} GPUs (pytest -n {args.gpus}, a model's claims on one GPU): about {wall:.1f} hours of wall "
+            f"time; the floor is the longest model's, {longest} {per_model[longest]:.1f} h. "
+            + "; ".join(f"GPU {g}: {', '.join(models) or 'idle'}" for g, models in enumerate(ran))
+        )
     if not fits:
         raise MechbenchError(
             "a claim's planned peak exceeds the GPU memory: use --dtype bfloat16 or a smaller --batch-size"

@@ -620,6 +620,21 @@ def measured_against_plan(rows: list[dict], shapes: dict[str, Shape] | None = No
     return out
 
 
+def wall_hours(job_hours: dict[str, float], gpus: int) -> tuple[float, list[list[str]]]:
+    """The wall time of jobs (a model's claims, hours each) on ``gpus`` GPUs as ``pytest -n <gpus>`` runs them:
+    a model's tests are one group on one worker (one GPU each, mechbench.pytest_plugin.worker_device), and a
+    worker that is free takes the next model in the order given (list scheduling, as pytest-xdist's loadgroup
+    hands out groups). Returns the hours and the models each GPU ran. The longest model's job is the floor."""
+    if gpus < 1:
+        raise ValueError(f"gpus must be at least 1, got {gpus}")
+    busy, ran = [0.0] * gpus, [[] for _ in range(gpus)]
+    for model, hours in job_hours.items():
+        free = min(range(gpus), key=lambda g: (busy[g], g))
+        busy[free] += hours
+        ran[free].append(model)
+    return max(busy), ran
+
+
 def format_plan(
     model: str, plans: list[ClaimPlan], dtype: str, batch_size: int, gpu_gib: float, circuit: str | None = None
 ) -> str:

@@ -172,3 +172,17 @@ def test_fast_path_shares_follow_where_the_runs_start():
     share = plan.random_k_share(circuit, 32, 54)
     assert plan._span("prev_query_label", 54) * 0.5 < share < 1.0
     assert plan.random_k_share(None, 32, 54) == 1.0
+
+
+def test_the_wall_time_on_several_gpus_is_list_scheduling_with_the_longest_model_the_floor(capsys):
+    from mechbench.cli import main
+
+    assert plan.wall_hours({"a": 3.0, "b": 1.0, "c": 1.0, "d": 1.0}, 1) == (6.0, [["a", "b", "c", "d"]])
+    assert plan.wall_hours({"a": 3.0, "b": 1.0, "c": 1.0, "d": 1.0}, 2) == (3.0, [["a"], ["b", "c", "d"]])
+    assert plan.wall_hours({"a": 1.0, "b": 3.0}, 4)[0] == 3.0  # more GPUs than models: the longest is the floor
+    assert main(["plan", "llama7b", "vicuna7b", "goat7b", "float7b", "--own-circuit", "--gpus", "4"]) in (0, None)
+    out = capsys.readouterr().out
+    total = float(out.split("in all: ")[1].split(" GPU hours")[0])
+    wall = float(out.split("about ")[1].split(" hours of wall")[0])
+    assert "pytest -n 4" in out and "floor is the longest model's, goat7b" in out and wall < total
+    assert main(["plan", "llama7b", "--gpus", "0"]) == 2 and "--gpus" in capsys.readouterr().err
