@@ -212,7 +212,6 @@ def main(argv: list[str] | None = None) -> int:
 def _plan(args) -> None:
     from mechbench import plan
     from mechbench.models.registry import CIRCUITS
-
     from mechbench.validate import positive
 
     positive("--gpus", args.gpus)
