@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_command_options(bl, "baseline")
     rep = sub.add_parser("report", help="tables and figures of the latest measurements in a results file")
+    rep.add_argument(
+        "runs",
+        nargs="*",
+        help="results directories or results.jsonl files of several runs (a CI matrix's artifacts, a job array's "
+        "--results-dir): joined, the newest measurement per claim and keys, disagreements said (default: --results)",
+    )
     rep.add_argument("--results", default=f"{RESULTS_DIR}/results.jsonl")
     rep.add_argument("--out", default=RESULTS_DIR, help="directory for report.md and the figures")
     rep.add_argument("--no-figures", action="store_true")
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             from mechbench.report import write_report
 
             try:
-                print(write_report(args.results, args.out, figures=not args.no_figures))
+                print(write_report(args.runs or args.results, args.out, figures=not args.no_figures))
             except OSError as e:  # the directory was checked: it went read-only or full while writing
                 raise MechbenchError(
                     f"the report could not be written to --out {args.out} ({e.strerror or e}): "

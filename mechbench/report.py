@@ -93,6 +93,70 @@ def load_results(path: Path | str) -> list[dict]:
     return rows
 
 
+def results_files(sources) -> list[Path]:
+    """The results files of ``sources``: a ``results.jsonl`` as given, a directory's own ``results.jsonl`` or, where
+    it has none (a CI matrix's downloaded artifacts, a job array's results directories under one folder), every
+    ``results.jsonl`` below it, in name order."""
+    files = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            found = (
+                [path / "results.jsonl"] if (path / "results.jsonl").is_file() else sorted(path.rglob("results.jsonl"))
+            )
+            if not found:
+                raise MechbenchError(
+                    f"no results.jsonl in {path} or below it: pass the results directories of the runs"
+                )
+            files += found
+        else:
+            files.append(path)
+    return list(dict.fromkeys(files))
+
+
+def load_runs(sources) -> tuple[list[dict], list[Path]]:
+    """Every measurement of the runs in ``sources`` (:func:`results_files`), oldest first by the time each was
+    measured, so that :func:`latest` keeps the newest per claim and keys whichever run it came from."""
+    files = results_files(sources)
+    rows = [row for f in files for row in load_results(f)]
+    rows.sort(key=lambda r: str((r.get("meta") or {}).get("time") or ""))  # stable: one run's lines keep their order
+    return rows, files
+
+
+def disagreements(rows: list[dict]) -> list[str]:
+    """How the runs behind ``rows`` differ where a reader would take them for one run: the commit (and a dirty
+    tree), the versions of the libraries that compute the numbers, and a model measured with different weights
+    (its fingerprint) in different rows. One line each; none where they agree."""
+    lines = []
+
+    def distinct(get) -> dict[str, int]:
+        seen: dict[str, int] = {}
+        for r in rows:
+            v = get(r)
+            seen[v] = seen.get(v, 0) + 1
+        return seen
+
+    def meta(r):
+        return r.get("meta") or {}
+
+    commits = distinct(lambda r: (meta(r).get("git") or {}).get("commit", "unknown") or "unknown")
+    if len(commits) > 1:
+        lines.append("commits: " + ", ".join(f"{c[:12]} ({n} rows)" for c, n in sorted(commits.items())))
+    for lib in ("mechbench", "torch", "transformers", "peft"):
+        found = distinct(lambda r, lib=lib: str((meta(r).get("versions") or {}).get(lib)))
+        if len(found) > 1:
+            lines.append(f"{lib} versions: " + ", ".join(f"{v} ({n} rows)" for v, n in sorted(found.items())))
+    by_model: dict[str, set] = {}
+    for r in rows:
+        fp = r.get("fingerprint")
+        if isinstance(fp, dict) and fp.get("weights_sha256") and r.get("model"):
+            by_model.setdefault(r["model"], set()).add(fp["weights_sha256"][:12])
+    for model, prints in sorted(by_model.items()):
+        if len(prints) > 1:
+            lines.append(f"{model} was measured with different weights: fingerprints {', '.join(sorted(prints))}")
+    return lines
+
+
 def _is_record(row) -> bool:
     """A results line the report can read: an object with a claim name, and its ``meta`` (where there is one) an
     object whose ``git`` and ``device`` are objects, the device's ``gib`` a number (mechbench.results writes these)."""
@@ -196,11 +260,16 @@ def _figures(frame_by_claim: dict, out: Path) -> list[str]:
     return made
 
 
-def write_report(results: Path | str, out: Path | str, figures: bool = True) -> Path:
-    """``<out>/report.md`` and its figures (``mechbench report --results RESULTS --out OUT``)."""
+def write_report(results, out: Path | str, figures: bool = True) -> Path:
+    """``<out>/report.md`` and its figures (``mechbench report [RUN ...] --out OUT``): ``results`` a results file or
+    directory, or several (a CI matrix's artifacts, a job array's results directories), joined newest first per
+    claim and keys, with how their runs disagree (commit, versions, a model's weights) said at the top."""
     from mechbench.validate import writable_dir
 
-    rows = latest(load_results(results))
+    sources = [results] if isinstance(results, (str, Path)) else list(results)
+    all_rows, files = load_runs(sources)
+    rows = latest(all_rows)
+    results = files[0] if len(files) == 1 else f"{len(files)} runs: " + ", ".join(str(f) for f in files)
     out = writable_dir("--out", Path(out))
     by_claim: dict[str, list[dict]] = {}
     for row in rows:
@@ -223,6 +292,17 @@ def write_report(results: Path | str, out: Path | str, figures: bool = True) -> 
         "",
     ]
     lines += device_lines(rows)
+    differ = disagreements(rows)
+    if differ:  # the joined runs are not one run: said before any number is read as if they were
+        lines += (
+            [
+                f"**The runs behind these numbers disagree** ({len(differ)}): the measurements below come from "
+                "different code, libraries or weights; compare across them with care.",
+                "",
+            ]
+            + [f"- {line}" for line in differ]
+            + [""]
+        )
     lines += [f"## Failed: {len(failed)} (outside tolerance, or a check that did not hold)", ""]
     if failed:
         lines += [_frame(failed).round(4).to_markdown(index=False), ""]
