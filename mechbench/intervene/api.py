@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mechbench.intervene.hooks import ReadsDone, hooked, require_mask_honouring
+from mechbench.intervene.hooks import ReadsDone, hooked, input_device, require_mask_honouring
 from mechbench.intervene.prefix import Prefix, capture_prefix, run_from_prefix
 from mechbench.intervene.requests import HeadPatch, Interventions, Knockout, Read, RunOutput
 from mechbench.models.architectures import causal_lm
@@ -122,11 +122,11 @@ def run(
     if prefix is not None:
         if not torch.equal(prefix.input_ids.cpu(), input_ids.cpu()):
             raise ValueError("a prefix serves the exact input_ids it was captured on")
-        device = next(model.parameters()).device
+        device = input_device(model)
         if prefix.input_ids.device != device:  # kept on the host between uses (DCM's validation prompts)
             prefix = prefix.to(device)
         return run_from_prefix(model, prefix, patches, read, knockouts, grad)
-    device = next(model.parameters()).device
+    device = input_device(model)
     batch_size = batch_size or batch_size_of(model)
     stop = not logits and read is not None
     kept, store = [], {}

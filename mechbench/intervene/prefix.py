@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mechbench.intervene.hooks import attention_mask, hooked
+from mechbench.intervene.hooks import attention_mask, hooked, input_device
 from mechbench.intervene.requests import HeadPatch, Knockout, Read, RunOutput
 from mechbench.models.architectures import causal_lm, sites
 from mechbench.models.run_options import batch_size_of
@@ -65,7 +65,7 @@ def capture_prefix(
     """One forward of a batch (under ``common`` patches, rows as ``input_ids``), keeping what the fast path needs,
     and what ``read`` asks for in ``Prefix.reads`` (path patching's clean head outputs: no second clean run)."""
     model = causal_lm(model_or_handle)
-    ids = input_ids.to(next(model.parameters()).device)
+    ids = input_ids.to(input_device(model))
     store: dict = {}
     with hooked(model, common, read, store, intervened=True):
         out = model(input_ids=ids, use_cache=True, output_hidden_states=True, logits_to_keep=1)

@@ -17,7 +17,17 @@ import torch
 from mechbench.circuits import Head, HeadGroup
 from mechbench.data.counterfactuals import CounterfactualDataset
 from mechbench.evaluate import top1_correct
-from mechbench.intervene import HeadPatch, Interventions, Prefix, Read, capture_prefix, capture_prefixes, run, run_many
+from mechbench.intervene import (
+    HeadPatch,
+    Interventions,
+    Prefix,
+    Read,
+    capture_prefix,
+    capture_prefixes,
+    input_device,
+    run,
+    run_many,
+)
 
 
 @dataclass
@@ -206,7 +216,7 @@ def train_dcm_cases(
             }
             for i in chosen:
                 reads[i] = {name: by_split[name][groups[i].role] for name in by_split}
-    device = next(torch_model.parameters()).device
+    device = input_device(torch_model)
     on_host = device.type != "cpu"
     val_prefixes = capture_prefixes(torch_model, val.base.input_ids, on_host=on_host)
     masks = [torch.ones(len(g.heads), device=device, requires_grad=True) for g in groups]

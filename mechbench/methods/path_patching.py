@@ -24,7 +24,16 @@ import torch
 
 from mechbench.circuits import Head
 from mechbench.data.counterfactuals import CounterfactualDataset
-from mechbench.intervene import HeadPatch, Read, batch_size_of, capture_prefix, n_units, run, run_frozen_attention
+from mechbench.intervene import (
+    HeadPatch,
+    Read,
+    batch_size_of,
+    capture_prefix,
+    input_device,
+    n_units,
+    run,
+    run_frozen_attention,
+)
 from mechbench.models.architectures import sites
 
 
@@ -110,7 +119,7 @@ def path_patching_scores(
     prefix path); the numbers equal the full forward's to float tolerance.
     """
     torch_model = model if isinstance(model, torch.nn.Module) else model.model
-    device = next(torch_model.parameters()).device
+    device = input_device(torch_model)
     n_layers, n_heads = len(sites(torch_model).layer_list(torch_model)), n_units(torch_model, "head_out")
     clean, corrupt = pairs.base, pairs.source
     sender_pos = clean.positions(sender_role)

@@ -55,7 +55,10 @@ class ModelHandle:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where the model's inputs go (under accelerate's device map or offload: its embedding's execution device)."""
+        from mechbench.intervene.hooks import input_device
+
+        return input_device(self.model)
 
     @property
     def layers(self):
