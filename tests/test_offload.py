@@ -1,6 +1,6 @@
 """A model accelerate offloads (its weights on ``meta`` until each module's hook brings them in at run time, as a
 ``device_map`` with CPU or disk offload leaves a model wider than its GPU): the engine and the methods give the
-plain model's numbers. The inputs go where the embedding computes (mechbench.intervene.input_device), never to
+plain model's numbers. The inputs go where the embedding computes (mechbench.models.devices.input_device), never to
 the device of the model's first parameter, which is ``meta`` here."""
 
 import copy

@@ -18,9 +18,10 @@ the names below.
 
 from mechbench.intervene.api import run, run_many
 from mechbench.intervene.frozen import run_frozen_attention
-from mechbench.intervene.hooks import head_dim, hooked, input_device, n_units
+from mechbench.intervene.hooks import head_dim, hooked, n_units
 from mechbench.intervene.prefix import Prefix, capture_prefix, capture_prefixes
 from mechbench.intervene.requests import COMPONENTS, HeadPatch, Interventions, Knockout, Read, RunOutput
+from mechbench.models.devices import input_device
 from mechbench.models.run_options import batch_size_of, set_batch_size
 
 __all__ = [

@@ -13,10 +13,11 @@ from collections.abc import Sequence
 
 import torch
 
-from mechbench.intervene.hooks import ReadsDone, hooked, input_device, require_mask_honouring
+from mechbench.intervene.hooks import ReadsDone, hooked, require_mask_honouring
 from mechbench.intervene.prefix import Prefix, capture_prefix, run_from_prefix
 from mechbench.intervene.requests import HeadPatch, Interventions, Knockout, Read, RunOutput
 from mechbench.models.architectures import causal_lm
+from mechbench.models.devices import input_device
 from mechbench.models.run_options import batch_size_of
 
 

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mechbench.intervene.hooks import attention_mask, hooked, input_device
+from mechbench.intervene.hooks import attention_mask, hooked
 from mechbench.intervene.requests import HeadPatch, Knockout, Read, RunOutput
 from mechbench.models.architectures import causal_lm, sites
+from mechbench.models.devices import input_device
 from mechbench.models.run_options import batch_size_of
 
 

@@ -56,7 +56,7 @@ class ModelHandle:
     @property
     def device(self) -> torch.device:
         """Where the model's inputs go (under accelerate's device map or offload: its embedding's execution device)."""
-        from mechbench.intervene.hooks import input_device
+        from mechbench.models.devices import input_device
 
         return input_device(self.model)
 
