@@ -25,7 +25,6 @@ from mechbench.models.devices import input_device
 from mechbench.models.run_options import batch_size_of, set_batch_size
 
 __all__ = [
-    "input_device",
     "COMPONENTS",
     "HeadPatch",
     "Interventions",
@@ -38,6 +37,7 @@ __all__ = [
     "capture_prefixes",
     "head_dim",
     "hooked",
+    "input_device",
     "n_units",
     "run",
     "run_frozen_attention",

@@ -151,6 +151,12 @@ def dcm_checks(run, desiderata, groups, extra_keys: dict | None = None, or_check
     return outcomes
 
 
+def dcm_model_of(run, circuit) -> str:
+    """The model DCM (and the claims that read its heads) runs on for ``circuit``: the run's model where the circuit was found on it, else the circuit's
+    name (a registered circuit is named by its model)."""
+    return run.model.name if circuit.found_on(run.model) else circuit.name
+
+
 def on_own_model(record, circuit) -> bool:
     """A DCM record of ``circuit`` measured on the model it was found on: named as the circuit (the registered
     circuits), or carrying the weights fingerprint the circuit was stored with (a directory's circuit)."""

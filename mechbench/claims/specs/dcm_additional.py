@@ -28,8 +28,8 @@ corrected pairs.
 """
 
 from mechbench.claims.spec import Claim
-from mechbench.claims.specs.dcm import dcm_checks, require_own_model, training_workload
-from mechbench.claims.specs.dcm_patching import _own_model, patching_checks, patching_workload
+from mechbench.claims.specs.dcm import dcm_checks, dcm_model_of, require_own_model, training_workload
+from mechbench.claims.specs.dcm_patching import patching_checks, patching_workload
 from mechbench.data.counterfactuals import ADDITIONAL_DESIDERATA, DESIDERATA
 
 CLAIM = Claim(
@@ -82,7 +82,7 @@ def dcm_additional_patched(run):
         run.skip(
             f"no DCM run of circuit {run.circuit_name!r} on its own model for the additional desiderata in "
             f"{run.settings.baselines_dir / 'dcm_additional.json'}: store them first, in the same run or before it: "
-            f"{run.store_command('dcm_additional', model=_own_model(run, run.circuit()))}"
+            f"{run.store_command('dcm_additional', model=dcm_model_of(run, run.circuit()))}"
         )
     run.settle(outcomes, "desiderata")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mechbench.circuits import HeadGroup
 from mechbench.claims.spec import Claim, derived_seed
-from mechbench.claims.specs.dcm import on_own_model, record_keys, same_base_buckets
+from mechbench.claims.specs.dcm import dcm_model_of, on_own_model, record_keys, same_base_buckets
 from mechbench.claims.tolerance import mean_of_draws, spread_of_fresh_draws
 from mechbench.data.counterfactuals import MAIN_DESIDERATA, desiderata_pairs
 from mechbench.data.dataset import tokenizer_key
@@ -43,12 +43,6 @@ CLAIM = Claim(
 )
 
 
-def _own_model(run, circuit) -> str:
-    """The model DCM runs on for ``circuit``: the run's model where the circuit was found on it, else the circuit's
-    name (a registered circuit is named by its model)."""
-    return run.model.name if circuit.found_on(run.model) else circuit.name
-
-
 def _pairs(run, tokenizer, desideratum, n, seed, paper_compat):
     boxes = run.settings.boxes
     return run.once(
@@ -67,7 +61,7 @@ def dcm_heads_patched(run):
         run.skip(
             f"no DCM run of circuit {run.circuit_name!r} on its own model for {desideratum!r} in "
             f"{run.settings.baselines_dir / 'dcm.json'}: store one first, in the same run or before it: "
-            f"{run.store_command('dcm', model=_own_model(run, run.circuit()))}"
+            f"{run.store_command('dcm', model=dcm_model_of(run, run.circuit()))}"
         )
     run.settle(outcomes, "groups")
 
