@@ -15,13 +15,20 @@ def get_model(model: str | ModelHandle, device: str = "cpu", dtype: str = "float
     CMAP does): a 7B model takes 27 GB in float32, so a session over several models must not pile them up."""
     if isinstance(model, ModelHandle):
         return model
-    key = (model, str(device), str(dtype), tuple(sorted(kwargs.items())))
+    # a device map given as a dict (not a name or file) keys by its JSON
+    key = (model, str(device), str(dtype), tuple(sorted((k, _hashable(v)) for k, v in kwargs.items())))
     if str(device) != "cpu":  # on every call, not only on a new load: a fine-tune's base that CMAP loaded beside it
         release(device, keep=(model, *keep))  # stays no longer than the tests that name it (the rehearsal found
         # toy-llama still resident through toy-goat's later claims: at 7B, 27 GB beyond the plan)
     if key not in _LOADED:
         _LOADED[key] = load_model(model, device=device, dtype=dtype, **kwargs)
     return _LOADED[key]
+
+
+def _hashable(value):
+    import json
+
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
 
 
 def release(device: str, keep=()) -> list[str]:

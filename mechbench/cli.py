@@ -221,10 +221,23 @@ def _plan(args) -> None:
     from mechbench.validate import positive
 
     positive("--gpus", args.gpus)
-    hours, fits, per_model = 0.0, True, {}
+    hours, fits, per_model, widths = 0.0, True, {}, {}
     for model in args.models:
+        # a model wider than one GPU is planned over the fewest GPUs a device map needs for it, and holds them all
+        widths[model], largest = plan.gpus_needed(model, args.dtype, args.gpu_gib * plan.GIB)
+        gpu_gib = args.gpu_gib * widths[model]
+        if widths[model] > 1:
+            print(
+                f"{model} in {args.dtype} does not fit one {args.gpu_gib:g} GiB GPU ({largest.claim} needs "
+                f"{largest.device_bytes / plan.GIB:.1f} GiB at its smallest batch; {plan.HEADROOM:.0%} of each GPU "
+                f"is kept free): load it "
+                f"over {widths[model]} GPUs with --device cuda --device-map auto (accelerate places whole layers; "
+                f"planned below against {gpu_gib:g} GiB in all). Under pytest -n, a worker then needs "
+                f"{widths[model]} GPUs of its own: one job per model with CUDA_VISIBLE_DEVICES naming them "
+                f"(docs/running.md, 'Many GPUs')\n"
+            )
         batch = (
-            plan.choose_batch_size(model, args.dtype, args.gpu_gib * plan.GIB)
+            plan.choose_batch_size(model, args.dtype, gpu_gib * plan.GIB)
             if args.batch_size == "auto"
             else plan.resolve_batch_size(args.batch_size, "cpu", args.dtype, [model])
         )
@@ -235,16 +248,24 @@ def _plan(args) -> None:
             plans = plan.plan(
                 model, args.dtype, batch, tflops=args.tflops, circuit=circuit, baselines_dir=args.baselines_dir
             )
-            print(plan.format_plan(model, plans, args.dtype, batch, args.gpu_gib, circuit) + "\n")
+            print(plan.format_plan(model, plans, args.dtype, batch, gpu_gib, circuit) + "\n")
             hours += sum(p.gpu_seconds for p in plans) / 3600
             per_model[model] = per_model.get(model, 0.0) + sum(p.gpu_seconds for p in plans) / 3600
-            fits &= all(p.fits(args.gpu_gib * plan.GIB) for p in plans)
+            fits &= all(p.fits(gpu_gib * plan.GIB) for p in plans)
     print(
         f"in all: {hours:.1f} GPU hours at {args.tflops:g} TFLOP/s; "
         f"{'every claim fits' if fits else 'SOME CLAIM DOES NOT FIT'} in {args.gpu_gib:g} GiB"
+        + (" GPUs, a model wider than one over several as said" if max(widths.values()) > 1 else "")
     )
+    wider = {m: k for m, k in widths.items() if k > args.gpus}
+    if wider:
+        raise MechbenchError(
+            "; ".join(f"{m} needs {k} GPUs of {args.gpu_gib:g} GiB under a device map" for m, k in wider.items())
+            + f", and --gpus is {args.gpus}: plan with --gpus {max(wider.values())}, larger GPUs (--gpu-gib) or "
+            f"--dtype bfloat16"
+        )
     if args.gpus > 1:
-        wall, ran = plan.wall_hours(per_model, args.gpus)
+        wall, ran = plan.wall_hours(per_model, args.gpus, widths)
         longest = max(per_model, key=per_model.get)
         print(
             f"on {args.gpus} GPUs (pytest -n {args.gpus}, a model's claims on one GPU): about {wall:.1f} hours of wall "
@@ -266,6 +287,7 @@ def _load_options(args) -> dict:
         bos=args.bos,
         drop_multi_token=args.drop_multi_token,
         tokenizer=getattr(args, "tokenizer", None),
+        device_map=getattr(args, "device_map", None),
     )
 
 
@@ -275,7 +297,12 @@ def _validate(args) -> None:
 
     from mechbench import validate
 
-    for name, check in (("dtype", validate.dtype), ("device", validate.device), ("seed", validate.seed)):
+    for name, check in (
+        ("dtype", validate.dtype),
+        ("device", validate.device),
+        ("seed", validate.seed),
+        ("device_map", validate.device_map),
+    ):
         if getattr(args, name, None) is not None:
             check(getattr(args, name))
     if getattr(args, "boxes", None) is not None:
@@ -311,6 +338,7 @@ def _calibrate(args) -> None:
     extra += [f"--device={args.device}", f"--dtype={args.dtype}"]
     extra += [f"--boxes={args.boxes}"] if args.boxes != 7 else []
     extra += [f"--tokenizer={args.tokenizer}"] if args.tokenizer else []
+    extra += [f"--device-map={args.device_map}"] if args.device_map else []
     extra += [f"--baselines-dir={args.baselines_dir}"] if args.baselines_dir else []
     if args.plant:  # in the circuit the suites evaluate on the model, the one its baselines were measured with
         from mechbench.plan import default_circuit

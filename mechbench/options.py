@@ -84,6 +84,15 @@ OPTIONS: tuple[Option, ...] = (
         "--dtype", "float32 (the paper's, the default), bfloat16 or float16", default="float32", commands=_MEASURING
     ),
     Option(
+        "--device-map",
+        "spread each model over several devices through accelerate, for one wider than a GPU: auto (fill the "
+        "GPUs in order), balanced, sequential, or a JSON file mapping module names to a GPU index, cpu or disk "
+        "(mechbench plan --gpu-gib says when a model needs it). Pass --device cuda beside it; under pytest -n, "
+        "give each worker its own GPUs (CUDA_VISIBLE_DEVICES) or run one worker",
+        metavar="auto|FILE",
+        commands=_MEASURING,
+    ),
+    Option(
         "--limit",
         "each claim's main sample (the prompts or pairs it is measured on) is N, its tolerances widen "
         "to match; repeats and the method's own settings (DCM's training pairs) stay (default: the "

@@ -35,6 +35,7 @@ counts of prompts per claim are the suites' (the paper's sample sizes, docs/pape
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -548,10 +549,21 @@ def choose_batch_size(
     return 1
 
 
-def resolve_batch_size(value: str | int, device: str, dtype: str, models, notes: list | None = None) -> int:
+def gpus_needed(model: str, dtype: str, gpu_bytes: float, seq: int = PAPER_SEQ_LEN) -> tuple[int, ClaimPlan]:
+    """How many GPUs of ``gpu_bytes`` a device map must spread ``model`` over for its largest claim to fit at its
+    smallest batch (1: it fits one), and that claim's plan. A device map splits the weights and each layer's
+    activations by layer, so the need divides about evenly; it is a floor, since accelerate places whole layers."""
+    largest = max(_plans_for(model, dtype, 1, seq, shape_of(model)), key=lambda p: p.device_bytes)
+    return max(1, math.ceil(largest.device_bytes / ((1 - HEADROOM) * gpu_bytes))), largest
+
+
+def resolve_batch_size(
+    value: str | int, device: str, dtype: str, models, notes: list | None = None, device_map=None
+) -> int:
     """``--batch-size``: a positive integer as given; ``auto``: 50 on the CPU, and on a GPU the largest batch at
-    which every claim of every model that fits at all fits the device's free memory (50 where a model's shape is
-    unknown). ``notes`` collects a line per claim that cannot fit even at its smallest batch."""
+    which every claim of every model that fits at all fits the device's free memory (under ``device_map``, the free
+    memory of every GPU it can use, summed: the layers split it) (50 where a model's shape is unknown). ``notes``
+    collects a line per claim that cannot fit even at its smallest batch."""
     from mechbench.errors import MechbenchError
 
     if str(value) != "auto":
@@ -566,7 +578,11 @@ def resolve_batch_size(value: str | int, device: str, dtype: str, models, notes:
         return 50
     import torch
 
-    free = torch.cuda.mem_get_info(torch.device(device))[0]
+    free = (
+        sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+        if device_map is not None
+        else torch.cuda.mem_get_info(torch.device(device))[0]
+    )
     sizes = []
     for model in models:
         try:
@@ -620,18 +636,27 @@ def measured_against_plan(rows: list[dict], shapes: dict[str, Shape] | None = No
     return out
 
 
-def wall_hours(job_hours: dict[str, float], gpus: int) -> tuple[float, list[list[str]]]:
+def wall_hours(
+    job_hours: dict[str, float], gpus: int, widths: dict[str, int] | None = None
+) -> tuple[float, list[list[str]]]:
     """The wall time of jobs (a model's claims, hours each) on ``gpus`` GPUs as ``pytest -n <gpus>`` runs them:
     a model's tests are one group on one worker (one GPU each, mechbench.pytest_plugin.worker_device), and a
     worker that is free takes the next model in the order given (list scheduling, as pytest-xdist's loadgroup
-    hands out groups). Returns the hours and the models each GPU ran. The longest model's job is the floor."""
+    hands out groups). A model spread over several GPUs by a device map (``widths``: model -> GPUs) starts when
+    that many are free and holds them all. Returns the hours and the models each GPU ran. The longest model's job
+    is the floor."""
     if gpus < 1:
         raise ValueError(f"gpus must be at least 1, got {gpus}")
     busy, ran = [0.0] * gpus, [[] for _ in range(gpus)]
     for model, hours in job_hours.items():
-        free = min(range(gpus), key=lambda g: (busy[g], g))
-        busy[free] += hours
-        ran[free].append(model)
+        width = (widths or {}).get(model, 1)
+        if width > gpus:
+            raise ValueError(f"{model} needs {width} GPUs under a device map; {gpus} given")
+        free = sorted(range(gpus), key=lambda g: (busy[g], g))[:width]
+        end = max(busy[g] for g in free) + hours
+        for g in free:
+            busy[g] = end
+            ran[g].append(model)
     return max(busy), ran
 
 

@@ -308,12 +308,14 @@ def _settings(config, notes: list) -> Settings:
         validate.seed(config.getoption("--seed"))
         validate.dtype(config.getoption("--dtype"))
         validate.device(config.getoption("--device"))
+        validate.device_map(config.getoption("--device-map"))
         batch_size = resolve_batch_size(
             config.getoption("--batch-size"),
             config.getoption("--device"),
             config.getoption("--dtype"),
             _models(config),
             notes,
+            device_map=config.getoption("--device-map"),
         )
         validate.baselines_dir(baselines_dir, create=config.getoption("--update-baselines"))
         if config.getoption("--update-baselines"):  # found now, not when the run ends with its work to store
@@ -353,6 +355,7 @@ def _settings(config, notes: list) -> Settings:
         boxes=config.getoption("--boxes"),
         claims=_claims(config),
         tokenizer=config.getoption("--tokenizer"),
+        device_map=config.getoption("--device-map"),
     )
     if not s.baseline_model and not s.update_baselines:
         # comparison mode: a fine-tune with a known base and no baselines of its own (or --compare) is measured

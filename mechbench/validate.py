@@ -51,6 +51,28 @@ def device(value: str) -> str:
     return value
 
 
+def device_map(value: str | None) -> str | dict | None:
+    """``--device-map``: one of accelerate's placements, or a JSON file mapping modules to devices that exist here
+    (mechbench.models.devices.read_device_map says what is accepted)."""
+    from mechbench.models.devices import read_device_map
+
+    read = read_device_map(value)
+    if isinstance(read, dict):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        for module, where in read.items():
+            index = where if isinstance(where, int) else int(where[5:]) if str(where).startswith("cuda:") else None
+            if where == "cuda":
+                index = 0
+            if index is not None and index >= count:
+                raise MechbenchError(
+                    f"--device-map {value}: {module!r} -> {where!r}, but this machine has {count} CUDA device(s)"
+                    + (", numbered from 0" if count else "; map modules to cpu or disk, or run on a GPU machine")
+                )
+    return read
+
+
 def positive(name: str, value: int | None) -> int | None:
     if value is not None and value < 1:
         raise MechbenchError(f"{name} {value}: must be at least 1 (leave it out for the paper's counts)")

@@ -186,3 +186,22 @@ def test_the_wall_time_on_several_gpus_is_list_scheduling_with_the_longest_model
     wall = float(out.split("about ")[1].split(" hours of wall")[0])
     assert "pytest -n 4" in out and "floor is the longest model's, goat7b" in out and wall < total
     assert main(["plan", "llama7b", "--gpus", "0"]) == 2 and "--gpus" in capsys.readouterr().err
+
+
+def test_a_model_wider_than_one_gpu_is_planned_over_the_gpus_a_device_map_needs(capsys):
+    from mechbench.cli import main
+
+    # a device map's model holds all its GPUs: it starts when that many are free
+    assert plan.wall_hours({"a": 1.0, "b": 2.0, "c": 1.0}, 2, {"b": 2}) == (4.0, [["a", "b", "c"], ["b"]])
+    with pytest.raises(ValueError, match="needs 3 GPUs"):
+        plan.wall_hours({"a": 1.0}, 2, {"a": 3})
+    assert plan.gpus_needed("llama7b", "float32", 80 * plan.GIB)[0] == 1
+    k, largest = plan.gpus_needed("llama7b", "float32", 24 * plan.GIB)
+    # CMAP holds two 7B models (54 GB in float32), DCM one with its gradients: over 2 x 20.4 GiB usable
+    assert k == 3 and largest.device_bytes > 2 * 0.85 * 24 * plan.GIB
+    assert main(["plan", "llama7b", "--gpu-gib", "24", "--gpus", "4"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "does not fit one 24 GiB GPU" in out and "over 3 GPUs with --device cuda --device-map auto" in out
+    assert "against 72 GiB" in out and "every claim fits" in out
+    assert main(["plan", "llama7b", "--gpu-gib", "24"]) == 2
+    assert "needs 3 GPUs of 24 GiB under a device map, and --gpus is 1" in capsys.readouterr().err

@@ -64,6 +64,7 @@ def load_model(name: str, settings: Settings, keep=()):
                 bos=settings.bos,
                 drop_multi_token=settings.drop_multi_token,
                 tokenizer=settings.tokenizer,
+                device_map=settings.device_map,
             ),
         )
         # the session's batch size (--batch-size, or the memory plan's choice for this device and dtype) is the

@@ -41,6 +41,7 @@ class Settings:
     boxes: int = 7  # --boxes: boxes per context of every prompt built (chance 1/boxes)
     tokenizer: str | None = None  # --tokenizer: the tokenizer loaded instead of the model's own
     claims: tuple[str, ...] | None = None  # --claim: the claims whose tests run (None: all)
+    device_map: str | None = None  # --device-map: accelerate's placement by name, or a JSON file of one
 
     def size(self, claim, name: str, default: int | None = None) -> int:
         """Sample size ``name`` of ``claim`` (a :class:`mechbench.claims.Claim`) under --limit: the claim's spec

@@ -21,7 +21,7 @@ from mechbench.intervene.frozen import run_frozen_attention
 from mechbench.intervene.hooks import head_dim, hooked, n_units
 from mechbench.intervene.prefix import Prefix, capture_prefix, capture_prefixes
 from mechbench.intervene.requests import COMPONENTS, HeadPatch, Interventions, Knockout, Read, RunOutput
-from mechbench.models.devices import input_device
+from mechbench.models.devices import input_device, layer_devices
 from mechbench.models.run_options import batch_size_of, set_batch_size
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "head_dim",
     "hooked",
     "input_device",
+    "layer_devices",
     "n_units",
     "run",
     "run_frozen_attention",

@@ -123,9 +123,9 @@ def run(
     if prefix is not None:
         if not torch.equal(prefix.input_ids.cpu(), input_ids.cpu()):
             raise ValueError("a prefix serves the exact input_ids it was captured on")
-        device = input_device(model)
-        if prefix.input_ids.device != device:  # kept on the host between uses (DCM's validation prompts)
-            prefix = prefix.to(device)
+        # kept on the host between uses (DCM's validation prompts), or captured elsewhere: each layer's part goes to
+        # that layer's device
+        prefix = prefix.placed(model)
         return run_from_prefix(model, prefix, patches, read, knockouts, grad)
     device = input_device(model)
     batch_size = batch_size or batch_size_of(model)

@@ -13,7 +13,7 @@ import torch
 from mechbench.intervene.hooks import attention_mask, hooked
 from mechbench.intervene.requests import HeadPatch, Knockout, Read, RunOutput
 from mechbench.models.architectures import causal_lm, sites
-from mechbench.models.devices import input_device
+from mechbench.models.devices import input_device, layer_devices
 from mechbench.models.run_options import batch_size_of
 
 
@@ -44,6 +44,27 @@ class Prefix:
             [h.to(device) for h in self.hidden],
             [k.to(device) for k in self.keys],
             [v.to(device) for v in self.values],
+            self.last_logits,
+            self.common,
+            self.reads,
+        )
+
+    def placed(self, model) -> Prefix:
+        """The same prefix where ``model`` computes: the input ids on its input device, each layer's input, keys and
+        values on that layer's device (under a device map, layers sit on several GPUs: a layer's attention joins the
+        cached keys with those it computes, so one device for all would fail at the first layer elsewhere). Tensors
+        already in place are not copied."""
+        family = sites(model)
+        devices = layer_devices(model, family.layer_list(model))
+        if self.input_ids.device == input_device(model) and all(
+            k.device == d for k, d in zip(self.keys, devices, strict=True)
+        ):
+            return self
+        return Prefix(
+            self.input_ids.to(input_device(model)),
+            [h.to(d) for h, d in zip(self.hidden, devices, strict=True)],
+            [k.to(d) for k, d in zip(self.keys, devices, strict=True)],
+            [v.to(d) for v, d in zip(self.values, devices, strict=True)],
             self.last_logits,
             self.common,
             self.reads,

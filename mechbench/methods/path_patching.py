@@ -29,7 +29,7 @@ from mechbench.intervene import (
     Read,
     batch_size_of,
     capture_prefix,
-    input_device,
+    layer_devices,
     n_units,
     run,
     run_frozen_attention,
@@ -119,7 +119,8 @@ def path_patching_scores(
     prefix path); the numbers equal the full forward's to float tolerance.
     """
     torch_model = model if isinstance(model, torch.nn.Module) else model.model
-    device = input_device(torch_model)
+    # each layer's values where that layer computes (a device map spreads layers over GPUs): copied once per batch
+    layer_device = layer_devices(torch_model, sites(torch_model).layer_list(torch_model))
     n_layers, n_heads = len(sites(torch_model).layer_list(torch_model)), n_units(torch_model, "head_out")
     clean, corrupt = pairs.base, pairs.source
     sender_pos = clean.positions(sender_role)
@@ -157,7 +158,7 @@ def path_patching_scores(
         )
         if one_token:
             token = torch.arange(n), sender_pos[rows]
-            at_sender = {l: v[token].to(device) for l, v in clean_run.reads.items()}  # [n, H, D]
+            at_sender = {l: v[token].to(layer_device[l]) for l, v in clean_run.reads.items()}  # [n, H, D]
             hidden_at_sender = [h[token[0].to(h.device), token[1].to(h.device)] for h in prefix.hidden]
         else:
             # the frozen heads: every head above the sender, at every position from the sender's on. Positions before
@@ -170,7 +171,7 @@ def path_patching_scores(
                 .expand(n, s - first, n_heads)
             )
             after_first = torch.arange(first, s).expand(n, s - first)
-            clean_values = {l: v[:, first:].to(device) for l, v in clean_run.reads.items()}
+            clean_values = {l: v[:, first:].to(layer_device[l]) for l, v in clean_run.reads.items()}
         for layer in range(n_layers):
             above = [] if receivers is None else [l for l in receiver_layers if l > layer]
             if receivers is not None and not above:
@@ -182,7 +183,7 @@ def path_patching_scores(
                     hidden_at_sender[layer],
                     sender_pos[rows],
                     at_sender,
-                    corrupt_vals[layer][:, 0].to(device),
+                    corrupt_vals[layer][:, 0].to(layer_device[layer]),
                     None if receivers is None else Read(above, None, receivers.component),
                 )
             else:

@@ -30,6 +30,7 @@ from mechbench.models.architectures import (  # ModelShape, SUPPORTED_ARCHITECTU
     geometry,
     sites,
 )
+from mechbench.models.devices import needs_offload_folder, read_device_map
 from mechbench.models.registry import ModelSpec, resolve
 from mechbench.models.run_options import PAPER_O_PROJ
 
@@ -127,12 +128,26 @@ def weights_hash(model: torch.nn.Module, sample: int = 256) -> str:
     h = hashlib.sha256()
     full = sum(p.numel() for p in model.parameters()) <= FULL_HASH_MAX_PARAMETERS
     for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-        flat = p.detach().reshape(-1)
+        flat = (_offloaded_value(model, name) if p.device.type == "meta" else p).detach().reshape(-1)
         step = 1 if full else max(1, flat.numel() // sample)
         values = (flat if full else flat[::step][:sample]).to("cpu", torch.float32).contiguous()
         h.update(f"{name}:{tuple(p.shape)}".encode())
         h.update(values.numpy().tobytes())
     return h.hexdigest()
+
+
+def _offloaded_value(model: torch.nn.Module, name: str) -> torch.Tensor:
+    """The value of parameter ``name`` that a device map offloaded (to the host or disk: the parameter is on
+    ``meta``, and the accelerate hook of the module that owns it, or of one above, keeps it in its weights map),
+    so that an offloaded model has the fingerprint of the same weights loaded whole."""
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, -1, -1):
+        hook = getattr(model.get_submodule(".".join(parts[:cut])), "_hf_hook", None)
+        for h in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):  # a SequentialHook, or one
+            weights = getattr(h, "weights_map", None)
+            if weights is not None and ".".join(parts[cut:]) in weights:
+                return weights[".".join(parts[cut:])]
+    raise ModelLoadError(f"parameter {name} is on the meta device and no accelerate hook holds its value")
 
 
 def tokenizer_hash(tokenizer) -> str:
@@ -515,6 +530,22 @@ def _check_placement(model: torch.nn.Module, name: str, device) -> None:
         )
 
 
+_OFFLOAD: list[str] = []
+
+
+def _offload_folder() -> str:
+    """Where weights a device map sends to ``"disk"`` wait between uses: one temporary folder per process, removed
+    when it exits (accelerate writes them there as it loads)."""
+    if not _OFFLOAD:
+        import atexit
+        import shutil
+        import tempfile
+
+        _OFFLOAD.append(tempfile.mkdtemp(prefix="mechbench-offload-"))
+        atexit.register(shutil.rmtree, _OFFLOAD[0], True)
+    return _OFFLOAD[0]
+
+
 def chosen_options(**options) -> dict:
     """The loader options that differ from :func:`load_model`'s defaults: a handle is cached per (name, options),
     so an option left at its default must not make a second key for the same model."""
@@ -539,8 +570,11 @@ def load_model(
 ) -> ModelHandle:
     """Load a registered name, a hub id, a local directory or ``base+adapter`` into a :class:`ModelHandle`.
 
-    ``dtype`` defaults to float32, as in the paper. ``device_map`` (e.g. ``"auto"``) spreads a model over
-    several GPUs through accelerate and replaces ``device``. ``allow_pickle`` permits ``.bin`` checkpoints
+    ``dtype`` defaults to float32, as in the paper. ``device_map`` spreads a model over several GPUs (and the
+    host or disk) through accelerate and replaces ``device``: one of accelerate's placements (``"auto"``), a map
+    of module names to devices, or a JSON file of one (``--device-map``; weights mapped to ``"disk"`` wait in a
+    temporary folder this process removes at exit). Every intervention moves its values to the device of the
+    module it patches, and the prefix fast path keeps each layer's cache on that layer's device. ``allow_pickle`` permits ``.bin`` checkpoints
     where a repository has no safetensors. ``attn_implementation`` is pinned (``sdpa`` by default, or
     ``eager``): attention knockout blocks edges through an explicit mask, which flash attention ignores.
     ``paper_compat_o_proj``: for an adapter model (Goat), runs with interventions use only the base o_proj
@@ -563,6 +597,7 @@ def load_model(
     if bos not in BOS_CHOICES:
         raise ModelLoadError(f"bos={bos!r}: expected one of {', '.join(BOS_CHOICES)} (--bos)")
     spec = resolve(name_or_path) if isinstance(name_or_path, str) else name_or_path
+    device_map = read_device_map(device_map)  # a name, a map or a JSON file's map: checked before any load
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     if isinstance(dtype, str) and dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
@@ -592,6 +627,7 @@ def load_model(
             weights,
             dtype=torch_dtype,
             device_map=device_map,
+            **({"offload_folder": _offload_folder()} if needs_offload_folder(device_map) else {}),
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
             attn_implementation=attn_implementation,
@@ -625,6 +661,13 @@ def load_model(
         ) from None
     _check_coverage(loading_info, spec.name, weights)
     peft_model = None
+    if spec.adapter and any(p.device.type == "meta" for p in model.parameters()):
+        raise ModelLoadError(
+            f"cannot load the adapter of {spec.name!r} over a device map that offloads part of its base to the host "
+            f"or disk (peft writes an adapter into weights in place, and offloaded ones are loaded only at run "
+            f"time): map every layer to a GPU (a JSON --device-map, or more GPUs for auto), or merge the adapter "
+            f"into a full checkpoint once (peft's merge_and_unload) and load that"
+        )
     if spec.adapter:
         from peft import PeftModel
 

@@ -14,6 +14,9 @@ pytest run rehearse a GPU run on the CPU: with ``MECHBENCH_SIMULATED_GPU_GIB=80`
   side), a device tensor handed to NumPy (``.numpy()``, ``np.asarray``) or turned into a Python list
   (``.tolist()``: one host sync per call, ruinous in a loop; real torch allows it, this simulation does not), so
   every move to the host is an explicit ``.cpu()``;
+- with ``MECHBENCH_SIMULATED_GPUS=N`` (or ``simulated_gpu(80, count=N)``) there are N such GPUs, ``cuda:0`` to
+  ``cuda:N-1``, each with its own memory: a tensor of one GPU mixed with a tensor of another fails as on real
+  GPUs, so a model accelerate spreads over them (``--device-map``) shows any value left on the wrong device;
 - ``torch.cuda.is_available()``, ``device_count``, ``mem_get_info``, ``memory_allocated``,
   ``max_memory_allocated``, ``reset_peak_memory_stats``, ``empty_cache``, ``get_device_properties`` ... answer as
   one GPU of the chosen size would. Allocated bytes are the bytes of the storages alive on the simulated device
@@ -47,6 +50,10 @@ from torch.overrides import TorchFunctionMode
 
 #: The environment variable that turns the simulation on for any mechbench command or pytest run: its size in GiB.
 ENV = "MECHBENCH_SIMULATED_GPU_GIB"
+#: How many GPUs of that size (default 1): cuda:0 .. cuda:N-1, each with its own memory; a tensor on one mixed
+#: with a tensor on another fails as on real GPUs (a device map's layers on two GPUs, a value left on the first)
+COUNT_ENV = "MECHBENCH_SIMULATED_GPUS"
+SYNC_LOAD_ENV = "HF_DEACTIVATE_ASYNC_LOAD"
 CUDA = torch.device("cuda", 0)
 CPU = torch.device("cpu")
 GIB = 1024**3
@@ -60,12 +67,15 @@ class SimulatedDeviceError(RuntimeError):
 
 
 class SimulatedCudaTensor(torch.Tensor):
-    """A CPU tensor that reports the device it would have on a GPU (``cuda:0``). Every torch call on it goes
-    through :func:`_handle` (the mode's, or this class's ``__torch_function__`` where no mode is active)."""
+    """A CPU tensor that reports the device it would have on a GPU (``cuda:0``; the subclass of GPU K,
+    :func:`_class_for`, ``cuda:K``). Every torch call on it goes through :func:`_handle` (the mode's, or this
+    class's ``__torch_function__`` where no mode is active)."""
+
+    _index = 0
 
     @property
     def device(self) -> torch.device:
-        return CUDA
+        return torch.device("cuda", self._index)
 
     @property
     def is_cuda(self) -> bool:
@@ -76,16 +86,26 @@ class SimulatedCudaTensor(torch.Tensor):
         return False
 
     def get_device(self) -> int:
-        return 0
+        return self._index
 
     def __repr__(self, *, tensor_contents=None) -> str:
         with _NO_SUBCLASS():
             text = torch.Tensor.__repr__(self.as_subclass(torch.Tensor))
-        return text[:-1] + ", device='cuda:0' (simulated))"
+        return text[:-1] + f", device='cuda:{self._index}' (simulated))"
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         return _handle(func, args, kwargs or {})
+
+
+_CLASSES: dict[int, type] = {0: SimulatedCudaTensor}
+
+
+def _class_for(index: int) -> type:
+    """The tensor class of simulated GPU ``index`` (the device lives in the type, see the module's docstring)."""
+    if index not in _CLASSES:
+        _CLASSES[index] = type(f"SimulatedCuda{index}Tensor", (SimulatedCudaTensor,), {"_index": index})
+    return _CLASSES[index]
 
 
 @dataclass
@@ -107,8 +127,9 @@ class SimulatedGPU:
         return self.total_bytes / GIB
 
     def describe(self) -> dict:
-        """What a results row records about the device: that it was simulated, and its size."""
-        return {"simulated": True, "gib": round(self.gib, 3), "name": self.name}
+        """What a results row records about the device: that it was simulated, its size and how many there are."""
+        out = {"simulated": True, "gib": round(self.gib, 3), "name": self.name}
+        return out | ({"gpus": len(_GPUS)} if len(_GPUS) > 1 else {})
 
     def track(self, tensor: torch.Tensor) -> None:
         """Count ``tensor``'s storage as allocated on the device (once per storage), or raise CUDA's OOM."""
@@ -143,7 +164,8 @@ def _size(nbytes: int) -> str:
     return f"{nbytes / GIB:.2f} GiB" if nbytes >= GIB / 10 else f"{nbytes / 1024**2:.2f} MiB"
 
 
-_ACTIVE: SimulatedGPU | None = None
+_ACTIVE: SimulatedGPU | None = None  # cuda:0
+_GPUS: list[SimulatedGPU] = []  # cuda:0 .. cuda:N-1
 
 
 def active() -> SimulatedGPU | None:
@@ -168,8 +190,9 @@ def banner() -> str | None:
     """The line a simulated run starts with, or None."""
     if _ACTIVE is None:
         return None
+    devices = "cuda:0" if len(_GPUS) == 1 else f"cuda:0..cuda:{len(_GPUS) - 1} ({COUNT_ENV}={len(_GPUS)}) are"
     return (
-        f"mechbench: SIMULATED GPU ({ENV}={_ACTIVE.gib:g}): cuda:0 is the CPU with device bookkeeping; "
+        f"mechbench: SIMULATED GPU ({ENV}={_ACTIVE.gib:g}): {devices} is the CPU with device bookkeeping; "
         f"numbers are CPU numbers and times are not GPU times. Not a GPU measurement."
     )
 
@@ -212,25 +235,38 @@ def _tensors_in(x, out: list) -> list:
     return out
 
 
-def _to_device(x):
-    """``x`` with every host tensor in it as a device tensor (a view of the same CPU data), counted as allocated."""
+def _to_device(x, index: int = 0):
+    """``x`` with every host tensor in it as a tensor of GPU ``index`` (a view of the same CPU data), counted as
+    allocated there."""
     if isinstance(x, torch.Tensor):
         if isinstance(x, SimulatedCudaTensor):
             return x
+        cls = _class_for(index)
         with _NO_SUBCLASS():  # a leaf stays a leaf (an optimizer's parameter); a result keeps its graph
-            y = (
-                torch.Tensor._make_subclass(SimulatedCudaTensor, x, x.requires_grad)
-                if x.grad_fn is None
-                else x.as_subclass(SimulatedCudaTensor)
-            )
-        if _ACTIVE is not None:
-            _ACTIVE.track(y)
+            y = torch.Tensor._make_subclass(cls, x, x.requires_grad) if x.grad_fn is None else x.as_subclass(cls)
+        if _GPUS:
+            _GPUS[index].track(y)
         return y
     if isinstance(x, tuple) and hasattr(x, "_fields"):  # torch.return_types / named tuples
-        return type(x)(*(_to_device(y) for y in x))
+        return type(x)(*(_to_device(y, index) for y in x))
     if isinstance(x, (list, tuple)):
-        return type(x)(_to_device(y) for y in x)
+        return type(x)(_to_device(y, index) for y in x)
     return x
+
+
+def _which() -> str:
+    n = max(len(_GPUS), 1)
+    return "the simulated GPU is cuda:0 only" if n == 1 else f"the simulated GPUs are cuda:0..cuda:{n - 1}"
+
+
+def _gpu_index(device: torch.device) -> int:
+    """The index of a cuda device, which must be one of the simulated GPUs."""
+    index = device.index or 0
+    if not 0 <= index < max(len(_GPUS), 1):
+        raise SimulatedDeviceError(
+            f"{_which()}; {device} does not exist ({COUNT_ENV} sets how many), at {_call_site()}"
+        )
+    return index
 
 
 def _as_device(d) -> torch.device | None:
@@ -246,33 +282,41 @@ def _move(func, args, kwargs):
     the side a tensor is on returns it (or its dtype conversion)."""
     source = args[0]
     if func is torch.Tensor.cuda:
-        device, dtype = CUDA, None
+        device, dtype = _as_device(args[1] if len(args) > 1 else kwargs.get("device")) or CUDA, None
     elif func is torch.Tensor.cpu:
         device, dtype = CPU, None
     elif len(args) > 1 and isinstance(args[1], torch.Tensor):  # .to(other): other's device and dtype
         device, dtype = args[1].device, args[1].dtype
-    else:
-        device, dtype, _, _ = torch._C._nn._parse_to(*args[1:], **kwargs)
+    else:  # a bare index is a cuda device (torch would ask the CPU build for its accelerator)
+        rest = [torch.device("cuda", a) if isinstance(a, int) and not isinstance(a, bool) else a for a in args[1:]]
+        if isinstance(kwargs.get("device"), int):
+            kwargs = {**kwargs, "device": torch.device("cuda", kwargs["device"])}
+        device, dtype, _, _ = torch._C._nn._parse_to(*rest, **kwargs)
     on_device = isinstance(source, SimulatedCudaTensor)
     to_device = device.type == "cuda" if device is not None else on_device
     if device is not None and device.type not in ("cuda", "cpu"):
         raise SimulatedDeviceError(
             f"the simulated GPU moves tensors between cpu and cuda only, not to {device}; at {_call_site()}"
         )
-    if device is not None and device.type == "cuda" and (device.index or 0) != 0:
-        raise SimulatedDeviceError(f"the simulated GPU is cuda:0 only; {device} does not exist (at {_call_site()})")
+    source_index = source._index if on_device else None
+    index = _gpu_index(device) if device is not None and device.type == "cuda" else source_index
     with _NO_SUBCLASS():
         plain = source.as_subclass(torch.Tensor) if on_device else source
-        moved = to_device != on_device
+        moved = to_device != on_device or (to_device and index != source_index)  # host<->GPU, or GPU to GPU
         out = plain.to(dtype=dtype, copy=moved) if dtype is not None else (plain.clone() if moved else plain)
     if not to_device:
         return out
-    return source if out is plain else _to_device(out)
+    return source if out is plain else _to_device(out, index)
 
 
 def _handle(func, args, kwargs):
+    if func is torch.device and len(args) == 1 and isinstance(args[0], int) and not kwargs:
+        return torch.device("cuda", args[0])  # a bare index is the accelerator's (accelerate's device maps use them)
     if func in _MOVES:
         return _move(func, args, kwargs)
+    if func is torch.as_tensor and args and isinstance(args[0], torch.Tensor):  # of a tensor: a move, graph kept
+        to = {k: v for k, v in kwargs.items() if k in ("dtype", "device") and v is not None}
+        return _move(torch.Tensor.to, (args[0],), to) if to else args[0]
     if func is torch.Tensor.pin_memory:  # page-locked host memory for fast copies: plain host memory here
         with _NO_SUBCLASS():
             return args[0].clone()
@@ -287,11 +331,18 @@ def _handle(func, args, kwargs):
             f".cpu() once where the values are needed, at {_call_site()}"
         )
     device = _as_device(kwargs.get("device"))
+    index = on_device[0]._index if on_device else 0
     if device is not None and device.type == "cuda":
-        if (device.index or 0) != 0:
-            raise SimulatedDeviceError(f"the simulated GPU is cuda:0 only; {device} does not exist (at {_call_site()})")
+        index = _gpu_index(device)
         kwargs = {**kwargs, "device": CPU}
     if on_device and func not in _MIXING_ALLOWED:
+        others = {t._index for t in on_device} - {on_device[0]._index}
+        if others:
+            raise SimulatedDeviceError(
+                f"{getattr(func, '__qualname__', func)} mixes a tensor on cuda:{on_device[0]._index} with one on "
+                f"cuda:{min(others)}: on GPUs this is 'Expected all tensors to be on the same device'. Move the value "
+                f"to the device of the module that uses it, at {_call_site()}"
+            )
         for t in tensors:
             if not isinstance(t, SimulatedCudaTensor) and t.dim() > 0:
                 raise SimulatedDeviceError(
@@ -303,7 +354,7 @@ def _handle(func, args, kwargs):
     with _NO_SUBCLASS():
         out = func(*args, **kwargs)
     if (device is not None and device.type == "cuda") or (on_device and device is None):
-        return _to_device(out)
+        return _to_device(out, index)
     return out
 
 
@@ -330,41 +381,41 @@ def _index(device=None) -> int:
     if device is None:
         return 0
     index = device if isinstance(device, int) else _as_device(device).index or 0
-    if index != 0:
-        raise SimulatedDeviceError(f"the simulated GPU is cuda:0 only; device {device} does not exist")
+    if not 0 <= index < len(_GPUS):
+        raise SimulatedDeviceError(f"{_which()}; device {device} does not exist ({COUNT_ENV} sets how many)")
     return index
 
 
-def _cuda_api(gpu: SimulatedGPU) -> dict:
-    def query(value):  # a query that takes an optional device, which must be the one simulated GPU
+def _cuda_api(gpus: list[SimulatedGPU]) -> dict:
+    def query(value):  # a query that takes an optional device, which must be one of the simulated GPUs
         def answer(device=None, *_, **__):
-            _index(device)
-            return value()
+            return value(gpus[_index(device)])
 
         return answer
 
     def empty_cache():
-        gpu.empty_cache_calls += 1
+        for gpu in gpus:
+            gpu.empty_cache_calls += 1
 
     return {
         "is_available": lambda: True,
-        "device_count": lambda: 1,
+        "device_count": lambda: len(gpus),
         "is_initialized": lambda: True,
         "_lazy_init": lambda: None,
         "init": lambda: None,
         "current_device": lambda: 0,
-        "set_device": query(lambda: None),
-        "synchronize": query(lambda: None),
-        "get_device_name": query(lambda: gpu.name),
-        "get_device_capability": query(lambda: (8, 0)),
-        "get_device_properties": query(lambda: _Properties(gpu.name, gpu.total_bytes)),
+        "set_device": query(lambda gpu: None),
+        "synchronize": query(lambda gpu: None),
+        "get_device_name": query(lambda gpu: gpu.name),
+        "get_device_capability": query(lambda gpu: (8, 0)),
+        "get_device_properties": query(lambda gpu: _Properties(gpu.name, gpu.total_bytes)),
         "is_bf16_supported": lambda including_emulation=True: True,
-        "mem_get_info": query(lambda: (gpu.total_bytes - gpu.allocated, gpu.total_bytes)),
-        "memory_allocated": query(lambda: gpu.allocated),
-        "memory_reserved": query(lambda: gpu.allocated),
-        "max_memory_allocated": query(lambda: gpu.peak),
-        "max_memory_reserved": query(lambda: gpu.peak),
-        "reset_peak_memory_stats": query(gpu.reset_peak),
+        "mem_get_info": query(lambda gpu: (gpu.total_bytes - gpu.allocated, gpu.total_bytes)),
+        "memory_allocated": query(lambda gpu: gpu.allocated),
+        "memory_reserved": query(lambda gpu: gpu.allocated),
+        "max_memory_allocated": query(lambda gpu: gpu.peak),
+        "max_memory_reserved": query(lambda gpu: gpu.peak),
+        "reset_peak_memory_stats": query(lambda gpu: gpu.reset_peak()),
         "empty_cache": empty_cache,
         # the CPU generator drives every random draw of a simulated run (so it gives the CPU run's numbers)
         "manual_seed": lambda seed: None,
@@ -375,9 +426,10 @@ def _cuda_api(gpu: SimulatedGPU) -> dict:
 
 
 @contextlib.contextmanager
-def simulated_gpu(gib: float = 80):
-    """Within the block, ``cuda`` is a simulated GPU of ``gib`` GiB (see the module's docstring)."""
-    gpu = activate(gib)
+def simulated_gpu(gib: float = 80, count: int = 1):
+    """Within the block, ``cuda`` is a simulated GPU of ``gib`` GiB, or ``count`` of them (cuda:0 ..), each of its
+    own size (see the module's docstring); yields cuda:0's state."""
+    gpu = activate(gib, count)
     try:
         yield gpu
     finally:
@@ -403,7 +455,15 @@ def _loading_to_device(load):
             return load(f, map_location, *args, **kwargs)
         from torch.utils._pytree import tree_map
 
-        return tree_map(lambda x: _to_device(x) if isinstance(x, torch.Tensor) else x, load(f, "cpu", *args, **kwargs))
+        index = _first_cuda_index(map_location)
+        return tree_map(
+            lambda x: _to_device(x, index) if isinstance(x, torch.Tensor) else x, load(f, "cpu", *args, **kwargs)
+        )
+
+    def _first_cuda_index(location) -> int:
+        if isinstance(location, dict):
+            return next((_first_cuda_index(v) for v in location.values() if _cuda_location(v)), 0)
+        return _gpu_index(_as_device(location))
 
     return device_load
 
@@ -426,8 +486,9 @@ def _swapping_apply(module_apply):
     return _apply
 
 
-def activate(gib: float) -> SimulatedGPU:
-    """Turn the simulation on for this process (the environment variable's route calls this at import)."""
+def activate(gib: float, count: int = 1) -> SimulatedGPU:
+    """Turn the simulation on for this process (the environment variable's route calls this at import): ``count``
+    GPUs of ``gib`` GiB each; returns cuda:0's state."""
     global _ACTIVE
     if _ACTIVE is not None:
         raise SimulatedDeviceError("a simulated GPU is already active in this process")
@@ -438,8 +499,14 @@ def activate(gib: float) -> SimulatedGPU:
         )
     if not gib > 0:
         raise SimulatedDeviceError(f"{ENV}={gib!r}: the simulated GPU's size in GiB must be a positive number, e.g. 80")
-    gpu = SimulatedGPU(total_bytes=int(gib * GIB))
-    api = _cuda_api(gpu)
+    if not (isinstance(count, int) and count >= 1):
+        raise SimulatedDeviceError(f"{COUNT_ENV}={count!r}: the number of simulated GPUs must be a whole number >= 1")
+    _GPUS[:] = [SimulatedGPU(total_bytes=int(gib * GIB)) for _ in range(count)]
+    gpu = _GPUS[0]
+    if count > 1:
+        for k, g in enumerate(_GPUS):
+            g.name = f"mechbench simulated GPU {k} of {count} ({gib:g} GiB, CPU numerics)"
+    api = _cuda_api(_GPUS)
     saved = {name: getattr(torch.cuda, name, None) for name in api}
     for name, fn in api.items():
         setattr(torch.cuda, name, fn)
@@ -448,7 +515,11 @@ def activate(gib: float) -> SimulatedGPU:
     torch.load = torch.serialization.load = _loading_to_device(load)
     mode = _Mode()
     mode.__enter__()
-    _SAVED.append((saved, module_apply, load, mode))
+    # torch function modes are per thread: transformers' threaded loading (a device map's weights going straight to
+    # their GPUs) would run outside the simulation, so it loads in this thread while the simulation is on
+    async_load = os.environ.get(SYNC_LOAD_ENV)
+    os.environ[SYNC_LOAD_ENV] = "1"
+    _SAVED.append((saved, module_apply, load, mode, async_load))
     _ACTIVE = gpu
     return gpu
 
@@ -457,8 +528,12 @@ def deactivate() -> None:
     global _ACTIVE
     if not _SAVED:
         return
-    saved, module_apply, load, mode = _SAVED.pop()
+    saved, module_apply, load, mode, async_load = _SAVED.pop()
     mode.__exit__(None, None, None)
+    if async_load is None:
+        os.environ.pop(SYNC_LOAD_ENV, None)
+    else:
+        os.environ[SYNC_LOAD_ENV] = async_load
     torch.nn.Module._apply = module_apply
     torch.load = torch.serialization.load = load
     for name, fn in saved.items():
@@ -467,6 +542,7 @@ def deactivate() -> None:
         else:
             setattr(torch.cuda, name, fn)
     _ACTIVE = None
+    _GPUS.clear()
 
 
 def activate_from_environment() -> SimulatedGPU | None:
@@ -474,8 +550,9 @@ def activate_from_environment() -> SimulatedGPU | None:
     value = os.environ.get(ENV, "").strip()
     if not value or _ACTIVE is not None:
         return _ACTIVE
+    count = os.environ.get(COUNT_ENV, "1").strip() or "1"
     try:  # a bad setting ends the process with the message alone: it is read before any command has started
-        gpu = activate(float(value))
+        gpu = activate(float(value), int(count) if count.isdigit() else count)
     except ValueError:
         raise SystemExit(
             f"mechbench: {ENV}={value!r}: expected the simulated GPU's size in GiB, e.g. {ENV}=80"
