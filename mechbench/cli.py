@@ -98,8 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default=RESULTS_DIR, help="directory for report.md and the figures")
     rep.add_argument("--no-figures", action="store_true")
     cmp = sub.add_parser("compare", help="a new fine-tune beside its base: every claim side by side, and a verdict")
-    cmp.add_argument("model", help="the fine-tune: registered name, directory, hub id or base+adapter")
+    cmp.add_argument(
+        "model",
+        nargs="+",
+        help="the fine-tune: registered name, directory, hub id or base+adapter; several, or a directory of "
+        "checkpoints (checkpoint-N), compare a training run step by step (a trajectory)",
+    )
     cmp.add_argument("--base", default=None, help="the model it was tuned from (default: its registered base)")
+    cmp.add_argument("--name", default=None, help="a trajectory's name (default: the checkpoints' directory)")
+    cmp.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="a trajectory's checkpoints K, K+N, ... only (N processes or job-array tasks share one run; the "
+        "others' records are read back, and the report is written once every checkpoint has one)",
+    )
     cmp.add_argument("--circuit", default=None, help="circuit name or JSON file (default: the base's)")
     cmp.add_argument("--claims", default=None, help="comma-separated subset of the claims (default: all)")
     add_command_options(cmp, "compare")
@@ -379,7 +392,27 @@ def _compare(args) -> None:
         )
     if unknown:
         raise MechbenchError(f"unknown claim(s) {', '.join(unknown)}; known: {', '.join(CLAIMS)}")
-    base_name = args.base or base_name_of(args.model)
+    trajectory = len(args.model) > 1 or (
+        Path(args.model[0]).is_dir() and not any(Path(args.model[0], f).is_file() for f in _MODEL_FILES)
+    )
+    if not trajectory and (args.shard or args.name):
+        raise MechbenchError("--shard and --name are for a trajectory: pass several checkpoints or their directory")
+    if trajectory:
+        from mechbench.trajectory import checkpoints, shard_of
+
+        shard_of(args.shard)  # checked before any model loads
+        refs = [c.ref for c in checkpoints(args.model)]
+        for ref in refs:
+            validate.model_directory(ref, getattr(args, "tokenizer", None))
+        if not args.base:
+            raise MechbenchError(
+                "a trajectory needs --base: the model its checkpoints were tuned from (measured once, and each "
+                "checkpoint against it)"
+            )
+    else:
+        refs = [args.model[0]]
+        validate.model_directory(refs[0], getattr(args, "tokenizer", None))
+    base_name = args.base or base_name_of(refs[0])
     circuit, no_circuit = None, None
     if args.circuit:  # a circuit the user named must load
         circuit = Circuit.load(args.circuit, args.baselines_dir)
@@ -402,7 +435,6 @@ def _compare(args) -> None:
     results = ResultsWriter(
         args.results_dir, boxes=args.boxes
     )  # made before any model loads: a bad directory fails first
-    fine_tune = get_model(args.model, device=args.device, dtype=args.dtype, **_load_options(args))
     base = get_model(base_name, device=args.device, dtype=args.dtype, **_load_options(args))
     if circuit is None:  # stored under another name with the base's weights fingerprint
         try:
@@ -410,19 +442,27 @@ def _compare(args) -> None:
             circuit, no_circuit = Circuit.load(name, args.baselines_dir), None
         except MechbenchError:
             print(f"mechbench: {no_circuit}; the claims that need a circuit are reported as not run", file=sys.stderr)
-    comparison = Comparison(
-        fine_tune,
-        base,
-        circuit,
-        LANES["quick" if args.quick else "full"],
-        args.seed,
-        args.baselines_dir,
-        tuple(args.reference) if args.reference else None,
-        log=lambda msg: print(msg, file=sys.stderr, flush=True),
-        discovery_cache=Path(args.results_dir) / "discovery",
-        boxes=args.boxes,
-        no_circuit=no_circuit,
-    )
+
+    def comparison_of(ref: str) -> Comparison:
+        return Comparison(
+            get_model(ref, device=args.device, dtype=args.dtype, keep=(base_name,), **_load_options(args)),
+            get_model(base_name, device=args.device, dtype=args.dtype, keep=(ref,), **_load_options(args)),
+            circuit,
+            LANES["quick" if args.quick else "full"],
+            args.seed,
+            args.baselines_dir,
+            tuple(args.reference) if args.reference else None,
+            log=lambda msg: print(msg, file=sys.stderr, flush=True),
+            discovery_cache=Path(args.results_dir) / "discovery",
+            boxes=args.boxes,
+            no_circuit=no_circuit,
+        )
+
+    if trajectory:
+        _trajectory(args, refs, base, circuit, claims, comparison_of, results)
+        return
+    comparison = comparison_of(refs[0])
+    fine_tune = comparison.fine_tune
     for claim in claims:
         record(results, comparison, comparison.claim(claim))
     if comparison.verdict_ready():
@@ -436,6 +476,62 @@ def _compare(args) -> None:
             f"the comparison report (its measurements are in {results.path})",
             Path(args.out or args.results_dir),
             lambda out: write_comparison_report(comparison, out, results_path=str(results.path)),
+        )
+    )
+
+
+_MODEL_FILES = ("config.json", "adapter_config.json")
+
+
+def _trajectory(args, refs, base, circuit, claims, comparison_of, results) -> None:
+    """``mechbench compare CKPT1 CKPT2 ... --base B``: every checkpoint against the base (mechbench.trajectory)."""
+    from pathlib import Path
+
+    from mechbench import validate
+    from mechbench.api import release
+    from mechbench.results import versions
+    from mechbench.trajectory import files_key, run_trajectory, shard_of, write_trajectory_report
+
+    key = {
+        "base": base.name,
+        "base_weights": base.fingerprint.get("weights_sha256"),
+        "base_files": files_key(base.name),
+        "circuit": circuit.to_json() if circuit is not None else None,
+        "lane": "quick" if args.quick else "full",
+        "seed": args.seed,
+        "boxes": args.boxes,
+        "dtype": args.dtype,
+        "mechbench": versions()["mechbench"],
+    }
+    traj = run_trajectory(
+        refs,
+        base.name,
+        comparison_of,
+        claims,
+        key,
+        Path(args.results_dir),
+        name=args.name,
+        shard=shard_of(args.shard),
+        results=results,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        release=lambda ref: release(args.device, keep=(base.name,)),
+    )
+    for step in traj.steps:
+        if step.verdict:
+            print(f"{step.checkpoint.describe()} ({step.checkpoint.ref}) against {base.name}: {step.verdict.label}")
+    if traj.missing:
+        print(
+            f"mechbench: {len(traj.missing)} checkpoint(s) not measured yet (other shards): "
+            f"{', '.join(c.describe() for c in traj.missing)}; the trajectory report is written by the run that "
+            f"finds every checkpoint measured",
+            file=sys.stderr,
+        )
+        return
+    print(
+        validate.written_or_kept(
+            f"the trajectory report (each checkpoint's record is in {traj.directory})",
+            Path(args.out or args.results_dir),
+            lambda out: write_trajectory_report(traj, out),
         )
     )
 

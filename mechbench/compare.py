@@ -409,6 +409,11 @@ class Comparison:
             )
         return self._claims[name]
 
+    def restore(self, result: ClaimComparison) -> None:
+        """A claim's comparison measured earlier (a trajectory's stored record): :meth:`claim` returns it, and the
+        verdict reads it, instead of measuring it again."""
+        self._claims[result.claim] = result
+
     def all_claims(self) -> list[ClaimComparison]:
         return [self.claim(name) for name in CLAIMS]
 

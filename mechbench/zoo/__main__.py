@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     pr = sub.add_parser("probes", help="train fine-tunes of toy-llama the project never shipped (for comparison mode)")
     pr.add_argument("--out", type=Path, required=True, help="where the probe folders go")
     pr.add_argument("--only", action="append", default=None, help="train only these probes")
+    pr.add_argument(
+        "--checkpoints", type=int, default=None, metavar="N", help="also save every N steps into <out>/<name>-run/"
+    )
     args = p.parse_args(argv)
     if args.cmd == "train" and not args.smoke and argv is None:
         _pin_cpu_and_reexec(sys.argv[1:])
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "probes":
         from mechbench.zoo.probes import train_probes
 
-        train_probes(args.out, args.only)
+        train_probes(args.out, args.only, checkpoints_every=args.checkpoints)
         return 0
     if args.cmd == "compare":
         from mechbench.zoo.reproduce import compare_zoos, describe, record_reproductions

@@ -9,6 +9,12 @@ checkpoints it has never seen:
   saved unmerged with ``toy-llama`` named as its base.
 
     python -m mechbench.zoo probes --out DIR        # ~1 minute each on 2 cores
+    python -m mechbench.zoo probes --out DIR --only probe-unrelated --checkpoints 100   # and its training run
+
+``--checkpoints N`` also saves the model every N steps as ``DIR/<name>-run/checkpoint-<step>/`` with a
+``trainer_state.json`` (``global_step``), as transformers' Trainer lays out a run: a training run to compare step by
+step (``mechbench compare DIR/<name>-run --base toy-llama``, a trajectory). Not stored in the repository: a seeded
+retrain takes about a minute.
 
 They reuse the zoo's training loop (``mechbench.zoo.train.train``) with recipes of their own; seeded, so a
 rerun on the same CPU gives the same weights.
@@ -16,6 +22,8 @@ rerun on the same CPU gives the same weights.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 from mechbench.zoo.tokenizer import build_tokenizer
@@ -38,11 +46,33 @@ PROBES: dict[str, tuple[Recipe, bool]] = {  # name -> (recipe, LoRA?)
 }
 
 
+def checkpoint_saver(run_dir: Path, every: int, name: str) -> Callable:
+    """``on_step(model, step)`` for the zoo's trainer: every ``every`` steps, the model as a loadable checkpoint in
+    ``run_dir/checkpoint-<step>`` (weights, tokenizer, and a ``trainer_state.json`` naming the step)."""
+    tok = build_tokenizer()
+
+    def save(model, step: int) -> None:
+        if step % every:
+            return
+        path = run_dir / f"checkpoint-{step}"
+        model.eval()
+        _save(model, tok, path, {"name": f"{name} at step {step}", "step": step})
+        (path / "trainer_state.json").write_text(json.dumps({"global_step": step, "source": name}) + "\n")
+        model.train()
+
+    return save
+
+
 def train_probes(
-    out: Path | str, only: list[str] | None = None, steps: int | None = None, log=print
+    out: Path | str,
+    only: list[str] | None = None,
+    steps: int | None = None,
+    log=print,
+    checkpoints_every: int | None = None,
 ) -> dict[str, dict]:
     """Train the probes into ``out/<name>`` from the shipped toy-llama. ``steps`` overrides every recipe's
-    length (a smoke test)."""
+    length (a smoke test); ``checkpoints_every``: also save ``out/<name>-run/checkpoint-<step>`` every that many
+    steps (:func:`checkpoint_saver`)."""
     from dataclasses import replace
 
     out = Path(out)
@@ -51,7 +81,8 @@ def train_probes(
         recipe, lora = PROBES[name]
         if steps is not None:
             recipe = replace(recipe, max_steps=steps, warmup=min(recipe.warmup, steps))
-        model, record = _finetune(ZooRun(out=MODELS_DIR, log=log), recipe, lora=lora, name=name)
+        saver = checkpoint_saver(out / f"{name}-run", checkpoints_every, name) if checkpoints_every else None
+        model, record = _finetune(ZooRun(out=MODELS_DIR, log=log), recipe, lora=lora, name=name, on_step=saver)
         _save(model, build_tokenizer(), out / name, record)
         log(
             f"{name}: held-out accuracy {record['heldout_accuracy']:.3f} ({record['steps']} steps, {record['wall_s']} s)"

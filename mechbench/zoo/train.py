@@ -216,11 +216,20 @@ def _loss(model, tok, recipe: Recipe, source: str, ids: torch.Tensor, labels: to
     return out.loss + recipe.guide_weight * guide
 
 
-def train(model, tok, recipe: Recipe, val=None, log: Callable[[str], None] = print, params=None) -> dict:
+def train(
+    model,
+    tok,
+    recipe: Recipe,
+    val=None,
+    log: Callable[[str], None] = print,
+    params=None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict:
     """Train ``model`` in place by ``recipe``; returns a record (steps, losses, validation curve, time).
 
     With ``recipe.band`` the run stops at the first validation accuracy inside the band (deterministic: the
-    evaluation steps depend only on the accuracies seen so far); without it, it runs ``max_steps``.
+    evaluation steps depend only on the accuracies seen so far); without it, it runs ``max_steps``. ``on_step(step)``
+    is called after every optimizer step (a checkpoint saver; it must leave the model in training mode).
     """
     setup_torch()
     rng = random.Random(recipe.data_seed)
@@ -247,6 +256,8 @@ def train(model, tok, recipe: Recipe, val=None, log: Callable[[str], None] = pri
         sched.step()
         losses.append(round(loss.item(), 5))
         tokens += ids.numel()
+        if on_step is not None:
+            on_step(step)
         if recipe.band and step == next_eval:
             acc = last_token_accuracy(model, *val)
             curve.append((step, acc))
@@ -339,7 +350,9 @@ def train_base(run: ZooRun) -> dict:
     return rec
 
 
-def _finetune(run: ZooRun, recipe: Recipe, lora: bool, name: str | None) -> tuple[object, dict]:
+def _finetune(
+    run: ZooRun, recipe: Recipe, lora: bool, name: str | None, on_step: Callable | None = None
+) -> tuple[object, dict]:
     tok = build_tokenizer()
     val = _validation(tok)
     model = _load_base(run.out / "toy-llama")
@@ -348,7 +361,9 @@ def _finetune(run: ZooRun, recipe: Recipe, lora: bool, name: str | None) -> tupl
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **LORA))
-    rec = train(model, tok, recipe, val, run.log)
+    rec = train(
+        model, tok, recipe, val, run.log, on_step=None if on_step is None else lambda step: on_step(model, step)
+    )
     rec.update(
         name=name,
         lora=LORA if lora else None,
