@@ -409,6 +409,11 @@ class Comparison:
             )
         return self._claims[name]
 
+    def claim_result(self, name: str) -> ClaimComparison | None:
+        """The claim's comparison where this run computed it (and it ran), else None: what a report draws."""
+        result = self._claims.get(name)
+        return result if result is not None and result.error is None else None
+
     def restore(self, result: ClaimComparison) -> None:
         """A claim's comparison measured earlier (a trajectory's stored record): :meth:`claim` returns it, and the
         verdict reads it, instead of measuring it again."""

@@ -6,8 +6,8 @@
 Each measurement line (mechbench.results) carries its keys, value, baseline, tolerance and verdict; the report
 keeps the latest line per claim and keys (a rerun supersedes), writes one table per claim in the layout of the
 paper's (accuracy per model; circuit accuracy per model and circuit; CMAP per group and donor; knockout per
-layer; DCM per group and desideratum), lists every measurement outside its tolerance first, and draws the
-knockout curves and CMAP bars as PNG files beside it.
+layer; DCM per group and desideratum), lists every measurement outside its tolerance first, and draws its figures
+beside it (mechbench.figures: every number with its 95% interval, PNG and SVG).
 """
 
 from __future__ import annotations
@@ -41,7 +41,14 @@ DETAIL_FIELDS = (
     "base_fingerprint",
     "reasons",
     "inconclusive",
+    # what a figure draws beside a number (path patching's score grid and the stored heads)
+    "scores",
+    "circuit_heads",
 )
+
+
+#: fields a results row carries for a figure only: not in the report's tables
+FIGURE_ONLY = ("scores", "circuit_heads")
 
 
 def _layout(claim: str) -> tuple[list[str], str | None]:
@@ -186,7 +193,10 @@ def _frame(rows: list[dict]):
     import pandas as pd
 
     frame = pd.DataFrame(
-        [{k: v for k, v in r.items() if k not in ("fingerprint", "meta", "updated", "base_fingerprint")} for r in rows]
+        [
+            {k: v for k, v in r.items() if k not in ("fingerprint", "meta", "updated", "base_fingerprint", *FIGURE_ONLY)}
+            for r in rows
+        ]
     )
     if "field" in frame and frame["field"].isna().all():
         frame = frame.drop(columns="field")
@@ -212,52 +222,6 @@ def _table(claim: str, frame) -> str:
         return table.round(3).reset_index().to_markdown(index=False)
     cols = [c for c in frame.columns if c != "claim"]
     return frame[cols].round(4).to_markdown(index=False)
-
-
-def _figures(frame_by_claim: dict, out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-    import pandas as pd
-
-    def drawable(frame, columns) -> bool:  # rows of another version (or edited by hand) get their table, no figure
-        return (
-            frame is not None
-            and len(frame)
-            and set(columns) <= set(frame.columns)
-            and pd.api.types.is_numeric_dtype(frame["value"])
-        )
-
-    made = []
-    ko = frame_by_claim.get("attention_knockout")
-    if drawable(ko, ("model", "edge", "layer", "value")):
-        models = sorted(ko["model"].unique())
-        fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.2), sharey=True, squeeze=False)
-        for ax, model in zip(axes[0], models):
-            for edge, part in ko[ko["model"] == model].groupby("edge"):
-                part = part.sort_values("layer")
-                ax.plot(part["layer"], part["value"], marker="o", label=edge)
-            ax.set_title(model)
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-            ax.set_xlabel("knocked out from layer")
-        axes[0][0].set_ylabel("accuracy")
-        axes[0][-1].legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(out / "knockout.png", dpi=120)
-        plt.close(fig)
-        made.append("knockout.png")
-    cmap = frame_by_claim.get("cmap")
-    if drawable(cmap, ("group", "source_model", "value")):
-        table = cmap.pivot_table(index="group", columns="source_model", values="value", aggfunc="last")
-        ax = table.plot.bar(figsize=(6, 3.2), rot=20)
-        ax.set_ylabel("base accuracy with the donor's heads")
-        ax.figure.tight_layout()
-        ax.figure.savefig(out / "cmap.png", dpi=120)
-        plt.close(ax.figure)
-        made.append("cmap.png")
-    return made
 
 
 def write_report(results, out: Path | str, figures: bool = True) -> Path:
@@ -326,7 +290,11 @@ def write_report(results, out: Path | str, figures: bool = True) -> Path:
         )
         lines += [f"## {heading}", "", _table(claim, frame), ""]
     if figures:
-        lines += ["## Figures", ""] + [f"![{name}]({name})" for name in _figures(frames, out)] + [""]
+        from mechbench.figures import report_figures
+
+        made = report_figures(by_claim, out)
+        lines += ["## Figures", "", "Each as PNG, with an SVG beside it for a paper; error bars and bands are 95% intervals.", ""]
+        lines += [f"![{name}]({name})" for name in made] + [""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
@@ -455,97 +423,16 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name.strip("/").replace("/", "_"))[-80:]
 
 
-def comparison_figures(comparison, out: Path) -> list[str]:
-    """Knockout curves of base and fine-tune, each relative to its clean accuracy, overlaid per edge; CMAP bars:
-    the base with the fine-tune's heads per group, against the base's and the fine-tune's accuracies."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    c, made, stem = comparison, [], _safe(comparison.fine_tune.name)
-    ko = c._claims.get("attention_knockout")
-    if ko is not None and ko.rows:
-        edges = list(dict.fromkeys(r.keys["edge"] for r in ko.rows))
-        cols = min(4, len(edges))
-        nrows = -(-len(edges) // cols)
-        fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.7 * nrows + 0.4), sharey=True, squeeze=False)
-        for ax, edge in zip(axes.flat, edges):
-            rows = [r for r in ko.rows if r.keys["edge"] == edge]
-            layers = [r.keys["layer"] for r in rows]
-            ax.plot(layers, [r.base for r in rows], "o-", label=f"{c.base.name} (base)")
-            ax.plot(layers, [r.fine_tune for r in rows], "s--", label=c.fine_tune.name)
-            lo = [r.base + r.estimate.lo if r.estimate.lo is not None else None for r in rows]
-            hi = [r.base + r.estimate.hi if r.estimate.hi is not None else None for r in rows]
-            if None not in lo + hi:
-                ax.fill_between(layers, lo, hi, alpha=0.2, color="C1", label="fine-tune: 95% interval")
-            ax.set_title(edge, fontsize=9)
-            ax.set_xlabel("blocked from layer")
-            ax.set_xticks(layers if len(layers) <= 8 else layers[:: max(1, len(layers) // 8)])
-            ax.axhline(1.0, color="grey", lw=0.6, ls=":")
-        for ax in axes.flat[len(edges) :]:
-            ax.set_visible(False)
-        for ax in axes[:, 0]:
-            ax.set_ylabel("accuracy / clean accuracy")
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-        fig.tight_layout(rect=(0, 0.35 / (2.7 * nrows + 0.4), 1, 1))
-        name = f"compare-{stem}-knockout.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        made.append(name)
-    cmap = c._claims.get("cmap")
-    if cmap is not None and cmap.rows:
-        base_acc, ft_acc = cmap.rows[0].base, cmap.rows[0].fine_tune
-        fig, ax = plt.subplots(figsize=(6.4, 3.6))
-        groups = [r.keys["group"] for r in cmap.rows]
-        patched = [base_acc + r.estimate.value * (ft_acc - base_acc) for r in cmap.rows]
-        err = [
-            [
-                max(0.0, (r.estimate.value - r.estimate.lo) * (ft_acc - base_acc)) if r.estimate.lo is not None else 0
-                for r in cmap.rows
-            ],
-            [
-                max(0.0, (r.estimate.hi - r.estimate.value) * (ft_acc - base_acc)) if r.estimate.hi is not None else 0
-                for r in cmap.rows
-            ],
-        ]
-        bars = ax.bar(
-            range(len(groups)), patched, yerr=err, capsize=3, color="C2", label="base with the fine-tune's heads"
-        )
-        for bar, r in zip(bars, cmap.rows):  # the share, inside the bar (clear of the error bars)
-            ax.text(
-                bar.get_x() + bar.get_width() / 2,
-                0.03,
-                f"{r.estimate.value:.0%}\nof gain",
-                ha="center",
-                va="bottom",
-                fontsize=8,
-                color="white",
-                fontweight="bold",
-            )
-        ax.axhline(base_acc, color="C0", ls="--", label=f"{c.base.name} (base) {base_acc:.3f}")
-        ax.axhline(ft_acc, color="C1", ls="-.", label=f"{c.fine_tune.name} (donor) {ft_acc:.3f}")
-        ax.set_xticks(range(len(groups)), [g.replace("_", " ") for g in groups], rotation=15, fontsize=8)
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(0, 1.08)
-        ax.set_title("CMAP: the fine-tune's circuit heads in the base (95% intervals)", fontsize=9)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-        fig.tight_layout()
-        name = f"compare-{stem}-cmap.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        made.append(name)
-    return made
-
-
 def write_comparison_report(comparison, out: Path | str, figures: bool = True, results_path: str | None = None) -> Path:
     """``<out>/compare-<fine-tune>.md`` with its figures beside it."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     text = comparison_markdown(comparison, results_path)
     if figures:
-        text += "\n## Figures\n\n" + "".join(f"![{n}]({n})\n\n" for n in comparison_figures(comparison, out))
+        from mechbench.figures import comparison_figures
+
+        made = comparison_figures(comparison, out, f"compare-{_safe(comparison.fine_tune.name)}")
+        text += "\n## Figures\n\n" + "".join(f"![{n}]({n})\n\n" for n in made)
     path = out / f"compare-{_safe(comparison.fine_tune.name)}.md"
     path.write_text(text)
     return path

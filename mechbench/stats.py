@@ -145,6 +145,41 @@ def mean_estimate(values, clusters) -> Estimate:
     return Estimate(m, m - Z95 * se, m + Z95 * se) if np.isfinite(se) else Estimate(m)
 
 
+def wilson(p: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``p`` on ``n`` (effective) examples: inside [0, 1], and not
+    collapsed to a point at 0 or 1 as the normal interval is."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def measurement_interval(
+    value: float,
+    n: int | None = None,
+    *,
+    std: float | None = None,
+    draws: int | None = None,
+    se: float | None = None,
+    design_effect: float = 1.0,
+    proportion: bool = False,
+) -> tuple[float, float] | None:
+    """A measured number's 95% interval from what its claim knows about it, or None where that is nothing:
+    ``se`` (a bootstrap's or a cluster-robust standard error) gives value +- 1.96 se; a mean over ``draws`` runs
+    (random circuits, draws of K, runs of pairs) with spread ``std`` gives value +- t(draws - 1) std / sqrt(draws);
+    a ``proportion`` on ``n`` examples (an accuracy) gives the Wilson interval on n / ``design_effect`` examples
+    (prompts that share a context are not independent). What the report's figures draw as the error bars."""
+    if se is not None and math.isfinite(se):
+        return (value - Z95 * se, value + Z95 * se)
+    if std is not None and draws is not None and draws > 1:
+        half = t_quantile(0.975, draws - 1) * std / math.sqrt(draws)
+        return (value - half, value + half)
+    if proportion and n and 0.0 <= value <= 1.0:
+        return wilson(value, n / max(design_effect, 1.0))
+    return None
+
+
 @dataclass(frozen=True)
 class ChanceCheck:
     """Is a model's accuracy above chance by ``z`` cluster-robust standard errors?"""
@@ -190,6 +225,16 @@ def _t_cdf(x: float, dof: int) -> float:
     h = x / steps
     density = [math.exp(log_norm - (dof + 1) / 2 * math.log1p((i * h) ** 2 / dof)) for i in range(steps + 1)]
     return 0.5 + h / 3 * (density[0] + density[-1] + 4 * sum(density[1:-1:2]) + 2 * sum(density[2:-1:2]))
+
+
+@cache
+def t_quantile(q: float, dof: int) -> float:
+    """Student's t quantile (bisection on :func:`_t_cdf`; q > 0.5)."""
+    lo, hi = 0.0, 200.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_cdf(mid, dof) < q else (lo, mid)
+    return (lo + hi) / 2
 
 
 @cache  # every accuracy check asks, for a handful of context counts

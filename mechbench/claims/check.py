@@ -107,6 +107,7 @@ def check_claim(
     expected_source: str | None = None,
     bound_at: Callable[[int], Tolerance] | None = None,
     note: str = "",
+    detail: dict | None = None,
 ) -> ClaimOutcome:
     """Compare ``measured`` with the baseline record ``keys`` of ``claim`` (or store it with ``update``).
 
@@ -128,8 +129,14 @@ def check_claim(
     no record is looked up and nothing is stored; ``tolerance`` is then the rule's :class:`Tolerance` on ``n``
     examples, judged by :func:`mechbench.claims.tolerance.judge_derived` (its same-sample bound where every record
     is on these examples), and ``bound_at(m)`` the same rule's on ``m``, for the size an inconclusive check needs.
-    ``note``: words appended to the outcome's message (what the number is, its interval).
+    ``note``: words appended to the outcome's message (what the number is, its interval). ``detail``: what a figure
+    of the report draws beside the number (path patching's score grid), kept in the results file only.
+
+    The results line carries the measured number's own 95% interval (``lo``, ``hi``) where the tolerance rule knows
+    its uncertainty (:class:`mechbench.claims.tolerance.Tolerance`: a binomial on n examples over the design effect,
+    a mean over draws, a resampled standard error; :func:`mechbench.stats.measurement_interval`).
     """
+    interval = _interval(measured, n, tolerance, design_effect)
     if expected is not None:
         return _check_derived(
             claim,
@@ -147,6 +154,8 @@ def check_claim(
             results=results,
             limit=limit,
             note=note,
+            interval=interval,
+            detail=detail,
         )
     if isinstance(tolerance, Tolerance):  # a rule of mechbench.claims.tolerance: its bound, same-sample bound, words
         tolerance, tolerance_same_sample, tolerance_rule = (tolerance.value, tolerance.same_sample, tolerance.rule)
@@ -217,6 +226,8 @@ def check_claim(
     _write(
         results,
         outcome,
+        interval,
+        detail,
         field=field,
         std=std,
         n=n,
@@ -233,16 +244,42 @@ def _name_the_sample(judgement: Judgement, spec: Claim | None, n: int | None, li
         judgement.sample, judgement.needs_limit = _sample_of(spec, n, limit, judgement.needs)
 
 
-def _write(results: ResultsWriter | None, outcome: ClaimOutcome, **details) -> None:
-    """The outcome's line in the results file: the measurement, the stored number, the tolerance, the verdict."""
+def _interval(measured, n, tolerance, design_effect: float) -> tuple[float, float] | None:
+    from mechbench.stats import measurement_interval
+
+    if not isinstance(tolerance, Tolerance):
+        return None
+    return measurement_interval(
+        float(measured),
+        n,
+        std=tolerance.std,
+        draws=tolerance.draws,
+        se=tolerance.se,
+        design_effect=design_effect,
+        proportion=tolerance.proportion,
+    )
+
+
+def _write(
+    results: ResultsWriter | None,
+    outcome: ClaimOutcome,
+    interval: tuple[float, float] | None = None,
+    detail: dict | None = None,
+    **details,
+) -> None:
+    """The outcome's line in the results file: the measurement, its 95% interval, the stored number, the tolerance,
+    the verdict (and what a figure draws beside it, ``detail``)."""
     if results is None:
         return
     judged = outcome.judgement
+    if interval is not None:
+        details.update(lo=round(float(interval[0]), 6), hi=round(float(interval[1]), 6))
     results.write(
         outcome.claim,
         outcome.keys,
         outcome.measured,
         **details,
+        **(detail or {}),
         baseline=None if judged is None else judged.expected,
         tolerance=None if judged is None else judged.tolerance,
         passed=outcome.passed,
@@ -268,6 +305,8 @@ def _check_derived(
     results,
     limit,
     note,
+    interval=None,
+    detail=None,
 ) -> ClaimOutcome:
     """:func:`check_claim` of a number compared with one derived from stored records (``expected``): judged by
     :func:`mechbench.claims.tolerance.judge_derived`, recorded; never stored, since no record holds it."""
@@ -295,5 +334,5 @@ def _check_derived(
         **({"source": source} if source else {}),
     )
     _name_the_sample(outcome.judgement, spec, n, limit)
-    _write(results, outcome, n=n, seed=seed, fingerprint=fingerprint)
+    _write(results, outcome, interval, detail, n=n, seed=seed, fingerprint=fingerprint)
     return outcome

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the rules read records; the schema (mechbench.baselines) reads the range rule from here
@@ -53,6 +53,12 @@ class Tolerance:
     value: float
     rule: str
     same_sample: float | None = None  # the bound on the baseline's own examples, where it has one
+    # what the rule knows of the measured number's own uncertainty, from which its 95% interval is drawn
+    # (mechbench.stats.measurement_interval, written to the results file as lo/hi for the report's figures)
+    proportion: bool = False  # an accuracy on n examples: a binomial
+    std: float | None = None  # a mean over ``draws`` draws with this spread
+    draws: int | None = None
+    se: float | None = None  # a standard error from resampling contexts
 
 
 # --- the range rule -------------------------------------------------------------------------------------------
@@ -131,13 +137,14 @@ def binomial(p: float, n: int, rounding: float = 0.0, why_rounding: str = "") ->
         max(binomial_tolerance(p, n, n, z=Z, rounding=rounding), same_sample(n)),
         BINOMIAL_RULE.format(rounding=extra) + "; " + SAME_SAMPLE_RULE,
         same_sample(n),
+        proportion=True,
     )
 
 
 def widest_binomial(n: int) -> Tolerance:
-    """:func:`binomial` at p = 0.5, its widest: for numbers stored per item whose judgement is elsewhere. In range
-    from n = 19."""
-    return binomial(0.5, n)
+    """:func:`binomial` at p = 0.5, its widest: for numbers stored per item whose judgement is elsewhere (not a
+    proportion itself: no interval is drawn from it). In range from n = 19."""
+    return replace(binomial(0.5, n), proportion=False)
 
 
 def mean_of_draws(
@@ -155,7 +162,7 @@ def mean_of_draws(
         + (f" + {rounding} (rounding)" if rounding else "")
         + (f" + {unit:g}/n (one example)" if one else "")
     )
-    return Tolerance(round(value, 4), rule)
+    return Tolerance(round(value, 4), rule, std=std, draws=draws)
 
 
 def spread_of_fresh_draws(values, n: int, unit: float = 1.0) -> float:
@@ -190,6 +197,7 @@ def resampled(se: float, n: int, n_clusters: int | None = None) -> Tolerance:
         + (f", x {widen:.2f} (Student's t for {n_clusters} contexts)" if n_clusters else "")
         + "; on the baseline's own examples 3/n",
         same_sample(n),
+        se=se,
     )
 
 

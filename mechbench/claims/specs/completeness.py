@@ -10,12 +10,13 @@ sum of the two.
 """
 
 import statistics
+from dataclasses import replace
 
 from mechbench.claims.spec import Claim
 from mechbench.claims.tolerance import binomial, difference, mean_of_draws
 from mechbench.methods.ablation import completeness
 from mechbench.models.registry import COMPLETENESS_ITERATIONS, completeness_draws
-from mechbench.stats import design_effect
+from mechbench.stats import cluster_se, design_effect
 
 CLAIM = Claim(
     order=3,
@@ -87,10 +88,17 @@ def completeness_entire_group(run):
             ("F_C_minus_K", f_c, c_tolerance, c_effect),
             ("F_M_minus_K", f_m, m_tolerance, m_effect),
             # incompleteness is their difference: the larger design effect of the two
+            # (its interval: the cluster-robust standard error of the paired per-prompt difference)
             (
                 "incompleteness",
                 abs(f_m - f_c),
-                difference(c_tolerance, m_tolerance, "F(C\\K) and F(M\\K)"),
+                replace(
+                    difference(c_tolerance, m_tolerance, "F(C\\K) and F(M\\K)"),
+                    se=cluster_se(
+                        (r.model_minus_k_correct[0].float() - r.circuit_minus_k_correct[0].float()).numpy(),
+                        clusters.numpy(),
+                    ),
+                ),
                 max(c_effect, m_effect),
             ),
         ):

@@ -76,6 +76,11 @@ def path_patching_recovers_the_circuit(run):
                 recall,
                 soft=True,
                 tolerance=fixed(0.05, MARGIN_RULE),
+                # the step's score grid and the stored heads, for the report's layer x head figure
+                detail={
+                    "scores": [[round(float(v), 6) for v in row] for row in found.scores[group].tolist()],
+                    "circuit_heads": [list(h) for h in g.heads],
+                },
             )
         )
     run.settle(outcomes, "groups' recalls")
