@@ -194,7 +194,11 @@ def _frame(rows: list[dict]):
 
     frame = pd.DataFrame(
         [
-            {k: v for k, v in r.items() if k not in ("fingerprint", "meta", "updated", "base_fingerprint", *FIGURE_ONLY)}
+            {
+                k: v
+                for k, v in r.items()
+                if k not in ("fingerprint", "meta", "updated", "base_fingerprint", *FIGURE_ONLY)
+            }
             for r in rows
         ]
     )
@@ -293,7 +297,12 @@ def write_report(results, out: Path | str, figures: bool = True) -> Path:
         from mechbench.figures import report_figures
 
         made = report_figures(by_claim, out)
-        lines += ["## Figures", "", "Each as PNG, with an SVG beside it for a paper; error bars and bands are 95% intervals.", ""]
+        lines += [
+            "## Figures",
+            "",
+            "Each as PNG, with an SVG beside it for a paper; error bars and bands are 95% intervals.",
+            "",
+        ]
         lines += [f"![{name}]({name})" for name in made] + [""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
