@@ -242,7 +242,8 @@ def trajectory(series: dict, verdicts: list, xlabel: str, out: Path, stem: str) 
     strip.set_ylim(-1, 1)
     for side in ("top", "right", "left"):
         strip.spines[side].set_visible(False)
-    strip.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0)
+    if any(v for _, v in verdicts):  # no verdict at any step (not every verdict claim ran): nothing to name
+        strip.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0)
     for ax, (claim, (lines, refs)) in zip(axes[1:], series.items(), strict=True):
         for k, (y, text) in enumerate(refs):
             reference(ax, y, f"{text} ({y:g})", k)
