@@ -121,8 +121,14 @@ def legend_outside(fig, axes=None) -> None:
                 handles[label] = h
                 labels.append(label)
     if handles:  # below the plots: clear of the data, the title and the axes' labels
+        longest = max(len(label) for label in labels)
+        per_row = 1 if longest > 60 else 2 if longest > 38 else 3  # long labels in fewer columns: none past the edge
         fig.legend(
-            [handles[k] for k in labels], labels, loc="outside lower center", ncol=min(3, len(labels)), frameon=False
+            [handles[k] for k in labels],
+            labels,
+            loc="outside lower center",
+            ncol=min(per_row, len(labels)),
+            frameon=False,
         )
 
 
@@ -689,7 +695,7 @@ def comparison_summary(comparison, out: Path, stem: str) -> str | None:
     verdict above."""
     from matplotlib.ticker import MaxNLocator
 
-    from mechbench.compare import CARRIED, SHARE_LARGELY, VERDICT_CLAIMS
+    from mechbench.compare import CARRIED, ROUTE_MARGIN, SHARE_LARGELY, VERDICT_CLAIMS
 
     panels = []
     for name in VERDICT_CLAIMS:
@@ -725,10 +731,12 @@ def comparison_summary(comparison, out: Path, stem: str) -> str | None:
                 continue
             below, above, _ = _err([e.value], [e.lo], [e.hi])
             ax.errorbar([e.value], [y], xerr=[below, above], fmt="o", color=PALETTE[0], capsize=3, markersize=4)
-        reference_x = [(0.0, "no change" if not share else "none of the gain")]
+        reference_x = [(0.0, "0: no change (a share: none of the gain)", 0)]
         if share:
-            reference_x.append((SHARE_LARGELY, f"largely ({SHARE_LARGELY:g})"))
-        for k, (x, text) in enumerate(reference_x):
+            reference_x.append((SHARE_LARGELY, f"a share of {SHARE_LARGELY:g}: 'largely' through the circuit", 1))
+        if name == "attention_knockout":  # the verdict's route margin, both ways
+            reference_x += [(m, f"+-{ROUTE_MARGIN:g}: a knockout route moved (the verdict's margin)", 2) for m in (-ROUTE_MARGIN, ROUTE_MARGIN)]  # fmt: skip
+        for x, text, k in reference_x:
             ax.axvline(x, label=text, **REFERENCE_STYLES[k])
         ax.set_yticks(ys, [r.measure.split(" (")[0][:48] for r in rows])
         ax.set_ylim(-0.7, len(rows) - 0.3)
