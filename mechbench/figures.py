@@ -503,22 +503,30 @@ def grid_figures(rows: list[dict], claim: str, label: str, out: Path, vmax: floa
         groups = list(dict.fromkeys(r["group"] for r in part))
         desiderata = list(dict.fromkeys(r["desideratum"] for r in part))
         at = {(r["group"], r["desideratum"]): r for r in part}
-        grid = [[at[(g, d)]["value"] if (g, d) in at else math.nan for d in desiderata] for g in groups]
-        fig, axes = new_figure(1.5 * len(desiderata) + 3.2, 0.9 * len(groups) + 1.8)
+        # groups as rows and desiderata as columns; many desiderata (the eleven additional ones) as rows instead
+        tall = len(desiderata) > 6
+        rows_, cols_ = (desiderata, groups) if tall else (groups, desiderata)
+
+        def cell(i, j):
+            return at.get((cols_[j], rows_[i]) if tall else (rows_[i], cols_[j]))
+
+        grid = [[cell(i, j)["value"] if cell(i, j) else math.nan for j in range(len(cols_))] for i in range(len(rows_))]
+        fig, axes = new_figure(1.6 * len(cols_) + 4.2, (0.38 if tall else 0.9) * len(rows_) + 1.8)
         ax = axes[0][0]
         image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
-        for i, g in enumerate(groups):
-            for j, d in enumerate(desiderata):
-                r = at.get((g, d))
+        for i in range(len(rows_)):
+            for j in range(len(cols_)):
+                r = cell(i, j)
                 if r is None:
                     continue
                 lo, hi = _num(r.get("lo")), _num(r.get("hi"))
-                text = f"{r['value']:.2f}" + (f"\n[{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "")
+                interval = f"[{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else ""
+                text = f"{r['value']:.2f}" + ((" " if tall else "\n") + interval if interval else "")
                 dark = r["value"] < 0.55 * vmax
                 ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
-        ax.set_xticks(range(len(desiderata)), [d.replace("_", " ") for d in desiderata], rotation=20, ha="right")
-        ax.set_yticks(range(len(groups)), [g.replace("_", " ") for g in groups])
-        ax.set_title(f"{claim} on {key[1]}, circuit {key[0]} (cells: value [95% interval])")
+        ax.set_xticks(range(len(cols_)), [c.replace("_", " ") for c in cols_], rotation=0 if tall else 20, ha="center" if tall else "right")  # fmt: skip
+        ax.set_yticks(range(len(rows_)), [c.replace("_", " ") for c in rows_])
+        suptitle(fig, f"{claim} on {key[1]}, circuit {key[0]} (cells: value [95% interval])")
         fig.colorbar(image, ax=ax).set_label(label)
         made.append(save(fig, out, f"{claim}-{_stem(key)}"))
     return made
@@ -590,6 +598,65 @@ def minimality_figure(rows: list[dict], out: Path) -> str | None:
     return save(fig, out, "minimality")
 
 
+def faithfulness_figure(rows: list[dict], clean: dict[str, float], out: Path) -> str | None:
+    """Per model and circuit, the circuit's accuracy with the rest mean-ablated beside the random circuits' mean
+    accuracy, with intervals, against the full model's accuracy and chance."""
+    rows = [r for r in _numeric(rows) if r.get("metric") in ("circuit_accuracy", "random_circuit_accuracy")]
+    if not rows:
+        return None
+    keys = list(dict.fromkeys((r.get("circuit"), r["model"]) for r in rows))
+    fig, axes = new_figure(1.3 * len(keys) + 4.2, 3.4)
+    ax = axes[0][0]
+    at = {((r.get("circuit"), r["model"]), r["metric"]): r for r in rows}
+    series = []
+    for metric, label in (("circuit_accuracy", "the circuit (rest mean-ablated)"), ("random_circuit_accuracy", "random circuits of its size (mean)")):  # fmt: skip
+        got = [at.get((k, metric)) for k in keys]
+        series.append((label, *([g.get(f) if g else None for g in got] for f in ("value", "lo", "hi"))))
+    missing = grouped_bars(ax, [f"{m}\n(circuit {c})" for c, m in keys], series, "accuracy (fraction correct)")
+    ax.set_xticks(range(len(keys)), [f"{m}\n(circuit {c})" for c, m in keys], rotation=0, ha="center")
+    width = 0.8
+    for i, (_, model) in enumerate(keys):  # each model's full accuracy over its own bars
+        if clean.get(model) is not None:
+            ax.hlines(
+                clean[model], i - width / 2, i + width / 2, label="the full model's accuracy", **REFERENCE_STYLES[0]
+            )
+    reference(ax, _chance(rows), f"chance (1/{round(1 / _chance(rows))})", 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Faithfulness: the circuit alone against random circuits (95% intervals)" + _interval_note(missing))
+    legend_outside(fig)
+    return save(fig, out, "faithfulness")
+
+
+def input_cmap_figure(rows: list[dict], clean: dict[str, float], out: Path) -> str | None:
+    """Per donor, the base's accuracy with the donor's Q, K, V, QK or QKV inputs of each group's heads, with
+    intervals, against the base's and the donor's accuracy."""
+    rows = [r for r in _numeric(rows) if {"group", "inputs", "source_model", "target_model"} <= set(r)]
+    if not rows:
+        return None
+    pairs = list(dict.fromkeys((r["source_model"], r["target_model"]) for r in rows))
+    fig, axes = new_figure(5.2, 2.9 * len(pairs) + 0.8, len(pairs), 1, sharex=True)
+    for ax, (donor, target) in zip(axes[:, 0], pairs, strict=True):
+        part = [r for r in rows if (r["source_model"], r["target_model"]) == (donor, target)]
+        groups = list(dict.fromkeys(r["group"] for r in part))
+        inputs = list(dict.fromkeys(r["inputs"] for r in part))
+        at = {(r["group"], r["inputs"]): r for r in part}
+        series = [
+            (
+                f"{i} inputs",
+                *([at[(g, i)].get(f) if (g, i) in at else None for g in groups] for f in ("value", "lo", "hi")),
+            )
+            for i in inputs
+        ]
+        grouped_bars(ax, groups, series, "accuracy (fraction correct)")
+        reference(ax, clean.get(target), "the base's own accuracy", 0)
+        reference(ax, clean.get(donor), "the donor's own accuracy", 1)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{donor}'s head inputs in {target}")
+    suptitle(fig, "Input CMAP: a donor's head inputs patched into the base's heads (95% intervals)")
+    legend_outside(fig)
+    return save(fig, out, "input_cmap")
+
+
 def _stem(key) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in "-".join(str(k) for k in key))[-80:]
 
@@ -610,6 +677,22 @@ def report_figures(by_claim: dict[str, list[dict]], out: Path) -> list[str]:
             1.0,
         ),
         *grid_figures(by_claim.get("dcm_patching", []), "dcm_patching", "% of pairs moved to the target", out, 100.0),
+        *grid_figures(
+            [r for r in by_claim.get("dcm_additional", []) if r.get("measure") == "dcm"],
+            "dcm_additional",
+            "test accuracy of the DCM mask",
+            out,
+            1.0,
+        ),
+        *grid_figures(
+            [r for r in by_claim.get("dcm_additional", []) if r.get("measure") == "patching"],
+            "dcm_additional_patched",
+            "% of pairs moved to the target",
+            out,
+            100.0,
+        ),
+        faithfulness_figure(by_claim.get("faithfulness", []), clean, out),
+        input_cmap_figure(by_claim.get("input_cmap", []), clean, out),
         completeness_figure(by_claim.get("completeness", []), out),
         minimality_figure(by_claim.get("minimality", []), out),
     ]

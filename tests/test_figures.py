@@ -56,6 +56,10 @@ def test_every_report_figure_renders_clean_with_its_intervals(tmp_path, rendered
         "dcm-toy-llama-toy-llama",
         "completeness",
         "minimality",
+        "faithfulness",
+        "input_cmap",
+        "dcm_additional-toy-llama-toy-llama",
+        "dcm_additional_patched-toy-llama-toy-llama",
         *(f"dcm_patching-toy-llama-{m}" for m in ("toy-llama", "toy-vicuna", "toy-goat", "toy-float")),
     }
     assert set(rendered) == expected
