@@ -154,3 +154,29 @@ def test_a_device_map_file_is_checked_before_any_model_loads(tmp_path):
 def test_an_adapter_over_an_offloaded_base_is_refused_with_the_fix():
     with pytest.raises(MechbenchError, match="merge the adapter into a full checkpoint"):
         load_model("toy-goat", device_map={**{k: "cpu" for k in TWO_GPUS}, "model.layers.3": "disk"})
+
+
+def test_the_suites_under_device_map_give_the_numbers_of_a_plain_run(tmp_path):
+    """--device-map through the plugin (Settings, the claims' loader): the same measurements with two of
+    toy-llama's layers offloaded to disk as without."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    offloaded = tmp_path / "map.json"
+    offloaded.write_text(
+        json.dumps({**{k: "cpu" for k in TWO_GPUS}, "model.layers.1": "disk", "model.layers.2": "disk"})
+    )
+    numbers = []
+    for name, extra in (("plain", []), ("offloaded", [f"--device-map={offloaded}"])):
+        results = tmp_path / name
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", str(root / "suites"), "--model=toy-llama", "--claim=accuracy,attention_knockout",
+             "--limit=70", f"--results-dir={results}", "-p", "no:cacheprovider", "-q", *extra],
+            cwd=root, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        rows = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
+        numbers.append({(r["claim"], r.get("edge"), r.get("layer"), r.get("check")): r["value"] for r in rows})
+    assert numbers[0] == numbers[1] and len(numbers[0]) > 20

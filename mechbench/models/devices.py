@@ -97,4 +97,6 @@ def _checked_map(mapping: dict, what: str) -> dict:
 
 
 def needs_offload_folder(device_map) -> bool:
-    return isinstance(device_map, dict) and "disk" in device_map.values()
+    """Whether accelerate may write weights to disk under ``device_map``: a map that says so, or a placement by
+    name (``auto`` spills to disk what neither the GPUs nor the host hold)."""
+    return isinstance(device_map, str) or (isinstance(device_map, dict) and "disk" in device_map.values())
