@@ -38,9 +38,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -393,18 +390,10 @@ def check_directory(directory: str | Path | None = None) -> tuple[list[str], Bas
 
 def _write_atomic(path: Path, data: dict) -> None:
     """Write via a temporary file and rename, so a crash never leaves a truncated baseline; the file keeps its
-    permissions."""
-    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, ensure_ascii=False)
-            f.write("\n")
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    permissions (mechbench.results.write_json_atomic)."""
+    from mechbench.results import write_json_atomic
+
+    write_json_atomic(path, data)
 
 
 FORCE_HINT = "pass --force-baselines to store it anyway"

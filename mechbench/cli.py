@@ -262,7 +262,8 @@ def _plan(args) -> None:
                 model, args.dtype, batch, tflops=args.tflops, circuit=circuit, baselines_dir=args.baselines_dir
             )
             print(plan.format_plan(model, plans, args.dtype, batch, gpu_gib, circuit) + "\n")
-            hours += sum(p.gpu_seconds for p in plans) / 3600
+            # GPU hours held: a model spread over k GPUs holds all k for its time
+            hours += widths[model] * sum(p.gpu_seconds for p in plans) / 3600
             per_model[model] = per_model.get(model, 0.0) + sum(p.gpu_seconds for p in plans) / 3600
             fits &= all(p.fits(gpu_gib * plan.GIB) for p in plans)
     print(
@@ -501,6 +502,10 @@ def _trajectory(args, refs, base, circuit, claims, comparison_of, results) -> No
         "seed": args.seed,
         "boxes": args.boxes,
         "dtype": args.dtype,
+        # what changes the token ids or the numbers shown beside them (not where the model sits: --device-map)
+        "loading": {k: v for k, v in _load_options(args).items() if k != "device_map"},
+        "baselines": str(Path(args.baselines_dir).resolve()) if args.baselines_dir else None,
+        "references": list(args.reference) if args.reference else None,
         "mechbench": versions()["mechbench"],
     }
     traj = run_trajectory(

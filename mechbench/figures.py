@@ -9,7 +9,8 @@ One style for all of them:
   interval, :func:`mechbench.stats.measurement_interval`); a number the claim gives no interval for says so;
 - the reference lines the paper draws (the base's and the donor's accuracy for CMAP, clean accuracy and chance
   for knockout, 0 and the verdict's thresholds for a comparison), each named in the legend;
-- legends outside the axes (matplotlib's constrained layout places them, by computation, beside the plots),
+- legends outside the axes (below the plots, or right of a trajectory's panels; matplotlib's constrained layout
+  makes room for them by computation),
   labels with units, nothing cut at the edge; :func:`layout_problems` checks that from matplotlib's own layout,
   and tests/test_figures.py runs it on every figure;
 - each figure written as PNG (for the Markdown report) with an SVG beside it (for a paper).
@@ -112,8 +113,8 @@ def save(fig, out: Path, stem: str) -> str:
 
 
 def legend_outside(fig, axes=None) -> None:
-    """One legend for the figure, right of the axes (constrained layout makes room for it): it covers nothing.
-    Labels are gathered from ``axes`` (default: all), once each."""
+    """One legend for the figure, below the axes (constrained layout makes room for it): it covers nothing.
+    Labels are gathered from ``axes`` (default: all), once each; long labels take fewer columns."""
     handles, labels = {}, []
     for ax in axes if axes is not None else fig.axes:
         for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -538,15 +539,15 @@ def completeness_figure(rows: list[dict], out: Path) -> str | None:
     rows = [r for r in _numeric(rows) if "metric" in r and "model" in r]
     if not rows:
         return None
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    cols = min(2, len(models))
-    nrows = -(-len(models) // cols)
+    panels = list(dict.fromkeys((r.get("circuit"), r["model"]) for r in rows))  # a model under two circuits: two
+    cols = min(2, len(panels))
+    nrows = -(-len(panels) // cols)
     fig, axes = new_figure(5.0 * cols + 0.6, 3.0 * nrows + 0.8, nrows, cols, sharey=True)
-    for ax in list(axes.flat)[len(models) :]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     missing = False
-    for ax, model in zip(axes.flat, models):
-        part = [r for r in rows if r["model"] == model]
+    for ax, (circuit, model) in zip(axes.flat, panels):
+        part = [r for r in rows if (r.get("circuit"), r["model"]) == (circuit, model)]
         cats = list(dict.fromkeys(r.get("group") or "random K" for r in part))
         series = []
         for metric, label in (
@@ -559,7 +560,7 @@ def completeness_figure(rows: list[dict], out: Path) -> str | None:
                 (label, *([got[c].get(f) if c in got else None for c in cats] for f in ("value", "lo", "hi")))
             )
         missing |= grouped_bars(ax, cats, series, "faithfulness (fraction)")
-        ax.set_title(model)
+        ax.set_title(model if len({c for c, _ in panels}) == 1 else f"{model}, circuit {circuit}")
     suptitle(fig, "Completeness: K taken out of the circuit and of the model (95% intervals)" + _interval_note(missing))
     legend_outside(fig)
     return save(fig, out, "completeness")
@@ -658,7 +659,9 @@ def input_cmap_figure(rows: list[dict], clean: dict[str, float], out: Path) -> s
 
 
 def _stem(key) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in "-".join(str(k) for k in key))[-80:]
+    from mechbench.results import file_stem
+
+    return file_stem("-".join(str(k) for k in key))
 
 
 def report_figures(by_claim: dict[str, list[dict]], out: Path) -> list[str]:

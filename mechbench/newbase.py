@@ -227,9 +227,9 @@ class Progress:
 
     def finish(self, run: ClaimRun) -> None:
         self.done[run.claim] = {"exit_code": run.exit_code, "counts": run.counts, "seconds": round(run.seconds, 1)}
-        from mechbench.methods.discovery import _write_json_atomic
+        from mechbench.results import write_json_atomic
 
-        _write_json_atomic(self.path, {"asked": self.asked, "done": self.done})
+        write_json_atomic(self.path, {"asked": self.asked, "done": self.done}, indent=None)
 
 
 def baseline(

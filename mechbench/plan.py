@@ -578,11 +578,13 @@ def resolve_batch_size(
         return 50
     import torch
 
-    free = (
-        sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
-        if device_map is not None
-        else torch.cuda.mem_get_info(torch.device(device))[0]
-    )
+    if device_map is not None:  # the GPUs the map uses (a placement by name: every visible one), their free memory
+        from mechbench.models.devices import gpus_of
+
+        used = gpus_of(device_map)
+        free = sum(torch.cuda.mem_get_info(i)[0] for i in (range(torch.cuda.device_count()) if used is None else used))
+    else:
+        free = torch.cuda.mem_get_info(torch.device(device))[0]
     sizes = []
     for model in models:
         try:

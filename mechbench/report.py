@@ -429,7 +429,9 @@ def comparison_markdown(comparison, results_path: str | None = None) -> str:
 
 
 def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name.strip("/").replace("/", "_"))[-80:]
+    from mechbench.results import file_stem
+
+    return file_stem(name)
 
 
 def write_comparison_report(comparison, out: Path | str, figures: bool = True, results_path: str | None = None) -> Path:

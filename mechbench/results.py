@@ -151,3 +151,30 @@ class DevicePeak:
 
             torch.cuda.synchronize(self.device)
             self.bytes = int(torch.cuda.max_memory_allocated(self.device))
+
+
+def file_stem(name: str, keep: int = 80) -> str:
+    """``name`` (a model's path or hub id, a checkpoint, a key) as a file name: letters, digits and ``-_.`` kept,
+    path separators and the rest as ``_``, its last ``keep`` characters (the end of a path tells checkpoints apart)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name.strip("/").replace("/", "_"))[-keep:]
+
+
+def write_json_atomic(path: str | Path, data, indent: int | None = 1) -> None:
+    """``data`` as JSON at ``path`` through a temporary file renamed over it, so that a crash never leaves a
+    truncated file; the file keeps its permissions (new: 0644)."""
+    import stat
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=indent, ensure_ascii=False)
+            f.write("\n")
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -161,19 +161,29 @@ def measurement_interval(
     *,
     std: float | None = None,
     draws: int | None = None,
+    shared_se: float | None = None,
     se: float | None = None,
+    dof: int | None = None,
     design_effect: float = 1.0,
     proportion: bool = False,
 ) -> tuple[float, float] | None:
     """A measured number's 95% interval from what its claim knows about it, or None where that is nothing:
-    ``se`` (a bootstrap's or a cluster-robust standard error) gives value +- 1.96 se; a mean over ``draws`` runs
-    (random circuits, draws of K, runs of pairs) with spread ``std`` gives value +- t(draws - 1) std / sqrt(draws);
-    a ``proportion`` on ``n`` examples (an accuracy) gives the Wilson interval on n / ``design_effect`` examples
-    (prompts that share a context are not independent). What the report's figures draw as the error bars."""
+
+    - ``se``, a standard error from resampling contexts or a cluster-robust one: value +- t(``dof``) se (Student's
+      t for the contexts' ``dof`` = contexts - 1 degrees of freedom where given, else 1.96);
+    - a mean over ``draws`` draws (of pairs, of random circuits, of K) with spread ``std``: value +- t(draws - 1)
+      sqrt(std^2 / draws + ``shared_se``^2), where ``shared_se`` is the sampling error the draws share because they
+      are measured on the same prompts (random circuits and random K: the draws' spread alone would leave the
+      prompts' out; DCM patching's runs draw fresh pairs, so theirs is in the spread);
+    - a ``proportion`` on ``n`` examples (an accuracy): the Wilson interval on n / ``design_effect`` examples
+      (prompts that share a context are not independent).
+
+    What the results file records as ``lo``/``hi`` and the report's figures draw as error bars."""
     if se is not None and math.isfinite(se):
-        return (value - Z95 * se, value + Z95 * se)
+        half = (t_quantile(0.975, dof) if dof and dof >= 1 else Z95) * se
+        return (value - half, value + half)
     if std is not None and draws is not None and draws > 1:
-        half = t_quantile(0.975, draws - 1) * std / math.sqrt(draws)
+        half = t_quantile(0.975, draws - 1) * math.sqrt(std**2 / draws + (shared_se or 0.0) ** 2)
         return (value - half, value + half)
     if proportion and n and 0.0 <= value <= 1.0:
         return wilson(value, n / max(design_effect, 1.0))
@@ -229,12 +239,15 @@ def _t_cdf(x: float, dof: int) -> float:
 
 @cache
 def t_quantile(q: float, dof: int) -> float:
-    """Student's t quantile (bisection on :func:`_t_cdf`; q > 0.5)."""
-    lo, hi = 0.0, 200.0
+    """Student's t quantile at ``q`` > 0.5 for ``dof`` degrees of freedom (bisection on :func:`_t_cdf`, in a bracket
+    widened until it holds the quantile: at 1 degree of freedom a 3-sigma tail sits near 236)."""
+    lo, hi = 0.0, 8.0
+    while _t_cdf(hi, dof) < q:
+        lo, hi = hi, hi * 4
     for _ in range(60):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if _t_cdf(mid, dof) < q else (lo, mid)
-    return (lo + hi) / 2
+    return hi
 
 
 @cache  # every accuracy check asks, for a handful of context counts
@@ -244,9 +257,4 @@ def few_clusters_factor(n_clusters: int, z: float = 3.0) -> float:
     normal's z tail instead of z (1.04 at 72 contexts, the paper's 500 prompts; 1.7 at 6, --limit 40)."""
     if n_clusters < 2:
         return float("inf")
-    dof, tail = n_clusters - 1, 0.5 * (1 + math.erf(z / math.sqrt(2)))
-    lo, hi = z, z * 40
-    for _ in range(60):  # bisection on the t quantile
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _t_cdf(mid, dof) < tail else (lo, mid)
-    return hi / z
+    return t_quantile(0.5 * (1 + math.erf(z / math.sqrt(2))), n_clusters - 1) / z

@@ -8,8 +8,9 @@ from which step on does the circuit carry the gain, and did the knockout routes 
   writes), else a ``checkpoint-N`` or ``step-N`` name; where some checkpoint has neither, the order given.
 - Each checkpoint's comparison is kept in ``<results-dir>/trajectory-<name>/<checkpoint>.json``, written after
   every claim: a finished checkpoint is read back, not re-run, and a crashed one resumes at its first unfinished
-  claim. A record is reused only for the same base, circuit, lane, seed, boxes and claims, and the same weight
-  files (names, sizes, modification times): anything else re-measures it.
+  claim (a claim that could not run, out of memory say, counts as unfinished). A record is reused only for the
+  same base, circuit, lane, seed, boxes, dtype, loading options, baselines and references, claims and mechbench
+  version, and the same weight files (names, sizes, modification times): anything else re-measures it.
 - ``--shard K/N`` measures the checkpoints K, K+N, K+2N, ... only, so that N processes (a job array's tasks, or
   one per GPU of a node: ``CUDA_VISIBLE_DEVICES=K mechbench compare ... --shard K/N``) share a run; each shard
   measures the base itself (in-memory, as every comparison process does). The run without ``--shard``, or the
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,6 +28,7 @@ from pathlib import Path
 
 from mechbench.compare import VERDICT_CLAIMS, Check, ClaimComparison, Row, Verdict
 from mechbench.errors import MechbenchError
+from mechbench.results import file_stem, write_json_atomic
 from mechbench.stats import Estimate
 
 #: the files of a checkpoint directory that make its weights (their names, sizes and times key a stored record)
@@ -64,7 +65,7 @@ def _step_of(ref: str) -> int | None:
 
 
 def _label(ref: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ref.strip("/").replace("/", "_"))[-80:]
+    return file_stem(ref)
 
 
 def checkpoints(refs: list[str]) -> list[Checkpoint]:
@@ -144,14 +145,16 @@ class StepRecord:
     fingerprint: dict | None = None
 
     @property
-    def finished(self) -> bool:
-        return all(c in self.claims for c in self.key["claims"]) and (
-            self.verdict is not None or not set(VERDICT_CLAIMS) <= set(self.key["claims"]) or self._verdict_blocked
-        )
+    def done(self) -> dict[str, ClaimComparison]:
+        """The claims measured: those that ran. One that could not (out of memory, a missing circuit) is measured
+        again by the next run, which may have what it lacked (a smaller --batch-size, the circuit stored)."""
+        return {name: c for name, c in self.claims.items() if c.error is None}
 
     @property
-    def _verdict_blocked(self) -> bool:  # a verdict claim could not run: there is no verdict to wait for
-        return any(self.claims[c].error for c in VERDICT_CLAIMS if c in self.claims)
+    def finished(self) -> bool:
+        return all(c in self.done for c in self.key["claims"]) and (
+            self.verdict is not None or not set(VERDICT_CLAIMS) <= set(self.key["claims"])
+        )
 
     def to_json(self) -> dict:
         return {
@@ -176,10 +179,9 @@ class StepRecord:
         )
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _save(path: Path, record: StepRecord) -> None:
+    """A checkpoint's record, written atomically (a crash mid-write leaves the previous one)."""
+    write_json_atomic(path, json.loads(json.dumps(record.to_json(), default=str)))
 
 
 def read_record(path: Path, key: dict) -> StepRecord | None:
@@ -265,21 +267,22 @@ def run_trajectory(
         comparison = make_comparison(cp.ref)
         current = stored or StepRecord(cp, step_key, {})
         current.fine_tune, current.fingerprint = comparison.fine_tune.name, comparison.fine_tune.fingerprint
-        for result in current.claims.values():  # a resumed checkpoint: its finished claims are not re-run
+        for result in current.done.values():  # a resumed checkpoint: the claims that ran are not run again
             comparison.restore(result)
         for claim in claims:
-            if claim in current.claims:
+            if claim in current.done:
                 continue
             result = comparison.claim(claim)
             record(results, comparison, result)
             current.claims[claim] = result
-            _write_atomically(path, json.dumps(current.to_json(), indent=1, default=str))
+            _save(path, current)
         if comparison.verdict_ready():
             current.verdict = comparison.verdict()
             record_verdict(results, comparison, current.verdict)
-            _write_atomically(path, json.dumps(current.to_json(), indent=1, default=str))
+            _save(path, current)
         log(f"{cp.describe()} ({cp.ref}): {current.verdict.label if current.verdict else 'measured'}")
         steps.append(current)
+        del comparison  # the last reference to the checkpoint's model here: released before the next one loads
         if release is not None:
             release(cp.ref)
     return Trajectory(name, base_name, steps, missing, directory)
@@ -348,7 +351,11 @@ def figure_lines(steps: list[StepRecord]) -> list[Measure]:
 
 
 def _x(steps: list[StepRecord]) -> list[int]:
-    return [s.checkpoint.step if s.checkpoint.step is not None else i for i, s in enumerate(steps)]
+    """Each step's place on the x axis: its training step where every checkpoint has one, else its position in the
+    order given (a step where only some have one would put the others out of order)."""
+    if all(s.checkpoint.step is not None for s in steps):
+        return [s.checkpoint.step for s in steps]
+    return list(range(len(steps)))
 
 
 def write_trajectory_report(trajectory: Trajectory, out: Path, figures: bool = True) -> Path:
@@ -391,7 +398,7 @@ def write_trajectory_report(trajectory: Trajectory, out: Path, figures: bool = T
         verdict = (
             s.verdict.label if s.verdict else "no verdict (" + ("; ".join(errors) or "not every verdict claim") + ")"
         )
-        step = str(x) if s.checkpoint.step is not None else f"#{x + 1}"
+        step = str(x) if all(t.checkpoint.step is not None for t in steps) else f"#{x + 1}"
         row_cells = [step, f"`{Path(s.checkpoint.ref).name or s.checkpoint.ref}`", verdict, *cells]
         text.append("| " + " | ".join([*row_cells, "; ".join(failed) or "none"]) + " |")
     judged = [s for s in steps if s.verdict]

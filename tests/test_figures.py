@@ -31,16 +31,29 @@ def rendered(monkeypatch):
 
 
 def draws_intervals(fig) -> bool:
-    """Error bars, interval bands, or interval text in a grid's cells."""
+    """An error bar of non-zero length, an interval band of non-zero area, or interval text in a grid's cells (an
+    error bar of zeros, drawn for a number with no interval, does not count)."""
     import matplotlib.collections as mcollections
+    import numpy as np
     from matplotlib.container import BarContainer, ErrorbarContainer
+
+    def nonzero_bars(container) -> bool:
+        for collection in container.lines[2]:  # the bars' LineCollections
+            for segment in collection.get_segments():
+                if np.ptp(np.asarray(segment), axis=0).max() > 0:
+                    return True
+        return False
 
     for ax in fig.axes:
         for c in ax.containers:
-            if isinstance(c, ErrorbarContainer) or (isinstance(c, BarContainer) and c.errorbar is not None):
+            bars = c if isinstance(c, ErrorbarContainer) else getattr(c, "errorbar", None)
+            if isinstance(c, (ErrorbarContainer, BarContainer)) and bars is not None and nonzero_bars(bars):
                 return True
-        if any(isinstance(c, mcollections.PolyCollection) for c in ax.collections):
-            return True
+        for c in ax.collections:
+            if isinstance(c, mcollections.PolyCollection) and not isinstance(c, mcollections.PathCollection):
+                extent = np.ptp(np.concatenate([p.vertices for p in c.get_paths()] or [np.zeros((1, 2))]), axis=0)
+                if extent.min() > 0:
+                    return True
         if any("[" in t.get_text() for t in ax.texts):
             return True
     return False
@@ -71,11 +84,47 @@ def test_every_report_figure_renders_clean_with_its_intervals(tmp_path, rendered
             assert found["intervals"], f"{stem} draws no interval"
 
 
-def test_the_results_rows_carry_the_intervals_the_figures_draw():
+def test_the_stored_results_carry_the_intervals_the_figures_draw():
     rows = [json.loads(line) for line in (DATA / "figures-results.jsonl").read_text().splitlines()]
     for claim in ("accuracy", "cmap", "attention_knockout", "dcm_patching", "completeness", "faithfulness"):
         mine = [r for r in rows if r["claim"] == claim]
         assert mine and all(r["lo"] <= r["value"] <= r["hi"] for r in mine), claim
+
+
+def test_a_checked_number_is_written_with_the_interval_its_rule_gives(tmp_path):
+    """check_claim writes lo/hi from the tolerance rule: Wilson on n over the design effect for an accuracy,
+    Student's t over the draws (with the error they share) for a mean of draws, t over the contexts for a
+    resampled SE, and a claim's own interval where it passes one; nothing where the rule knows no uncertainty."""
+    import math
+    from dataclasses import replace
+
+    from mechbench.claims.check import check_claim
+    from mechbench.claims.tolerance import binomial, fixed, mean_of_draws, resampled
+    from mechbench.results import ResultsWriter
+    from mechbench.stats import t_quantile, wilson
+
+    writer = ResultsWriter(tmp_path)
+    keys = {"model": "toy-llama"}
+    cases = [
+        (0.7, {"n": 200, "tolerance": binomial(0.7, 200), "design_effect": 2.0}, wilson(0.7, 100)),
+        (
+            0.3,
+            {"n": 70, "tolerance": replace(mean_of_draws(0.1, 10), shared_se=0.05)},
+            (0.3 - t_quantile(0.975, 9) * math.sqrt(0.01 / 10 + 0.0025), 0.3 + t_quantile(0.975, 9) * math.sqrt(0.01 / 10 + 0.0025)),
+        ),
+        (0.04, {"n": 100, "tolerance": resampled(0.02, 100, 15)}, (0.04 - t_quantile(0.975, 14) * 0.02, 0.04 + t_quantile(0.975, 14) * 0.02)),
+        (0.04, {"n": 100, "tolerance": resampled(0.02, 100, 15), "interval": (0.01, 0.09)}, (0.01, 0.09)),
+        (0.9, {"n": 100, "tolerance": fixed(0.05, "a stated margin")}, None),
+    ]  # fmt: skip
+    for value, options, _ in cases:
+        check_claim("accuracy", keys, value, results=writer, baselines_dir=tmp_path, **options)
+    rows = writer.read()
+    assert len(rows) == len(cases)
+    for row, (_, _, want) in zip(rows, cases, strict=True):
+        if want is None:
+            assert "lo" not in row and "hi" not in row
+        else:
+            assert (row["lo"], row["hi"]) == pytest.approx(want, abs=1e-6)
 
 
 def comparison_of(record: StepRecord):

@@ -114,6 +114,14 @@ def test_a_training_run_is_measured_once_read_back_and_resumed(run_dir, tmp_path
     assert trajectory(run_dir, tmp_path) in (0, None)
     assert measured == [("checkpoint-40", "cmap")]
 
+    # a claim that could not run (out of memory, say) is run again, not read back as done
+    measured.clear()
+    partial = StepRecord.from_json(json.loads(record.read_text()))
+    partial.claims["cmap"].error = "CUDA out of memory"
+    record.write_text(json.dumps(partial.to_json()))
+    assert trajectory(run_dir, tmp_path) in (0, None)
+    assert measured == [("checkpoint-40", "cmap")]
+
     # new weights at a checkpoint (another training run into the same directory) are measured again
     measured.clear()
     weights = run_dir / "checkpoint-20" / "model.safetensors"

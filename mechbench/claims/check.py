@@ -108,6 +108,7 @@ def check_claim(
     bound_at: Callable[[int], Tolerance] | None = None,
     note: str = "",
     detail: dict | None = None,
+    interval: tuple[float, float] | None = None,
 ) -> ClaimOutcome:
     """Compare ``measured`` with the baseline record ``keys`` of ``claim`` (or store it with ``update``).
 
@@ -131,12 +132,15 @@ def check_claim(
     is on these examples), and ``bound_at(m)`` the same rule's on ``m``, for the size an inconclusive check needs.
     ``note``: words appended to the outcome's message (what the number is, its interval). ``detail``: what a figure
     of the report draws beside the number (path patching's score grid), kept in the results file only.
+    ``interval``: the number's own 95% interval where the claim computed one (minimality's percentile interval over
+    resampled contexts), in place of the one its tolerance rule gives.
 
     The results line carries the measured number's own 95% interval (``lo``, ``hi``) where the tolerance rule knows
     its uncertainty (:class:`mechbench.claims.tolerance.Tolerance`: a binomial on n examples over the design effect,
     a mean over draws, a resampled standard error; :func:`mechbench.stats.measurement_interval`).
     """
-    interval = _interval(measured, n, tolerance, design_effect)
+    if interval is None:  # the claim's own interval where it gives one (a percentile interval), else the rule's
+        interval = _interval(measured, n, tolerance, design_effect)
     if expected is not None:
         return _check_derived(
             claim,
@@ -254,7 +258,9 @@ def _interval(measured, n, tolerance, design_effect: float) -> tuple[float, floa
         n,
         std=tolerance.std,
         draws=tolerance.draws,
+        shared_se=tolerance.shared_se,
         se=tolerance.se,
+        dof=tolerance.dof,
         design_effect=design_effect,
         proportion=tolerance.proportion,
     )

@@ -58,7 +58,9 @@ class Tolerance:
     proportion: bool = False  # an accuracy on n examples: a binomial
     std: float | None = None  # a mean over ``draws`` draws with this spread
     draws: int | None = None
-    se: float | None = None  # a standard error from resampling contexts
+    shared_se: float | None = None  # the sampling error such draws share (measured on the same prompts)
+    se: float | None = None  # a standard error from resampling contexts (or a cluster-robust one)
+    dof: int | None = None  # its degrees of freedom: the contexts less one
 
 
 # --- the range rule -------------------------------------------------------------------------------------------
@@ -198,6 +200,7 @@ def resampled(se: float, n: int, n_clusters: int | None = None) -> Tolerance:
         + "; on the baseline's own examples 3/n",
         same_sample(n),
         se=se,
+        dof=n_clusters - 1 if n_clusters else None,
     )
 
 

@@ -52,12 +52,13 @@ class Prefix:
     def placed(self, model) -> Prefix:
         """The same prefix where ``model`` computes: the input ids on its input device, each layer's input, keys and
         values on that layer's device (under a device map, layers sit on several GPUs: a layer's attention joins the
-        cached keys with those it computes, so one device for all would fail at the first layer elsewhere). Tensors
-        already in place are not copied."""
+        cached keys with those it computes, so one device for all would fail at the first layer elsewhere). A prefix
+        already in place is returned as it is; a tensor already on its device is not copied."""
         family = sites(model)
         devices = layer_devices(model, family.layer_list(model))
         if self.input_ids.device == input_device(model) and all(
-            k.device == d for k, d in zip(self.keys, devices, strict=True)
+            h.device == d and k.device == d and v.device == d
+            for h, k, v, d in zip(self.hidden, self.keys, self.values, devices, strict=True)
         ):
             return self
         return Prefix(
@@ -101,7 +102,7 @@ def capture_prefix(
         out.logits[:, -1].float().cpu(),
         tuple(common),
         {layer: torch.cat(chunks) for layer, chunks in store.items()},
-    )
+    ).placed(model)  # a layer's input comes out on the layer below's device: moved once here, not at every run
 
 
 def capture_prefixes(

@@ -15,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,6 +28,7 @@ from mechbench.methods.path_patching import Receivers, path_patching_scores, top
 
 # the settings are data the models layer holds (each spec names its circuit's); callers keep importing them here
 from mechbench.models.discovery_settings import PAPER_RECEIVER_K, PAPER_STEPS, TOY_STEPS, DiscoveryConfig, Step  # noqa: F401
+from mechbench.results import file_stem, write_json_atomic
 from mechbench.stats import cluster_se_last_axis
 
 
@@ -188,15 +187,7 @@ def checkpoint_key(model, name: str, config: DiscoveryConfig) -> dict:
 
 
 def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name.strip("/").replace("/", "_"))[-60:]
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    return file_stem(name, keep=60)
 
 
 def checkpoint_path(
@@ -341,7 +332,7 @@ def _discover(model, name, config, log, cache_dir, fixed_receivers) -> Discovery
 
         def on_step(group: str, scores: torch.Tensor, se: torch.Tensor) -> None:
             saved["steps"][group] = {"scores": scores.tolist(), "se": se.tolist()}
-            _write_json_atomic(path, saved)
+            write_json_atomic(path, saved, indent=None)
             if log:
                 log(f"{group}: saved to {path}")
 

@@ -100,3 +100,20 @@ def needs_offload_folder(device_map) -> bool:
     """Whether accelerate may write weights to disk under ``device_map``: a map that says so, or a placement by
     name (``auto`` spills to disk what neither the GPUs nor the host hold)."""
     return isinstance(device_map, str) or (isinstance(device_map, dict) and "disk" in device_map.values())
+
+
+def gpus_of(device_map) -> list[int] | None:
+    """The GPU indices ``device_map`` (``--device-map``'s value) places modules on; None for a placement by name,
+    which may use every visible GPU."""
+    read = read_device_map(device_map)
+    if not isinstance(read, dict):
+        return None
+    out = set()
+    for where in read.values():
+        if isinstance(where, int):
+            out.add(where)
+        elif where == "cuda":
+            out.add(0)
+        elif isinstance(where, str) and where.startswith("cuda:"):
+            out.add(int(where[5:]))
+    return sorted(out)

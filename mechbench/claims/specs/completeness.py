@@ -9,6 +9,7 @@ over draws); whole-group F values within the accuracy claim's binomial bound, th
 sum of the two.
 """
 
+import math
 import statistics
 from dataclasses import replace
 
@@ -42,6 +43,19 @@ CLAIM = Claim(
 )
 
 
+def _prompts_se(result, metric: str, n: int) -> float:
+    """The sampling error the draws of K share, being measured on the same ``n`` prompts: a binomial's at the mean
+    F(C\\K) or F(M\\K), and for the incompleteness (their difference) the two together, as if independent (an upper
+    bound: the two runs share prompts, and share their errors in part)."""
+
+    def binomial_se(values) -> float:
+        p = min(max(statistics.fmean(values), 0.0), 1.0)
+        return math.sqrt(p * (1 - p) / n)
+
+    c, m = binomial_se(result.circuit_minus_k), binomial_se(result.model_minus_k)
+    return {"F_C_minus_K": c, "F_M_minus_K": m}.get(metric, math.sqrt(c**2 + m**2))
+
+
 @CLAIM.test(per="circuit")
 def completeness_random_k(run):
     model, circuit_name = run.model, run.circuit_name
@@ -65,7 +79,10 @@ def completeness_random_k(run):
                 n=n,
                 soft=True,
                 std=std,
-                tolerance=mean_of_draws(std, iterations, n=n, what="draws of K"),
+                # its interval adds the prompts every draw shares: binomial at the draws' mean accuracies
+                tolerance=replace(
+                    mean_of_draws(std, iterations, n=n, what="draws of K"), shared_se=_prompts_se(result, metric, n)
+                ),
             )
         )
     run.settle(outcomes)
@@ -98,6 +115,7 @@ def completeness_entire_group(run):
                         (r.model_minus_k_correct[0].float() - r.circuit_minus_k_correct[0].float()).numpy(),
                         clusters.numpy(),
                     ),
+                    dof=len(set(clusters.tolist())) - 1,
                 ),
                 max(c_effect, m_effect),
             ),

@@ -10,10 +10,12 @@ must beat the random circuits, the paper's contrast, which holds or fails on the
 (the lower end of the 95% interval of the difference, from resampling whole contexts, must be above 0).
 """
 
+from dataclasses import replace
+
 from mechbench.claims.spec import Claim
 from mechbench.claims.tolerance import binomial, mean_of_draws
 from mechbench.methods.ablation import faithfulness
-from mechbench.stats import cluster_bootstrap
+from mechbench.stats import cluster_bootstrap, cluster_se
 
 CLAIM = Claim(
     order=2,
@@ -77,16 +79,18 @@ def circuit_accuracy(run):
 
 @CLAIM.test(per="circuit")
 def random_circuit_accuracy(run):
-    f, _, n = _measured(run)
+    f, clusters, n = _measured(run)
     # the mean of the random circuits varies mostly with the heads drawn: the spread of the circuits' accuracies
     per_circuit = f.random_correct.float().mean(1)
     sd = float(per_circuit.std(unbiased=True)) if len(per_circuit) > 1 else 0.0
+    # its interval adds what every circuit shares, the prompts: the cluster-robust SE of the per-prompt mean
+    shared = cluster_se(f.random_correct.float().mean(0).numpy(), clusters)
     run.check(
         {"circuit": run.circuit_name, "model": run.model.name, "metric": "random_circuit_accuracy"},
         f.random_circuit_accuracy,
         n=n,
         std=sd,
-        tolerance=mean_of_draws(sd, len(per_circuit), what="random circuits"),
+        tolerance=replace(mean_of_draws(sd, len(per_circuit), what="random circuits"), shared_se=shared),
     )
 
 

@@ -171,6 +171,8 @@ def minimality(run):
             expected_source=f"the mean of its {k} heads' stored drops",
             tolerance=replace(bound, rule=f"{bound.rule}; K re-chosen in each of {measured.n_boot} resamples"),
             bound_at=resampled_at(measured.se, n, measured.n_clusters),
+            # the interval the claim reports (percentile, widened for few contexts), not +-t se
+            interval=(drop.lo, drop.hi) if drop.lo is not None else None,
             note=f" ({group}: mean accuracy drop when a candidate head goes after its entangled peers {drop:+.3f} "
             f"over {k} heads)",
         )
