@@ -155,6 +155,13 @@ def wilson(p: float, n: float, z: float = Z95) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def shared_binomial_se(*accuracies: float, n: int) -> float:
+    """The sampling error on ``n`` prompts of accuracies measured on them (their sum's, or a difference's, as if
+    independent: an upper bound where they share prompts): sqrt(sum p(1 - p) / n). What draws on the same prompts
+    share (completeness's random K), beside the draws' own spread."""
+    return math.sqrt(sum(min(max(p, 0.0), 1.0) * (1 - min(max(p, 0.0), 1.0)) for p in accuracies) / n)
+
+
 def measurement_interval(
     value: float,
     n: int | None = None,

@@ -10,7 +10,7 @@ group drop, :func:`mechbench.claims.tolerance.judge_derived`), appends it to the
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mechbench.claims.tolerance as rules
 from mechbench import baselines
@@ -109,6 +109,7 @@ def check_claim(
     note: str = "",
     detail: dict | None = None,
     interval: tuple[float, float] | None = None,
+    shared_se: float | None = None,
 ) -> ClaimOutcome:
     """Compare ``measured`` with the baseline record ``keys`` of ``claim`` (or store it with ``update``).
 
@@ -133,13 +134,17 @@ def check_claim(
     ``note``: words appended to the outcome's message (what the number is, its interval). ``detail``: what a figure
     of the report draws beside the number (path patching's score grid), kept in the results file only.
     ``interval``: the number's own 95% interval where the claim computed one (minimality's percentile interval over
-    resampled contexts), in place of the one its tolerance rule gives.
+    resampled contexts), in place of the one its tolerance rule gives. ``shared_se``: for a mean over draws on the
+    same prompts, the sampling error the draws share, which the interval adds to their spread (the tolerance, a
+    comparison on the same prompts, does not).
 
     The results line carries the measured number's own 95% interval (``lo``, ``hi``) where the tolerance rule knows
     its uncertainty (:class:`mechbench.claims.tolerance.Tolerance`: a binomial on n examples over the design effect,
     a mean over draws, a resampled standard error; :func:`mechbench.stats.measurement_interval`).
     """
     if interval is None:  # the claim's own interval where it gives one (a percentile interval), else the rule's
+        if shared_se is not None and isinstance(tolerance, Tolerance):
+            tolerance = replace(tolerance, shared_se=shared_se)
         interval = _interval(measured, n, tolerance, design_effect)
     if expected is not None:
         return _check_derived(

@@ -9,7 +9,6 @@ over draws); whole-group F values within the accuracy claim's binomial bound, th
 sum of the two.
 """
 
-import math
 import statistics
 from dataclasses import replace
 
@@ -17,7 +16,7 @@ from mechbench.claims.spec import Claim
 from mechbench.claims.tolerance import binomial, difference, mean_of_draws
 from mechbench.methods.ablation import completeness
 from mechbench.models.registry import COMPLETENESS_ITERATIONS, completeness_draws
-from mechbench.stats import cluster_se, design_effect
+from mechbench.stats import cluster_se, design_effect, shared_binomial_se
 
 CLAIM = Claim(
     order=3,
@@ -43,19 +42,6 @@ CLAIM = Claim(
 )
 
 
-def _prompts_se(result, metric: str, n: int) -> float:
-    """The sampling error the draws of K share, being measured on the same ``n`` prompts: a binomial's at the mean
-    F(C\\K) or F(M\\K), and for the incompleteness (their difference) the two together, as if independent (an upper
-    bound: the two runs share prompts, and share their errors in part)."""
-
-    def binomial_se(values) -> float:
-        p = min(max(statistics.fmean(values), 0.0), 1.0)
-        return math.sqrt(p * (1 - p) / n)
-
-    c, m = binomial_se(result.circuit_minus_k), binomial_se(result.model_minus_k)
-    return {"F_C_minus_K": c, "F_M_minus_K": m}.get(metric, math.sqrt(c**2 + m**2))
-
-
 @CLAIM.test(per="circuit")
 def completeness_random_k(run):
     model, circuit_name = run.model, run.circuit_name
@@ -65,6 +51,8 @@ def completeness_random_k(run):
     result = completeness(
         model, run.circuit(), dataset, run.ablation_means(), "random_sampling", iterations, seed=run.seed
     )
+    f_c, f_m = statistics.fmean(result.circuit_minus_k), statistics.fmean(result.model_minus_k)
+    means = {"F_C_minus_K": (f_c,), "F_M_minus_K": (f_m,), "incompleteness": (f_c, f_m)}
     outcomes = []
     for metric, values in (
         ("F_C_minus_K", result.circuit_minus_k),
@@ -79,10 +67,9 @@ def completeness_random_k(run):
                 n=n,
                 soft=True,
                 std=std,
-                # its interval adds the prompts every draw shares: binomial at the draws' mean accuracies
-                tolerance=replace(
-                    mean_of_draws(std, iterations, n=n, what="draws of K"), shared_se=_prompts_se(result, metric, n)
-                ),
+                tolerance=mean_of_draws(std, iterations, n=n, what="draws of K"),
+                # its interval adds the prompts every draw shares: a binomial's at the draws' mean accuracies
+                shared_se=shared_binomial_se(*means[metric], n=n),
             )
         )
     run.settle(outcomes)

@@ -10,8 +10,6 @@ must beat the random circuits, the paper's contrast, which holds or fails on the
 (the lower end of the 95% interval of the difference, from resampling whole contexts, must be above 0).
 """
 
-from dataclasses import replace
-
 from mechbench.claims.spec import Claim
 from mechbench.claims.tolerance import binomial, mean_of_draws
 from mechbench.methods.ablation import faithfulness
@@ -90,7 +88,8 @@ def random_circuit_accuracy(run):
         f.random_circuit_accuracy,
         n=n,
         std=sd,
-        tolerance=replace(mean_of_draws(sd, len(per_circuit), what="random circuits"), shared_se=shared),
+        tolerance=mean_of_draws(sd, len(per_circuit), what="random circuits"),
+        shared_se=shared,
     )
 
 
