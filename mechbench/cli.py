@@ -393,9 +393,9 @@ def _compare(args) -> None:
         )
     if unknown:
         raise MechbenchError(f"unknown claim(s) {', '.join(unknown)}; known: {', '.join(CLAIMS)}")
-    trajectory = len(args.model) > 1 or (
-        Path(args.model[0]).is_dir() and not any(Path(args.model[0], f).is_file() for f in _MODEL_FILES)
-    )
+    from mechbench.trajectory import is_trajectory
+
+    trajectory = is_trajectory(args.model)
     if not trajectory and (args.shard or args.name):
         raise MechbenchError("--shard and --name are for a trajectory: pass several checkpoints or their directory")
     if trajectory:
@@ -479,9 +479,6 @@ def _compare(args) -> None:
             lambda out: write_comparison_report(comparison, out, results_path=str(results.path)),
         )
     )
-
-
-_MODEL_FILES = ("config.json", "adapter_config.json")
 
 
 def _trajectory(args, refs, base, circuit, claims, comparison_of, results) -> None:

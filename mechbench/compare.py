@@ -98,6 +98,18 @@ INCOMPLETENESS_MARGIN = 0.10  # the paper's Llama incompleteness itself (0.10 +-
 CARRIED = 0.10  # a group "carries" a desideratum in the base when patching it reaches 10% of the targets
 
 
+def carried_rows(rows: list) -> list:
+    """DCM patching's rows the verdict weighs: a group on a desideratum it carries in the base (>= CARRIED)."""
+    return [r for r in rows if r.base is not None and r.base >= 100 * CARRIED]
+
+
+def largest_move(rows: list):
+    """The row whose estimate lies furthest from 0 (a knockout point's move relative to clean accuracy: what the
+    verdict's ROUTE_MARGIN is held against), or None where no row has a finite one."""
+    finite = [r for r in rows if r.estimate.value is not None and math.isfinite(r.estimate.value)]
+    return max(finite, key=lambda r: abs(r.estimate.value), default=None)
+
+
 @dataclass
 class Row:
     """One compared number."""

@@ -781,7 +781,7 @@ def comparison_summary(comparison, out: Path, stem: str) -> str | None:
     verdict above."""
     from matplotlib.ticker import MaxNLocator
 
-    from mechbench.compare import CARRIED, ROUTE_MARGIN, SHARE_LARGELY, VERDICT_CLAIMS
+    from mechbench.compare import ROUTE_MARGIN, SHARE_LARGELY, VERDICT_CLAIMS, carried_rows, largest_move
 
     panels = []
     for name in VERDICT_CLAIMS:
@@ -790,16 +790,10 @@ def comparison_summary(comparison, out: Path, stem: str) -> str | None:
             continue
         rows = result.rows
         if name == "attention_knockout":  # the point of each edge that moved most
-            by_edge = {}
-            for r in rows:
-                if r.estimate.value is not None and math.isfinite(r.estimate.value):
-                    if r.keys["edge"] not in by_edge or abs(r.estimate.value) > abs(
-                        by_edge[r.keys["edge"]].estimate.value
-                    ):
-                        by_edge[r.keys["edge"]] = r
-            rows = list(by_edge.values())
+            edges = dict.fromkeys(r.keys["edge"] for r in rows)
+            rows = [m for e in edges if (m := largest_move([r for r in rows if r.keys["edge"] == e])) is not None]
         if name == "dcm_patching":
-            rows = [r for r in rows if r.base is not None and r.base >= 100 * CARRIED]
+            rows = carried_rows(rows)
         if name == "faithfulness":
             rows = [r for r in rows if r.keys.get("metric") in ("faithfulness", "circuit_accuracy")]
         if rows:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mechbench.compare import VERDICT_CLAIMS, Check, ClaimComparison, Row, Verdict
+from mechbench.compare import VERDICT_CLAIMS, Check, ClaimComparison, Row, Verdict, carried_rows, largest_move
 from mechbench.errors import MechbenchError
 from mechbench.results import file_stem, write_json_atomic
 from mechbench.stats import Estimate
@@ -68,10 +68,19 @@ def _label(ref: str) -> str:
     return file_stem(ref)
 
 
+def is_trajectory(refs: list[str]) -> bool:
+    """Whether ``refs`` (``mechbench compare``'s models) are a training run: several checkpoints, or one directory
+    that is not itself a model and stands for the model directories inside it (a Trainer's ``output_dir``)."""
+    return len(refs) > 1 or _is_run_dir(refs[0])
+
+
+def _is_run_dir(ref: str) -> bool:
+    return Path(ref).is_dir() and not _is_model_dir(Path(ref))
+
+
 def checkpoints(refs: list[str]) -> list[Checkpoint]:
-    """The checkpoints of ``refs`` in step order. One directory that is not itself a model stands for the model
-    directories inside it (a Trainer's ``output_dir`` of ``checkpoint-N`` folders)."""
-    if len(refs) == 1 and Path(refs[0]).is_dir() and not _is_model_dir(Path(refs[0])):
+    """The checkpoints of ``refs`` in step order (a run's directory: the model directories inside it)."""
+    if len(refs) == 1 and _is_run_dir(refs[0]):
         inside = sorted(p for p in Path(refs[0]).iterdir() if p.is_dir() and _is_model_dir(p))
         if not inside:
             raise MechbenchError(
@@ -222,7 +231,7 @@ def trajectory_name(refs: list[str], given: str | None) -> str:
     if given:
         return _label(given)
     parents = {str(Path(r).parent) for r in refs}
-    if len(refs) == 1 and Path(refs[0]).is_dir() and not _is_model_dir(Path(refs[0])):
+    if len(refs) == 1 and _is_run_dir(refs[0]):
         return _label(Path(refs[0]).name)
     if len(parents) == 1 and Path(next(iter(parents))).name not in ("", "."):
         return _label(Path(next(iter(parents))).name)
@@ -308,20 +317,8 @@ def _by_measure(text: str) -> Callable[[list[Row]], Row | None]:
     return lambda rows: next((r for r in rows if r.measure.split(" (")[0] == text), None)
 
 
-def _largest(rows: list[Row]) -> Row | None:
-    """The row whose estimate is furthest from 0 (a knockout point's move relative to clean accuracy)."""
-    return max((r for r in rows if _finite(r)), key=lambda r: abs(r.estimate.value), default=None)
-
-
-def _carried(rows: list[Row]) -> list[Row]:
-    """DCM patching's rows the verdict weighs: a group's desideratum it carries in the base (>= CARRIED)."""
-    from mechbench.compare import CARRIED
-
-    return [r for r in rows if r.base is not None and r.base >= 100 * CARRIED]
-
-
 def _largest_fall(rows: list[Row]) -> Row | None:
-    return min((r for r in _carried(rows) if _finite(r)), key=lambda r: r.estimate.value, default=None)
+    return min((r for r in carried_rows(rows) if _finite(r)), key=lambda r: r.estimate.value, default=None)
 
 
 #: the table's columns: one number per verdict claim and step
@@ -329,7 +326,7 @@ COLUMNS = (
     Measure("accuracy", "accuracy, fine-tune - base", _by_measure("accuracy")),
     Measure("faithfulness", "faithfulness, fine-tune - base", _by_measure("faithfulness")),
     Measure("cmap", "share of the gain, full circuit", _by_measure("share of the gain carried: full_circuit")),
-    Measure("attention_knockout", "largest knockout move", _largest),
+    Measure("attention_knockout", "largest knockout move", largest_move),
     Measure("dcm_patching", "largest DCM patching fall (points)", _largest_fall),
 )
 
@@ -342,7 +339,7 @@ def figure_lines(steps: list[StepRecord]) -> list[Measure]:
         names = {}
         for s in steps:
             rows = s.claims.get(claim, ClaimComparison(claim, [], [])).rows
-            for r in _carried(rows) if claim == "dcm_patching" else rows:
+            for r in carried_rows(rows) if claim == "dcm_patching" else rows:
                 names.setdefault(r.measure.split(" (")[0], None)
         for name in names:
             label = name.removeprefix("share of the gain carried: ") if claim == "cmap" else name
